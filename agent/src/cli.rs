@@ -1,0 +1,173 @@
+//! The command line of `tally-agent`.
+
+use std::{path::PathBuf, time::Duration};
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::{ebpf::engine::AttachMode, pins::DEFAULT_PIN_DIR, source::SourceKind};
+
+/// tally's node agent: counts the traffic of every network interface but
+/// loopback in the kernel (eBPF on the TC ingress and egress hooks), keeps the
+/// counters pinned on the bpf filesystem so that restarts lose nothing, and
+/// reports them with the load average.
+#[derive(Debug, Parser)]
+#[command(name = "tally-agent", version, propagate_version = true)]
+pub struct Cli {
+    /// Directory on the bpf filesystem where the counters, their epoch and the
+    /// attachments are pinned. Give each agent its own (one per network
+    /// namespace).
+    #[arg(long, global = true, env = "TALLY_PIN_DIR", default_value = DEFAULT_PIN_DIR, value_name = "DIR")]
+    pub pin_dir: PathBuf,
+
+    /// Log filter in tracing's EnvFilter syntax (e.g. `info`, `tally_agent=debug`).
+    #[arg(
+        long,
+        global = true,
+        env = "TALLY_LOG",
+        default_value = "info",
+        value_name = "FILTER"
+    )]
+    pub log: String,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Load and attach the programs to every counted interface (and to ones
+    /// that appear later), then keep watching. Stopping the agent leaves the
+    /// kernel counting; a restart adopts what is pinned.
+    Run(RunArgs),
+    /// Print each interface's counters, the counter epoch, the boot id and the
+    /// load average.
+    Status(StatusArgs),
+    /// Remove every attachment and pin this agent made under --pin-dir (the
+    /// counts are lost), and nothing else. Stop `run` first.
+    Detach,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Where the counters come from: the eBPF programs, or /proc/net/dev where
+    /// eBPF cannot be used.
+    #[arg(long, env = "TALLY_SOURCE", value_enum, default_value_t = SourceKind::Ebpf)]
+    pub source: SourceKind,
+
+    /// How to attach: TCX links where the kernel has them (6.6+), else the
+    /// clsact qdisc via netlink; or force one of the two.
+    #[arg(long, env = "TALLY_ATTACH", value_enum, default_value_t = AttachMode::Auto)]
+    pub attach: AttachMode,
+
+    #[command(flatten)]
+    pub filter: FilterArgs,
+
+    /// How often to read and report the counters (at least 1s).
+    #[arg(long, env = "TALLY_INTERVAL", default_value = "5s", value_parser = parse_interval, value_name = "DURATION")]
+    pub interval: Duration,
+
+    /// How often to re-list the interfaces even without a netlink notification.
+    #[arg(long, default_value = "30s", value_parser = parse_interval, value_name = "DURATION")]
+    pub resync_interval: Duration,
+}
+
+#[derive(Debug, Args, Clone, Default)]
+pub struct FilterArgs {
+    /// Count only interfaces whose name matches one of these glob patterns
+    /// (repeatable; default: all). Loopback (`lo*`) is never counted.
+    #[arg(
+        long = "include",
+        env = "TALLY_INCLUDE",
+        value_delimiter = ',',
+        value_name = "PATTERN"
+    )]
+    pub include: Vec<String>,
+
+    /// Leave out interfaces whose name matches one of these glob patterns,
+    /// e.g. `veth*` or `docker*` (repeatable; wins over --include).
+    #[arg(
+        long = "exclude",
+        env = "TALLY_EXCLUDE",
+        value_delimiter = ',',
+        value_name = "PATTERN"
+    )]
+    pub exclude: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Read the pinned eBPF counters, or /proc/net/dev.
+    #[arg(long, value_enum, default_value_t = SourceKind::Ebpf)]
+    pub source: SourceKind,
+
+    #[command(flatten)]
+    pub filter: FilterArgs,
+}
+
+/// Parses `5s`, `1m`, `500ms`; refuses anything under one second.
+pub fn parse_interval(text: &str) -> Result<Duration, String> {
+    let duration =
+        humantime::parse_duration(text).map_err(|e| format!("{e} (try e.g. `5s` or `1m`)"))?;
+    if duration < Duration::from_secs(1) {
+        return Err(format!("{text} is shorter than the minimum of 1s"));
+    }
+    Ok(duration)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory as _;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn intervals() {
+        assert_eq!(parse_interval("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_interval("1m"), Ok(Duration::from_secs(60)));
+        assert!(
+            parse_interval("500ms")
+                .expect_err("too short")
+                .contains("minimum of 1s")
+        );
+        assert!(parse_interval("soon").is_err());
+    }
+
+    #[test]
+    fn flags_parse() {
+        let cli = Cli::try_parse_from([
+            "tally-agent",
+            "run",
+            "--exclude",
+            "veth*",
+            "--exclude",
+            "docker*",
+            "--attach",
+            "netlink",
+            "--pin-dir",
+            "/sys/fs/bpf/t1",
+        ])
+        .expect("parses");
+        assert_eq!(cli.pin_dir, PathBuf::from("/sys/fs/bpf/t1"));
+        let Command::Run(run) = cli.command else {
+            panic!("run")
+        };
+        assert_eq!(run.filter.exclude, ["veth*", "docker*"]);
+        assert_eq!(run.attach, AttachMode::Netlink);
+        assert_eq!(run.source, SourceKind::Ebpf);
+    }
+
+    #[test]
+    fn unknown_values_are_refused() {
+        let err =
+            Cli::try_parse_from(["tally-agent", "run", "--source", "magic"]).expect_err("bad");
+        assert!(err.to_string().contains("magic"));
+    }
+}

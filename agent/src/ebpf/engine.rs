@@ -1,0 +1,496 @@
+//! Loading the programs and keeping them attached to the counted interfaces.
+//!
+//! Attachments survive the agent: TCX links are pinned under `links/`, and
+//! netlink (`cls_bpf`) filters stay in the clsact qdisc by themselves. A
+//! restarted (or upgraded) agent *adopts* them by atomically replacing the
+//! program behind each one (`bpf_link_update` for TCX, a filter change for
+//! netlink), so the kernel never stops counting and never counts a packet
+//! twice.
+
+use std::{
+    collections::BTreeMap,
+    io,
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    programs::{
+        LinkOrder, ProgramError, SchedClassifier, TcAttachType,
+        links::{FdLink, LinkError, PinnedLink},
+        tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions, TcError, TcHandle},
+    },
+};
+use tally_common::{
+    ATTACH_NETLINK, ATTACH_TCX, IFACE_ATTACHED, IfaceInfo, LAYOUT_VERSION, META_MAGIC, Meta, maps,
+    programs,
+};
+
+use super::maps::{MapsError, PinnedMaps, name_to_bytes};
+use crate::{
+    filter::IfaceFilter,
+    pins::{Hook, PinDirError, PinLayout},
+};
+
+/// The eBPF object built from `agent-ebpf` by `build.rs`.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tally"));
+
+/// Priority and handle of our `cls_bpf` filters in netlink mode.
+pub const NETLINK_PRIORITY: u16 = 0x7a11;
+pub const NETLINK_HANDLE: TcHandle = TcHandle::new(0, 0x7a11);
+
+/// How the programs are attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AttachMode {
+    /// TCX links where the kernel has them (6.6+), else netlink filters.
+    Auto,
+    /// TCX links only.
+    Tcx,
+    /// `cls_bpf` filters on the clsact qdisc, via netlink.
+    Netlink,
+}
+
+/// A failure to load or attach.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    PinDir(#[from] PinDirError),
+    #[error(transparent)]
+    Maps(#[from] MapsError),
+    #[error("cannot load the eBPF object: {0}")]
+    Load(#[source] aya::EbpfError),
+    #[error("cannot load the program {program} into the kernel: {source}")]
+    LoadProgram {
+        program: &'static str,
+        source: ProgramError,
+    },
+    #[error("the eBPF object has no program {0} (a build problem)")]
+    MissingProgram(&'static str),
+    #[error("cannot attach to {iface} ({hook}): {source}")]
+    Attach {
+        iface: String,
+        hook: &'static str,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("cannot pin the link of {iface} ({hook}) at {path}: {source}")]
+    PinLink {
+        iface: String,
+        hook: &'static str,
+        path: String,
+        source: aya::pin::PinError,
+    },
+    #[error("cannot read the random source for the counter epoch: {0}")]
+    Random(String),
+    #[error("{0}")]
+    Io(#[from] io::Error),
+}
+
+/// What [`Engine::attach`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attached {
+    /// Attached afresh; its counters start now.
+    New,
+    /// Took over the attachment a previous agent left; counting never stopped.
+    Adopted,
+}
+
+fn attach_type(hook: Hook) -> TcAttachType {
+    match hook {
+        Hook::Ingress => TcAttachType::Ingress,
+        Hook::Egress => TcAttachType::Egress,
+    }
+}
+
+fn program_name(hook: Hook) -> &'static str {
+    match hook {
+        Hook::Ingress => programs::INGRESS,
+        Hook::Egress => programs::EGRESS,
+    }
+}
+
+fn now_unix_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// A new counter identity: random 128-bit epoch, created now.
+pub fn new_meta() -> Result<Meta, EngineError> {
+    use rand::TryRngCore as _;
+    let mut epoch = [0u8; 16];
+    rand::rngs::OsRng
+        .try_fill_bytes(&mut epoch)
+        .map_err(|e| EngineError::Random(e.to_string()))?;
+    Ok(Meta {
+        magic: META_MAGIC,
+        layout_version: LAYOUT_VERSION,
+        _reserved: 0,
+        epoch,
+        created_unix_ns: now_unix_ns(),
+        next_seq: 1,
+    })
+}
+
+/// The loaded programs and the set of interfaces they are attached to.
+pub struct Engine {
+    ebpf: Ebpf,
+    layout: PinLayout,
+    maps: PinnedMaps,
+    netlink: bool,
+    meta: Meta,
+    created: bool,
+    /// ifindex → name of the interfaces attached now.
+    attached: BTreeMap<u32, String>,
+}
+
+impl Engine {
+    /// Loads the programs, creating the pinned maps or reusing them, and
+    /// makes sure the counter set has an epoch.
+    pub fn start(layout: PinLayout, mode: AttachMode, has_tcx: bool) -> Result<Self, EngineError> {
+        layout.prepare()?;
+        let fresh = !layout.has_counters();
+        let (counters, ifaces, meta) = (layout.counters(), layout.ifaces(), layout.meta());
+        let mut ebpf = EbpfLoader::new()
+            .map_pin_path(maps::COUNTERS, counters.as_path())
+            .map_pin_path(maps::IFACES, ifaces.as_path())
+            .map_pin_path(maps::META, meta.as_path())
+            .load(OBJECT)
+            .map_err(EngineError::Load)?;
+        for name in [programs::INGRESS, programs::EGRESS] {
+            let program: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .ok_or(EngineError::MissingProgram(name))?
+                .try_into()
+                .map_err(|source| EngineError::LoadProgram {
+                    program: name,
+                    source,
+                })?;
+            program.load().map_err(|source| EngineError::LoadProgram {
+                program: name,
+                source,
+            })?;
+        }
+        let mut pinned = PinnedMaps::open(&layout)?;
+        let dir = layout.dir().display().to_string();
+        let meta = match pinned.checked_meta(&dir)? {
+            Some(meta) if !fresh => meta,
+            existing => {
+                if existing.is_some() || !fresh {
+                    tracing::warn!(pin_dir = %dir, "counter set had no valid identity; giving it a new epoch");
+                }
+                let meta = new_meta()?;
+                pinned.set_meta(&meta)?;
+                meta
+            }
+        };
+        let netlink = match mode {
+            AttachMode::Netlink => true,
+            AttachMode::Tcx => false,
+            AttachMode::Auto => !has_tcx,
+        };
+        Ok(Self {
+            ebpf,
+            layout,
+            maps: pinned,
+            netlink,
+            meta,
+            created: fresh,
+            attached: BTreeMap::new(),
+        })
+    }
+
+    pub fn meta(&self) -> &Meta {
+        &self.meta
+    }
+
+    /// Whether this start created the counter set (and its epoch).
+    pub fn created_counters(&self) -> bool {
+        self.created
+    }
+
+    pub fn uses_netlink(&self) -> bool {
+        self.netlink
+    }
+
+    pub fn attached(&self) -> &BTreeMap<u32, String> {
+        &self.attached
+    }
+
+    /// Brings the attachments in line with `links` (every interface of the
+    /// namespace, as `(ifindex, name)`): attaches to the counted ones,
+    /// detaches from the ones that are gone or no longer pass the filter.
+    /// Failures on one interface are logged and do not stop the others.
+    pub fn sync(&mut self, links: &[(u32, String)], filter: &IfaceFilter) {
+        let present: BTreeMap<u32, &String> = links.iter().map(|(i, n)| (*i, n)).collect();
+        for (&ifindex, &name) in &present {
+            let counted = filter.counts(name);
+            let current = self.attached.get(&ifindex);
+            if counted && current != Some(name) {
+                match self.attach(ifindex, name) {
+                    Ok(how) => {
+                        tracing::info!(iface = %name, ifindex, how = ?how, "counting interface")
+                    }
+                    Err(error) => {
+                        tracing::error!(iface = %name, ifindex, %error, "cannot count interface")
+                    }
+                }
+            } else if !counted && current.is_some() {
+                self.retire(ifindex, Some(name));
+                tracing::info!(iface = %name, ifindex, "interface no longer passes the filter; stopped counting it");
+            }
+        }
+        let gone: Vec<u32> = self
+            .attached
+            .keys()
+            .copied()
+            .filter(|i| !present.contains_key(i))
+            .collect();
+        for ifindex in gone {
+            let name = self.attached.get(&ifindex).cloned().unwrap_or_default();
+            self.retire(ifindex, None);
+            tracing::info!(iface = %name, ifindex, "interface went away; its counters are kept");
+        }
+        self.clean_stale(&present);
+    }
+
+    /// Retires records and pins that no current attachment accounts for
+    /// (left by an agent that stopped before an interface went away).
+    fn clean_stale(&mut self, present: &BTreeMap<u32, &String>) {
+        if let Ok(records) = self.maps.ifaces() {
+            for (ifindex, info) in records {
+                if info.state == IFACE_ATTACHED && !self.attached.contains_key(&ifindex) {
+                    let name = present.get(&ifindex).map(|n| n.as_str());
+                    self.retire(ifindex, name);
+                }
+            }
+        }
+        if let Ok(links) = self.layout.pinned_links() {
+            for (ifindex, _, path) in links {
+                if !self.attached.contains_key(&ifindex) {
+                    remove_link_pin(&path);
+                }
+            }
+        }
+    }
+
+    /// Attaches both programs to one interface, or adopts what is pinned.
+    pub fn attach(&mut self, ifindex: u32, name: &str) -> Result<Attached, EngineError> {
+        self.maps.ensure_counters(ifindex)?;
+        let attach_mode = if self.netlink {
+            ATTACH_NETLINK
+        } else {
+            ATTACH_TCX
+        };
+        let attached_unix_ns = match self.maps.iface(ifindex)? {
+            Some(info) if info.state == IFACE_ATTACHED => info.attached_unix_ns,
+            _ => now_unix_ns(),
+        };
+        let info = IfaceInfo {
+            name: name_to_bytes(name),
+            state: IFACE_ATTACHED,
+            attach_mode,
+            attached_unix_ns,
+        };
+        self.maps.set_iface(ifindex, &info)?;
+        let mut how = Attached::Adopted;
+        for hook in Hook::BOTH {
+            let result = if self.netlink {
+                self.attach_netlink(ifindex, name, hook)
+            } else {
+                self.attach_tcx(ifindex, name, hook)
+            };
+            match result {
+                Ok(Attached::New) => how = Attached::New,
+                Ok(Attached::Adopted) => {}
+                Err(error) => {
+                    // Leave nothing half-attached behind.
+                    self.detach_hooks(ifindex, Some(name));
+                    self.maps.mark_gone(ifindex)?;
+                    return Err(error);
+                }
+            }
+        }
+        self.attached.insert(ifindex, name.to_owned());
+        Ok(how)
+    }
+
+    fn program(&mut self, hook: Hook) -> Result<&mut SchedClassifier, EngineError> {
+        let name = program_name(hook);
+        self.ebpf
+            .program_mut(name)
+            .ok_or(EngineError::MissingProgram(name))?
+            .try_into()
+            .map_err(|source| EngineError::LoadProgram {
+                program: name,
+                source,
+            })
+    }
+
+    fn attach_tcx(
+        &mut self,
+        ifindex: u32,
+        name: &str,
+        hook: Hook,
+    ) -> Result<Attached, EngineError> {
+        let pin = self.layout.link(ifindex, hook);
+        let attach_err = |source: Box<dyn std::error::Error + Send + Sync>| EngineError::Attach {
+            iface: name.to_owned(),
+            hook: hook.as_str(),
+            source,
+        };
+        let program = self.program(hook)?;
+        match PinnedLink::from_pin(&pin) {
+            Ok(pinned) => {
+                let fd_link: FdLink = pinned.into();
+                let replaced: Result<_, Box<dyn std::error::Error + Send + Sync>> =
+                    match SchedClassifierLink::try_from(fd_link) {
+                        Ok(link) => program.attach_to_link(link).map_err(Into::into),
+                        Err(e) => Err(e.into()),
+                    };
+                match replaced {
+                    Ok(id) => {
+                        // The pin keeps the link; our descriptor may close.
+                        drop(program.take_link(id).map_err(|e| attach_err(e.into()))?);
+                        return Ok(Attached::Adopted);
+                    }
+                    Err(error) => {
+                        tracing::warn!(iface = %name, hook = hook.as_str(), %error, "pinned link unusable; attaching afresh");
+                        remove_link_pin(&pin);
+                    }
+                }
+            }
+            Err(LinkError::SyscallError(e)) if e.io_error.kind() == io::ErrorKind::NotFound => {}
+            Err(error) => {
+                tracing::warn!(iface = %name, hook = hook.as_str(), %error, "cannot open pinned link; attaching afresh");
+                remove_link_pin(&pin);
+            }
+        }
+        let id = program
+            .attach_with_options(
+                name,
+                attach_type(hook),
+                TcAttachOptions::TcxOrder(LinkOrder::default()),
+            )
+            .map_err(|e| attach_err(e.into()))?;
+        let link = program.take_link(id).map_err(|e| attach_err(e.into()))?;
+        let fd_link = FdLink::try_from(link).map_err(|e| attach_err(e.into()))?;
+        fd_link.pin(&pin).map_err(|source| EngineError::PinLink {
+            iface: name.to_owned(),
+            hook: hook.as_str(),
+            path: pin.display().to_string(),
+            source,
+        })?;
+        Ok(Attached::New)
+    }
+
+    fn attach_netlink(
+        &mut self,
+        ifindex: u32,
+        name: &str,
+        hook: Hook,
+    ) -> Result<Attached, EngineError> {
+        let attach_err = |source: ProgramError| EngineError::Attach {
+            iface: name.to_owned(),
+            hook: hook.as_str(),
+            source: source.into(),
+        };
+        match tc::qdisc_add_clsact(name) {
+            Ok(()) => {}
+            Err(TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
+            Err(e) => return Err(attach_err(ProgramError::from(e))),
+        }
+        let _ = ifindex;
+        let program = self.program(hook)?;
+        let options = NlOptions {
+            priority: NETLINK_PRIORITY,
+            handle: NETLINK_HANDLE,
+            classid: None,
+        };
+        let (id, how) = match program.attach_with_options(
+            name,
+            attach_type(hook),
+            TcAttachOptions::Netlink(options),
+        ) {
+            Ok(id) => (id, Attached::New),
+            Err(ProgramError::TcError(TcError::NetlinkError(e)))
+                if e.raw_os_error() == Some(libc::EEXIST) =>
+            {
+                // Our filter from a previous run: replace its program in place.
+                let existing = SchedClassifierLink::attached(
+                    name,
+                    attach_type(hook),
+                    NETLINK_PRIORITY,
+                    NETLINK_HANDLE,
+                    None,
+                )
+                .map_err(|e| attach_err(ProgramError::from(TcError::IoError(e))))?;
+                (
+                    program.attach_to_link(existing).map_err(attach_err)?,
+                    Attached::Adopted,
+                )
+            }
+            Err(source) => return Err(attach_err(source)),
+        };
+        // The filter must outlive this process: never let the link detach on drop.
+        let link = program.take_link(id).map_err(attach_err)?;
+        std::mem::forget(link);
+        Ok(how)
+    }
+
+    /// Stops counting one interface: removes its attachments, keeps its
+    /// counters (marked gone) so that its last bytes are still reported.
+    pub fn retire(&mut self, ifindex: u32, name: Option<&str>) {
+        self.detach_hooks(ifindex, name);
+        if let Err(error) = self.maps.mark_gone(ifindex) {
+            tracing::warn!(ifindex, %error, "cannot mark interface as gone");
+        }
+        self.attached.remove(&ifindex);
+    }
+
+    fn detach_hooks(&mut self, ifindex: u32, name: Option<&str>) {
+        for hook in Hook::BOTH {
+            remove_link_pin(&self.layout.link(ifindex, hook));
+            if self.netlink
+                && let Some(name) = name
+            {
+                detach_netlink(name, hook);
+            }
+        }
+    }
+}
+
+/// Removes our `cls_bpf` filter from one hook of `name` (if it is there).
+pub fn detach_netlink(name: &str, hook: Hook) -> bool {
+    match SchedClassifierLink::attached(
+        name,
+        attach_type(hook),
+        NETLINK_PRIORITY,
+        NETLINK_HANDLE,
+        None,
+    ) {
+        Ok(link) => {
+            use aya::programs::links::Link as _;
+            link.detach().is_ok()
+        }
+        Err(_) => false,
+    }
+}
+
+/// Unpins (and so destroys) a pinned link; a missing pin is fine.
+pub fn remove_link_pin(path: &std::path::Path) {
+    match PinnedLink::from_pin(path) {
+        Ok(link) => {
+            if let Err(error) = link.unpin() {
+                tracing::warn!(path = %path.display(), %error, "cannot unpin link");
+            }
+        }
+        Err(_) => {
+            if let Err(error) = std::fs::remove_file(path)
+                && error.kind() != io::ErrorKind::NotFound
+            {
+                tracing::warn!(path = %path.display(), %error, "cannot remove link pin");
+            }
+        }
+    }
+}

@@ -1,0 +1,266 @@
+//! Reading and writing the pinned maps: the counters, the interface records
+//! and the counter set's identity. `status`, the counter source and the attach
+//! engine all go through here, so they see the same kernel objects.
+
+use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuHashMap, PerCpuValues};
+use tally_common::{
+    IFACE_ATTACHED, IFACE_GONE, IFNAMSIZ, IfCounters, IfaceInfo, LAYOUT_VERSION, META_MAGIC, Meta,
+};
+
+use crate::pins::PinLayout;
+
+/// `BPF_NOEXIST`: create the element only if it does not exist yet.
+const BPF_NOEXIST: u64 = 1;
+
+/// A failure to use the pinned maps.
+#[derive(Debug, thiserror::Error)]
+pub enum MapsError {
+    #[error(
+        "no tally counters are pinned in {dir}: is the agent running (`tally-agent run`), and with \
+         the same --pin-dir?"
+    )]
+    NotPinned { dir: String },
+    #[error("cannot open pinned map {path}: {source}")]
+    Open { path: String, source: MapError },
+    #[error(
+        "the pinned map {path} does not have the layout this agent expects ({source}); it was \
+         made by another version of tally: `tally-agent detach` removes it (its counts are lost)"
+    )]
+    Layout { path: String, source: MapError },
+    #[error(
+        "the counters in {dir} were made by layout version {found}, this agent writes {expected}: \
+         `tally-agent detach` removes them (their counts are lost)"
+    )]
+    Version {
+        dir: String,
+        found: u32,
+        expected: u32,
+    },
+    #[error("reading or writing {what} failed: {source}")]
+    Access { what: String, source: MapError },
+    #[error("cannot count the CPUs: {0}")]
+    Cpus(String),
+}
+
+/// What the maps say about one interface.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IfaceRecord {
+    pub ifindex: u32,
+    pub info: Option<IfaceInfo>,
+    pub counters: IfCounters,
+}
+
+impl IfaceRecord {
+    pub fn name(&self) -> String {
+        self.info
+            .map(|info| name_from_bytes(&info.name))
+            .unwrap_or_default()
+    }
+
+    pub fn is_attached(&self) -> bool {
+        self.info.is_some_and(|info| info.state == IFACE_ATTACHED)
+    }
+}
+
+/// An interface name as stored in [`IfaceInfo::name`].
+pub fn name_to_bytes(name: &str) -> [u8; IFNAMSIZ] {
+    let mut bytes = [0u8; IFNAMSIZ];
+    let len = name.len().min(IFNAMSIZ - 1);
+    bytes[..len].copy_from_slice(&name.as_bytes()[..len]);
+    bytes
+}
+
+pub fn name_from_bytes(bytes: &[u8; IFNAMSIZ]) -> String {
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(IFNAMSIZ);
+    String::from_utf8_lossy(&bytes[..end]).into_owned()
+}
+
+/// Sums the per-CPU copies of one interface's counters.
+pub fn sum_per_cpu<'a>(values: impl IntoIterator<Item = &'a IfCounters>) -> IfCounters {
+    values
+        .into_iter()
+        .fold(IfCounters::default(), |mut total, cpu| {
+            total.accumulate(cpu);
+            total
+        })
+}
+
+/// The three pinned maps, opened.
+pub struct PinnedMaps {
+    counters: PerCpuHashMap<MapData, u32, IfCounters>,
+    ifaces: HashMap<MapData, u32, IfaceInfo>,
+    meta: Array<MapData, Meta>,
+}
+
+fn open(path: &std::path::Path) -> Result<MapData, MapsError> {
+    MapData::from_pin(path).map_err(|source| MapsError::Open {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+fn access(what: impl Into<String>) -> impl FnOnce(MapError) -> MapsError {
+    let what = what.into();
+    move |source| MapsError::Access { what, source }
+}
+
+impl PinnedMaps {
+    /// Opens the maps pinned under `layout`.
+    pub fn open(layout: &PinLayout) -> Result<Self, MapsError> {
+        if !layout.has_counters() {
+            return Err(MapsError::NotPinned {
+                dir: layout.dir().display().to_string(),
+            });
+        }
+        let layout_err = |path: std::path::PathBuf| {
+            move |source| MapsError::Layout {
+                path: path.display().to_string(),
+                source,
+            }
+        };
+        let counters = PerCpuHashMap::try_from(Map::PerCpuHashMap(open(&layout.counters())?))
+            .map_err(layout_err(layout.counters()))?;
+        let ifaces = HashMap::try_from(Map::HashMap(open(&layout.ifaces())?))
+            .map_err(layout_err(layout.ifaces()))?;
+        let meta = Array::try_from(Map::Array(open(&layout.meta())?))
+            .map_err(layout_err(layout.meta()))?;
+        Ok(Self {
+            counters,
+            ifaces,
+            meta,
+        })
+    }
+
+    /// The counter set's identity; `None` while it was never initialised.
+    pub fn meta(&self) -> Result<Option<Meta>, MapsError> {
+        let meta = self.meta.get(&0, 0).map_err(access("TALLY_META"))?;
+        Ok((meta.magic == META_MAGIC).then_some(meta))
+    }
+
+    /// Like [`Self::meta`], but checks the layout version.
+    pub fn checked_meta(&self, dir: &str) -> Result<Option<Meta>, MapsError> {
+        let meta = self.meta()?;
+        if let Some(meta) = meta
+            && meta.layout_version != LAYOUT_VERSION
+        {
+            return Err(MapsError::Version {
+                dir: dir.to_owned(),
+                found: meta.layout_version,
+                expected: LAYOUT_VERSION,
+            });
+        }
+        Ok(meta)
+    }
+
+    pub fn set_meta(&mut self, meta: &Meta) -> Result<(), MapsError> {
+        self.meta.set(0, meta, 0).map_err(access("TALLY_META"))
+    }
+
+    /// Creates a zeroed counter entry for `ifindex` unless one exists (an
+    /// existing entry keeps its counts).
+    pub fn ensure_counters(&mut self, ifindex: u32) -> Result<(), MapsError> {
+        let cpus =
+            aya::util::nr_cpus().map_err(|(what, e)| MapsError::Cpus(format!("{what}: {e}")))?;
+        let zeroes = PerCpuValues::try_from(vec![IfCounters::default(); cpus])
+            .map_err(|e| MapsError::Cpus(e.to_string()))?;
+        match self.counters.insert(ifindex, zeroes, BPF_NOEXIST) {
+            Ok(()) => Ok(()),
+            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EEXIST) => {
+                Ok(())
+            }
+            Err(e) => Err(access(format!("the counters of ifindex {ifindex}"))(e)),
+        }
+    }
+
+    pub fn iface(&self, ifindex: u32) -> Result<Option<IfaceInfo>, MapsError> {
+        match self.ifaces.get(&ifindex, 0) {
+            Ok(info) => Ok(Some(info)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(access(format!("the record of ifindex {ifindex}"))(e)),
+        }
+    }
+
+    pub fn set_iface(&mut self, ifindex: u32, info: &IfaceInfo) -> Result<(), MapsError> {
+        self.ifaces
+            .insert(ifindex, info, 0)
+            .map_err(access(format!("the record of ifindex {ifindex}")))
+    }
+
+    /// Marks an interface as no longer counted; its counters stay.
+    pub fn mark_gone(&mut self, ifindex: u32) -> Result<(), MapsError> {
+        if let Some(mut info) = self.iface(ifindex)? {
+            info.state = IFACE_GONE;
+            self.set_iface(ifindex, &info)?;
+        }
+        Ok(())
+    }
+
+    /// The interface records (attached or gone), by ifindex.
+    pub fn ifaces(&self) -> Result<Vec<(u32, IfaceInfo)>, MapsError> {
+        let mut out = Vec::new();
+        for item in self.ifaces.iter() {
+            out.push(item.map_err(access("TALLY_IFACES"))?);
+        }
+        out.sort_by_key(|(ifindex, _)| *ifindex);
+        Ok(out)
+    }
+
+    /// Every interface with counters, summed over the CPUs, by ifindex.
+    pub fn records(&self) -> Result<Vec<IfaceRecord>, MapsError> {
+        let mut out = Vec::new();
+        for item in self.counters.iter() {
+            let (ifindex, per_cpu) = item.map_err(access("TALLY_COUNTERS"))?;
+            let counters = sum_per_cpu(per_cpu.iter());
+            out.push(IfaceRecord {
+                ifindex,
+                info: self.iface(ifindex)?,
+                counters,
+            });
+        }
+        out.sort_by_key(|record| record.ifindex);
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_cpu_values_are_summed() {
+        let cpus = [
+            IfCounters {
+                rx_bytes: 100,
+                rx_packets: 1,
+                tx_bytes: 0,
+                tx_packets: 0,
+            },
+            IfCounters {
+                rx_bytes: 1500,
+                rx_packets: 2,
+                tx_bytes: 60,
+                tx_packets: 1,
+            },
+            IfCounters::default(),
+        ];
+        assert_eq!(
+            sum_per_cpu(cpus.iter()),
+            IfCounters {
+                rx_bytes: 1600,
+                rx_packets: 3,
+                tx_bytes: 60,
+                tx_packets: 1
+            }
+        );
+        assert_eq!(sum_per_cpu([].iter()), IfCounters::default());
+    }
+
+    #[test]
+    fn names_round_trip_and_truncate() {
+        assert_eq!(name_from_bytes(&name_to_bytes("veth0")), "veth0");
+        let long = "a-very-long-interface-name";
+        let stored = name_from_bytes(&name_to_bytes(long));
+        assert_eq!(stored.len(), IFNAMSIZ - 1);
+        assert!(long.starts_with(&stored));
+    }
+}

@@ -1,0 +1,93 @@
+//! `tally-agent`: the node agent of tally.
+
+mod cli;
+mod diagnose;
+mod ebpf;
+mod filter;
+mod netwatch;
+mod pins;
+mod run;
+mod source;
+mod status;
+mod system;
+
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::Parser as _;
+use tracing_subscriber::EnvFilter;
+
+use crate::{
+    cli::{Cli, Command, StatusArgs},
+    filter::IfaceFilter,
+    pins::PinLayout,
+    source::{CounterSource, EbpfSource, ProcfsSource, SourceKind},
+};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = EnvFilter::try_new(&cli.log).unwrap_or_else(|_| EnvFilter::new("info"));
+    use std::io::IsTerminal as _;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    match dispatch(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    let layout = PinLayout::new(cli.pin_dir);
+    match cli.command {
+        Command::Run(args) => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            runtime.block_on(run::run(args, layout))
+        }
+        Command::Status(args) => status(args, &layout),
+        Command::Detach => {
+            let report = ebpf::detach::detach_all(&layout).with_context(|| {
+                format!("cannot detach what is pinned in {}", layout.dir().display())
+            })?;
+            println!(
+                "detached: {} links unpinned, {} netlink filters removed, {} maps unpinned{}",
+                report.links_unpinned,
+                report.netlink_filters_removed,
+                report.maps_unpinned,
+                if report.dir_removed {
+                    format!(", {} removed", layout.dir().display())
+                } else {
+                    String::new()
+                }
+            );
+            Ok(())
+        }
+    }
+}
+
+fn status(args: StatusArgs, layout: &PinLayout) -> anyhow::Result<()> {
+    let mut source: Box<dyn CounterSource> = match args.source {
+        SourceKind::Ebpf => Box::new(EbpfSource::new(layout.clone())),
+        SourceKind::Procfs => Box::new(ProcfsSource::new(IfaceFilter::new(
+            &args.filter.include,
+            &args.filter.exclude,
+        )?)),
+    };
+    let snapshot = source.snapshot()?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&snapshot)?);
+    } else {
+        let dir = layout.dir().display().to_string();
+        let pin_dir = (args.source == SourceKind::Ebpf).then_some(dir.as_str());
+        print!("{}", status::render_table(&snapshot, pin_dir));
+    }
+    Ok(())
+}

@@ -1,0 +1,135 @@
+//! `tally-agent run`: attach, keep attached, report.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    time::{MissedTickBehavior, interval},
+};
+
+use crate::{
+    cli::RunArgs,
+    diagnose,
+    ebpf::{
+        engine::{AttachMode, Engine},
+        epoch_hex,
+    },
+    filter::IfaceFilter,
+    netwatch::NetWatch,
+    pins::{PinLayout, PinLock},
+    source::{CounterSource, EbpfSource, ProcfsSource, SourceKind},
+    system::Probe,
+};
+
+pub async fn run(args: RunArgs, layout: PinLayout) -> anyhow::Result<()> {
+    let filter = IfaceFilter::new(&args.filter.include, &args.filter.exclude)?;
+    match args.source {
+        SourceKind::Ebpf => run_ebpf(&args, layout, filter).await,
+        SourceKind::Procfs => {
+            tracing::info!("counting from /proc/net/dev (no eBPF)");
+            let mut source = ProcfsSource::new(filter);
+            report_loop(&mut source, args.interval, None).await
+        }
+    }
+}
+
+async fn run_ebpf(args: &RunArgs, layout: PinLayout, filter: IfaceFilter) -> anyhow::Result<()> {
+    let probe = Probe::current();
+    let explain = |e| anyhow::anyhow!(diagnose::explain(&e, &probe));
+    layout.prepare().map_err(|e| explain(e.into()))?;
+    let _lock = PinLock::acquire(&layout).context("cannot lock the pin directory")?;
+    if args.attach == AttachMode::Tcx && !probe.has_tcx() {
+        anyhow::bail!("--attach tcx needs kernel 6.6 or newer; use --attach auto or netlink");
+    }
+    let mut engine =
+        Engine::start(layout.clone(), args.attach, probe.has_tcx()).map_err(explain)?;
+    let epoch = epoch_hex(&engine.meta().epoch);
+    if engine.created_counters() {
+        tracing::info!(%epoch, pin_dir = %layout.dir().display(), "created a new counter set");
+    } else {
+        tracing::info!(%epoch, pin_dir = %layout.dir().display(), "adopted the pinned counter set");
+    }
+    tracing::info!(
+        mode = if engine.uses_netlink() {
+            "netlink"
+        } else {
+            "tcx"
+        },
+        "attach mode"
+    );
+
+    let mut watch = NetWatch::open().context("cannot open a netlink socket to watch interfaces")?;
+    let links = watch
+        .links()
+        .await
+        .context("cannot list the network interfaces")?;
+    engine.sync(&links, &filter);
+    tracing::info!(interfaces = engine.attached().len(), "attached; counting");
+
+    let mut source = EbpfSource::new(layout);
+    report_loop(
+        &mut source,
+        args.interval,
+        Some((&mut engine, &mut watch, &filter, args.resync_interval)),
+    )
+    .await
+}
+
+type Watching<'a> = (&'a mut Engine, &'a mut NetWatch, &'a IfaceFilter, Duration);
+
+async fn report_loop(
+    source: &mut dyn CounterSource,
+    every: Duration,
+    mut watching: Option<Watching<'_>>,
+) -> anyhow::Result<()> {
+    let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+    let mut report = interval(every);
+    report.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let resync_every = watching.as_ref().map_or(Duration::from_secs(3600), |w| w.3);
+    let mut resync = interval(resync_every);
+    resync.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        let link_change = async {
+            match watching.as_mut() {
+                Some((_, watch, _, _)) => watch.changed().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = terminate.recv() => { tracing::info!("SIGTERM: stopping"); break; }
+            _ = interrupt.recv() => { tracing::info!("SIGINT: stopping"); break; }
+            changed = link_change => {
+                if changed.is_none() {
+                    anyhow::bail!("the netlink socket watching interfaces closed");
+                }
+                resync_links(&mut watching).await;
+            }
+            _ = resync.tick() => resync_links(&mut watching).await,
+            _ = report.tick() => match source.snapshot() {
+                Ok(snapshot) => {
+                    let (rx, tx) = snapshot.totals();
+                    tracing::debug!(rx_bytes = rx, tx_bytes = tx, interfaces = snapshot.interfaces.len(), "counters");
+                }
+                Err(error) => tracing::warn!(error = %format!("{error:#}"), "cannot read the counters"),
+            },
+        }
+    }
+    if watching.is_some() {
+        tracing::info!(
+            "leaving the programs attached: the kernel keeps counting until the agent is back"
+        );
+    }
+    Ok(())
+}
+
+async fn resync_links(watching: &mut Option<Watching<'_>>) {
+    let Some((engine, watch, filter, _)) = watching.as_mut() else {
+        return;
+    };
+    match watch.links().await {
+        Ok(links) => engine.sync(&links, filter),
+        Err(error) => tracing::warn!(%error, "cannot list the network interfaces"),
+    }
+}

@@ -1,0 +1,146 @@
+//! `tally-agent status`: the counters as a table for people or JSON for
+//! scripts.
+
+use std::fmt::Write as _;
+
+use crate::source::Snapshot;
+
+/// Bytes in binary units with one decimal (`1.5 MiB`); exact below 1 KiB.
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
+/// The table `status` prints.
+pub fn render_table(snapshot: &Snapshot, pin_dir: Option<&str>) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "source   {}",
+        serde_json::to_value(snapshot.source)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default()
+    );
+    if let Some(dir) = pin_dir {
+        let _ = writeln!(out, "pin dir  {dir}");
+    }
+    let _ = writeln!(out, "epoch    {}", snapshot.epoch);
+    let _ = writeln!(out, "boot id  {}", snapshot.boot_id);
+    let _ = writeln!(
+        out,
+        "load     {:.2} {:.2} {:.2}",
+        snapshot.load.one, snapshot.load.five, snapshot.load.fifteen
+    );
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "{:<16} {:>7} {:>20} {:>20} {:>14} {:>14}  {}",
+        "INTERFACE", "IFINDEX", "RX BYTES", "TX BYTES", "RX PACKETS", "TX PACKETS", "STATE"
+    );
+    for i in &snapshot.interfaces {
+        let _ = writeln!(
+            out,
+            "{:<16} {:>7} {:>20} {:>20} {:>14} {:>14}  {}",
+            i.name,
+            i.ifindex,
+            i.rx_bytes,
+            i.tx_bytes,
+            i.rx_packets,
+            i.tx_packets,
+            if i.attached { "counting" } else { "gone" }
+        );
+    }
+    let (rx, tx) = snapshot.totals();
+    let _ = writeln!(
+        out,
+        "{:<16} {:>7} {:>20} {:>20}",
+        "total",
+        "",
+        human_bytes(rx),
+        human_bytes(tx)
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        source::{InterfaceCounters, SourceKind},
+        system::LoadAvg,
+    };
+
+    #[test]
+    fn human_units() {
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(1023), "1023 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(20 * 1024 * 1024), "20.0 MiB");
+        assert_eq!(human_bytes(u64::MAX), "16.0 EiB");
+    }
+
+    #[test]
+    fn table_lists_every_interface() {
+        let snapshot = Snapshot {
+            source: SourceKind::Ebpf,
+            epoch: "ab".repeat(16),
+            epoch_created_unix_ns: 1,
+            starts_at_zero: true,
+            boot_id: "boot".into(),
+            load: LoadAvg {
+                one: 1.0,
+                five: 2.0,
+                fifteen: 3.0,
+            },
+            interfaces: vec![
+                InterfaceCounters {
+                    name: "eth0".into(),
+                    ifindex: 2,
+                    rx_bytes: 2048,
+                    tx_bytes: 1,
+                    rx_packets: 3,
+                    tx_packets: 1,
+                    attached: true,
+                },
+                InterfaceCounters {
+                    name: "veth7".into(),
+                    ifindex: 7,
+                    rx_bytes: 0,
+                    tx_bytes: 0,
+                    rx_packets: 0,
+                    tx_packets: 0,
+                    attached: false,
+                },
+            ],
+        };
+        let table = render_table(&snapshot, Some("/sys/fs/bpf/tally"));
+        assert!(table.contains("source   ebpf"), "{table}");
+        assert!(table.contains(&"ab".repeat(16)));
+        assert!(table.contains("load     1.00 2.00 3.00"));
+        assert!(
+            table
+                .lines()
+                .any(|l| l.starts_with("eth0") && l.contains("2048") && l.ends_with("counting"))
+        );
+        assert!(
+            table
+                .lines()
+                .any(|l| l.starts_with("veth7") && l.ends_with("gone"))
+        );
+        assert!(
+            table
+                .lines()
+                .any(|l| l.starts_with("total") && l.contains("2.0 KiB"))
+        );
+    }
+}

@@ -1,0 +1,179 @@
+//! The `#[repr(C)]` types that tally's eBPF programs and the agent share.
+//!
+//! Everything here is plain old data with a fixed layout: the kernel side
+//! writes it into BPF maps, the user side reads it back byte for byte. A change
+//! of layout is a change of [`LAYOUT_VERSION`], which the agent checks against
+//! the pinned maps before it adopts them.
+#![no_std]
+
+/// Version of the layout of the types below (and of the pinned maps).
+pub const LAYOUT_VERSION: u32 = 1;
+
+/// `TALLY_META`'s `magic`: "tallyctr" in ASCII.
+pub const META_MAGIC: u64 = u64::from_le_bytes(*b"tallyctr");
+
+/// Per-interface traffic counters (one copy per CPU in the kernel map).
+///
+/// `rx` is what the TC ingress hook saw, `tx` what the TC egress hook saw;
+/// bytes are `skb->len` at the hook, link-layer header included.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IfCounters {
+    pub rx_bytes: u64,
+    pub rx_packets: u64,
+    pub tx_bytes: u64,
+    pub tx_packets: u64,
+}
+
+impl IfCounters {
+    /// Adds `other` to `self`, saturating instead of wrapping (a u64 of bytes
+    /// cannot realistically overflow; if it ever did, a counter that sticks is
+    /// better than one that goes backwards).
+    pub fn accumulate(&mut self, other: &Self) {
+        self.rx_bytes = self.rx_bytes.saturating_add(other.rx_bytes);
+        self.rx_packets = self.rx_packets.saturating_add(other.rx_packets);
+        self.tx_bytes = self.tx_bytes.saturating_add(other.tx_bytes);
+        self.tx_packets = self.tx_packets.saturating_add(other.tx_packets);
+    }
+}
+
+/// Maximum length of an interface name, NUL included (`IFNAMSIZ`).
+pub const IFNAMSIZ: usize = 16;
+
+/// `IfaceInfo::state`: the agent attached the programs to this interface.
+pub const IFACE_ATTACHED: u32 = 1;
+/// `IfaceInfo::state`: the interface is gone; its counters are kept so that its
+/// last bytes are still reported.
+pub const IFACE_GONE: u32 = 2;
+
+/// What the agent remembers about an interface it counts, keyed by ifindex.
+/// Written by user space only.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IfaceInfo {
+    /// The interface name, NUL-padded.
+    pub name: [u8; IFNAMSIZ],
+    /// [`IFACE_ATTACHED`] or [`IFACE_GONE`].
+    pub state: u32,
+    /// How the programs are attached: [`ATTACH_TCX`] or [`ATTACH_NETLINK`].
+    pub attach_mode: u32,
+    /// When the agent first attached to it (Unix time, nanoseconds).
+    pub attached_unix_ns: u64,
+}
+
+/// `IfaceInfo::attach_mode`: a TCX link (kernel 6.6 and later), pinned.
+pub const ATTACH_TCX: u32 = 1;
+/// `IfaceInfo::attach_mode`: a `cls_bpf` filter on the clsact qdisc.
+pub const ATTACH_NETLINK: u32 = 2;
+
+/// The identity of a set of counters: created with the pinned maps, kept with
+/// them. Written by user space only, as the single entry of `TALLY_META`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Meta {
+    /// [`META_MAGIC`] once initialised; zero in a freshly created map.
+    pub magic: u64,
+    /// [`LAYOUT_VERSION`] of the agent that created the counters.
+    pub layout_version: u32,
+    pub _reserved: u32,
+    /// A random 128-bit id of this counter set (the counter epoch).
+    pub epoch: [u8; 16],
+    /// When the counter set was created (Unix time, nanoseconds), so that of two
+    /// epochs the earlier one can be told.
+    pub created_unix_ns: u64,
+    /// The next heartbeat sequence number (kept here so that it keeps growing
+    /// across agent restarts within one epoch).
+    pub next_seq: u64,
+}
+
+/// Names of the maps in the eBPF object (at most 15 characters each: the
+/// kernel's limit for object names).
+pub mod maps {
+    /// `PerCpuHashMap<u32 ifindex, IfCounters>`.
+    pub const COUNTERS: &str = "TALLY_COUNTERS";
+    /// `HashMap<u32 ifindex, IfaceInfo>`.
+    pub const IFACES: &str = "TALLY_IFACES";
+    /// `Array<Meta>` with one entry.
+    pub const META: &str = "TALLY_META";
+}
+
+/// Names of the programs in the eBPF object.
+pub mod programs {
+    pub const INGRESS: &str = "tally_ingress";
+    pub const EGRESS: &str = "tally_egress";
+    /// An empty classifier, the baseline of `cargo xtask bench ebpf`.
+    pub const NOOP: &str = "tally_noop";
+}
+
+/// Capacity of the per-interface maps.
+pub const MAX_INTERFACES: u32 = 16_384;
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all three are `#[repr(C)]`, contain only integers and byte arrays,
+    // and have no padding (checked by the layout tests below).
+    unsafe impl aya::Pod for super::IfCounters {}
+    unsafe impl aya::Pod for super::IfaceInfo {}
+    unsafe impl aya::Pod for super::Meta {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::size_of;
+
+    #[test]
+    fn layouts_have_no_padding() {
+        assert_eq!(size_of::<IfCounters>(), 32);
+        assert_eq!(size_of::<IfaceInfo>(), 16 + 4 + 4 + 8);
+        assert_eq!(size_of::<Meta>(), 8 + 4 + 4 + 16 + 8 + 8);
+    }
+
+    #[test]
+    fn accumulate_adds_and_saturates() {
+        let mut a = IfCounters {
+            rx_bytes: 1,
+            rx_packets: 2,
+            tx_bytes: 3,
+            tx_packets: 4,
+        };
+        a.accumulate(&IfCounters {
+            rx_bytes: 10,
+            rx_packets: 20,
+            tx_bytes: 30,
+            tx_packets: 40,
+        });
+        assert_eq!(
+            a,
+            IfCounters {
+                rx_bytes: 11,
+                rx_packets: 22,
+                tx_bytes: 33,
+                tx_packets: 44
+            }
+        );
+        let mut b = IfCounters {
+            rx_bytes: u64::MAX - 1,
+            ..Default::default()
+        };
+        b.accumulate(&IfCounters {
+            rx_bytes: 5,
+            ..Default::default()
+        });
+        assert_eq!(b.rx_bytes, u64::MAX);
+    }
+
+    #[test]
+    fn names_fit_the_kernel_limit() {
+        for name in [
+            maps::COUNTERS,
+            maps::IFACES,
+            maps::META,
+            programs::INGRESS,
+            programs::EGRESS,
+            programs::NOOP,
+        ] {
+            assert!(name.len() <= 15, "{name}");
+        }
+    }
+}

@@ -1,0 +1,144 @@
+//! `cargo xtask`: tally's developer workflows.
+
+mod toolchain;
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+
+/// tally's developer workflows.
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// Set up the eBPF toolchain: rust-src for the nightly, and bpf-linker
+    /// built against the nightly's own LLVM. Does nothing when all is there.
+    Setup,
+    /// Build the eBPF object (`target/bpfel-unknown-none/release/tally`).
+    BuildEbpf,
+    /// Run every test (unit and privileged integration tests; as root, with
+    /// TALLY_REQUIRE_PRIVILEGED=1 a privileged test fails instead of skipping).
+    Test {
+        /// Extra arguments for `cargo test` (after `--`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// cargo fmt --check, clippy on the workspace, clippy on the eBPF crate.
+    Lint,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+}
+
+fn setup() -> anyhow::Result<toolchain::NightlyInfo> {
+    let mut log = |line: &str| eprintln!("setup: {line}");
+    let nightly = toolchain::ensure_all(&mut log)?;
+    eprintln!(
+        "setup: eBPF toolchain ready ({NIGHTLY} {}, LLVM {}, bpf-linker {})",
+        nightly.release,
+        nightly.llvm_major,
+        toolchain::BPF_LINKER_VERSION,
+        NIGHTLY = toolchain::NIGHTLY
+    );
+    Ok(nightly)
+}
+
+fn status_ok(cmd: &mut Command) -> anyhow::Result<()> {
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot run {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed ({status})");
+    }
+    Ok(())
+}
+
+/// The BPF build: the same flags as aya-build uses from agent/build.rs.
+fn ebpf_cargo(subcommand: &str) -> anyhow::Result<Command> {
+    let mut cmd = Command::new("rustup");
+    cmd.current_dir(workspace_root())
+        .args(["run", toolchain::NIGHTLY, "cargo", subcommand])
+        .args(["--package", "tally-agent-ebpf", "--bins", "--release"])
+        .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
+        .env("PATH", toolchain::path_with_cargo_bin()?)
+        .env(
+            "CARGO_ENCODED_RUSTFLAGS",
+            [
+                "--cfg=bpf_target_arch=\"x86_64\"",
+                "-Cdebuginfo=2",
+                "-Clink-arg=--btf",
+            ]
+            .join("\x1f"),
+        );
+    Ok(cmd)
+}
+
+fn run(task: Task) -> anyhow::Result<()> {
+    match task {
+        Task::Setup => setup().map(drop),
+        Task::BuildEbpf => {
+            setup()?;
+            status_ok(&mut ebpf_cargo("build")?)?;
+            let object = workspace_root().join("target/bpfel-unknown-none/release/tally");
+            eprintln!("built {}", object.display());
+            Ok(())
+        }
+        Task::Test { args } => {
+            setup()?;
+            let mut cmd = Command::new("cargo");
+            cmd.current_dir(workspace_root())
+                .env("PATH", toolchain::path_with_cargo_bin()?)
+                .args(["test", "--workspace", "--exclude", "tally-agent-ebpf"]);
+            if !args.is_empty() {
+                cmd.arg("--").args(args);
+            }
+            status_ok(&mut cmd)
+        }
+        Task::Lint => {
+            setup()?;
+            let root = workspace_root();
+            status_ok(
+                Command::new("cargo")
+                    .current_dir(&root)
+                    .args(["fmt", "--all", "--check"]),
+            )?;
+            status_ok(
+                Command::new("cargo")
+                    .current_dir(&root)
+                    .env("PATH", toolchain::path_with_cargo_bin()?)
+                    .args([
+                        "clippy",
+                        "--workspace",
+                        "--all-targets",
+                        "--",
+                        "-D",
+                        "warnings",
+                    ]),
+            )?;
+            status_ok(ebpf_cargo("clippy")?.args(["--", "-D", "warnings"]))
+        }
+    }
+}
