@@ -3,6 +3,10 @@
 //! to the per-CPU counters of the interface it passes, and always let the
 //! packet through.
 //!
+//! They return `TC_ACT_UNSPEC` (TCX: "next"), never `TC_ACT_OK`: that lets
+//! the packet on *and* lets any other program or filter on the same hook run,
+//! so tally never changes what the rest of the system does with a packet.
+//!
 //! The counters map only holds entries the agent created before it attached
 //! the programs to an interface, so the packet path never allocates: a packet
 //! on an interface without an entry is passed on uncounted (that cannot happen
@@ -14,7 +18,7 @@
 #[cfg(target_arch = "bpf")]
 mod programs {
     use aya_ebpf::{
-        bindings::{BPF_F_NO_PREALLOC, TC_ACT_OK},
+        bindings::{BPF_F_NO_PREALLOC, TC_ACT_UNSPEC},
         macros::{classifier, map},
         maps::{Array, HashMap, PerCpuHashMap},
         programs::TcContext,
@@ -39,19 +43,19 @@ mod programs {
     #[classifier]
     pub fn tally_ingress(ctx: TcContext) -> i32 {
         count(&ctx, Direction::Rx);
-        TC_ACT_OK
+        TC_ACT_UNSPEC
     }
 
     #[classifier]
     pub fn tally_egress(ctx: TcContext) -> i32 {
         count(&ctx, Direction::Tx);
-        TC_ACT_OK
+        TC_ACT_UNSPEC
     }
 
     /// The empty classifier that `cargo xtask bench ebpf` compares ours with.
     #[classifier]
     pub fn tally_noop(_ctx: TcContext) -> i32 {
-        TC_ACT_OK
+        TC_ACT_UNSPEC
     }
 
     enum Direction {

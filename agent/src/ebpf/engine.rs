@@ -101,6 +101,17 @@ fn attach_type(hook: Hook) -> TcAttachType {
     }
 }
 
+/// Where our program goes among other TCX programs on the hook: first on
+/// ingress and last on egress, so that it sees what the kernel's interface
+/// statistics see even when another program drops packets (the driver counts
+/// rx before TC ingress, and tx after TC egress).
+fn tcx_order(hook: Hook) -> LinkOrder {
+    match hook {
+        Hook::Ingress => LinkOrder::first(),
+        Hook::Egress => LinkOrder::last(),
+    }
+}
+
 fn program_name(hook: Hook) -> &'static str {
     match hook {
         Hook::Ingress => programs::INGRESS,
