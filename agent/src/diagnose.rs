@@ -93,10 +93,10 @@ pub fn causes(err: &EngineError, probe: &Probe) -> Vec<Cause> {
         if !probe.has_cap(caps::CAP_BPF) && !probe.has_cap(caps::CAP_SYS_ADMIN) {
             out.push(Cause::NoCapBpf);
         }
-        if matches!(err, EngineError::Attach { .. }) || denied {
-            if !probe.has_cap(caps::CAP_NET_ADMIN) {
-                out.push(Cause::NoCapNetAdmin);
-            }
+        if (matches!(err, EngineError::Attach { .. }) || denied)
+            && !probe.has_cap(caps::CAP_NET_ADMIN)
+        {
+            out.push(Cause::NoCapNetAdmin);
         }
     }
     let text = chain_text(err);

@@ -174,7 +174,7 @@ pub fn is_bpffs(path: &Path) -> bool {
     let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
     // SAFETY: c_path is NUL-terminated and stat is a valid out-pointer.
     let rc = unsafe { libc::statfs(c_path.as_ptr(), &mut stat) };
-    rc == 0 && i64::from(stat.f_type) == BPF_FS_MAGIC
+    rc == 0 && stat.f_type == BPF_FS_MAGIC
 }
 
 fn mount_bpffs(target: &Path) -> io::Result<()> {

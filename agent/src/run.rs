@@ -37,13 +37,23 @@ pub async fn run(args: RunArgs, layout: PinLayout) -> anyhow::Result<()> {
 async fn run_ebpf(args: &RunArgs, layout: PinLayout, filter: IfaceFilter) -> anyhow::Result<()> {
     let probe = Probe::current();
     let explain = |e| anyhow::anyhow!(diagnose::explain(&e, &probe));
-    layout.prepare().map_err(|e| explain(e.into()))?;
-    let _lock = PinLock::acquire(&layout).context("cannot lock the pin directory")?;
     if args.attach == AttachMode::Tcx && !probe.has_tcx() {
         anyhow::bail!("--attach tcx needs kernel 6.6 or newer; use --attach auto or netlink");
     }
-    let mut engine =
-        Engine::start(layout.clone(), args.attach, probe.has_tcx()).map_err(explain)?;
+    let existed = layout.dir().exists();
+    layout.prepare().map_err(|e| explain(e.into()))?;
+    let _lock = PinLock::acquire(&layout).context("cannot lock the pin directory")?;
+    let mut engine = match Engine::start(layout.clone(), args.attach, probe.has_tcx()) {
+        Ok(engine) => engine,
+        Err(error) => {
+            if !existed {
+                // Leave no empty pin directory behind a start that failed.
+                let _ = std::fs::remove_dir(layout.links_dir());
+                let _ = std::fs::remove_dir(layout.dir());
+            }
+            return Err(explain(error));
+        }
+    };
     let epoch = epoch_hex(&engine.meta().epoch);
     if engine.created_counters() {
         tracing::info!(%epoch, pin_dir = %layout.dir().display(), "created a new counter set");

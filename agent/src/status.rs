@@ -44,8 +44,8 @@ pub fn render_table(snapshot: &Snapshot, pin_dir: Option<&str>) -> String {
     let _ = writeln!(out);
     let _ = writeln!(
         out,
-        "{:<16} {:>7} {:>20} {:>20} {:>14} {:>14}  {}",
-        "INTERFACE", "IFINDEX", "RX BYTES", "TX BYTES", "RX PACKETS", "TX PACKETS", "STATE"
+        "{:<16} {:>7} {:>20} {:>20} {:>14} {:>14}  STATE",
+        "INTERFACE", "IFINDEX", "RX BYTES", "TX BYTES", "RX PACKETS", "TX PACKETS"
     );
     for i in &snapshot.interfaces {
         let _ = writeln!(

@@ -38,7 +38,10 @@ fn counts_equal_the_kernel_statistics_both_ways() {
     let ours_a = agent_a.counters(&link.if_a).since(&ours_a0);
     let ours_b = agent_b.counters(&link.if_b).since(&ours_b0);
 
-    assert!(kernel_a.rx_bytes >= TCP_BYTES as u64 && kernel_a.tx_bytes >= TCP_BYTES as u64, "{kernel_a:?}");
+    assert!(
+        kernel_a.rx_bytes >= TCP_BYTES as u64 && kernel_a.tx_bytes >= TCP_BYTES as u64,
+        "{kernel_a:?}"
+    );
     assert!(kernel_a.rx_packets >= UDP_DATAGRAMS as u64, "{kernel_a:?}");
     assert_exact("namespace a", &ours_a, &kernel_a);
     assert_exact("namespace b", &ours_b, &kernel_b);
@@ -59,15 +62,35 @@ fn loopback_is_not_counted() {
     tcp_transfer(&link.a, &link.a, lo, 4 * 1024 * 1024, Duration::ZERO);
     udp_burst(&link.a, &link.a, lo, lo, 1_000, 64);
     let kernel_lo = link.a.settle("lo");
-    assert!(kernel_lo.rx_bytes >= 4 * 1024 * 1024, "the kernel saw the loopback traffic");
+    assert!(
+        kernel_lo.rx_bytes >= 4 * 1024 * 1024,
+        "the kernel saw the loopback traffic"
+    );
 
     let after = agent.status().expect("status");
-    let names: Vec<&str> =
-        after["interfaces"].as_array().expect("list").iter().filter_map(|i| i["name"].as_str()).collect();
-    assert!(!names.iter().any(|n| n.starts_with("lo")), "no loopback entry: {names:?}");
-    assert_eq!(before["interfaces"], after["interfaces"], "nothing moved on the counted interfaces");
-    assert!(tcx_programs(&link.a, "lo").is_empty(), "no program on lo (kernel's view)");
+    let names: Vec<&str> = after["interfaces"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter_map(|i| i["name"].as_str())
+        .collect();
+    assert!(
+        !names.iter().any(|n| n.starts_with("lo")),
+        "no loopback entry: {names:?}"
+    );
+    assert_eq!(
+        before["interfaces"], after["interfaces"],
+        "nothing moved on the counted interfaces"
+    );
+    assert!(
+        tcx_programs(&link.a, "lo").is_empty(),
+        "no program on lo (kernel's view)"
+    );
     let on_veth = tcx_programs(&link.a, &link.if_a);
     let names: Vec<&str> = on_veth.iter().map(|(n, _)| n.as_str()).collect();
-    assert_eq!(names, ["tally_ingress", "tally_egress"], "kernel's view of the veth");
+    assert_eq!(
+        names,
+        ["tally_ingress", "tally_egress"],
+        "kernel's view of the veth"
+    );
 }

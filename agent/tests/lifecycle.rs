@@ -10,7 +10,8 @@ use std::{
 };
 
 use common::{
-    Agent, Link, assert_exact, privileged, program_exists, set_up, tcp_transfer, tcx_programs, udp_burst, veth,
+    Agent, Link, assert_exact, privileged, program_exists, set_up, tcp_transfer, tcx_programs,
+    udp_burst, veth,
 };
 
 #[test]
@@ -38,11 +39,25 @@ fn an_interface_created_later_is_counted_and_an_excluded_one_is_not() {
 
     let kernel_new = link.a.settle("tvnew");
     assert!(kernel_new.rx_bytes > 2 * 1024 * 1024, "{kernel_new:?}");
-    assert_exact("interface created later", &agent.counters("tvnew"), &kernel_new);
+    assert_exact(
+        "interface created later",
+        &agent.counters("tvnew"),
+        &kernel_new,
+    );
 
-    assert!(agent.iface("tvxskip").is_none(), "excluded interface listed: {:?}", agent.status());
-    assert!(tcx_programs(&link.a, "tvxskip").is_empty(), "a program is attached to the excluded interface");
-    let on_new: Vec<String> = tcx_programs(&link.a, "tvnew").into_iter().map(|(n, _)| n).collect();
+    assert!(
+        agent.iface("tvxskip").is_none(),
+        "excluded interface listed: {:?}",
+        agent.status()
+    );
+    assert!(
+        tcx_programs(&link.a, "tvxskip").is_empty(),
+        "a program is attached to the excluded interface"
+    );
+    let on_new: Vec<String> = tcx_programs(&link.a, "tvnew")
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
     assert_eq!(on_new, ["tally_ingress", "tally_egress"]);
 }
 
@@ -63,16 +78,30 @@ fn an_interface_that_goes_keeps_its_counts_and_loses_its_attachment() {
 
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let entry = agent.iface("tvgone").expect("the gone interface is still reported");
+        let entry = agent
+            .iface("tvgone")
+            .expect("the gone interface is still reported");
         if entry["attached"] == false {
             break;
         }
-        assert!(Instant::now() < deadline, "the agent did not notice the interface went");
+        assert!(
+            Instant::now() < deadline,
+            "the agent did not notice the interface went"
+        );
         thread::sleep(Duration::from_millis(100));
     }
-    assert_exact("interface that went away", &agent.counters("tvgone"), &kernel);
-    let pins = std::fs::read_dir(agent.pin_dir.join("links")).expect("links dir").count();
-    assert_eq!(pins, 2, "only the two links of the remaining veth stay pinned");
+    assert_exact(
+        "interface that went away",
+        &agent.counters("tvgone"),
+        &kernel,
+    );
+    let pins = std::fs::read_dir(agent.pin_dir.join("links"))
+        .expect("links dir")
+        .count();
+    assert_eq!(
+        pins, 2,
+        "only the two links of the remaining veth stay pinned"
+    );
 }
 
 #[test]
@@ -90,7 +119,10 @@ fn kill_9_in_the_middle_of_a_transfer_loses_nothing() {
     // ~32 MiB in 64 KiB writes, 2 ms apart: about a second and a half.
     let (b, a, ip) = (link.b.path(), link.a.path(), link.ip_a);
     let transfer = {
-        let (b, a) = (common::NetNs { name: name_of(&b) }, common::NetNs { name: name_of(&a) });
+        let (b, a) = (
+            common::NetNs { name: name_of(&b) },
+            common::NetNs { name: name_of(&a) },
+        );
         thread::spawn(move || {
             tcp_transfer(&b, &a, ip, 32 * 1024 * 1024, Duration::from_millis(2));
             // These are borrowed names: do not delete the namespaces here.
@@ -109,32 +141,68 @@ fn kill_9_in_the_middle_of_a_transfer_loses_nothing() {
     let ours = agent.counters(&link.if_a).since(&ours0);
     assert!(kernel.rx_bytes > 32 * 1024 * 1024, "{kernel:?}");
     assert_exact("across kill -9 and restart", &ours, &kernel);
-    assert_eq!(agent.epoch(), epoch, "the restarted agent adopted the same counter set");
-    assert!(agent.log().contains("adopted the pinned counter set"), "{}", agent.log());
+    assert_eq!(
+        agent.epoch(),
+        epoch,
+        "the restarted agent adopted the same counter set"
+    );
+    assert!(
+        agent.log().contains("adopted the pinned counter set"),
+        "{}",
+        agent.log()
+    );
 }
 
 fn name_of(path: &std::path::Path) -> String {
-    path.file_name().and_then(|n| n.to_str()).expect("netns name").to_owned()
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .expect("netns name")
+        .to_owned()
 }
 
 /// Detaches and checks, with the kernel's view, that nothing of ours is left.
 fn detach_and_check(agent: &mut Agent, link: &Link, netlink: bool) {
-    let programs = if netlink { Vec::new() } else { tcx_programs(&link.a, &link.if_a) };
+    let programs = if netlink {
+        Vec::new()
+    } else {
+        tcx_programs(&link.a, &link.if_a)
+    };
     if !netlink {
-        assert_eq!(programs.len(), 2, "both programs attached before detach: {programs:?}");
+        assert_eq!(
+            programs.len(),
+            2,
+            "both programs attached before detach: {programs:?}"
+        );
     }
     agent.stop();
     let out = agent.detach();
-    assert!(out.status.success(), "detach failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "detach failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(!agent.pin_dir.exists(), "the pin directory is gone");
-    assert!(tcx_programs(&link.a, &link.if_a).is_empty(), "no TCX program left on the veth");
-    let filters = link.a.exec("tc", &["filter", "show", "dev", &link.if_a, "ingress"]);
-    let egress = link.a.exec("tc", &["filter", "show", "dev", &link.if_a, "egress"]);
-    assert!(filters.stdout.is_empty() && egress.stdout.is_empty(), "no tc filter left");
+    assert!(
+        tcx_programs(&link.a, &link.if_a).is_empty(),
+        "no TCX program left on the veth"
+    );
+    let filters = link
+        .a
+        .exec("tc", &["filter", "show", "dev", &link.if_a, "ingress"]);
+    let egress = link
+        .a
+        .exec("tc", &["filter", "show", "dev", &link.if_a, "egress"]);
+    assert!(
+        filters.stdout.is_empty() && egress.stdout.is_empty(),
+        "no tc filter left"
+    );
     let deadline = Instant::now() + Duration::from_secs(5);
     for (_, id) in programs {
         while program_exists(id) {
-            assert!(Instant::now() < deadline, "program {id} still loaded after detach");
+            assert!(
+                Instant::now() < deadline,
+                "program {id} still loaded after detach"
+            );
             thread::sleep(Duration::from_millis(50));
         }
     }
@@ -159,12 +227,13 @@ fn netlink_mode_counts_exactly_adopts_its_filters_and_detaches_cleanly() {
     let link = Link::new();
     // Someone else's filter on the same hook (after ours) must survive us,
     // and still see every packet: ours lets the classification go on.
-    link.a.exec("tc", &["qdisc", "add", "dev", &link.if_a, "clsact"]);
+    link.a
+        .exec("tc", &["qdisc", "add", "dev", &link.if_a, "clsact"]);
     link.a.exec(
         "tc",
         &[
-            "filter", "add", "dev", &link.if_a, "ingress", "pref", "40000", "protocol", "all", "u32", "match", "u32",
-            "0", "0", "classid", "1:1",
+            "filter", "add", "dev", &link.if_a, "ingress", "pref", "40000", "protocol", "all",
+            "u32", "match", "u32", "0", "0", "classid", "1:1",
         ],
     );
     let mut agent = Agent::start(&link.a, &["--attach", "netlink"]);
@@ -177,18 +246,43 @@ fn netlink_mode_counts_exactly_adopts_its_filters_and_detaches_cleanly() {
     agent.wait_for(&link.if_a);
     udp_burst(&link.a, &link.b, link.ip_b, link.ip_a, 5_000, 64);
     let kernel = link.a.settle(&link.if_a).since(&kernel0);
-    assert_exact("netlink mode", &agent.counters(&link.if_a).since(&ours0), &kernel);
+    assert_exact(
+        "netlink mode",
+        &agent.counters(&link.if_a).since(&ours0),
+        &kernel,
+    );
 
-    let shown = String::from_utf8_lossy(&link.a.exec("tc", &["filter", "show", "dev", &link.if_a, "ingress"]).stdout)
-        .into_owned();
-    assert_eq!(shown.matches("name tally_ingress").count(), 1, "one filter of ours after the restart:\n{shown}");
+    let shown = String::from_utf8_lossy(
+        &link
+            .a
+            .exec("tc", &["filter", "show", "dev", &link.if_a, "ingress"])
+            .stdout,
+    )
+    .into_owned();
+    assert_eq!(
+        shown.matches("name tally_ingress").count(),
+        1,
+        "one filter of ours after the restart:\n{shown}"
+    );
 
     agent.stop();
     let out = agent.detach();
-    assert!(out.status.success(), "detach failed: {}", String::from_utf8_lossy(&out.stderr));
-    let after = String::from_utf8_lossy(&link.a.exec("tc", &["filter", "show", "dev", &link.if_a, "ingress"]).stdout)
-        .into_owned();
+    assert!(
+        out.status.success(),
+        "detach failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let after = String::from_utf8_lossy(
+        &link
+            .a
+            .exec("tc", &["filter", "show", "dev", &link.if_a, "ingress"])
+            .stdout,
+    )
+    .into_owned();
     assert!(!after.contains("tally"), "our filter is gone:\n{after}");
-    assert!(after.contains("u32") && after.contains("pref 40000"), "the other filter stays:\n{after}");
+    assert!(
+        after.contains("u32") && after.contains("pref 40000"),
+        "the other filter stays:\n{after}"
+    );
     assert!(!agent.pin_dir.exists());
 }

@@ -214,7 +214,7 @@ fn bpf_linker_path() -> Result<PathBuf, SetupError> {
 }
 
 fn bpf_linker_runs(path: &Path) -> bool {
-    run_output(&mut Command::new(path).arg("--version"))
+    run_output(Command::new(path).arg("--version"))
         .map(|out| out.status.success())
         .unwrap_or(false)
 }

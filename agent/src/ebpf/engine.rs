@@ -381,7 +381,7 @@ impl Engine {
             .attach_with_options(
                 name,
                 attach_type(hook),
-                TcAttachOptions::TcxOrder(LinkOrder::default()),
+                TcAttachOptions::TcxOrder(tcx_order(hook)),
             )
             .map_err(|e| attach_err(e.into()))?;
         let link = program.take_link(id).map_err(|e| attach_err(e.into()))?;

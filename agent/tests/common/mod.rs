@@ -43,7 +43,9 @@ pub fn privileged(test: &str) -> bool {
         missing.push("not running as root".to_owned());
     }
     for tool in ["ip", "nsenter"] {
-        if Command::new(tool).arg("-V").output().is_err() && Command::new(tool).arg("--version").output().is_err() {
+        if Command::new(tool).arg("-V").output().is_err()
+            && Command::new(tool).arg("--version").output().is_err()
+        {
             missing.push(format!("`{tool}` is not installed"));
         }
     }
@@ -57,7 +59,9 @@ pub fn privileged(test: &str) -> bool {
     if std::env::var("TALLY_REQUIRE_PRIVILEGED").is_ok_and(|v| v == "1") {
         panic!("{test}: privileged test cannot run ({reason}) but TALLY_REQUIRE_PRIVILEGED=1");
     }
-    say(&format!("SKIP {test}: needs root with network namespaces and bpffs ({reason})"));
+    say(&format!(
+        "SKIP {test}: needs root with network namespaces and bpffs ({reason})"
+    ));
     false
 }
 
@@ -89,7 +93,15 @@ impl NetNs {
         sh("ip", &["netns", "add", &name]);
         let ns = Self { name };
         // No IPv6: no router solicitations or DAD probes muddling the counts.
-        ns.exec("sysctl", &["-q", "-w", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1"]);
+        ns.exec(
+            "sysctl",
+            &[
+                "-q",
+                "-w",
+                "net.ipv6.conf.all.disable_ipv6=1",
+                "net.ipv6.conf.default.disable_ipv6=1",
+            ],
+        );
         ns.exec("ip", &["link", "set", "lo", "up"]);
         ns
     }
@@ -111,7 +123,8 @@ impl NetNs {
     pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
         let path = self.path();
         thread::spawn(move || {
-            let file = fs::File::open(&path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+            let file =
+                fs::File::open(&path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
             // SAFETY: setns on a valid namespace fd affects only this thread.
             let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
             assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
@@ -124,17 +137,34 @@ impl NetNs {
     /// The kernel's statistics of an interface (`/sys/class/net/<if>/statistics`).
     pub fn kernel_stats(&self, iface: &str) -> Stats {
         let dir = format!("/sys/class/net/{iface}/statistics");
-        let files: Vec<String> = ["rx_bytes", "tx_bytes", "rx_packets", "tx_packets", "rx_dropped", "tx_dropped"]
-            .iter()
-            .map(|f| format!("{dir}/{f}"))
-            .collect();
+        let files: Vec<String> = [
+            "rx_bytes",
+            "tx_bytes",
+            "rx_packets",
+            "tx_packets",
+            "rx_dropped",
+            "tx_dropped",
+        ]
+        .iter()
+        .map(|f| format!("{dir}/{f}"))
+        .collect();
         let mut args = vec![];
         args.extend(files.iter().map(String::as_str));
         let out = self.exec("cat", &args);
         let text = String::from_utf8_lossy(&out.stdout);
-        let v: Vec<u64> = text.split_whitespace().map(|s| s.parse().expect("number")).collect();
+        let v: Vec<u64> = text
+            .split_whitespace()
+            .map(|s| s.parse().expect("number"))
+            .collect();
         assert_eq!(v.len(), 6, "{text}");
-        Stats { rx_bytes: v[0], tx_bytes: v[1], rx_packets: v[2], tx_packets: v[3], rx_dropped: v[4], tx_dropped: v[5] }
+        Stats {
+            rx_bytes: v[0],
+            tx_bytes: v[1],
+            rx_packets: v[2],
+            tx_packets: v[3],
+            rx_dropped: v[4],
+            tx_dropped: v[5],
+        }
     }
 
     /// Waits until the interface's kernel statistics stop moving.
@@ -154,7 +184,9 @@ impl NetNs {
 
 impl Drop for NetNs {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
     }
 }
 
@@ -183,7 +215,12 @@ impl Stats {
     }
 
     pub fn traffic(&self) -> (u64, u64, u64, u64) {
-        (self.rx_bytes, self.tx_bytes, self.rx_packets, self.tx_packets)
+        (
+            self.rx_bytes,
+            self.tx_bytes,
+            self.rx_packets,
+            self.tx_packets,
+        )
     }
 }
 
@@ -199,22 +236,55 @@ pub struct Link {
 
 /// Adds a veth pair `if_a` (in `a`) — `if_b` (in `b`) with addresses
 /// 10.213.`subnet`.1 and .2, up, with permanent neighbour entries.
-pub fn veth(a: &NetNs, b: &NetNs, if_a: &str, if_b: &str, subnet: u8, up: bool) -> (Ipv4Addr, Ipv4Addr) {
+pub fn veth(
+    a: &NetNs,
+    b: &NetNs,
+    if_a: &str,
+    if_b: &str,
+    subnet: u8,
+    up: bool,
+) -> (Ipv4Addr, Ipv4Addr) {
     let mac_a = format!("02:7a:11:{subnet:02x}:00:01");
     let mac_b = format!("02:7a:11:{subnet:02x}:00:02");
     sh(
         "ip",
         &[
-            "link", "add", if_a, "address", &mac_a, "netns", &a.name, "type", "veth", "peer", "name", if_b,
-            "address", &mac_b, "netns", &b.name,
+            "link", "add", if_a, "address", &mac_a, "netns", &a.name, "type", "veth", "peer",
+            "name", if_b, "address", &mac_b, "netns", &b.name,
         ],
     );
     let ip_a = Ipv4Addr::new(10, 213, subnet, 1);
     let ip_b = Ipv4Addr::new(10, 213, subnet, 2);
     a.exec("ip", &["addr", "add", &format!("{ip_a}/24"), "dev", if_a]);
     b.exec("ip", &["addr", "add", &format!("{ip_b}/24"), "dev", if_b]);
-    a.exec("ip", &["neigh", "replace", &ip_b.to_string(), "lladdr", &mac_b, "dev", if_a, "nud", "permanent"]);
-    b.exec("ip", &["neigh", "replace", &ip_a.to_string(), "lladdr", &mac_a, "dev", if_b, "nud", "permanent"]);
+    a.exec(
+        "ip",
+        &[
+            "neigh",
+            "replace",
+            &ip_b.to_string(),
+            "lladdr",
+            &mac_b,
+            "dev",
+            if_a,
+            "nud",
+            "permanent",
+        ],
+    );
+    b.exec(
+        "ip",
+        &[
+            "neigh",
+            "replace",
+            &ip_a.to_string(),
+            "lladdr",
+            &mac_a,
+            "dev",
+            if_b,
+            "nud",
+            "permanent",
+        ],
+    );
     if up {
         set_up(a, if_a);
         set_up(b, if_b);
@@ -231,7 +301,14 @@ impl Link {
         let a = NetNs::new("a");
         let b = NetNs::new("b");
         let (ip_a, ip_b) = veth(&a, &b, "tva", "tvb", 1, true);
-        Self { a, b, if_a: "tva".into(), if_b: "tvb".into(), ip_a, ip_b }
+        Self {
+            a,
+            b,
+            if_a: "tva".into(),
+            if_b: "tvb".into(),
+            ip_a,
+            ip_b,
+        }
     }
 }
 
@@ -253,12 +330,16 @@ pub fn tcp_transfer(from: &NetNs, to: &NetNs, to_ip: Ipv4Addr, bytes: usize, pac
         }
         total
     });
-    let mut stream = from.run(move || TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect"));
+    let mut stream = from
+        .run(move || TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect"));
     let chunk = vec![0x5au8; 1 << 16];
     let mut sent = 0usize;
     let deadline = Instant::now() + Duration::from_secs(60);
     while sent < bytes {
-        assert!(Instant::now() < deadline, "TCP transfer took longer than 60 s");
+        assert!(
+            Instant::now() < deadline,
+            "TCP transfer took longer than 60 s"
+        );
         let n = chunk.len().min(bytes - sent);
         stream.write_all(&chunk[..n]).expect("write");
         sent += n;
@@ -266,7 +347,9 @@ pub fn tcp_transfer(from: &NetNs, to: &NetNs, to_ip: Ipv4Addr, bytes: usize, pac
             thread::sleep(pace);
         }
     }
-    stream.shutdown(std::net::Shutdown::Write).expect("shutdown");
+    stream
+        .shutdown(std::net::Shutdown::Write)
+        .expect("shutdown");
     let got = receiver.join().expect("receiver");
     assert_eq!(got, bytes, "the receiver got every byte");
     drop(stream);
@@ -274,7 +357,14 @@ pub fn tcp_transfer(from: &NetNs, to: &NetNs, to_ip: Ipv4Addr, bytes: usize, pac
 
 /// Sends `count` UDP datagrams of `size` bytes from `from` to `to_ip` in `to`,
 /// paced so that the veth's backlog never overflows.
-pub fn udp_burst(from: &NetNs, to: &NetNs, to_ip: Ipv4Addr, from_ip: Ipv4Addr, count: usize, size: usize) {
+pub fn udp_burst(
+    from: &NetNs,
+    to: &NetNs,
+    to_ip: Ipv4Addr,
+    from_ip: Ipv4Addr,
+    count: usize,
+    size: usize,
+) {
     let receiver = to.run(move || UdpSocket::bind(SocketAddr::from((to_ip, 0))).expect("bind"));
     let target = receiver.local_addr().expect("addr");
     let sender = from.run(move || UdpSocket::bind(SocketAddr::from((from_ip, 0))).expect("bind"));
@@ -300,12 +390,18 @@ pub struct Agent {
 }
 
 pub fn pin_dir() -> PathBuf {
-    PathBuf::from(format!("/sys/fs/bpf/tally-test-{}-{}", std::process::id(), unique()))
+    PathBuf::from(format!(
+        "/sys/fs/bpf/tally-test-{}-{}",
+        std::process::id(),
+        unique()
+    ))
 }
 
 fn agent_cmd(ns_path: &Path) -> Command {
     let mut cmd = Command::new("nsenter");
-    cmd.arg(format!("--net={}", ns_path.display())).arg("--").arg(AGENT);
+    cmd.arg(format!("--net={}", ns_path.display()))
+        .arg("--")
+        .arg(AGENT);
     cmd
 }
 
@@ -325,7 +421,11 @@ impl Agent {
     }
 
     fn spawn(&mut self) {
-        let log = fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log file");
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log file");
         let child = agent_cmd(&self.ns_path)
             .arg("run")
             .arg("--pin-dir")
@@ -367,11 +467,17 @@ impl Agent {
     /// The interface's entry in `status --json`, if it is listed.
     pub fn iface(&self, name: &str) -> Option<serde_json::Value> {
         let status = self.status()?;
-        status["interfaces"].as_array()?.iter().find(|i| i["name"] == name).cloned()
+        status["interfaces"]
+            .as_array()?
+            .iter()
+            .find(|i| i["name"] == name)
+            .cloned()
     }
 
     pub fn counters(&self, name: &str) -> Stats {
-        let i = self.iface(name).unwrap_or_else(|| panic!("{name} not in status; agent log:\n{}", self.log()));
+        let i = self
+            .iface(name)
+            .unwrap_or_else(|| panic!("{name} not in status; agent log:\n{}", self.log()));
         let n = |k: &str| i[k].as_u64().unwrap_or_else(|| panic!("{k} in {i}"));
         Stats {
             rx_bytes: n("rx_bytes"),
@@ -396,7 +502,10 @@ impl Agent {
             }
             thread::sleep(Duration::from_millis(100));
         }
-        panic!("the agent did not start counting {name} within 20 s; its log:\n{}", self.log());
+        panic!(
+            "the agent did not start counting {name} within 20 s; its log:\n{}",
+            self.log()
+        );
     }
 
     pub fn epoch(&self) -> String {
@@ -424,7 +533,11 @@ impl Agent {
             let deadline = Instant::now() + Duration::from_secs(10);
             loop {
                 if let Ok(Some(status)) = child.try_wait() {
-                    assert!(status.success(), "agent exited with {status}; log:\n{}", self.log());
+                    assert!(
+                        status.success(),
+                        "agent exited with {status}; log:\n{}",
+                        self.log()
+                    );
                     return;
                 }
                 assert!(Instant::now() < deadline, "agent did not stop on SIGTERM");
@@ -470,7 +583,9 @@ pub fn tcx_programs(ns: &NetNs, iface: &str) -> Vec<(String, u32)> {
 
 /// Whether the kernel still knows a BPF program with this id.
 pub fn program_exists(id: u32) -> bool {
-    aya::programs::loaded_programs().filter_map(Result::ok).any(|p| p.id() == id)
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .any(|p| p.id() == id)
 }
 
 /// Asserts `ours == kernel` for the four traffic counters, explaining drops.

@@ -1,0 +1,150 @@
+//! The command line as a user meets it: help, and clear errors where eBPF
+//! cannot be used or nothing is pinned.
+
+mod common;
+
+use std::process::{Command, Output, Stdio};
+
+use common::{AGENT, privileged};
+
+fn agent(args: &[&str]) -> Output {
+    Command::new(AGENT)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run tally-agent")
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn help_explains_every_run_flag() {
+    let out = agent(&["run", "--help"]);
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "--source",
+        "--attach",
+        "--include",
+        "--exclude",
+        "--interval",
+        "--pin-dir",
+        "TALLY_PIN_DIR",
+    ] {
+        assert!(help.contains(flag), "run --help lacks {flag}:\n{help}");
+    }
+    assert!(
+        help.contains("lo*"),
+        "help says loopback is never counted:\n{help}"
+    );
+}
+
+#[test]
+fn status_without_pinned_counters_says_what_to_do() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = agent(&[
+        "status",
+        "--pin-dir",
+        &dir.path().join("none").display().to_string(),
+    ]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("no tally counters are pinned"), "{err}");
+    assert!(err.contains("tally-agent run"), "{err}");
+    assert_eq!(
+        err.lines().count(),
+        1,
+        "one clear line, no backtrace: {err}"
+    );
+}
+
+#[test]
+fn a_pin_dir_off_bpffs_is_explained() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = agent(&[
+        "run",
+        "--pin-dir",
+        &dir.path().join("pins").display().to_string(),
+    ]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("not on a bpf filesystem"), "{err}");
+    assert!(err.contains("mount -t bpf bpf /sys/fs/bpf"), "{err}");
+    assert!(err.contains("--source procfs"), "{err}");
+}
+
+#[test]
+fn bad_patterns_and_intervals_are_refused_before_anything_happens() {
+    let out = agent(&[
+        "run",
+        "--exclude",
+        "veth[",
+        "--pin-dir",
+        "/nonexistent/tally",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("invalid interface pattern \"veth[\""),
+        "{}",
+        stderr(&out)
+    );
+    let out = agent(&["run", "--interval", "100ms"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("minimum of 1s"), "{}", stderr(&out));
+}
+
+#[test]
+fn without_privileges_the_error_names_the_missing_capability() {
+    if !privileged("without_privileges_the_error_names_the_missing_capability") {
+        return;
+    }
+    // Drop to an unprivileged user with no capabilities at all.
+    let pin_dir = common::pin_dir();
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--",
+        ])
+        .arg(AGENT)
+        .args(["run", "--pin-dir", &pin_dir.display().to_string()])
+        .stdin(Stdio::null())
+        .output()
+        .expect("setpriv");
+    assert!(!out.status.success());
+    let left_behind = pin_dir.exists();
+    let _ = std::fs::remove_dir_all(&pin_dir);
+    let err = stderr(&out);
+    assert!(err.contains("eBPF cannot be used here"), "{err}");
+    assert!(err.contains("lacks CAP_BPF"), "{err}");
+    assert!(err.contains("--source procfs"), "{err}");
+    assert!(
+        !left_behind,
+        "a failed start leaves no pin directory behind"
+    );
+}
+
+#[test]
+fn procfs_source_status_works_without_ebpf() {
+    let out = agent(&["status", "--source", "procfs", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(json["source"], "procfs");
+    assert!(
+        json["epoch"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("procfs-"))
+    );
+    assert!(json["load"]["one"].is_number());
+    let names: Vec<&str> = json["interfaces"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter_map(|i| i["name"].as_str())
+        .collect();
+    assert!(!names.iter().any(|n| n.starts_with("lo")), "{names:?}");
+}
