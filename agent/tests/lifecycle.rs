@@ -160,20 +160,32 @@ fn name_of(path: &std::path::Path) -> String {
         .to_owned()
 }
 
-/// Detaches and checks, with the kernel's view, that nothing of ours is left.
-fn detach_and_check(agent: &mut Agent, link: &Link, netlink: bool) {
-    let programs = if netlink {
-        Vec::new()
-    } else {
-        tcx_programs(&link.a, &link.if_a)
+/// Stops the agent, detaches, and checks with the kernel's view (not the
+/// agent's bookkeeping) that no program, link, filter, map or pin is left.
+fn detach_and_check(agent: &mut Agent, link: &Link) {
+    let programs = tcx_programs(&link.a, &link.if_a);
+    assert_eq!(
+        programs.len(),
+        2,
+        "both programs attached before detach: {programs:?}"
+    );
+    let maps: Vec<u32> = ["TALLY_COUNTERS", "TALLY_IFACES", "TALLY_META"]
+        .iter()
+        .map(|name| {
+            let map = aya::maps::MapData::from_pin(agent.pin_dir.join(name)).expect("pinned map");
+            map.info().expect("map info").id()
+        })
+        .collect();
+    let prog_ids: Vec<u32> = programs.iter().map(|(_, id)| *id).collect();
+    let our_links = || -> Vec<u32> {
+        aya::programs::loaded_links()
+            .filter_map(Result::ok)
+            .filter(|l| prog_ids.contains(&l.program_id()))
+            .map(|l| l.id())
+            .collect()
     };
-    if !netlink {
-        assert_eq!(
-            programs.len(),
-            2,
-            "both programs attached before detach: {programs:?}"
-        );
-    }
+    assert_eq!(our_links().len(), 2, "two TCX links of ours before detach");
+
     agent.stop();
     let out = agent.detach();
     assert!(
@@ -186,16 +198,12 @@ fn detach_and_check(agent: &mut Agent, link: &Link, netlink: bool) {
         tcx_programs(&link.a, &link.if_a).is_empty(),
         "no TCX program left on the veth"
     );
-    let filters = link
-        .a
-        .exec("tc", &["filter", "show", "dev", &link.if_a, "ingress"]);
-    let egress = link
-        .a
-        .exec("tc", &["filter", "show", "dev", &link.if_a, "egress"]);
-    assert!(
-        filters.stdout.is_empty() && egress.stdout.is_empty(),
-        "no tc filter left"
-    );
+    for hook in ["ingress", "egress"] {
+        let filters = link
+            .a
+            .exec("tc", &["filter", "show", "dev", &link.if_a, hook]);
+        assert!(filters.stdout.is_empty(), "no tc filter left on {hook}");
+    }
     let deadline = Instant::now() + Duration::from_secs(5);
     for (_, id) in programs {
         while program_exists(id) {
@@ -206,6 +214,21 @@ fn detach_and_check(agent: &mut Agent, link: &Link, netlink: bool) {
             thread::sleep(Duration::from_millis(50));
         }
     }
+    while aya::maps::loaded_maps()
+        .filter_map(Result::ok)
+        .any(|m| maps.contains(&m.id()))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "maps {maps:?} still exist in the kernel after detach"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        our_links().is_empty(),
+        "no link of ours is left: {:?}",
+        our_links()
+    );
 }
 
 #[test]
@@ -216,7 +239,23 @@ fn detach_leaves_nothing_behind() {
     let link = Link::new();
     let mut agent = Agent::start(&link.a, &[]);
     agent.wait_for(&link.if_a);
-    detach_and_check(&mut agent, &link, false);
+
+    // While it runs, neither a second agent nor detach may touch its pins.
+    let second = agent.cli(&["run"]);
+    assert!(
+        !second.status.success(),
+        "a second agent on the same pins must refuse to run"
+    );
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(err.contains("another tally-agent is using"), "{err}");
+    let early = agent.detach();
+    assert!(
+        !early.status.success(),
+        "detach must refuse while the agent runs"
+    );
+    assert!(agent.pin_dir.join("TALLY_COUNTERS").exists());
+
+    detach_and_check(&mut agent, &link);
 }
 
 #[test]
