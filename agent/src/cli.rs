@@ -66,6 +66,12 @@ pub struct RunArgs {
     #[arg(long, env = "TALLY_INTERVAL", default_value = "5s", value_parser = parse_interval, value_name = "DURATION")]
     pub interval: Duration,
 
+    /// How long an interface that went away keeps its own counters (shown as
+    /// gone) before they are folded into the `(retired)` entry; totals never
+    /// change by this. Folding happens sooner when the map is nearly full.
+    #[arg(long, env = "TALLY_FORGET_AFTER", default_value = "1h", value_parser = parse_duration, value_name = "DURATION")]
+    pub forget_after: Duration,
+
     /// How often to re-list the interfaces even without a netlink notification.
     #[arg(long, default_value = "30s", value_parser = parse_interval, value_name = "DURATION")]
     pub resync_interval: Duration,
@@ -106,6 +112,11 @@ pub struct StatusArgs {
 
     #[command(flatten)]
     pub filter: FilterArgs,
+}
+
+/// Parses a duration such as `0s`, `90s`, `1h`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|e| format!("{e} (try e.g. `30s` or `1h`)"))
 }
 
 /// Parses `5s`, `1m`, `500ms`; refuses anything under one second.

@@ -43,7 +43,12 @@ async fn run_ebpf(args: &RunArgs, layout: PinLayout, filter: IfaceFilter) -> any
     let existed = layout.dir().exists();
     layout.prepare().map_err(|e| explain(e.into()))?;
     let _lock = PinLock::acquire(&layout).context("cannot lock the pin directory")?;
-    let mut engine = match Engine::start(layout.clone(), args.attach, probe.has_tcx()) {
+    let mut engine = match Engine::start(
+        layout.clone(),
+        args.attach,
+        probe.has_tcx(),
+        args.forget_after,
+    ) {
         Ok(engine) => engine,
         Err(error) => {
             if !existed {

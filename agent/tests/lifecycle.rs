@@ -325,3 +325,72 @@ fn netlink_mode_counts_exactly_adopts_its_filters_and_detaches_cleanly() {
     );
     assert!(!agent.pin_dir.exists());
 }
+
+#[test]
+fn a_long_gone_interface_is_folded_into_the_retired_entry_and_totals_stay() {
+    if !privileged("a_long_gone_interface_is_folded_into_the_retired_entry_and_totals_stay") {
+        return;
+    }
+    let link = Link::new();
+    let mut agent = Agent::start(
+        &link.a,
+        &["--forget-after", "2s", "--resync-interval", "1s"],
+    );
+    agent.wait_for(&link.if_a);
+    let (ip, _) = veth(&link.a, &link.b, "tvfold", "tvfoldp", 5, false);
+    agent.wait_for("tvfold");
+    set_up(&link.a, "tvfold");
+    set_up(&link.b, "tvfoldp");
+    tcp_transfer(&link.b, &link.a, ip, 1024 * 1024, Duration::ZERO);
+    let kernel = link.a.settle("tvfold");
+    let total_of = |status: &serde_json::Value| -> (u64, u64, u64, u64) {
+        status["interfaces"]
+            .as_array()
+            .expect("list")
+            .iter()
+            .fold((0, 0, 0, 0), |t, i| {
+                let n = |k: &str| i[k].as_u64().expect("number");
+                (
+                    t.0 + n("rx_bytes"),
+                    t.1 + n("tx_bytes"),
+                    t.2 + n("rx_packets"),
+                    t.3 + n("tx_packets"),
+                )
+            })
+    };
+    let before = agent.status().expect("status");
+    link.a.exec("ip", &["link", "del", "tvfold"]);
+
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while agent.iface("tvfold").is_some() {
+        assert!(
+            Instant::now() < deadline,
+            "the gone interface was not folded; log:\n{}",
+            agent.log()
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+    let after = agent.status().expect("status");
+    let retired = agent.counters("(retired)");
+    assert_exact("retired entry", &retired, &kernel);
+    // The veth that stays may have moved meanwhile; everything else is equal.
+    let moved = agent
+        .counters(&link.if_a)
+        .since(&Agent::stats_in(&before, &link.if_a));
+    let (b, a) = (total_of(&before), total_of(&after));
+    assert_eq!(
+        (
+            a.0 - moved.rx_bytes,
+            a.1 - moved.tx_bytes,
+            a.2 - moved.rx_packets,
+            a.3 - moved.tx_packets
+        ),
+        b,
+        "folding changed the totals"
+    );
+    assert!(
+        agent.log().contains("folded a gone interface"),
+        "{}",
+        agent.log()
+    );
+}

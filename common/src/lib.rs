@@ -59,6 +59,9 @@ pub struct IfaceInfo {
     pub attach_mode: u32,
     /// When the agent first attached to it (Unix time, nanoseconds).
     pub attached_unix_ns: u64,
+    /// When it went away or stopped being counted (Unix time, nanoseconds;
+    /// zero while attached).
+    pub gone_unix_ns: u64,
 }
 
 /// `IfaceInfo::attach_mode`: a TCX link (kernel 6.6 and later), pinned.
@@ -75,7 +78,9 @@ pub struct Meta {
     pub magic: u64,
     /// [`LAYOUT_VERSION`] of the agent that created the counters.
     pub layout_version: u32,
-    pub _reserved: u32,
+    /// The ifindex being folded into [`RETIRED_IFINDEX`] right now (zero when
+    /// no fold is under way); see `fold_before`.
+    pub folding_ifindex: u32,
     /// A random 128-bit id of this counter set (the counter epoch).
     pub epoch: [u8; 16],
     /// When the counter set was created (Unix time, nanoseconds), so that of two
@@ -84,7 +89,16 @@ pub struct Meta {
     /// The next heartbeat sequence number (kept here so that it keeps growing
     /// across agent restarts within one epoch).
     pub next_seq: u64,
+    /// The retired counters as they were before the fold of
+    /// `folding_ifindex` began: lets a restarted agent finish a fold that a
+    /// crash interrupted, exactly once.
+    pub fold_before: IfCounters,
 }
+
+/// The counters entry that holds the final counts of interfaces long gone
+/// (ifindex 0 is never a real interface). Folding a gone interface into it
+/// keeps the sum over all entries, and so every total, unchanged.
+pub const RETIRED_IFINDEX: u32 = 0;
 
 /// Names of the maps in the eBPF object (at most 15 characters each: the
 /// kernel's limit for object names).
@@ -125,8 +139,8 @@ mod tests {
     #[test]
     fn layouts_have_no_padding() {
         assert_eq!(size_of::<IfCounters>(), 32);
-        assert_eq!(size_of::<IfaceInfo>(), 16 + 4 + 4 + 8);
-        assert_eq!(size_of::<Meta>(), 8 + 4 + 4 + 16 + 8 + 8);
+        assert_eq!(size_of::<IfaceInfo>(), 16 + 4 + 4 + 8 + 8);
+        assert_eq!(size_of::<Meta>(), 8 + 4 + 4 + 16 + 8 + 8 + 32);
     }
 
     #[test]

@@ -10,7 +10,7 @@
 use std::{
     collections::BTreeMap,
     io,
-    time::{SystemTime, UNIX_EPOCH},
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use aya::{
@@ -22,10 +22,11 @@ use aya::{
     },
 };
 use tally_common::{
-    ATTACH_NETLINK, ATTACH_TCX, IFACE_ATTACHED, IfaceInfo, LAYOUT_VERSION, META_MAGIC, Meta, maps,
-    programs,
+    ATTACH_NETLINK, ATTACH_TCX, IFACE_ATTACHED, IFACE_GONE, IfCounters, IfaceInfo, LAYOUT_VERSION,
+    MAX_INTERFACES, META_MAGIC, Meta, maps, programs,
 };
 
+use super::fold;
 use super::maps::{MapsError, PinnedMaps, name_to_bytes};
 use crate::{
     filter::IfaceFilter,
@@ -136,10 +137,11 @@ pub fn new_meta() -> Result<Meta, EngineError> {
     Ok(Meta {
         magic: META_MAGIC,
         layout_version: LAYOUT_VERSION,
-        _reserved: 0,
+        folding_ifindex: 0,
         epoch,
         created_unix_ns: now_unix_ns(),
         next_seq: 1,
+        fold_before: IfCounters::default(),
     })
 }
 
@@ -151,14 +153,26 @@ pub struct Engine {
     netlink: bool,
     meta: Meta,
     created: bool,
+    /// How long a gone interface keeps its own entry before its counts are
+    /// folded into the retired entry.
+    forget_after: Duration,
     /// ifindex → name of the interfaces attached now.
     attached: BTreeMap<u32, String>,
 }
 
+/// Gone interfaces are folded regardless of age once the counters map holds
+/// this many entries, so that new interfaces always find room.
+const FOLD_PRESSURE: usize = MAX_INTERFACES as usize - 256;
+
 impl Engine {
     /// Loads the programs, creating the pinned maps or reusing them, and
     /// makes sure the counter set has an epoch.
-    pub fn start(layout: PinLayout, mode: AttachMode, has_tcx: bool) -> Result<Self, EngineError> {
+    pub fn start(
+        layout: PinLayout,
+        mode: AttachMode,
+        has_tcx: bool,
+        forget_after: Duration,
+    ) -> Result<Self, EngineError> {
         layout.prepare()?;
         let fresh = !layout.has_counters();
         let (counters, ifaces, meta) = (layout.counters(), layout.ifaces(), layout.meta());
@@ -195,6 +209,12 @@ impl Engine {
                 meta
             }
         };
+        if let Some(ifindex) = fold::recover(&mut pinned)? {
+            tracing::info!(
+                ifindex,
+                "finished folding a gone interface that a crash interrupted"
+            );
+        }
         let netlink = match mode {
             AttachMode::Netlink => true,
             AttachMode::Tcx => false,
@@ -207,6 +227,7 @@ impl Engine {
             netlink,
             meta,
             created: fresh,
+            forget_after,
             attached: BTreeMap::new(),
         })
     }
@@ -263,6 +284,43 @@ impl Engine {
             tracing::info!(iface = %name, ifindex, "interface went away; its counters are kept");
         }
         self.clean_stale(&present);
+        self.fold_forgotten();
+    }
+
+    /// Folds gone interfaces older than `forget_after` (or, when the map is
+    /// nearly full, the oldest gone ones) into the retired entry.
+    fn fold_forgotten(&mut self) {
+        let Ok(records) = self.maps.ifaces() else {
+            return;
+        };
+        let mut gone: Vec<(u64, u32)> = records
+            .iter()
+            .filter(|(_, info)| info.state == IFACE_GONE)
+            .map(|(ifindex, info)| (info.gone_unix_ns, *ifindex))
+            .collect();
+        gone.sort_unstable();
+        let now = now_unix_ns();
+        let age_limit = u64::try_from(self.forget_after.as_nanos()).unwrap_or(u64::MAX);
+        let mut excess = self.maps.len().unwrap_or(0).saturating_sub(FOLD_PRESSURE);
+        for (gone_at, ifindex) in gone {
+            let old_enough = now.saturating_sub(gone_at) >= age_limit;
+            if !old_enough && excess == 0 {
+                continue;
+            }
+            match fold::fold(&mut self.maps, ifindex) {
+                Ok(()) => {
+                    excess = excess.saturating_sub(1);
+                    tracing::info!(
+                        ifindex,
+                        "folded a gone interface's counts into the retired entry"
+                    );
+                }
+                Err(error) => {
+                    tracing::warn!(ifindex, %error, "cannot fold a gone interface's counts");
+                    return;
+                }
+            }
+        }
     }
 
     /// Retires records and pins that no current attachment accounts for
@@ -302,6 +360,7 @@ impl Engine {
             state: IFACE_ATTACHED,
             attach_mode,
             attached_unix_ns,
+            gone_unix_ns: 0,
         };
         self.maps.set_iface(ifindex, &info)?;
         let mut how = Attached::Adopted;
@@ -317,7 +376,7 @@ impl Engine {
                 Err(error) => {
                     // Leave nothing half-attached behind.
                     self.detach_hooks(ifindex, Some(name));
-                    self.maps.mark_gone(ifindex)?;
+                    self.maps.mark_gone(ifindex, now_unix_ns())?;
                     return Err(error);
                 }
             }
@@ -453,7 +512,7 @@ impl Engine {
     /// counters (marked gone) so that its last bytes are still reported.
     pub fn retire(&mut self, ifindex: u32, name: Option<&str>) {
         self.detach_hooks(ifindex, name);
-        if let Err(error) = self.maps.mark_gone(ifindex) {
+        if let Err(error) = self.maps.mark_gone(ifindex, now_unix_ns()) {
             tracing::warn!(ifindex, %error, "cannot mark interface as gone");
         }
         self.attached.remove(&ifindex);

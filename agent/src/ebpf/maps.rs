@@ -5,8 +5,10 @@
 use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuHashMap, PerCpuValues};
 use tally_common::{
     IFACE_ATTACHED, IFACE_GONE, IFNAMSIZ, IfCounters, IfaceInfo, LAYOUT_VERSION, META_MAGIC, Meta,
+    RETIRED_IFINDEX,
 };
 
+use super::fold::FoldStore;
 use crate::pins::PinLayout;
 
 /// `BPF_NOEXIST`: create the element only if it does not exist yet.
@@ -42,6 +44,9 @@ pub enum MapsError {
     Cpus(String),
 }
 
+/// The name under which the retired entry is reported.
+pub const RETIRED_NAME: &str = "(retired)";
+
 /// What the maps say about one interface.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IfaceRecord {
@@ -52,6 +57,9 @@ pub struct IfaceRecord {
 
 impl IfaceRecord {
     pub fn name(&self) -> String {
+        if self.ifindex == RETIRED_IFINDEX {
+            return RETIRED_NAME.to_owned();
+        }
         self.info
             .map(|info| name_from_bytes(&info.name))
             .unwrap_or_default()
@@ -159,8 +167,7 @@ impl PinnedMaps {
     /// Creates a zeroed counter entry for `ifindex` unless one exists (an
     /// existing entry keeps its counts).
     pub fn ensure_counters(&mut self, ifindex: u32) -> Result<(), MapsError> {
-        let cpus =
-            aya::util::nr_cpus().map_err(|(what, e)| MapsError::Cpus(format!("{what}: {e}")))?;
+        let cpus = Self::cpus()?;
         let zeroes = PerCpuValues::try_from(vec![IfCounters::default(); cpus])
             .map_err(|e| MapsError::Cpus(e.to_string()))?;
         match self.counters.insert(ifindex, zeroes, BPF_NOEXIST) {
@@ -186,13 +193,31 @@ impl PinnedMaps {
             .map_err(access(format!("the record of ifindex {ifindex}")))
     }
 
-    /// Marks an interface as no longer counted; its counters stay.
-    pub fn mark_gone(&mut self, ifindex: u32) -> Result<(), MapsError> {
-        if let Some(mut info) = self.iface(ifindex)? {
+    /// Marks an interface as no longer counted (since `now_unix_ns`); its
+    /// counters stay until they are folded into the retired entry.
+    pub fn mark_gone(&mut self, ifindex: u32, now_unix_ns: u64) -> Result<(), MapsError> {
+        if let Some(mut info) = self.iface(ifindex)?
+            && info.state != IFACE_GONE
+        {
             info.state = IFACE_GONE;
+            info.gone_unix_ns = now_unix_ns;
             self.set_iface(ifindex, &info)?;
         }
         Ok(())
+    }
+
+    fn cpus() -> Result<usize, MapsError> {
+        aya::util::nr_cpus().map_err(|(what, e)| MapsError::Cpus(format!("{what}: {e}")))
+    }
+
+    /// The number of entries in the counters map.
+    pub fn len(&self) -> Result<usize, MapsError> {
+        let mut n = 0;
+        for key in self.counters.keys() {
+            key.map_err(access("TALLY_COUNTERS"))?;
+            n += 1;
+        }
+        Ok(n)
     }
 
     /// The interface records (attached or gone), by ifindex.
@@ -219,6 +244,54 @@ impl PinnedMaps {
         }
         out.sort_by_key(|record| record.ifindex);
         Ok(out)
+    }
+}
+
+impl FoldStore for PinnedMaps {
+    type Error = MapsError;
+
+    fn counters(&self, ifindex: u32) -> Result<Option<IfCounters>, MapsError> {
+        match self.counters.get(&ifindex, 0) {
+            Ok(per_cpu) => Ok(Some(sum_per_cpu(per_cpu.iter()))),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(access(format!("the counters of ifindex {ifindex}"))(e)),
+        }
+    }
+
+    fn set_retired(&mut self, total: &IfCounters) -> Result<(), MapsError> {
+        // User space alone writes this entry: the whole total sits in the
+        // first CPU's slot.
+        let mut values = vec![IfCounters::default(); Self::cpus()?];
+        if let Some(first) = values.first_mut() {
+            *first = *total;
+        }
+        let values = PerCpuValues::try_from(values).map_err(|e| MapsError::Cpus(e.to_string()))?;
+        self.counters
+            .insert(RETIRED_IFINDEX, values, 0)
+            .map_err(access("the retired counters"))
+    }
+
+    fn forget(&mut self, ifindex: u32) -> Result<(), MapsError> {
+        match self.counters.remove(&ifindex) {
+            Ok(()) | Err(MapError::KeyNotFound) => {}
+            Err(e) => return Err(access(format!("the counters of ifindex {ifindex}"))(e)),
+        }
+        match self.ifaces.remove(&ifindex) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(access(format!("the record of ifindex {ifindex}"))(e)),
+        }
+    }
+
+    fn fold_state(&self) -> Result<(u32, IfCounters), MapsError> {
+        let meta = self.meta.get(&0, 0).map_err(access("TALLY_META"))?;
+        Ok((meta.folding_ifindex, meta.fold_before))
+    }
+
+    fn set_fold_state(&mut self, ifindex: u32, before: &IfCounters) -> Result<(), MapsError> {
+        let mut meta = self.meta.get(&0, 0).map_err(access("TALLY_META"))?;
+        meta.folding_ifindex = ifindex;
+        meta.fold_before = *before;
+        self.set_meta(&meta)
     }
 }
 

@@ -3,6 +3,7 @@
 
 pub mod detach;
 pub mod engine;
+pub mod fold;
 pub mod maps;
 
 /// The counter epoch as text: 32 lowercase hex digits.

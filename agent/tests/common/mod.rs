@@ -474,6 +474,23 @@ impl Agent {
             .cloned()
     }
 
+    /// One interface's counters from a `status --json` document.
+    pub fn stats_in(status: &serde_json::Value, name: &str) -> Stats {
+        let list = status["interfaces"].as_array().expect("interfaces");
+        let i = list
+            .iter()
+            .find(|i| i["name"] == name)
+            .unwrap_or_else(|| panic!("{name} in {status}"));
+        let n = |k: &str| i[k].as_u64().unwrap_or_else(|| panic!("{k} in {i}"));
+        Stats {
+            rx_bytes: n("rx_bytes"),
+            tx_bytes: n("tx_bytes"),
+            rx_packets: n("rx_packets"),
+            tx_packets: n("tx_packets"),
+            ..Stats::default()
+        }
+    }
+
     pub fn counters(&self, name: &str) -> Stats {
         let i = self
             .iface(name)
