@@ -11,6 +11,7 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     println!("cargo:rerun-if-env-changed=AYA_BUILD_SKIP");
+    println!("cargo:rerun-if-env-changed={}", toolchain::TOOLCHAIN_ENV);
     println!("cargo:rerun-if-changed=../xtask/src/toolchain.rs");
     let skip = std::env::var("AYA_BUILD_SKIP").is_ok_and(|v| v == "1" || v == "true");
     if !skip {
@@ -36,7 +37,8 @@ fn main() -> ExitCode {
         root_dir: "../agent-ebpf",
         ..Default::default()
     };
-    if let Err(err) = aya_build::build_ebpf([package], aya_build::Toolchain::default()) {
+    let toolchain = toolchain::toolchain_name();
+    if let Err(err) = aya_build::build_ebpf([package], aya_build::Toolchain::Custom(&toolchain)) {
         eprintln!("error: building the eBPF programs failed: {err:#}");
         return ExitCode::FAILURE;
     }

@@ -13,8 +13,19 @@ use std::{
     process::{Command, Output, Stdio},
 };
 
-/// The nightly toolchain used for the BPF target.
+/// The nightly toolchain used for the BPF target, unless
+/// `TALLY_EBPF_TOOLCHAIN` names another (e.g. a dated nightly).
 pub const NIGHTLY: &str = "nightly";
+/// The environment variable that overrides [`NIGHTLY`].
+pub const TOOLCHAIN_ENV: &str = "TALLY_EBPF_TOOLCHAIN";
+
+/// The toolchain the eBPF build uses.
+pub fn toolchain_name() -> String {
+    env::var(TOOLCHAIN_ENV)
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| NIGHTLY.to_owned())
+}
 /// The bpf-linker release that builds against the nightly's LLVM.
 pub const BPF_LINKER_VERSION: &str = "0.13.0";
 
@@ -41,6 +52,8 @@ fn fail(message: impl Into<String>) -> SetupError {
 /// What `rustc +nightly -vV` says about the nightly.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NightlyInfo {
+    /// The rustup toolchain name (`nightly` unless overridden).
+    pub toolchain: String,
     pub release: String,
     pub commit_hash: String,
     pub llvm_major: u32,
@@ -109,17 +122,22 @@ pub fn cargo_home() -> Result<PathBuf, SetupError> {
 
 /// Finds the nightly toolchain, or says how to install it.
 pub fn nightly() -> Result<NightlyInfo, SetupError> {
+    nightly_named(&toolchain_name())
+}
+
+/// Finds the named toolchain, or says how to install it.
+pub fn nightly_named(toolchain: &str) -> Result<NightlyInfo, SetupError> {
     let missing = || {
         fail(format!(
             "tally builds its eBPF programs with a nightly Rust toolchain, and none is installed.\n\
-             Install it with:  rustup toolchain install {NIGHTLY} --profile minimal --component rust-src\n\
+             Install it with:  rustup toolchain install {toolchain} --profile minimal --component rust-src\n\
              then run the build again (or `cargo xtask setup`)."
         ))
     };
-    let out = run_output(clean_command("rustup").args(["run", NIGHTLY, "rustc", "-vV"]))
+    let out = run_output(clean_command("rustup").args(["run", toolchain, "rustc", "-vV"]))
         .map_err(|e| {
             fail(format!(
-                "cannot run rustup ({e}); tally's eBPF build needs rustup with a {NIGHTLY} toolchain"
+                "cannot run rustup ({e}); tally's eBPF build needs rustup with a {toolchain} toolchain"
             ))
         })?;
     if !out.status.success() {
@@ -132,13 +150,14 @@ pub fn nightly() -> Result<NightlyInfo, SetupError> {
         ))
     })?;
     let out =
-        run_output(clean_command("rustup").args(["run", NIGHTLY, "rustc", "--print", "sysroot"]))
+        run_output(clean_command("rustup").args(["run", toolchain, "rustc", "--print", "sysroot"]))
             .map_err(|e| fail(format!("cannot ask the nightly for its sysroot: {e}")))?;
     if !out.status.success() {
         return Err(missing());
     }
     let sysroot = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
     Ok(NightlyInfo {
+        toolchain: toolchain.to_owned(),
         release,
         commit_hash,
         llvm_major,
@@ -154,16 +173,26 @@ pub fn ensure_rust_src(nightly: &NightlyInfo, log: &mut dyn FnMut(&str)) -> Resu
     if core.exists() {
         return Ok(());
     }
-    log(&format!("adding rust-src to the {NIGHTLY} toolchain"));
+    log(&format!(
+        "adding rust-src to the {} toolchain",
+        nightly.toolchain
+    ));
     let status = clean_command("rustup")
-        .args(["component", "add", "rust-src", "--toolchain", NIGHTLY])
+        .args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            &nightly.toolchain,
+        ])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .status()
         .map_err(|e| fail(format!("cannot run rustup: {e}")))?;
     if !status.success() {
         return Err(fail(format!(
-            "`rustup component add rust-src --toolchain {NIGHTLY}` failed ({status}); run it by hand to see why"
+            "`rustup component add rust-src --toolchain {}` failed ({status}); run it by hand to see why",
+            nightly.toolchain
         )));
     }
     Ok(())
@@ -187,9 +216,10 @@ fn nightly_libllvm(nightly: &NightlyInfo) -> Result<PathBuf, SetupError> {
     found.sort();
     found.pop().ok_or_else(|| {
         fail(format!(
-            "the {NIGHTLY} toolchain has no libLLVM.so.* in {}; reinstall it with \
-             `rustup toolchain install {NIGHTLY} --force`",
-            lib.display()
+            "the {toolchain} toolchain has no libLLVM.so.* in {}; reinstall it with \
+             `rustup toolchain install {toolchain} --force`",
+            lib.display(),
+            toolchain = nightly.toolchain
         ))
     })
 }
@@ -262,8 +292,8 @@ pub fn ensure_bpf_linker(
     }
     make_llvm_prefix(&prefix, &libllvm)?;
     log(&format!(
-        "installing bpf-linker {BPF_LINKER_VERSION} against the {NIGHTLY} toolchain's LLVM {} (takes a minute or two, once)",
-        nightly.llvm_major
+        "installing bpf-linker {BPF_LINKER_VERSION} against the {} toolchain's LLVM {} (takes a minute or two, once)",
+        nightly.toolchain, nightly.llvm_major
     ));
     let out = clean_command("cargo")
         .args([
@@ -341,6 +371,17 @@ mod tests {
         assert_eq!(release, "1.97.0-nightly");
         assert_eq!(commit, "e50aa6fba4e63ab34c72bf9acfd2c307c1155d1a");
         assert_eq!(major, 22);
+    }
+
+    #[test]
+    fn a_missing_toolchain_says_what_to_run() {
+        let err = nightly_named("tally-no-such-toolchain").expect_err("missing");
+        let text = err.to_string();
+        assert!(
+            text.contains("rustup toolchain install tally-no-such-toolchain"),
+            "{text}"
+        );
+        assert!(text.contains("rust-src"), "{text}");
     }
 
     #[test]
