@@ -37,6 +37,10 @@ fn main() -> ExitCode {
         root_dir: "../agent-ebpf",
         ..Default::default()
     };
+    // The nested cargo's progress lines would reach the user as warnings;
+    // real compiler diagnostics still come through its JSON messages.
+    // SAFETY: build scripts are single-threaded here.
+    unsafe { std::env::set_var("CARGO_TERM_QUIET", "true") };
     let toolchain = toolchain::toolchain_name();
     if let Err(err) = aya_build::build_ebpf([package], aya_build::Toolchain::Custom(&toolchain)) {
         eprintln!("error: building the eBPF programs failed: {err:#}");
