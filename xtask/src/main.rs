@@ -1,5 +1,6 @@
 //! `cargo xtask`: tally's developer workflows.
 
+mod bench;
 mod toolchain;
 
 use std::{
@@ -34,6 +35,18 @@ enum Task {
     },
     /// cargo fmt --check, clippy on the workspace, clippy on the eBPF crate.
     Lint,
+    /// Measure what tally costs (as root; figures are printed, not asserted).
+    Bench {
+        #[command(subcommand)]
+        which: BenchKind,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchKind {
+    /// Run cost of the TC programs against an empty one, and UDP throughput
+    /// over a veth pair with and without them (two throwaway namespaces).
+    Ebpf,
 }
 
 fn main() -> ExitCode {
@@ -140,5 +153,8 @@ fn run(task: Task) -> anyhow::Result<()> {
             )?;
             status_ok(ebpf_cargo("clippy")?.args(["--", "-D", "warnings"]))
         }
+        Task::Bench {
+            which: BenchKind::Ebpf,
+        } => bench::ebpf(),
     }
 }
