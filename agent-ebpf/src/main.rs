@@ -7,11 +7,13 @@
 //! the packet on *and* lets any other program or filter on the same hook run,
 //! so tally never changes what the rest of the system does with a packet.
 //!
-//! The counters map only holds entries the agent created before it attached
-//! the programs to an interface, so the packet path never allocates: a packet
-//! on an interface without an entry is passed on uncounted (that cannot happen
-//! for an interface the agent attached to). Loopback never gets an entry nor a
-//! program.
+//! Nearly every interface has an ifindex below `FAST_SLOTS` and is counted in
+//! a per-CPU array indexed by it (an inlined lookup). Larger ifindexes (hosts
+//! where thousands of interfaces came and went) use a per-CPU hash map whose
+//! entries the agent creates before it attaches, so the packet path never
+//! allocates: a packet on an interface without an entry is passed on
+//! uncounted (that cannot happen for an interface the agent attached to).
+//! Loopback never gets a program.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
@@ -20,13 +22,18 @@ mod programs {
     use aya_ebpf::{
         bindings::{BPF_F_NO_PREALLOC, TC_ACT_UNSPEC},
         macros::{classifier, map},
-        maps::{Array, HashMap, PerCpuHashMap},
+        maps::{Array, HashMap, PerCpuArray, PerCpuHashMap},
         programs::TcContext,
     };
-    use tally_common::{IfCounters, IfaceInfo, MAX_INTERFACES, Meta};
+    use tally_common::{FAST_SLOTS, IfCounters, IfaceInfo, MAX_INTERFACES, Meta, is_fast};
 
-    /// Per-interface counters, keyed by ifindex. Entries are created (zeroed)
-    /// by the agent, never by these programs.
+    /// Per-interface counters indexed by ifindex, for ifindexes below
+    /// `FAST_SLOTS`: the lookup is an inlined array access.
+    #[map(name = "TALLY_FAST")]
+    static TALLY_FAST: PerCpuArray<IfCounters> = PerCpuArray::with_max_entries(FAST_SLOTS, 0);
+
+    /// Per-interface counters keyed by ifindex, for the larger ifindexes.
+    /// Entries are created (zeroed) by the agent, never by these programs.
     #[map(name = "TALLY_COUNTERS")]
     static TALLY_COUNTERS: PerCpuHashMap<u32, IfCounters> =
         PerCpuHashMap::with_max_entries(MAX_INTERFACES, BPF_F_NO_PREALLOC);
@@ -67,7 +74,12 @@ mod programs {
     fn count(ctx: &TcContext, direction: Direction) {
         // SAFETY: `skb` points at the context the kernel passed in.
         let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-        let Some(counters) = TALLY_COUNTERS.get_ptr_mut(ifindex) else {
+        let slot = if is_fast(ifindex) {
+            TALLY_FAST.get_ptr_mut(ifindex)
+        } else {
+            TALLY_COUNTERS.get_ptr_mut(ifindex)
+        };
+        let Some(counters) = slot else {
             return;
         };
         let len = u64::from(ctx.len());

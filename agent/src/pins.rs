@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! <pin-dir>/                 default /sys/fs/bpf/tally
-//!   TALLY_COUNTERS           per-CPU counters per ifindex
+//!   TALLY_FAST               per-CPU counters by ifindex (below 4096)
+//!   TALLY_COUNTERS           per-CPU counters per ifindex (4096 and up)
 //!   TALLY_IFACES             name, state and attach mode per ifindex
 //!   TALLY_META               the counter epoch
 //!   links/<ifindex>-ingress  TCX links (kernel 6.6+)
@@ -76,6 +77,10 @@ impl PinLayout {
         self.dir.join(name)
     }
 
+    pub fn fast(&self) -> PathBuf {
+        self.map(maps::FAST)
+    }
+
     pub fn counters(&self) -> PathBuf {
         self.map(maps::COUNTERS)
     }
@@ -129,7 +134,13 @@ impl PinLayout {
 
     /// Whether a counter set is pinned here.
     pub fn has_counters(&self) -> bool {
-        self.counters().exists()
+        self.fast().exists() || self.counters().exists()
+    }
+
+    /// Whether the whole counter set (both counter maps and the epoch) is
+    /// pinned here; a partial set cannot keep its epoch.
+    pub fn has_complete_counters(&self) -> bool {
+        self.fast().exists() && self.counters().exists() && self.meta().exists()
     }
 
     /// Creates the pin directory (and `links/`), mounting bpffs on

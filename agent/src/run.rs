@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio::{
-    signal::unix::{SignalKind, signal},
+    signal::unix::{Signal, SignalKind, signal},
     time::{MissedTickBehavior, interval},
 };
 
@@ -22,19 +22,48 @@ use crate::{
     system::Probe,
 };
 
-pub async fn run(args: RunArgs, layout: PinLayout) -> anyhow::Result<()> {
-    let filter = IfaceFilter::new(&args.filter.include, &args.filter.exclude)?;
-    match args.source {
-        SourceKind::Ebpf => run_ebpf(&args, layout, filter).await,
-        SourceKind::Procfs => {
-            tracing::info!("counting from /proc/net/dev (no eBPF)");
-            let mut source = ProcfsSource::new(filter);
-            report_loop(&mut source, args.interval, None).await
+/// SIGTERM and SIGINT, listened for from the very start so that a stop
+/// request during start-up is handled like any other.
+struct Stop {
+    terminate: Signal,
+    interrupt: Signal,
+}
+
+impl Stop {
+    fn listen() -> anyhow::Result<Self> {
+        Ok(Self {
+            terminate: signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?,
+            interrupt: signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?,
+        })
+    }
+
+    async fn requested(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.terminate.recv() => "SIGTERM",
+            _ = self.interrupt.recv() => "SIGINT",
         }
     }
 }
 
-async fn run_ebpf(args: &RunArgs, layout: PinLayout, filter: IfaceFilter) -> anyhow::Result<()> {
+pub async fn run(args: RunArgs, layout: PinLayout) -> anyhow::Result<()> {
+    let mut stop = Stop::listen()?;
+    let filter = IfaceFilter::new(&args.filter.include, &args.filter.exclude)?;
+    match args.source {
+        SourceKind::Ebpf => run_ebpf(&args, layout, filter, &mut stop).await,
+        SourceKind::Procfs => {
+            tracing::info!("counting from /proc/net/dev (no eBPF)");
+            let mut source = ProcfsSource::new(filter);
+            report_loop(&mut source, args.interval, None, &mut stop).await
+        }
+    }
+}
+
+async fn run_ebpf(
+    args: &RunArgs,
+    layout: PinLayout,
+    filter: IfaceFilter,
+    stop: &mut Stop,
+) -> anyhow::Result<()> {
     let probe = Probe::current();
     let explain = |e| anyhow::anyhow!(diagnose::explain(&e, &probe));
     if args.attach == AttachMode::Tcx && !probe.has_tcx() {
@@ -87,6 +116,7 @@ async fn run_ebpf(args: &RunArgs, layout: PinLayout, filter: IfaceFilter) -> any
         &mut source,
         args.interval,
         Some((&mut engine, &mut watch, &filter, args.resync_interval)),
+        stop,
     )
     .await
 }
@@ -97,9 +127,8 @@ async fn report_loop(
     source: &mut dyn CounterSource,
     every: Duration,
     mut watching: Option<Watching<'_>>,
+    stop: &mut Stop,
 ) -> anyhow::Result<()> {
-    let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
-    let mut interrupt = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
     let mut report = interval(every);
     report.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let resync_every = watching.as_ref().map_or(Duration::from_secs(3600), |w| w.3);
@@ -113,8 +142,7 @@ async fn report_loop(
             }
         };
         tokio::select! {
-            _ = terminate.recv() => { tracing::info!("SIGTERM: stopping"); break; }
-            _ = interrupt.recv() => { tracing::info!("SIGINT: stopping"); break; }
+            signal = stop.requested() => { tracing::info!(signal, "stopping"); break; }
             changed = link_change => {
                 if changed.is_none() {
                     anyhow::bail!("the netlink socket watching interfaces closed");

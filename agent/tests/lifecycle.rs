@@ -169,7 +169,7 @@ fn detach_and_check(agent: &mut Agent, link: &Link) {
         2,
         "both programs attached before detach: {programs:?}"
     );
-    let maps: Vec<u32> = ["TALLY_COUNTERS", "TALLY_IFACES", "TALLY_META"]
+    let maps: Vec<u32> = ["TALLY_FAST", "TALLY_COUNTERS", "TALLY_IFACES", "TALLY_META"]
         .iter()
         .map(|name| {
             let map = aya::maps::MapData::from_pin(agent.pin_dir.join(name)).expect("pinned map");

@@ -45,6 +45,9 @@ pub const IFACE_ATTACHED: u32 = 1;
 /// `IfaceInfo::state`: the interface is gone; its counters are kept so that its
 /// last bytes are still reported.
 pub const IFACE_GONE: u32 = 2;
+/// `IfaceInfo::state`: the agent is attaching the programs (written before
+/// it attaches, so that a crash leaves a record to clean up from).
+pub const IFACE_ATTACHING: u32 = 3;
 
 /// What the agent remembers about an interface it counts, keyed by ifindex.
 /// Written by user space only.
@@ -53,7 +56,7 @@ pub const IFACE_GONE: u32 = 2;
 pub struct IfaceInfo {
     /// The interface name, NUL-padded.
     pub name: [u8; IFNAMSIZ],
-    /// [`IFACE_ATTACHED`] or [`IFACE_GONE`].
+    /// [`IFACE_ATTACHING`], [`IFACE_ATTACHED`] or [`IFACE_GONE`].
     pub state: u32,
     /// How the programs are attached: [`ATTACH_TCX`] or [`ATTACH_NETLINK`].
     pub attach_mode: u32,
@@ -103,7 +106,12 @@ pub const RETIRED_IFINDEX: u32 = 0;
 /// Names of the maps in the eBPF object (at most 15 characters each: the
 /// kernel's limit for object names).
 pub mod maps {
-    /// `PerCpuHashMap<u32 ifindex, IfCounters>`.
+    /// `PerCpuArray<IfCounters>` indexed by ifindex, for ifindexes below
+    /// [`super::FAST_SLOTS`] (nearly every interface): an array lookup is the
+    /// cheapest the packet path can do. Slot 0 is the retired entry.
+    pub const FAST: &str = "TALLY_FAST";
+    /// `PerCpuHashMap<u32 ifindex, IfCounters>` for ifindexes from
+    /// [`super::FAST_SLOTS`] up (hosts where many interfaces came and went).
     pub const COUNTERS: &str = "TALLY_COUNTERS";
     /// `HashMap<u32 ifindex, IfaceInfo>`.
     pub const IFACES: &str = "TALLY_IFACES";
@@ -121,6 +129,15 @@ pub mod programs {
 
 /// Capacity of the per-interface maps.
 pub const MAX_INTERFACES: u32 = 16_384;
+
+/// Interfaces with an ifindex below this are counted in the `TALLY_FAST`
+/// array; the others in the `TALLY_COUNTERS` hash map.
+pub const FAST_SLOTS: u32 = 4096;
+
+/// Whether `ifindex` is counted in the fast array.
+pub const fn is_fast(ifindex: u32) -> bool {
+    ifindex < FAST_SLOTS
+}
 
 #[cfg(feature = "user")]
 mod pod {
@@ -180,6 +197,7 @@ mod tests {
     #[test]
     fn names_fit_the_kernel_limit() {
         for name in [
+            maps::FAST,
             maps::COUNTERS,
             maps::IFACES,
             maps::META,

@@ -34,7 +34,7 @@ use std::{
 use anyhow::{Context as _, anyhow, bail, ensure};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{PerCpuHashMap, PerCpuValues},
+    maps::{PerCpuArray, PerCpuHashMap, PerCpuValues},
     programs::{
         LinkOrder, SchedClassifier, TcAttachType,
         tc::{SchedClassifierLink, TcAttachOptions},
@@ -494,7 +494,11 @@ impl Programs {
 
     /// Zeroed counters for `ifindex`, as the agent makes them: without an
     /// entry our programs do not count (and would not do their real work).
+    /// Fast-array slots (ifindex below `FAST_SLOTS`) always exist.
     fn create_counters(&mut self, ifindex: u32) -> anyhow::Result<()> {
+        if tally_common::is_fast(ifindex) {
+            return Ok(());
+        }
         let map = self
             .ebpf
             .map_mut(maps::COUNTERS)
@@ -521,6 +525,17 @@ impl Programs {
         for entry in counters.iter() {
             let (_, per_cpu) = entry.context("cannot read the counters map")?;
             for value in per_cpu.iter() {
+                total.accumulate(value);
+            }
+        }
+        let map = self
+            .ebpf
+            .map_mut(maps::FAST)
+            .with_context(|| format!("no map {}", maps::FAST))?;
+        let fast: PerCpuArray<_, IfCounters> =
+            PerCpuArray::try_from(map).context("the fast counters map has an unexpected type")?;
+        for per_cpu in fast.iter() {
+            for value in per_cpu.context("cannot read the fast counters map")?.iter() {
                 total.accumulate(value);
             }
         }

@@ -60,7 +60,12 @@ pub fn detach_all(layout: &PinLayout) -> io::Result<DetachReport> {
             }
         }
     }
-    for path in [layout.counters(), layout.ifaces(), layout.meta()] {
+    for path in [
+        layout.fast(),
+        layout.counters(),
+        layout.ifaces(),
+        layout.meta(),
+    ] {
         match fs::remove_file(&path) {
             Ok(()) => report.maps_unpinned += 1,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}

@@ -22,8 +22,8 @@ use aya::{
     },
 };
 use tally_common::{
-    ATTACH_NETLINK, ATTACH_TCX, IFACE_ATTACHED, IFACE_GONE, IfCounters, IfaceInfo, LAYOUT_VERSION,
-    MAX_INTERFACES, META_MAGIC, Meta, maps, programs,
+    ATTACH_NETLINK, ATTACH_TCX, IFACE_ATTACHED, IFACE_ATTACHING, IFACE_GONE, IfCounters, IfaceInfo,
+    LAYOUT_VERSION, MAX_INTERFACES, META_MAGIC, Meta, maps, programs,
 };
 
 use super::fold;
@@ -174,9 +174,16 @@ impl Engine {
         forget_after: Duration,
     ) -> Result<Self, EngineError> {
         layout.prepare()?;
-        let fresh = !layout.has_counters();
-        let (counters, ifaces, meta) = (layout.counters(), layout.ifaces(), layout.meta());
+        let partial = layout.has_counters() && !layout.has_complete_counters();
+        let fresh = !layout.has_complete_counters();
+        let (fast, counters, ifaces, meta) = (
+            layout.fast(),
+            layout.counters(),
+            layout.ifaces(),
+            layout.meta(),
+        );
         let mut ebpf = EbpfLoader::new()
+            .map_pin_path(maps::FAST, fast.as_path())
             .map_pin_path(maps::COUNTERS, counters.as_path())
             .map_pin_path(maps::IFACES, ifaces.as_path())
             .map_pin_path(maps::META, meta.as_path())
@@ -201,7 +208,7 @@ impl Engine {
         let meta = match pinned.checked_meta(&dir)? {
             Some(meta) if !fresh => meta,
             existing => {
-                if existing.is_some() || !fresh {
+                if existing.is_some() || partial {
                     tracing::warn!(pin_dir = %dir, "counter set had no valid identity; giving it a new epoch");
                 }
                 let meta = new_meta()?;
@@ -328,7 +335,8 @@ impl Engine {
     fn clean_stale(&mut self, present: &BTreeMap<u32, &String>) {
         if let Ok(records) = self.maps.ifaces() {
             for (ifindex, info) in records {
-                if info.state == IFACE_ATTACHED && !self.attached.contains_key(&ifindex) {
+                let live = info.state == IFACE_ATTACHED || info.state == IFACE_ATTACHING;
+                if live && !self.attached.contains_key(&ifindex) {
                     let name = present.get(&ifindex).map(|n| n.as_str());
                     self.retire(ifindex, name);
                 }
@@ -355,9 +363,17 @@ impl Engine {
             Some(info) if info.state == IFACE_ATTACHED => info.attached_unix_ns,
             _ => now_unix_ns(),
         };
-        let info = IfaceInfo {
+        let already = self
+            .maps
+            .iface(ifindex)?
+            .is_some_and(|info| info.state == IFACE_ATTACHED);
+        let mut info = IfaceInfo {
             name: name_to_bytes(name),
-            state: IFACE_ATTACHED,
+            state: if already {
+                IFACE_ATTACHED
+            } else {
+                IFACE_ATTACHING
+            },
             attach_mode,
             attached_unix_ns,
             gone_unix_ns: 0,
@@ -381,6 +397,8 @@ impl Engine {
                 }
             }
         }
+        info.state = IFACE_ATTACHED;
+        self.maps.set_iface(ifindex, &info)?;
         self.attached.insert(ifindex, name.to_owned());
         Ok(how)
     }

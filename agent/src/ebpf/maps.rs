@@ -2,10 +2,10 @@
 //! and the counter set's identity. `status`, the counter source and the attach
 //! engine all go through here, so they see the same kernel objects.
 
-use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuHashMap, PerCpuValues};
+use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues};
 use tally_common::{
     IFACE_ATTACHED, IFACE_GONE, IFNAMSIZ, IfCounters, IfaceInfo, LAYOUT_VERSION, META_MAGIC, Meta,
-    RETIRED_IFINDEX,
+    RETIRED_IFINDEX, is_fast,
 };
 
 use super::fold::FoldStore;
@@ -93,8 +93,9 @@ pub fn sum_per_cpu<'a>(values: impl IntoIterator<Item = &'a IfCounters>) -> IfCo
         })
 }
 
-/// The three pinned maps, opened.
+/// The pinned maps, opened.
 pub struct PinnedMaps {
+    fast: PerCpuArray<MapData, IfCounters>,
     counters: PerCpuHashMap<MapData, u32, IfCounters>,
     ifaces: HashMap<MapData, u32, IfaceInfo>,
     meta: Array<MapData, Meta>,
@@ -126,6 +127,8 @@ impl PinnedMaps {
                 source,
             }
         };
+        let fast = PerCpuArray::try_from(Map::PerCpuArray(open(&layout.fast())?))
+            .map_err(layout_err(layout.fast()))?;
         let counters = PerCpuHashMap::try_from(Map::PerCpuHashMap(open(&layout.counters())?))
             .map_err(layout_err(layout.counters()))?;
         let ifaces = HashMap::try_from(Map::HashMap(open(&layout.ifaces())?))
@@ -133,6 +136,7 @@ impl PinnedMaps {
         let meta = Array::try_from(Map::Array(open(&layout.meta())?))
             .map_err(layout_err(layout.meta()))?;
         Ok(Self {
+            fast,
             counters,
             ifaces,
             meta,
@@ -165,8 +169,11 @@ impl PinnedMaps {
     }
 
     /// Creates a zeroed counter entry for `ifindex` unless one exists (an
-    /// existing entry keeps its counts).
+    /// existing entry keeps its counts). Fast-array slots always exist.
     pub fn ensure_counters(&mut self, ifindex: u32) -> Result<(), MapsError> {
+        if is_fast(ifindex) {
+            return Ok(());
+        }
         let cpus = Self::cpus()?;
         let zeroes = PerCpuValues::try_from(vec![IfCounters::default(); cpus])
             .map_err(|e| MapsError::Cpus(e.to_string()))?;
@@ -210,14 +217,19 @@ impl PinnedMaps {
         aya::util::nr_cpus().map_err(|(what, e)| MapsError::Cpus(format!("{what}: {e}")))
     }
 
-    /// The number of entries in the counters map.
+    /// The number of interface records (the fuller of the two capped maps:
+    /// every hash-map entry has a record).
     pub fn len(&self) -> Result<usize, MapsError> {
         let mut n = 0;
-        for key in self.counters.keys() {
-            key.map_err(access("TALLY_COUNTERS"))?;
+        for key in self.ifaces.keys() {
+            key.map_err(access("TALLY_IFACES"))?;
             n += 1;
         }
         Ok(n)
+    }
+
+    fn per_cpu(&self, values: Vec<IfCounters>) -> Result<PerCpuValues<IfCounters>, MapsError> {
+        PerCpuValues::try_from(values).map_err(|e| MapsError::Cpus(e.to_string()))
     }
 
     /// The interface records (attached or gone), by ifindex.
@@ -230,19 +242,32 @@ impl PinnedMaps {
         Ok(out)
     }
 
-    /// Every interface with counters, summed over the CPUs, by ifindex.
+    /// Every interface with a record, and the retired entry unless it is
+    /// still zero, with counters summed over the CPUs, by ifindex.
     pub fn records(&self) -> Result<Vec<IfaceRecord>, MapsError> {
         let mut out = Vec::new();
-        for item in self.counters.iter() {
-            let (ifindex, per_cpu) = item.map_err(access("TALLY_COUNTERS"))?;
-            let counters = sum_per_cpu(per_cpu.iter());
+        let retired = self.counters(RETIRED_IFINDEX)?.unwrap_or_default();
+        if retired != IfCounters::default() {
             out.push(IfaceRecord {
-                ifindex,
-                info: self.iface(ifindex)?,
-                counters,
+                ifindex: RETIRED_IFINDEX,
+                info: None,
+                counters: retired,
             });
         }
-        out.sort_by_key(|record| record.ifindex);
+        for (ifindex, info) in self.ifaces()? {
+            if ifindex == RETIRED_IFINDEX {
+                continue;
+            }
+            // A record whose counters are already gone is a fold that a
+            // crash interrupted; the next start finishes it.
+            if let Some(counters) = self.counters(ifindex)? {
+                out.push(IfaceRecord {
+                    ifindex,
+                    info: Some(info),
+                    counters,
+                });
+            }
+        }
         Ok(out)
     }
 }
@@ -251,6 +276,18 @@ impl FoldStore for PinnedMaps {
     type Error = MapsError;
 
     fn counters(&self, ifindex: u32) -> Result<Option<IfCounters>, MapsError> {
+        if is_fast(ifindex) {
+            // An array slot always exists; it stands for an interface while
+            // the interface has a record (the retired slot always does).
+            if ifindex != RETIRED_IFINDEX && self.iface(ifindex)?.is_none() {
+                return Ok(None);
+            }
+            let per_cpu = self
+                .fast
+                .get(&ifindex, 0)
+                .map_err(access(format!("the counters of ifindex {ifindex}")))?;
+            return Ok(Some(sum_per_cpu(per_cpu.iter())));
+        }
         match self.counters.get(&ifindex, 0) {
             Ok(per_cpu) => Ok(Some(sum_per_cpu(per_cpu.iter()))),
             Err(MapError::KeyNotFound) => Ok(None),
@@ -265,16 +302,25 @@ impl FoldStore for PinnedMaps {
         if let Some(first) = values.first_mut() {
             *first = *total;
         }
-        let values = PerCpuValues::try_from(values).map_err(|e| MapsError::Cpus(e.to_string()))?;
-        self.counters
-            .insert(RETIRED_IFINDEX, values, 0)
+        let values = self.per_cpu(values)?;
+        self.fast
+            .set(RETIRED_IFINDEX, values, 0)
             .map_err(access("the retired counters"))
     }
 
+    /// Zeroes or deletes the counters first, then the record: a crash in
+    /// between leaves a record without counts, which the next start's
+    /// recovery finishes.
     fn forget(&mut self, ifindex: u32) -> Result<(), MapsError> {
-        match self.counters.remove(&ifindex) {
-            Ok(()) | Err(MapError::KeyNotFound) => {}
-            Err(e) => return Err(access(format!("the counters of ifindex {ifindex}"))(e)),
+        let what = || format!("the counters of ifindex {ifindex}");
+        if is_fast(ifindex) {
+            let zeroes = self.per_cpu(vec![IfCounters::default(); Self::cpus()?])?;
+            self.fast.set(ifindex, zeroes, 0).map_err(access(what()))?;
+        } else {
+            match self.counters.remove(&ifindex) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(e) => return Err(access(what())(e)),
+            }
         }
         match self.ifaces.remove(&ifindex) {
             Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
