@@ -148,3 +148,53 @@ fn procfs_source_status_works_without_ebpf() {
         .collect();
     assert!(!names.iter().any(|n| n.starts_with("lo")), "{names:?}");
 }
+
+#[test]
+fn bpffs_is_mounted_when_missing() {
+    if !privileged("bpffs_is_mounted_when_missing") {
+        return;
+    }
+    // A private mount namespace without bpffs on /sys/fs/bpf (and a network
+    // namespace with only lo, so that no interface of the host is touched).
+    let script = format!(
+        r#"set -e
+umount /sys/fs/bpf 2>/dev/null || true
+if grep -q ' /sys/fs/bpf bpf ' /proc/self/mounts; then echo "bpffs still mounted"; exit 3; fi
+{agent} run --pin-dir /sys/fs/bpf/tally-mount-test >/dev/null 2>&1 &
+pid=$!
+for i in $(seq 100); do
+  if {agent} status --json --pin-dir /sys/fs/bpf/tally-mount-test >status.json 2>/dev/null; then break; fi
+  sleep 0.1
+done
+kill -TERM $pid; wait $pid || true
+grep -q ' /sys/fs/bpf bpf ' /proc/self/mounts && echo mounted-by-agent
+cat status.json
+{agent} detach --pin-dir /sys/fs/bpf/tally-mount-test >/dev/null
+"#,
+        agent = AGENT
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = Command::new("unshare")
+        .args([
+            "--mount",
+            "--net",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            &script,
+        ])
+        .current_dir(dir.path())
+        .stdin(Stdio::null())
+        .output()
+        .expect("unshare");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", stderr(&out));
+    assert!(stdout.contains("mounted-by-agent"), "{stdout}");
+    let json = stdout
+        .split_once("mounted-by-agent")
+        .map(|(_, rest)| rest)
+        .unwrap_or_default();
+    let status: serde_json::Value = serde_json::from_str(json.trim()).expect("status JSON");
+    assert_eq!(status["epoch"].as_str().map(str::len), Some(32), "{status}");
+}
