@@ -394,3 +394,34 @@ fn a_long_gone_interface_is_folded_into_the_retired_entry_and_totals_stay() {
         agent.log()
     );
 }
+
+#[test]
+fn a_renamed_interface_keeps_counting_under_its_new_name() {
+    if !privileged("a_renamed_interface_keeps_counting_under_its_new_name") {
+        return;
+    }
+    let link = Link::new();
+    let mut agent = Agent::start(&link.a, &[]);
+    let (ip, _) = veth(&link.a, &link.b, "tvold", "tvoldp", 6, false);
+    agent.wait_for("tvold");
+    set_up(&link.a, "tvold");
+    set_up(&link.b, "tvoldp");
+    tcp_transfer(&link.b, &link.a, ip, 1024 * 1024, Duration::ZERO);
+    link.a.settle("tvold");
+    link.a.exec("ip", &["link", "set", "tvold", "down"]);
+    link.a
+        .exec("ip", &["link", "set", "tvold", "name", "tvnew2"]);
+    set_up(&link.a, "tvnew2");
+    agent.wait_for("tvnew2");
+    tcp_transfer(&link.b, &link.a, ip, 1024 * 1024, Duration::ZERO);
+    let kernel = link.a.settle("tvnew2");
+    assert!(
+        agent.iface("tvold").is_none(),
+        "the old name is gone from status"
+    );
+    assert_exact(
+        "renamed interface, over its whole life",
+        &agent.counters("tvnew2"),
+        &kernel,
+    );
+}
