@@ -11,7 +11,7 @@ use std::{
 
 use common::{
     Agent, Link, assert_exact, privileged, program_exists, set_up, tcp_transfer, tcx_programs,
-    udp_burst, veth,
+    udp_burst, veth, veth_counted_from_birth,
 };
 
 #[test]
@@ -68,10 +68,7 @@ fn an_interface_that_goes_keeps_its_counts_and_loses_its_attachment() {
     }
     let link = Link::new();
     let mut agent = Agent::start(&link.a, &[]);
-    let (ip, _) = veth(&link.a, &link.b, "tvgone", "tvgonep", 4, false);
-    agent.wait_for("tvgone");
-    set_up(&link.a, "tvgone");
-    set_up(&link.b, "tvgonep");
+    let ip = veth_counted_from_birth(&link, &mut agent, "tvgone", "tvgonep", 4);
     tcp_transfer(&link.b, &link.a, ip, 1024 * 1024, Duration::ZERO);
     let kernel = link.a.settle("tvgone");
     link.a.exec("ip", &["link", "del", "tvgone"]);
@@ -337,10 +334,7 @@ fn a_long_gone_interface_is_folded_into_the_retired_entry_and_totals_stay() {
         &["--forget-after", "2s", "--resync-interval", "1s"],
     );
     agent.wait_for(&link.if_a);
-    let (ip, _) = veth(&link.a, &link.b, "tvfold", "tvfoldp", 5, false);
-    agent.wait_for("tvfold");
-    set_up(&link.a, "tvfold");
-    set_up(&link.b, "tvfoldp");
+    let ip = veth_counted_from_birth(&link, &mut agent, "tvfold", "tvfoldp", 5);
     tcp_transfer(&link.b, &link.a, ip, 1024 * 1024, Duration::ZERO);
     let kernel = link.a.settle("tvfold");
     let total_of = |status: &serde_json::Value| -> (u64, u64, u64, u64) {
@@ -402,10 +396,7 @@ fn a_renamed_interface_keeps_counting_under_its_new_name() {
     }
     let link = Link::new();
     let mut agent = Agent::start(&link.a, &[]);
-    let (ip, _) = veth(&link.a, &link.b, "tvold", "tvoldp", 6, false);
-    agent.wait_for("tvold");
-    set_up(&link.a, "tvold");
-    set_up(&link.b, "tvoldp");
+    let ip = veth_counted_from_birth(&link, &mut agent, "tvold", "tvoldp", 6);
     tcp_transfer(&link.b, &link.a, ip, 1024 * 1024, Duration::ZERO);
     link.a.settle("tvold");
     link.a.exec("ip", &["link", "set", "tvold", "down"]);

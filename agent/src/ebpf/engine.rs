@@ -127,6 +127,20 @@ fn now_unix_ns() -> u64 {
         .unwrap_or(0)
 }
 
+/// One of the object's classifiers.
+fn classifier<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut SchedClassifier, EngineError> {
+    ebpf.program_mut(name)
+        .ok_or(EngineError::MissingProgram(name))?
+        .try_into()
+        .map_err(|source| EngineError::LoadProgram {
+            program: name,
+            source,
+        })
+}
+
 /// A new counter identity: random 128-bit epoch, created now.
 pub fn new_meta() -> Result<Meta, EngineError> {
     use rand::TryRngCore as _;
@@ -190,18 +204,12 @@ impl Engine {
             .load(OBJECT)
             .map_err(EngineError::Load)?;
         for name in [programs::INGRESS, programs::EGRESS] {
-            let program: &mut SchedClassifier = ebpf
-                .program_mut(name)
-                .ok_or(EngineError::MissingProgram(name))?
-                .try_into()
+            classifier(&mut ebpf, name)?
+                .load()
                 .map_err(|source| EngineError::LoadProgram {
                     program: name,
                     source,
                 })?;
-            program.load().map_err(|source| EngineError::LoadProgram {
-                program: name,
-                source,
-            })?;
         }
         let mut pinned = PinnedMaps::open(&layout)?;
         let dir = layout.dir().display().to_string();
@@ -404,15 +412,7 @@ impl Engine {
     }
 
     fn program(&mut self, hook: Hook) -> Result<&mut SchedClassifier, EngineError> {
-        let name = program_name(hook);
-        self.ebpf
-            .program_mut(name)
-            .ok_or(EngineError::MissingProgram(name))?
-            .try_into()
-            .map_err(|source| EngineError::LoadProgram {
-                program: name,
-                source,
-            })
+        classifier(&mut self.ebpf, program_name(hook))
     }
 
     fn attach_tcx(

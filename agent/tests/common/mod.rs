@@ -292,6 +292,23 @@ pub fn veth(
     (ip_a, ip_b)
 }
 
+/// A veth pair created while `agent` runs in `link.a`, brought up only once
+/// the agent counts it (so every packet it ever carried was counted);
+/// returns the address of its end in `a`.
+pub fn veth_counted_from_birth(
+    link: &Link,
+    agent: &mut Agent,
+    name: &str,
+    peer: &str,
+    subnet: u8,
+) -> Ipv4Addr {
+    let (ip, _) = veth(&link.a, &link.b, name, peer, subnet, false);
+    agent.wait_for(name);
+    set_up(&link.a, name);
+    set_up(&link.b, peer);
+    ip
+}
+
 pub fn set_up(ns: &NetNs, iface: &str) {
     ns.exec("ip", &["link", "set", iface, "up"]);
 }
@@ -492,17 +509,10 @@ impl Agent {
     }
 
     pub fn counters(&self, name: &str) -> Stats {
-        let i = self
-            .iface(name)
-            .unwrap_or_else(|| panic!("{name} not in status; agent log:\n{}", self.log()));
-        let n = |k: &str| i[k].as_u64().unwrap_or_else(|| panic!("{k} in {i}"));
-        Stats {
-            rx_bytes: n("rx_bytes"),
-            tx_bytes: n("tx_bytes"),
-            rx_packets: n("rx_packets"),
-            tx_packets: n("tx_packets"),
-            ..Stats::default()
-        }
+        let status = self
+            .status()
+            .unwrap_or_else(|| panic!("no status; agent log:\n{}", self.log()));
+        Self::stats_in(&status, name)
     }
 
     /// Waits until `name` is listed and counted.
