@@ -1,6 +1,7 @@
 //! `cargo xtask`: tally's developer workflows.
 
 mod bench;
+mod testrun;
 mod toolchain;
 
 use std::{
@@ -128,7 +129,7 @@ fn run(task: Task) -> anyhow::Result<()> {
             if !args.is_empty() {
                 cmd.arg("--").args(args);
             }
-            status_ok(&mut cmd)
+            testrun::run(&mut cmd).map(drop)
         }
         Task::Lint => {
             setup()?;
