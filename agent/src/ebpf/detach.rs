@@ -6,7 +6,7 @@ use std::{fs, io};
 use tally_common::ATTACH_NETLINK;
 
 use super::{
-    engine::{detach_netlink, remove_link_pin},
+    hooks::{detach_netlink, remove_link_pin},
     maps::PinnedMaps,
 };
 use crate::pins::{Hook, PinLayout, PinLock};

@@ -15,19 +15,18 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    programs::{
-        LinkOrder, ProgramError, SchedClassifier, TcAttachType,
-        links::{FdLink, LinkError, PinnedLink},
-        tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions, TcError, TcHandle},
-    },
+    programs::{ProgramError, SchedClassifier},
 };
 use tally_common::{
     ATTACH_NETLINK, ATTACH_TCX, IFACE_ATTACHED, IFACE_ATTACHING, IFACE_GONE, IfCounters, IfaceInfo,
     LAYOUT_VERSION, MAX_INTERFACES, META_MAGIC, Meta, maps, programs,
 };
 
-use super::fold;
 use super::maps::{MapsError, PinnedMaps, name_to_bytes};
+use super::{
+    fold,
+    hooks::{self, Attached},
+};
 use crate::{
     filter::IfaceFilter,
     pins::{Hook, PinDirError, PinLayout},
@@ -35,10 +34,6 @@ use crate::{
 
 /// The eBPF object built from `agent-ebpf` by `build.rs`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tally"));
-
-/// Priority and handle of our `cls_bpf` filters in netlink mode.
-pub const NETLINK_PRIORITY: u16 = 0x7a11;
-pub const NETLINK_HANDLE: TcHandle = TcHandle::new(0, 0x7a11);
 
 /// How the programs are attached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -84,33 +79,6 @@ pub enum EngineError {
     Random(String),
     #[error("{0}")]
     Io(#[from] io::Error),
-}
-
-/// What [`Engine::attach`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Attached {
-    /// Attached afresh; its counters start now.
-    New,
-    /// Took over the attachment a previous agent left; counting never stopped.
-    Adopted,
-}
-
-fn attach_type(hook: Hook) -> TcAttachType {
-    match hook {
-        Hook::Ingress => TcAttachType::Ingress,
-        Hook::Egress => TcAttachType::Egress,
-    }
-}
-
-/// Where our program goes among other TCX programs on the hook: first on
-/// ingress and last on egress, so that it sees what the kernel's interface
-/// statistics see even when another program drops packets (the driver counts
-/// rx before TC ingress, and tx after TC egress).
-fn tcx_order(hook: Hook) -> LinkOrder {
-    match hook {
-        Hook::Ingress => LinkOrder::first(),
-        Hook::Egress => LinkOrder::last(),
-    }
 }
 
 fn program_name(hook: Hook) -> &'static str {
@@ -353,7 +321,7 @@ impl Engine {
         if let Ok(links) = self.layout.pinned_links() {
             for (ifindex, _, path) in links {
                 if !self.attached.contains_key(&ifindex) {
-                    remove_link_pin(&path);
+                    hooks::remove_link_pin(&path);
                 }
             }
         }
@@ -389,10 +357,13 @@ impl Engine {
         self.maps.set_iface(ifindex, &info)?;
         let mut how = Attached::Adopted;
         for hook in Hook::BOTH {
-            let result = if self.netlink {
-                self.attach_netlink(ifindex, name, hook)
+            let pin = self.layout.link(ifindex, hook);
+            let netlink = self.netlink;
+            let program = self.program(hook)?;
+            let result = if netlink {
+                hooks::attach_netlink(program, name, hook)
             } else {
-                self.attach_tcx(ifindex, name, hook)
+                hooks::attach_tcx(program, &pin, name, hook)
             };
             match result {
                 Ok(Attached::New) => how = Attached::New,
@@ -415,117 +386,6 @@ impl Engine {
         classifier(&mut self.ebpf, program_name(hook))
     }
 
-    fn attach_tcx(
-        &mut self,
-        ifindex: u32,
-        name: &str,
-        hook: Hook,
-    ) -> Result<Attached, EngineError> {
-        let pin = self.layout.link(ifindex, hook);
-        let attach_err = |source: Box<dyn std::error::Error + Send + Sync>| EngineError::Attach {
-            iface: name.to_owned(),
-            hook: hook.as_str(),
-            source,
-        };
-        let program = self.program(hook)?;
-        match PinnedLink::from_pin(&pin) {
-            Ok(pinned) => {
-                let fd_link: FdLink = pinned.into();
-                let replaced: Result<_, Box<dyn std::error::Error + Send + Sync>> =
-                    match SchedClassifierLink::try_from(fd_link) {
-                        Ok(link) => program.attach_to_link(link).map_err(Into::into),
-                        Err(e) => Err(e.into()),
-                    };
-                match replaced {
-                    Ok(id) => {
-                        // The pin keeps the link; our descriptor may close.
-                        drop(program.take_link(id).map_err(|e| attach_err(e.into()))?);
-                        return Ok(Attached::Adopted);
-                    }
-                    Err(error) => {
-                        tracing::warn!(iface = %name, hook = hook.as_str(), %error, "pinned link unusable; attaching afresh");
-                        remove_link_pin(&pin);
-                    }
-                }
-            }
-            Err(LinkError::SyscallError(e)) if e.io_error.kind() == io::ErrorKind::NotFound => {}
-            Err(error) => {
-                tracing::warn!(iface = %name, hook = hook.as_str(), %error, "cannot open pinned link; attaching afresh");
-                remove_link_pin(&pin);
-            }
-        }
-        let id = program
-            .attach_with_options(
-                name,
-                attach_type(hook),
-                TcAttachOptions::TcxOrder(tcx_order(hook)),
-            )
-            .map_err(|e| attach_err(e.into()))?;
-        let link = program.take_link(id).map_err(|e| attach_err(e.into()))?;
-        let fd_link = FdLink::try_from(link).map_err(|e| attach_err(e.into()))?;
-        fd_link.pin(&pin).map_err(|source| EngineError::PinLink {
-            iface: name.to_owned(),
-            hook: hook.as_str(),
-            path: pin.display().to_string(),
-            source,
-        })?;
-        Ok(Attached::New)
-    }
-
-    fn attach_netlink(
-        &mut self,
-        ifindex: u32,
-        name: &str,
-        hook: Hook,
-    ) -> Result<Attached, EngineError> {
-        let attach_err = |source: ProgramError| EngineError::Attach {
-            iface: name.to_owned(),
-            hook: hook.as_str(),
-            source: source.into(),
-        };
-        match tc::qdisc_add_clsact(name) {
-            Ok(()) => {}
-            Err(TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
-            Err(e) => return Err(attach_err(ProgramError::from(e))),
-        }
-        let _ = ifindex;
-        let program = self.program(hook)?;
-        let options = NlOptions {
-            priority: NETLINK_PRIORITY,
-            handle: NETLINK_HANDLE,
-            classid: None,
-        };
-        let (id, how) = match program.attach_with_options(
-            name,
-            attach_type(hook),
-            TcAttachOptions::Netlink(options),
-        ) {
-            Ok(id) => (id, Attached::New),
-            Err(ProgramError::TcError(TcError::NetlinkError(e)))
-                if e.raw_os_error() == Some(libc::EEXIST) =>
-            {
-                // Our filter from a previous run: replace its program in place.
-                let existing = SchedClassifierLink::attached(
-                    name,
-                    attach_type(hook),
-                    NETLINK_PRIORITY,
-                    NETLINK_HANDLE,
-                    None,
-                )
-                .map_err(|e| attach_err(ProgramError::from(TcError::IoError(e))))?;
-                (
-                    program.attach_to_link(existing).map_err(attach_err)?,
-                    Attached::Adopted,
-                )
-            }
-            Err(source) => return Err(attach_err(source)),
-        };
-        // The filter must outlive this process: never let the link detach on drop.
-        let link = program.take_link(id).map_err(attach_err)?;
-        std::mem::forget(link);
-        Ok(how)
-    }
-
     /// Stops counting one interface: removes its attachments, keeps its
     /// counters (marked gone) so that its last bytes are still reported.
     pub fn retire(&mut self, ifindex: u32, name: Option<&str>) {
@@ -538,46 +398,11 @@ impl Engine {
 
     fn detach_hooks(&mut self, ifindex: u32, name: Option<&str>) {
         for hook in Hook::BOTH {
-            remove_link_pin(&self.layout.link(ifindex, hook));
+            hooks::remove_link_pin(&self.layout.link(ifindex, hook));
             if self.netlink
                 && let Some(name) = name
             {
-                detach_netlink(name, hook);
-            }
-        }
-    }
-}
-
-/// Removes our `cls_bpf` filter from one hook of `name` (if it is there).
-pub fn detach_netlink(name: &str, hook: Hook) -> bool {
-    match SchedClassifierLink::attached(
-        name,
-        attach_type(hook),
-        NETLINK_PRIORITY,
-        NETLINK_HANDLE,
-        None,
-    ) {
-        Ok(link) => {
-            use aya::programs::links::Link as _;
-            link.detach().is_ok()
-        }
-        Err(_) => false,
-    }
-}
-
-/// Unpins (and so destroys) a pinned link; a missing pin is fine.
-pub fn remove_link_pin(path: &std::path::Path) {
-    match PinnedLink::from_pin(path) {
-        Ok(link) => {
-            if let Err(error) = link.unpin() {
-                tracing::warn!(path = %path.display(), %error, "cannot unpin link");
-            }
-        }
-        Err(_) => {
-            if let Err(error) = std::fs::remove_file(path)
-                && error.kind() != io::ErrorKind::NotFound
-            {
-                tracing::warn!(path = %path.display(), %error, "cannot remove link pin");
+                hooks::detach_netlink(name, hook);
             }
         }
     }

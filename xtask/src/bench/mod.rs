@@ -24,7 +24,7 @@
 //! [`sysctl`] the sysctl guard, [`programs`] loading, attaching and the run
 //! statistics of the programs, [`traffic`] the UDP sockets and the sending
 //! and receiving threads, [`rounds`] the run-cost rounds and throughput
-//! phases, [`report`] the tables and verdicts.
+//! phases, [`mod@report`] the tables and verdicts.
 
 mod net;
 mod programs;
