@@ -11,7 +11,7 @@ use std::{
 
 use common::{
     Agent, Link, assert_exact, privileged, program_exists, set_up, tcp_transfer, tcx_programs,
-    udp_burst, veth, veth_counted_from_birth,
+    udp_burst, veth, veth_counted_from_birth, wait_oper_up,
 };
 
 #[test]
@@ -403,6 +403,7 @@ fn a_renamed_interface_keeps_counting_under_its_new_name() {
     link.a
         .exec("ip", &["link", "set", "tvold", "name", "tvnew2"]);
     set_up(&link.a, "tvnew2");
+    wait_oper_up(&link.a, "tvnew2");
     agent.wait_for("tvnew2");
     tcp_transfer(&link.b, &link.a, ip, 1024 * 1024, Duration::ZERO);
     let kernel = link.a.settle("tvnew2");

@@ -1,0 +1,45 @@
+//! The kernel's own view, to check the agent against: which programs sit on an
+//! interface's TCX hooks (BPF_PROG_QUERY), whether a BPF program id still
+//! exists, and an exact comparison of the agent's counters with the kernel's
+//! interface statistics that explains any drops when they differ.
+
+use super::{NetNs, Stats};
+
+/// The programs attached to an interface's TCX hooks, by name, as the kernel
+/// reports them (BPF_PROG_QUERY), asked from inside the namespace.
+pub fn tcx_programs(ns: &NetNs, iface: &str) -> Vec<(String, u32)> {
+    let iface = iface.to_owned();
+    ns.run(move || {
+        use aya::programs::{SchedClassifier, TcAttachType};
+        let mut out = Vec::new();
+        for hook in [TcAttachType::Ingress, TcAttachType::Egress] {
+            let (_, programs) = SchedClassifier::query_tcx(&iface, hook).expect("query tcx");
+            for p in programs {
+                out.push((p.name_as_str().unwrap_or("?").to_owned(), p.id()));
+            }
+        }
+        out
+    })
+}
+
+/// Whether the kernel still knows a BPF program with this id.
+pub fn program_exists(id: u32) -> bool {
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .any(|p| p.id() == id)
+}
+
+/// Asserts `ours == kernel` for the four traffic counters, explaining drops.
+pub fn assert_exact(what: &str, ours: &Stats, kernel: &Stats) {
+    assert_eq!(
+        ours.traffic(),
+        kernel.traffic(),
+        "{what}: agent (rx_bytes, tx_bytes, rx_packets, tx_packets) {:?} != kernel {:?} \
+         (kernel drops over the interval: rx_dropped {}, tx_dropped {}; a packet dropped after our \
+         egress hook is counted by us and not by the kernel's tx statistics)",
+        ours.traffic(),
+        kernel.traffic(),
+        kernel.rx_dropped,
+        kernel.tx_dropped
+    );
+}
