@@ -198,3 +198,27 @@ cat status.json
     let status: serde_json::Value = serde_json::from_str(json.trim()).expect("status JSON");
     assert_eq!(status["epoch"].as_str().map(str::len), Some(32), "{status}");
 }
+
+#[test]
+fn procfs_source_runs_without_ebpf_and_stops_on_sigterm() {
+    if !privileged("procfs_source_runs_without_ebpf_and_stops_on_sigterm") {
+        return;
+    }
+    let script = format!(
+        "{agent} run --source procfs --interval 1s --log debug & pid=$!; sleep 2; kill -TERM $pid; wait $pid",
+        agent = AGENT
+    );
+    let out = Command::new("unshare")
+        .args(["--net", "sh", "-c", &script])
+        .stdin(Stdio::null())
+        .output()
+        .expect("unshare");
+    let err = stderr(&out);
+    assert!(out.status.success(), "exit {}: {err}", out.status);
+    assert!(err.contains("counting from /proc/net/dev"), "{err}");
+    assert!(
+        err.contains("counters"),
+        "read the counters at least once: {err}"
+    );
+    assert!(err.contains("stopping"), "{err}");
+}
