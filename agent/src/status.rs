@@ -23,14 +23,7 @@ pub fn human_bytes(bytes: u64) -> String {
 /// The table `status` prints.
 pub fn render_table(snapshot: &Snapshot, pin_dir: Option<&str>) -> String {
     let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "source   {}",
-        serde_json::to_value(snapshot.source)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_default()
-    );
+    let _ = writeln!(out, "source   {}", snapshot.source.as_str());
     if let Some(dir) = pin_dir {
         let _ = writeln!(out, "pin dir  {dir}");
     }

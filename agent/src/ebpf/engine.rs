@@ -335,14 +335,12 @@ impl Engine {
         } else {
             ATTACH_TCX
         };
-        let attached_unix_ns = match self.maps.iface(ifindex)? {
-            Some(info) if info.state == IFACE_ATTACHED => info.attached_unix_ns,
-            _ => now_unix_ns(),
-        };
-        let already = self
+        let existing = self
             .maps
             .iface(ifindex)?
-            .is_some_and(|info| info.state == IFACE_ATTACHED);
+            .filter(|info| info.state == IFACE_ATTACHED);
+        let already = existing.is_some();
+        let attached_unix_ns = existing.map_or_else(now_unix_ns, |info| info.attached_unix_ns);
         let mut info = IfaceInfo {
             name: name_to_bytes(name),
             state: if already {

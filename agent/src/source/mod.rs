@@ -22,6 +22,16 @@ pub enum SourceKind {
     Procfs,
 }
 
+impl SourceKind {
+    /// The name used on the command line and in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SourceKind::Ebpf => "ebpf",
+            SourceKind::Procfs => "procfs",
+        }
+    }
+}
+
 /// One interface's cumulative counters.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct InterfaceCounters {
