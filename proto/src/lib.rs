@@ -1,2 +1,32 @@
-//! tally's gRPC contract, `tally.v1`. The heartbeat messages and service are
-//! defined in the next step of the project; this crate reserves their place.
+//! tally's gRPC contract, `tally.v1` (see `proto/tally/v1/heartbeat.proto`,
+//! where every field is documented).
+
+/// The `tally.v1` package: messages, the `Heartbeat` client and server.
+pub mod v1 {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("tally.v1");
+}
+
+/// Limits every heartbeat is checked against (the contract's numbers).
+pub mod limits {
+    /// Most interface entries in one heartbeat.
+    pub const MAX_INTERFACES: usize = 16_385;
+    /// Longest interface name, in bytes.
+    pub const MAX_INTERFACE_NAME: usize = 16;
+    /// Longest epoch id, in bytes.
+    pub const MAX_EPOCH: usize = 64;
+    /// Longest boot id, in bytes.
+    pub const MAX_BOOT_ID: usize = 64;
+    /// Longest host name, in bytes.
+    pub const MAX_HOSTNAME: usize = 253;
+    /// Longest kernel release, in bytes.
+    pub const MAX_KERNEL_RELEASE: usize = 256;
+    /// Longest agent version, in bytes.
+    pub const MAX_AGENT_VERSION: usize = 64;
+    /// Longest source name, in bytes.
+    pub const MAX_SOURCE: usize = 16;
+    /// Largest encoded heartbeat the collector decodes (16,385 entries fit).
+    pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+    /// The shortest heartbeat interval an agent uses, in milliseconds.
+    pub const MIN_INTERVAL_MS: u32 = 1_000;
+}
