@@ -1,18 +1,201 @@
-//! `tally-collector`: the central service. It receives the agents'
-//! heartbeats and keeps exact traffic counters in PostgreSQL; this first
-//! version only has its command line (the heartbeat service, the database and
-//! the API come next).
+//! `tally-collector`: the central service (see `tally-collector --help`).
 
-use clap::Parser;
+use std::process::ExitCode;
 
-/// tally's collector: receives heartbeats from tally agents and keeps exact,
-/// restart-proof traffic counters in PostgreSQL. Not implemented yet.
-#[derive(Debug, Parser)]
-#[command(name = "tally-collector", version)]
-struct Cli {}
+use anyhow::Context as _;
+use clap::Parser as _;
+use sqlx::PgPool;
+use tally_collector::{
+    db, ingest, nodes,
+    period::{self, Target},
+    serve,
+};
+use tokio::signal::unix::{SignalKind, signal};
 
-fn main() -> std::process::ExitCode {
-    let _cli = Cli::parse();
-    eprintln!("tally-collector: the heartbeat service is not implemented yet");
-    std::process::ExitCode::FAILURE
+mod cli;
+
+use cli::{Cli, Command, MigrateArgs, NodeCommand, PeriodCommand, ServeArgs};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.log);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("tally-collector: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("tally-collector: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let url = cli.db.database_url.as_deref().context(
+        "no database given: set DATABASE_URL or --database-url (e.g. postgres://tally@localhost/tally)",
+    )?;
+    let connections = match &cli.command {
+        Command::Serve(args) => args.writers + 4,
+        _ => 2,
+    };
+    let pool = db::connect(url, connections)
+        .await
+        .context("cannot connect to the database")?;
+    match cli.command {
+        Command::Serve(args) => run_serve(pool, args).await,
+        Command::Migrate(args) => run_migrate(&pool, args).await,
+        Command::Node(command) => run_node(&pool, command).await,
+        Command::Period(PeriodCommand::Reset { node, all }) => {
+            let target = match node {
+                Some(node) if !all => Target::Node(node),
+                _ => Target::All,
+            };
+            let reset = period::reset_now(&pool, &target).await?;
+            println!("period reset for {reset} node(s)");
+            Ok(())
+        }
+    }
+}
+
+async fn run_serve(pool: PgPool, args: ServeArgs) -> anyhow::Result<()> {
+    let tls = match (args.tls_cert, args.tls_key) {
+        (Some(cert), Some(key)) => Some((cert, key)),
+        _ if args.insecure_plaintext => None,
+        _ => anyhow::bail!(
+            "no TLS certificate given: pass --tls-cert and --tls-key, or --insecure-plaintext to serve without TLS"
+        ),
+    };
+    if !args.no_migrate {
+        let count = db::migrate(&pool)
+            .await
+            .context("cannot apply the database migrations")?;
+        tracing::info!(migrations = count, "database schema up to date");
+    }
+    let options = serve::Options {
+        listen: args.listen,
+        tls,
+        heartbeat_interval: args.heartbeat_interval,
+        max_skew: args.max_clock_skew,
+        history_retention: args.history_retention,
+        ingest: ingest::Config {
+            max_batch: args.max_batch as usize,
+            writers: args.writers as usize,
+            schedule: args.period_reset,
+            ..ingest::Config::default()
+        },
+    };
+    if let Some(schedule) = args.period_reset {
+        tracing::info!(%schedule, "period counters reset on schedule");
+    }
+    let listener = serve::bind(&options).await?;
+    let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+    let shutdown = async move {
+        let signal = tokio::select! {
+            _ = terminate.recv() => "SIGTERM",
+            _ = interrupt.recv() => "SIGINT",
+        };
+        tracing::info!(signal, "stopping");
+    };
+    serve::serve(pool, options, listener, shutdown, None).await
+}
+
+async fn run_migrate(pool: &PgPool, args: MigrateArgs) -> anyhow::Result<()> {
+    match args.revert_to {
+        Some(version) => {
+            db::revert(pool, version)
+                .await
+                .context("cannot revert the migrations")?;
+            println!("reverted migrations newer than {version}");
+        }
+        None => {
+            let count = db::migrate(pool)
+                .await
+                .context("cannot apply the migrations")?;
+            println!("database schema up to date ({count} migrations)");
+        }
+    }
+    Ok(())
+}
+
+async fn run_node(pool: &PgPool, command: NodeCommand) -> anyhow::Result<()> {
+    match command {
+        NodeCommand::Add { name, token_only } => {
+            let added = nodes::add(pool, &name).await?;
+            if token_only {
+                println!("{}", added.token);
+            } else {
+                println!("node added: {} ({})", added.name, added.id);
+                println!("token (shown once, keep it secret; give it to the agent with --token-file):");
+                println!("{}", added.token);
+            }
+        }
+        NodeCommand::List { json } => {
+            let listed = nodes::list(pool).await?;
+            if json {
+                println!("{}", list_json(&listed));
+            } else {
+                print_table(&listed);
+            }
+        }
+        NodeCommand::Remove { node } => {
+            let id = nodes::remove(pool, &node).await?;
+            println!("node {id} removed");
+        }
+    }
+    Ok(())
+}
+
+fn list_json(listed: &[nodes::Listed]) -> String {
+    let rows: Vec<_> = listed
+        .iter()
+        .map(|n| {
+            serde_json::json!({
+                "id": n.id,
+                "name": n.name,
+                "hostname": n.hostname,
+                "lastSeen": n.last_seen.map(|t| t.and_utc().to_rfc3339()),
+                "totalUpload": n.total_upload.to_string(),
+                "totalDownload": n.total_download.to_string(),
+                "periodUpload": n.period_upload.to_string(),
+                "periodDownload": n.period_download.to_string(),
+                "periodStart": n.period_start.and_utc().to_rfc3339(),
+            })
+        })
+        .collect();
+    serde_json::Value::Array(rows).to_string()
+}
+
+fn print_table(listed: &[nodes::Listed]) {
+    println!(
+        "{:<26} {:<20} {:>16} {:>16} {:>16} {:>16}  LAST SEEN",
+        "ID", "NAME", "TOTAL UP", "TOTAL DOWN", "PERIOD UP", "PERIOD DOWN"
+    );
+    for n in listed {
+        println!(
+            "{:<26} {:<20} {:>16} {:>16} {:>16} {:>16}  {}",
+            n.id,
+            n.name,
+            n.total_upload,
+            n.total_download,
+            n.period_upload,
+            n.period_download,
+            n.last_seen
+                .map_or_else(|| "never".to_owned(), |t| format!("{t} UTC"))
+        );
+    }
 }

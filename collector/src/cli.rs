@@ -1,0 +1,197 @@
+//! The command line.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::period::Schedule;
+
+/// tally's collector: receives heartbeats from tally agents over gRPC and
+/// keeps exact, restart-proof traffic counters and load history in
+/// PostgreSQL.
+#[derive(Debug, Parser)]
+#[command(name = "tally-collector", version)]
+pub struct Cli {
+    #[command(flatten)]
+    pub db: DbArgs,
+
+    /// Log filter (tracing's EnvFilter syntax), e.g. `info` or
+    /// `tally_collector=debug`.
+    #[arg(long, env = "TALLY_LOG", default_value = "info", global = true)]
+    pub log: String,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct DbArgs {
+    /// The PostgreSQL database, e.g.
+    /// `postgres://tally:secret@db.example/tally` or, over a Unix socket,
+    /// `postgres://tally@localhost/tally?host=/run/postgresql`.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        hide_env_values = true,
+        global = true,
+        value_name = "URL"
+    )]
+    pub database_url: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the node channel (gRPC tally.v1.Heartbeat).
+    Serve(ServeArgs),
+    /// Apply the database migrations (or revert them).
+    Migrate(MigrateArgs),
+    /// Enrol, list and remove nodes.
+    #[command(subcommand)]
+    Node(NodeCommand),
+    /// Period counters.
+    #[command(subcommand)]
+    Period(PeriodCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address for the gRPC node channel.
+    #[arg(long, env = "TALLY_LISTEN", default_value = "0.0.0.0:50051")]
+    pub listen: SocketAddr,
+
+    /// PEM certificate chain for TLS (with --tls-key).
+    #[arg(long, env = "TALLY_TLS_CERT", requires = "tls_key", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key for TLS (with --tls-cert).
+    #[arg(long, env = "TALLY_TLS_KEY", requires = "tls_cert", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Serve without TLS: node tokens and counters cross the network in the
+    /// clear. Only for a trusted network or a local test.
+    #[arg(long, conflicts_with_all = ["tls_cert", "tls_key"])]
+    pub insecure_plaintext: bool,
+
+    /// Do not apply pending migrations at start.
+    #[arg(long)]
+    pub no_migrate: bool,
+
+    /// Ask agents to send heartbeats at this interval (at least 1s); by
+    /// default each agent keeps its own.
+    #[arg(long, value_parser = parse_interval, value_name = "DURATION")]
+    pub heartbeat_interval: Option<Duration>,
+
+    /// Reset every node's period counters on a schedule: `monthly:DAY`
+    /// starts a period on that day of every month at 00:00 UTC (the last day
+    /// of shorter months). Safe with several collectors.
+    #[arg(long, env = "TALLY_PERIOD_RESET", value_name = "SCHEDULE")]
+    pub period_reset: Option<Schedule>,
+
+    /// How long load and traffic history is kept.
+    #[arg(long, env = "TALLY_HISTORY_RETENTION", default_value = "30days", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub history_retention: Duration,
+
+    /// How far ahead of the collector's clock a node's clock may be before
+    /// its heartbeats are refused.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub max_clock_skew: Duration,
+
+    /// Most heartbeats written in one transaction.
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub max_batch: u32,
+
+    /// Concurrent database writers (each uses one connection while writing).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub writers: u32,
+}
+
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    /// Revert the migrations newer than VERSION instead (0 reverts all,
+    /// dropping every table of tally and its data).
+    #[arg(long, value_name = "VERSION")]
+    pub revert_to: Option<i64>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NodeCommand {
+    /// Enrol a node: prints its id and secret token (shown once; only a hash
+    /// is stored). Give the token to the node's agent (`--token-file`).
+    Add {
+        /// A name for the node, unique in the fleet.
+        name: String,
+        /// Print only the token (for scripts).
+        #[arg(long)]
+        token_only: bool,
+    },
+    /// List the nodes with their traffic counters.
+    List {
+        /// Print JSON (counters as decimal strings).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a node and everything stored of it.
+    Remove {
+        /// The node's id or name.
+        node: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PeriodCommand {
+    /// Reset period counters now (periodUpload/periodDownload to 0,
+    /// periodStart to now).
+    Reset {
+        /// The node's id or name.
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        node: Option<String>,
+        /// Every node.
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+fn parse_interval(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if d < Duration::from_secs(1) {
+        return Err("must be at least 1s".into());
+    }
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::*;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn plaintext_and_tls_exclude_each_other() {
+        let error = Cli::try_parse_from([
+            "tally-collector",
+            "serve",
+            "--insecure-plaintext",
+            "--tls-cert",
+            "c",
+            "--tls-key",
+            "k",
+        ])
+        .expect_err("conflict");
+        assert!(error.to_string().contains("cannot be used with"));
+    }
+
+    #[test]
+    fn schedules_and_intervals_are_checked() {
+        let error = Cli::try_parse_from(["tally-collector", "serve", "--period-reset", "weekly:1"])
+            .expect_err("bad schedule");
+        assert!(error.to_string().contains("expected monthly:DAY"));
+        let error = Cli::try_parse_from(["tally-collector", "serve", "--heartbeat-interval", "500ms"])
+            .expect_err("too short");
+        assert!(error.to_string().contains("at least 1s"));
+    }
+}

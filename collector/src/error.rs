@@ -1,0 +1,109 @@
+//! The collector's errors, and the one place that maps them to gRPC status
+//! codes (and, with the HTTP API, to HTTP statuses).
+
+use tonic::Status;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No usable credentials, or credentials that do not match.
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(&'static str),
+    /// A request that breaks the contract's limits or shape.
+    #[error("invalid heartbeat: {0}")]
+    Invalid(String),
+    /// A raw counter went backwards within one epoch.
+    #[error(
+        "protocol violation: {what} went backwards within epoch {epoch} (last applied {last}, now {now}); nothing was stored"
+    )]
+    Backwards {
+        what: &'static str,
+        epoch: String,
+        last: i64,
+        now: i64,
+    },
+    /// Applying the heartbeat would take a total past 2^63 - 1.
+    #[error("the node's {0} total would exceed 2^63 - 1 bytes; nothing was stored")]
+    TotalOverflow(&'static str),
+    /// No node of that id or name.
+    #[error("no node {0:?}")]
+    NoSuchNode(String),
+    /// A node of that name exists already.
+    #[error("a node named {0:?} exists already")]
+    NodeExists(String),
+    /// The collector is shutting down or overloaded.
+    #[error("the collector is not accepting heartbeats now ({0}); retry later")]
+    Unavailable(&'static str),
+    /// The batch a heartbeat was in could not be committed.
+    #[error("database error (nothing was stored; retry): {0}")]
+    BatchFailed(String),
+    /// The database failed; nothing of the request was stored.
+    #[error("database error (nothing was stored): {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+impl Error {
+    /// Whether the same request may succeed later unchanged.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            Error::Unavailable(_) | Error::BatchFailed(_) | Error::Database(_)
+        )
+    }
+}
+
+impl From<Error> for Status {
+    fn from(error: Error) -> Status {
+        let message = error.to_string();
+        match error {
+            Error::Unauthenticated(_) => Status::unauthenticated(message),
+            Error::Invalid(_) => Status::invalid_argument(message),
+            Error::Backwards { .. } | Error::TotalOverflow(_) => {
+                Status::failed_precondition(message)
+            }
+            Error::NoSuchNode(_) => Status::not_found(message),
+            Error::NodeExists(_) => Status::already_exists(message),
+            Error::Unavailable(_) | Error::BatchFailed(_) | Error::Database(_) => {
+                Status::unavailable(message)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tonic::Code;
+
+    use super::*;
+
+    #[test]
+    fn codes() {
+        let code = |e: Error| Status::from(e).code();
+        assert_eq!(code(Error::Unauthenticated("x")), Code::Unauthenticated);
+        assert_eq!(code(Error::Invalid("x".into())), Code::InvalidArgument);
+        assert_eq!(
+            code(Error::Backwards {
+                what: "rx bytes",
+                epoch: "e".into(),
+                last: 2,
+                now: 1
+            }),
+            Code::FailedPrecondition
+        );
+        assert_eq!(code(Error::TotalOverflow("upload")), Code::FailedPrecondition);
+        assert_eq!(code(Error::Unavailable("stopping")), Code::Unavailable);
+        assert_eq!(code(Error::Database(sqlx::Error::PoolTimedOut)), Code::Unavailable);
+    }
+
+    #[test]
+    fn backwards_message_names_the_values() {
+        let message = Error::Backwards {
+            what: "tx bytes",
+            epoch: "abc".into(),
+            last: 10,
+            now: 9,
+        }
+        .to_string();
+        assert!(message.contains("tx bytes went backwards within epoch abc"));
+        assert!(message.contains("last applied 10, now 9"));
+    }
+}

@@ -1,0 +1,177 @@
+//! Ingestion: heartbeats from any number of connections are queued, and a
+//! few writer tasks take them off the queue in batches (whatever has queued
+//! up while the previous batch was being written, up to `max_batch`), each
+//! batch in one transaction ([`store::apply`]). Under light load a batch is
+//! one heartbeat; under heavy load one commit carries hundreds, which is what
+//! lets one collector keep up with thousands of nodes.
+
+pub mod store;
+
+use std::{
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use chrono::Utc;
+use sqlx::PgPool;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::{error::Error, period::Schedule};
+pub use store::{Applied, BatchTime, Job};
+
+/// How ingestion runs.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Most heartbeats in one transaction.
+    pub max_batch: usize,
+    /// Writer tasks (each holds one database connection while writing).
+    pub writers: usize,
+    /// Heartbeats waiting beyond this are refused as "unavailable".
+    pub queue: usize,
+    /// The period-reset schedule, applied as heartbeats arrive.
+    pub schedule: Option<Schedule>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            max_batch: 512,
+            writers: 4,
+            queue: 65_536,
+            schedule: None,
+        }
+    }
+}
+
+struct Queued {
+    job: Job,
+    received: Instant,
+    reply: oneshot::Sender<Result<Applied, Error>>,
+}
+
+/// Receipt-to-commit latencies, kept when asked for (the ingest benchmark).
+#[derive(Debug, Default)]
+pub struct LatencyLog {
+    micros: Mutex<Vec<u32>>,
+}
+
+impl LatencyLog {
+    fn record(&self, latency: Duration) {
+        let micros = u32::try_from(latency.as_micros()).unwrap_or(u32::MAX);
+        if let Ok(mut log) = self.micros.lock() {
+            log.push(micros);
+        }
+    }
+
+    /// Takes the latencies recorded so far, in microseconds.
+    pub fn take(&self) -> Vec<u32> {
+        self.micros
+            .lock()
+            .map(|mut log| std::mem::take(&mut *log))
+            .unwrap_or_default()
+    }
+}
+
+/// The handle heartbeat handlers submit to.
+#[derive(Clone)]
+pub struct Ingest {
+    queue: mpsc::Sender<Queued>,
+}
+
+impl Ingest {
+    /// Starts the writer tasks on the current runtime.
+    pub fn start(pool: PgPool, config: Config, latencies: Option<Arc<LatencyLog>>) -> Self {
+        let (queue, receiver) = mpsc::channel(config.queue.max(1));
+        let receiver = Arc::new(tokio::sync::Mutex::new(receiver));
+        for writer in 0..config.writers.max(1) {
+            tokio::spawn(write_loop(
+                writer,
+                pool.clone(),
+                receiver.clone(),
+                config.clone(),
+                latencies.clone(),
+            ));
+        }
+        Self { queue }
+    }
+
+    /// Queues `job` and waits until its batch is committed (or failed).
+    pub async fn submit(&self, job: Job, received: Instant) -> Result<Applied, Error> {
+        let (reply, answer) = oneshot::channel();
+        self.queue
+            .try_send(Queued {
+                job,
+                received,
+                reply,
+            })
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => Error::Unavailable("too many heartbeats queued"),
+                mpsc::error::TrySendError::Closed(_) => Error::Unavailable("shutting down"),
+            })?;
+        answer
+            .await
+            .map_err(|_| Error::Unavailable("the writer stopped"))?
+    }
+}
+
+async fn write_loop(
+    writer: usize,
+    pool: PgPool,
+    receiver: Arc<tokio::sync::Mutex<mpsc::Receiver<Queued>>>,
+    config: Config,
+    latencies: Option<Arc<LatencyLog>>,
+) {
+    let mut batch = Vec::with_capacity(config.max_batch);
+    loop {
+        {
+            let mut receiver = receiver.lock().await;
+            if receiver.recv_many(&mut batch, config.max_batch).await == 0 {
+                return;
+            }
+        }
+        write_batch(writer, &pool, &mut batch, &config, latencies.as_deref()).await;
+    }
+}
+
+async fn write_batch(
+    writer: usize,
+    pool: &PgPool,
+    batch: &mut Vec<Queued>,
+    config: &Config,
+    latencies: Option<&LatencyLog>,
+) {
+    let now = Utc::now().naive_utc();
+    let time = BatchTime::new(now, config.schedule.map(|s| s.latest_start(now)));
+    let (jobs, waiting): (Vec<Job>, Vec<_>) = batch
+        .drain(..)
+        .map(|q| (q.job, (q.received, q.reply)))
+        .unzip();
+    let started = Instant::now();
+    let result = match pool.acquire().await {
+        Ok(mut conn) => store::apply(&mut conn, &jobs, time).await,
+        Err(error) => Err(error),
+    };
+    match result {
+        Ok(results) => {
+            tracing::debug!(
+                writer,
+                heartbeats = jobs.len(),
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "batch committed"
+            );
+            for ((received, reply), result) in waiting.into_iter().zip(results) {
+                if let Some(log) = latencies {
+                    log.record(received.elapsed());
+                }
+                let _ = reply.send(result);
+            }
+        }
+        Err(error) => {
+            tracing::warn!(writer, heartbeats = jobs.len(), %error, "batch failed; nothing of it was stored");
+            let message = error.to_string();
+            for (_, reply) in waiting {
+                let _ = reply.send(Err(Error::BatchFailed(message.clone())));
+            }
+        }
+    }
+}

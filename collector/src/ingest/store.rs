@@ -1,0 +1,403 @@
+//! Applies a batch of heartbeats in one transaction: lock the nodes' rows
+//! (in id order, so concurrent batches, here or in another collector, never
+//! deadlock), check each heartbeat's token, decide with
+//! [`accounting::decide`] against the locked raw values, then write every
+//! change with one statement per table. A heartbeat's reply is sent only
+//! after the commit; if anything fails, nothing of the batch is stored and
+//! every heartbeat in it gets a retryable error.
+
+use std::collections::HashMap;
+
+use chrono::{NaiveDateTime, Timelike as _};
+use sqlx::{PgConnection, Row as _};
+use tally_proto::v1::Outcome;
+
+use crate::{
+    accounting::{self, Decision, Origin, Position},
+    auth::{self, Credentials},
+    error::Error,
+    validate::{Heartbeat, Interface},
+};
+
+/// One heartbeat to apply, with the credentials it came with.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub credentials: Credentials,
+    pub heartbeat: Heartbeat,
+}
+
+/// What happened to one heartbeat of a committed batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Applied {
+    pub outcome: Outcome,
+    /// The last sequence applied for the heartbeat's epoch (0 when none).
+    pub sequence: i64,
+}
+
+/// The clock the batch is written with (truncated to the millisecond, the
+/// precision of the seed's TIMESTAMP(3) columns), and the latest scheduled
+/// period start, if there is a schedule.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchTime {
+    pub now: NaiveDateTime,
+    pub period_boundary: Option<NaiveDateTime>,
+}
+
+impl BatchTime {
+    pub fn new(now: NaiveDateTime, period_boundary: Option<NaiveDateTime>) -> Self {
+        let now = now
+            .with_nanosecond(now.nanosecond() / 1_000_000 * 1_000_000)
+            .unwrap_or(now);
+        Self {
+            now,
+            period_boundary,
+        }
+    }
+
+    fn bucket(&self) -> NaiveDateTime {
+        self.now
+            .with_second(0)
+            .and_then(|t| t.with_nanosecond(0))
+            .unwrap_or(self.now)
+    }
+}
+
+/// A node as locked for the batch, and what the batch does to it.
+struct Node {
+    token_hash: String,
+    position: Position,
+    total_upload: i64,
+    total_download: i64,
+    period_start: NaiveDateTime,
+    change: Option<Change>,
+}
+
+/// The changes of applied heartbeats, accumulated per node.
+struct Change {
+    upload: i64,
+    download: i64,
+    heartbeats: i32,
+    reset_period: bool,
+    last: Heartbeat,
+}
+
+/// Applies `jobs` in one transaction on `conn`. The outer `Err` means the
+/// transaction failed and nothing was stored.
+pub async fn apply(
+    conn: &mut PgConnection,
+    jobs: &[Job],
+    time: BatchTime,
+) -> Result<Vec<Result<Applied, Error>>, sqlx::Error> {
+    let mut tx = sqlx::Connection::begin(conn).await?;
+    let mut nodes = lock_nodes(&mut tx, jobs).await?;
+    let results = jobs
+        .iter()
+        .map(|job| decide(&mut nodes, job, &time))
+        .collect();
+    let changed: Vec<(&String, &Node, &Change)> = {
+        let mut changed: Vec<_> = nodes
+            .iter()
+            .filter_map(|(id, node)| node.change.as_ref().map(|c| (id, node, c)))
+            .collect();
+        changed.sort_by(|a, b| a.0.cmp(b.0));
+        changed
+    };
+    if !changed.is_empty() {
+        write_nodes(&mut tx, &changed, &time).await?;
+        write_traffic(&mut tx, &changed, &time).await?;
+        write_history(&mut tx, &changed, &time).await?;
+        write_interfaces(&mut tx, &changed, &time).await?;
+    }
+    tx.commit().await?;
+    Ok(results)
+}
+
+async fn lock_nodes(
+    conn: &mut PgConnection,
+    jobs: &[Job],
+) -> Result<HashMap<String, Node>, sqlx::Error> {
+    let mut ids: Vec<&str> = jobs
+        .iter()
+        .map(|j| j.credentials.node_id.as_str())
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let rows = sqlx::query(
+        r#"SELECT n."id", n."tokenHash", n."bootId", n."epoch", n."epochCreatedAt",
+                  n."lastSequence", t."lastRxBytes", t."lastTxBytes",
+                  t."totalUpload", t."totalDownload", t."periodStart"
+           FROM "nodes" n JOIN "traffic_stats" t ON t."nodeId" = n."id"
+           WHERE n."id" = ANY($1)
+           ORDER BY n."id"
+           FOR UPDATE OF n, t"#,
+    )
+    .bind(&ids)
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.into_iter()
+        .map(|row| {
+            let origin = match (
+                row.try_get::<Option<String>, _>("bootId")?,
+                row.try_get::<Option<String>, _>("epoch")?,
+                row.try_get::<Option<i64>, _>("epochCreatedAt")?,
+            ) {
+                (Some(boot_id), Some(epoch), Some(created_unix_ns)) => Some(Origin {
+                    boot_id,
+                    epoch,
+                    created_unix_ns,
+                }),
+                _ => None,
+            };
+            let node = Node {
+                token_hash: row.try_get("tokenHash")?,
+                position: Position {
+                    origin,
+                    sequence: row.try_get::<Option<i64>, _>("lastSequence")?.unwrap_or(0),
+                    rx: row.try_get::<Option<i64>, _>("lastRxBytes")?.unwrap_or(0),
+                    tx: row.try_get::<Option<i64>, _>("lastTxBytes")?.unwrap_or(0),
+                },
+                total_upload: row.try_get("totalUpload")?,
+                total_download: row.try_get("totalDownload")?,
+                period_start: row.try_get("periodStart")?,
+                change: None,
+            };
+            Ok((row.try_get("id")?, node))
+        })
+        .collect()
+}
+
+/// Decides one job against its (locked, in-memory) node and records the
+/// change. Refusals change nothing.
+fn decide(
+    nodes: &mut HashMap<String, Node>,
+    job: &Job,
+    time: &BatchTime,
+) -> Result<Applied, Error> {
+    let refused = Error::Unauthenticated("unknown node or wrong token");
+    let node = nodes
+        .get_mut(&job.credentials.node_id)
+        .ok_or(refused)?;
+    if !auth::matches(&job.credentials, &node.token_hash) {
+        return Err(Error::Unauthenticated("unknown node or wrong token"));
+    }
+    let reading = &job.heartbeat.reading;
+    let same_origin = node.position.origin.as_ref() == Some(&reading.origin);
+    let (download, upload) = match accounting::decide(&node.position, reading) {
+        Decision::Apply {
+            download, upload, ..
+        } => (download, upload),
+        Decision::Duplicate => {
+            return Ok(Applied {
+                outcome: Outcome::Duplicate,
+                sequence: node.position.sequence,
+            });
+        }
+        Decision::Stale => {
+            return Ok(Applied {
+                outcome: Outcome::Stale,
+                sequence: if same_origin { node.position.sequence } else { 0 },
+            });
+        }
+        Decision::Backwards { what, last, now } => {
+            return Err(Error::Backwards {
+                what,
+                epoch: reading.origin.epoch.clone(),
+                last,
+                now,
+            });
+        }
+    };
+    let total_upload = node
+        .total_upload
+        .checked_add(upload)
+        .ok_or(Error::TotalOverflow("upload"))?;
+    let total_download = node
+        .total_download
+        .checked_add(download)
+        .ok_or(Error::TotalOverflow("download"))?;
+    node.total_upload = total_upload;
+    node.total_download = total_download;
+    node.position.advance(reading);
+    let due = time
+        .period_boundary
+        .is_some_and(|boundary| node.period_start < boundary);
+    let change = node.change.get_or_insert_with(|| Change {
+        upload: 0,
+        download: 0,
+        heartbeats: 0,
+        reset_period: due,
+        last: job.heartbeat.clone(),
+    });
+    change.upload += upload;
+    change.download += download;
+    change.heartbeats += 1;
+    change.last = job.heartbeat.clone();
+    Ok(Applied {
+        outcome: Outcome::Applied,
+        sequence: reading.sequence,
+    })
+}
+
+type Changed<'a> = [(&'a String, &'a Node, &'a Change)];
+
+async fn write_nodes(
+    conn: &mut PgConnection,
+    changed: &Changed<'_>,
+    time: &BatchTime,
+) -> Result<(), sqlx::Error> {
+    let ids: Vec<&str> = changed.iter().map(|c| c.0.as_str()).collect();
+    let last = |f: fn(&Heartbeat) -> &str| -> Vec<&str> {
+        changed.iter().map(|c| f(&c.2.last)).collect()
+    };
+    let load = |i: usize| -> Vec<f64> { changed.iter().map(|c| c.2.last.load[i]).collect() };
+    let origins: Vec<&Origin> = changed.iter().map(|c| &c.2.last.reading.origin).collect();
+    sqlx::query(
+        r#"UPDATE "nodes" AS n SET
+             "hostname" = u.hostname, "kernel" = u.kernel,
+             "agentVersion" = u.agent_version, "source" = u.source,
+             "lastSeen" = $1, "load1" = u.load1, "load5" = u.load5, "load15" = u.load15,
+             "bootId" = u.boot_id, "epoch" = u.epoch, "epochCreatedAt" = u.created,
+             "lastSequence" = u.seq, "updatedAt" = $1
+           FROM UNNEST($2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                       $7::float8[], $8::float8[], $9::float8[],
+                       $10::text[], $11::text[], $12::int8[], $13::int8[])
+             AS u(id, hostname, kernel, agent_version, source, load1, load5, load15,
+                  boot_id, epoch, created, seq)
+           WHERE n."id" = u.id"#,
+    )
+    .bind(time.now)
+    .bind(&ids)
+    .bind(last(|h| &h.hostname))
+    .bind(last(|h| &h.kernel))
+    .bind(last(|h| &h.agent_version))
+    .bind(last(|h| &h.source))
+    .bind(load(0))
+    .bind(load(1))
+    .bind(load(2))
+    .bind(origins.iter().map(|o| o.boot_id.as_str()).collect::<Vec<_>>())
+    .bind(origins.iter().map(|o| o.epoch.as_str()).collect::<Vec<_>>())
+    .bind(origins.iter().map(|o| o.created_unix_ns).collect::<Vec<_>>())
+    .bind(
+        changed
+            .iter()
+            .map(|c| c.2.last.reading.sequence)
+            .collect::<Vec<_>>(),
+    )
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+async fn write_traffic(
+    conn: &mut PgConnection,
+    changed: &Changed<'_>,
+    time: &BatchTime,
+) -> Result<(), sqlx::Error> {
+    let ids: Vec<&str> = changed.iter().map(|c| c.0.as_str()).collect();
+    let column = |f: fn(&Node, &Change) -> i64| -> Vec<i64> {
+        changed.iter().map(|c| f(c.1, c.2)).collect()
+    };
+    sqlx::query(
+        r#"UPDATE "traffic_stats" AS t SET
+             "totalUpload" = t."totalUpload" + u.up,
+             "totalDownload" = t."totalDownload" + u.down,
+             "periodUpload" = CASE WHEN u.reset THEN u.up ELSE t."periodUpload" + u.up END,
+             "periodDownload" = CASE WHEN u.reset THEN u.down ELSE t."periodDownload" + u.down END,
+             "periodStart" = CASE WHEN u.reset THEN $2::timestamp(3) ELSE t."periodStart" END,
+             "lastRxBytes" = u.rx, "lastTxBytes" = u.tx, "updatedAt" = $1
+           FROM UNNEST($3::text[], $4::int8[], $5::int8[], $6::bool[], $7::int8[], $8::int8[])
+             AS u(id, up, down, reset, rx, tx)
+           WHERE t."nodeId" = u.id"#,
+    )
+    .bind(time.now)
+    .bind(time.period_boundary)
+    .bind(&ids)
+    .bind(column(|_, c| c.upload))
+    .bind(column(|_, c| c.download))
+    .bind(changed.iter().map(|c| c.2.reset_period).collect::<Vec<_>>())
+    .bind(column(|n, _| n.position.rx))
+    .bind(column(|n, _| n.position.tx))
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+async fn write_history(
+    conn: &mut PgConnection,
+    changed: &Changed<'_>,
+    time: &BatchTime,
+) -> Result<(), sqlx::Error> {
+    let ids: Vec<&str> = changed.iter().map(|c| c.0.as_str()).collect();
+    let load = |i: usize| -> Vec<f64> { changed.iter().map(|c| c.2.last.load[i]).collect() };
+    sqlx::query(
+        r#"INSERT INTO "node_history"
+             ("nodeId", "bucket", "upload", "download", "load1", "load5", "load15", "heartbeats")
+           SELECT u.id, $1, u.up, u.down, u.l1, u.l5, u.l15, u.n
+           FROM UNNEST($2::text[], $3::int8[], $4::int8[], $5::float8[], $6::float8[],
+                       $7::float8[], $8::int4[]) AS u(id, up, down, l1, l5, l15, n)
+           ON CONFLICT ("nodeId", "bucket") DO UPDATE SET
+             "upload" = "node_history"."upload" + EXCLUDED."upload",
+             "download" = "node_history"."download" + EXCLUDED."download",
+             "load1" = EXCLUDED."load1", "load5" = EXCLUDED."load5",
+             "load15" = EXCLUDED."load15",
+             "heartbeats" = "node_history"."heartbeats" + EXCLUDED."heartbeats""#,
+    )
+    .bind(time.bucket())
+    .bind(&ids)
+    .bind(changed.iter().map(|c| c.2.upload).collect::<Vec<_>>())
+    .bind(changed.iter().map(|c| c.2.download).collect::<Vec<_>>())
+    .bind(load(0))
+    .bind(load(1))
+    .bind(load(2))
+    .bind(changed.iter().map(|c| c.2.heartbeats).collect::<Vec<_>>())
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+async fn write_interfaces(
+    conn: &mut PgConnection,
+    changed: &Changed<'_>,
+    time: &BatchTime,
+) -> Result<(), sqlx::Error> {
+    let rows: Vec<(&str, &Interface)> = changed
+        .iter()
+        .flat_map(|c| c.2.last.interfaces.iter().map(|i| (c.0.as_str(), i)))
+        .collect();
+    let column = |f: fn(&Interface) -> i64| -> Vec<i64> { rows.iter().map(|r| f(r.1)).collect() };
+    sqlx::query(
+        r#"INSERT INTO "interface_stats"
+             ("nodeId", "name", "ifindex", "state", "rxBytes", "rxPackets", "txBytes",
+              "txPackets", "updatedAt")
+           SELECT u.id, u.name, u.ifindex, u.state, u.rxb, u.rxp, u.txb, u.txp, $1
+           FROM UNNEST($2::text[], $3::text[], $4::int8[], $5::text[], $6::int8[],
+                       $7::int8[], $8::int8[], $9::int8[])
+             AS u(id, name, ifindex, state, rxb, rxp, txb, txp)
+           ON CONFLICT ("nodeId", "name") DO UPDATE SET
+             "ifindex" = EXCLUDED."ifindex", "state" = EXCLUDED."state",
+             "rxBytes" = EXCLUDED."rxBytes", "rxPackets" = EXCLUDED."rxPackets",
+             "txBytes" = EXCLUDED."txBytes", "txPackets" = EXCLUDED."txPackets",
+             "updatedAt" = EXCLUDED."updatedAt""#,
+    )
+    .bind(time.now)
+    .bind(rows.iter().map(|r| r.0).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.1.name.as_str()).collect::<Vec<_>>())
+    .bind(column(|i| i.ifindex))
+    .bind(rows.iter().map(|r| r.1.state).collect::<Vec<_>>())
+    .bind(column(|i| i.rx_bytes))
+    .bind(column(|i| i.rx_packets))
+    .bind(column(|i| i.tx_bytes))
+    .bind(column(|i| i.tx_packets))
+    .execute(&mut *conn)
+    .await?;
+    // Interfaces the nodes no longer report (a new epoch, a folded entry).
+    let ids: Vec<&str> = changed.iter().map(|c| c.0.as_str()).collect();
+    sqlx::query(
+        r#"DELETE FROM "interface_stats" WHERE "nodeId" = ANY($1) AND "updatedAt" < $2"#,
+    )
+    .bind(&ids)
+    .bind(time.now)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,15 @@
+//! tally's collector: authenticates nodes, turns their raw cumulative
+//! counters into exact totals in PostgreSQL (DESIGN.md, "Counting rules"),
+//! and serves people.
+
+pub mod accounting;
+pub mod auth;
+pub mod db;
+pub mod devdb;
+pub mod error;
+pub mod grpc;
+pub mod ingest;
+pub mod nodes;
+pub mod period;
+pub mod serve;
+pub mod validate;

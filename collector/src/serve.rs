@@ -1,0 +1,122 @@
+//! `tally-collector serve`: the gRPC node channel (and, in one process, the
+//! HTTP side as it grows), plus the periodic upkeep: scheduled period resets
+//! of quiet nodes and history retention.
+
+use std::{future::Future, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use chrono::Utc;
+use sqlx::PgPool;
+use tally_proto::{limits, v1::heartbeat_server::HeartbeatServer};
+use tokio::net::TcpListener;
+use tonic::transport::{Identity, Server, ServerTlsConfig, server::TcpIncoming};
+
+use crate::{
+    grpc::HeartbeatService,
+    ingest::{self, Ingest, LatencyLog},
+    period::{self, Schedule},
+};
+
+/// What `serve` needs besides the database.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub listen: SocketAddr,
+    /// PEM certificate chain and key; `None` serves plaintext.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// The interval to ask agents for.
+    pub heartbeat_interval: Option<Duration>,
+    pub max_skew: Duration,
+    pub history_retention: Duration,
+    pub ingest: ingest::Config,
+}
+
+/// Binds the listener (so the caller knows the address before serving).
+pub async fn bind(options: &Options) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(options.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", options.listen))
+}
+
+/// Serves until `shutdown` completes, then lets in-flight heartbeats finish.
+pub async fn serve(
+    pool: PgPool,
+    options: Options,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+    latencies: Option<Arc<LatencyLog>>,
+) -> anyhow::Result<()> {
+    let mut server = Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .timeout(Duration::from_secs(30));
+    if let Some((cert, key)) = &options.tls {
+        let cert = std::fs::read(cert)
+            .with_context(|| format!("cannot read the certificate {}", cert.display()))?;
+        let key = std::fs::read(key)
+            .with_context(|| format!("cannot read the key {}", key.display()))?;
+        server = server
+            .tls_config(ServerTlsConfig::new().identity(Identity::from_pem(cert, key)))
+            .context("cannot use the TLS certificate and key")?;
+    }
+    let upkeep = tokio::spawn(upkeep(
+        pool.clone(),
+        options.ingest.schedule,
+        options.history_retention,
+    ));
+    let ingest = Ingest::start(pool, options.ingest.clone(), latencies);
+    let interval_ms = options
+        .heartbeat_interval
+        .map_or(0, |d| u32::try_from(d.as_millis()).unwrap_or(u32::MAX));
+    let max_skew_ns = i64::try_from(options.max_skew.as_nanos()).unwrap_or(i64::MAX);
+    let service = HeartbeatServer::new(HeartbeatService::new(ingest, interval_ms, max_skew_ns))
+        .max_decoding_message_size(limits::MAX_MESSAGE_BYTES);
+    let address = listener.local_addr().context("no local address")?;
+    tracing::info!(
+        %address,
+        tls = options.tls.is_some(),
+        "serving tally.v1.Heartbeat"
+    );
+    let result = server
+        .add_service(service)
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown)
+        .await
+        .context("the gRPC server failed");
+    upkeep.abort();
+    result
+}
+
+/// Scheduled period resets for quiet nodes, every minute; history older than
+/// the retention, every ten minutes. Errors are logged and retried.
+async fn upkeep(pool: PgPool, schedule: Option<Schedule>, retention: Duration) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    let mut round: u64 = 0;
+    loop {
+        tick.tick().await;
+        if let Some(schedule) = schedule {
+            let start = schedule.latest_start(Utc::now().naive_utc());
+            match period::sweep(&pool, start).await {
+                Ok(0) => {}
+                Ok(nodes) => tracing::info!(nodes, %start, "period reset by schedule"),
+                Err(error) => tracing::warn!(%error, "scheduled period reset failed; will retry"),
+            }
+        }
+        if round.is_multiple_of(10) {
+            match prune_history(&pool, retention).await {
+                Ok(0) => {}
+                Ok(rows) => tracing::info!(rows, "history past retention deleted"),
+                Err(error) => tracing::warn!(%error, "history retention failed; will retry"),
+            }
+        }
+        round += 1;
+    }
+}
+
+/// Deletes history older than `retention`.
+pub async fn prune_history(pool: &PgPool, retention: Duration) -> Result<u64, sqlx::Error> {
+    let cutoff = Utc::now().naive_utc()
+        - chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
+    let result = sqlx::query(r#"DELETE FROM "node_history" WHERE "bucket" < $1"#)
+        .bind(cutoff)
+        .execute(pool)
+        .await?;
+    Ok(result.rows_affected())
+}

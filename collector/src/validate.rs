@@ -1,0 +1,263 @@
+//! Checks a heartbeat from the network against the contract's limits
+//! (`tally_proto::limits`) and reduces it to what the collector stores.
+
+use tally_proto::{
+    limits,
+    v1::{HeartbeatRequest, InterfaceState},
+};
+
+use crate::{
+    accounting::{Origin, Reading},
+    error::Error,
+};
+
+/// A checked heartbeat.
+#[derive(Debug, Clone)]
+pub struct Heartbeat {
+    pub reading: Reading,
+    pub load: [f64; 3],
+    pub hostname: String,
+    pub kernel: String,
+    pub agent_version: String,
+    pub source: String,
+    pub interfaces: Vec<Interface>,
+}
+
+/// One interface's raw counters, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Interface {
+    pub name: String,
+    pub ifindex: i64,
+    pub state: &'static str,
+    pub rx_bytes: i64,
+    pub rx_packets: i64,
+    pub tx_bytes: i64,
+    pub tx_packets: i64,
+}
+
+/// Checks `request`; `now_unix_ns` is the collector's clock and `max_skew_ns`
+/// how far ahead of it a node's clock may be.
+pub fn heartbeat(
+    request: HeartbeatRequest,
+    now_unix_ns: i64,
+    max_skew_ns: i64,
+) -> Result<Heartbeat, Error> {
+    bounded("boot_id", &request.boot_id, limits::MAX_BOOT_ID)?;
+    bounded("epoch", &request.epoch, limits::MAX_EPOCH)?;
+    bounded("hostname", &request.hostname, limits::MAX_HOSTNAME)?;
+    bounded("kernel_release", &request.kernel_release, limits::MAX_KERNEL_RELEASE)?;
+    bounded("agent_version", &request.agent_version, limits::MAX_AGENT_VERSION)?;
+    bounded("source", &request.source, limits::MAX_SOURCE)?;
+    if request.boot_id.is_empty() || request.epoch.is_empty() {
+        return Err(invalid("boot_id and epoch must not be empty"));
+    }
+    let latest = now_unix_ns.saturating_add(max_skew_ns);
+    let created = counter("epoch_created_unix_ns", request.epoch_created_unix_ns)?;
+    if created > latest {
+        return Err(invalid(
+            "epoch_created_unix_ns is in the future (check the node's clock)",
+        ));
+    }
+    let agent_time = counter("agent_time_unix_ns", request.agent_time_unix_ns)?;
+    if agent_time > latest {
+        return Err(invalid(
+            "agent_time_unix_ns is in the future (check the node's clock)",
+        ));
+    }
+    let sequence = counter("sequence", request.sequence)?;
+    if request.interfaces.len() > limits::MAX_INTERFACES {
+        return Err(invalid(format!(
+            "{} interfaces (at most {})",
+            request.interfaces.len(),
+            limits::MAX_INTERFACES
+        )));
+    }
+    let load = request
+        .load
+        .map(|l| [l.one, l.five, l.fifteen])
+        .ok_or_else(|| invalid("load is missing"))?;
+    if load.iter().any(|v| !v.is_finite() || *v < 0.0) {
+        return Err(invalid("load averages must be finite and not negative"));
+    }
+    let mut interfaces = Vec::with_capacity(request.interfaces.len());
+    let (mut rx, mut tx) = (0i64, 0i64);
+    for entry in request.interfaces {
+        bounded("interface name", &entry.name, limits::MAX_INTERFACE_NAME)?;
+        if entry.name.is_empty() {
+            return Err(invalid("an interface has an empty name"));
+        }
+        let interface = Interface {
+            state: match InterfaceState::try_from(entry.state) {
+                Ok(InterfaceState::Attached) => "attached",
+                Ok(InterfaceState::Gone) => "gone",
+                Ok(InterfaceState::Retired) => "retired",
+                _ => "unknown",
+            },
+            ifindex: i64::from(entry.ifindex),
+            rx_bytes: counter("rx_bytes", entry.rx_bytes)?,
+            rx_packets: counter("rx_packets", entry.rx_packets)?,
+            tx_bytes: counter("tx_bytes", entry.tx_bytes)?,
+            tx_packets: counter("tx_packets", entry.tx_packets)?,
+            name: entry.name,
+        };
+        rx = rx
+            .checked_add(interface.rx_bytes)
+            .ok_or_else(|| invalid("the rx_bytes sum exceeds 2^63 - 1"))?;
+        tx = tx
+            .checked_add(interface.tx_bytes)
+            .ok_or_else(|| invalid("the tx_bytes sum exceeds 2^63 - 1"))?;
+        interfaces.push(interface);
+    }
+    let mut names: Vec<&str> = interfaces.iter().map(|i| i.name.as_str()).collect();
+    names.sort_unstable();
+    if names.windows(2).any(|w| w[0] == w[1]) {
+        return Err(invalid("an interface name appears twice"));
+    }
+    Ok(Heartbeat {
+        reading: Reading {
+            origin: Origin {
+                boot_id: request.boot_id,
+                epoch: request.epoch,
+                created_unix_ns: created,
+            },
+            starts_at_zero: request.counters_start_at_zero,
+            sequence,
+            rx,
+            tx,
+        },
+        load,
+        hostname: request.hostname,
+        kernel: request.kernel_release,
+        agent_version: request.agent_version,
+        source: request.source,
+        interfaces,
+    })
+}
+
+fn bounded(what: &str, value: &str, max: usize) -> Result<(), Error> {
+    if value.len() > max {
+        return Err(invalid(format!(
+            "{what} is {} bytes long (at most {max})",
+            value.len()
+        )));
+    }
+    Ok(())
+}
+
+fn counter(what: &str, value: u64) -> Result<i64, Error> {
+    i64::try_from(value).map_err(|_| invalid(format!("{what} exceeds 2^63 - 1")))
+}
+
+fn invalid(message: impl Into<String>) -> Error {
+    Error::Invalid(message.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use tally_proto::v1::{InterfaceCounters, LoadAverage};
+
+    use super::*;
+
+    const NOW: i64 = 1_800_000_000_000_000_000;
+    const SKEW: i64 = 300_000_000_000;
+
+    fn request() -> HeartbeatRequest {
+        HeartbeatRequest {
+            boot_id: "b".into(),
+            epoch: "e".into(),
+            epoch_created_unix_ns: 1,
+            counters_start_at_zero: true,
+            sequence: 7,
+            agent_time_unix_ns: NOW as u64,
+            interfaces: vec![
+                iface("eth0", 10, 20),
+                iface("eth1", 5, 6),
+            ],
+            load: Some(LoadAverage {
+                one: 0.5,
+                five: 0.25,
+                fifteen: 0.0,
+            }),
+            hostname: "h".into(),
+            kernel_release: "6.1".into(),
+            agent_version: "0.1.0".into(),
+            source: "ebpf".into(),
+        }
+    }
+
+    fn iface(name: &str, rx: u64, tx: u64) -> InterfaceCounters {
+        InterfaceCounters {
+            name: name.into(),
+            ifindex: 2,
+            rx_bytes: rx,
+            rx_packets: 1,
+            tx_bytes: tx,
+            tx_packets: 1,
+            state: InterfaceState::Attached as i32,
+        }
+    }
+
+    fn refused(request: HeartbeatRequest) -> String {
+        match heartbeat(request, NOW, SKEW) {
+            Err(Error::Invalid(message)) => message,
+            other => panic!("expected Invalid, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn sums_the_interfaces() {
+        let hb = heartbeat(request(), NOW, SKEW).expect("valid");
+        assert_eq!((hb.reading.rx, hb.reading.tx), (15, 26));
+        assert_eq!(hb.reading.sequence, 7);
+        assert_eq!(hb.interfaces[0].state, "attached");
+    }
+
+    #[test]
+    fn limits_are_enforced() {
+        let mut r = request();
+        r.hostname = "x".repeat(254);
+        assert!(refused(r).contains("hostname is 254 bytes"));
+        let mut r = request();
+        r.interfaces.push(iface("a-very-long-interface-name", 0, 0));
+        assert!(refused(r).contains("interface name"));
+        let mut r = request();
+        r.interfaces = (0..=limits::MAX_INTERFACES).map(|_| iface("x", 0, 0)).collect();
+        assert!(refused(r).contains("interfaces (at most"));
+        let mut r = request();
+        r.interfaces.push(iface("eth0", 0, 0));
+        assert!(refused(r).contains("twice"));
+    }
+
+    #[test]
+    fn counters_and_sums_fit_in_bigint() {
+        let mut r = request();
+        r.sequence = u64::MAX;
+        assert!(refused(r).contains("sequence exceeds"));
+        let mut r = request();
+        r.interfaces = vec![iface("a", i64::MAX as u64, 0), iface("b", 1, 0)];
+        assert!(refused(r).contains("rx_bytes sum"));
+    }
+
+    #[test]
+    fn future_clocks_and_bad_loads_are_refused() {
+        let mut r = request();
+        r.agent_time_unix_ns = (NOW + SKEW + 1) as u64;
+        assert!(refused(r).contains("future"));
+        let mut r = request();
+        r.epoch_created_unix_ns = (NOW + SKEW + 1) as u64;
+        assert!(refused(r).contains("future"));
+        let mut r = request();
+        r.load = Some(LoadAverage {
+            one: f64::NAN,
+            five: 0.0,
+            fifteen: 0.0,
+        });
+        assert!(refused(r).contains("finite"));
+        let mut r = request();
+        r.load = None;
+        assert!(refused(r).contains("load is missing"));
+        let mut r = request();
+        r.epoch = String::new();
+        assert!(refused(r).contains("must not be empty"));
+    }
+}
