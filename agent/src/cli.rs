@@ -62,7 +62,8 @@ pub struct RunArgs {
     #[command(flatten)]
     pub filter: FilterArgs,
 
-    /// How often to read and report the counters (at least 1s).
+    /// How often to read the counters and, with --collector, send a heartbeat
+    /// (at least 1s; the collector's reply may ask for another interval).
     #[arg(long, env = "TALLY_INTERVAL", default_value = "5s", value_parser = parse_interval, value_name = "DURATION")]
     pub interval: Duration,
 
@@ -75,6 +76,55 @@ pub struct RunArgs {
     /// How often to re-list the interfaces even without a netlink notification.
     #[arg(long, default_value = "30s", value_parser = parse_interval, value_name = "DURATION")]
     pub resync_interval: Duration,
+
+    #[command(flatten)]
+    pub collector: CollectorArgs,
+}
+
+/// Where and how `run` reports: every flag here but `--collector` only
+/// matters with `--collector`.
+#[derive(Debug, Args, Clone)]
+#[command(next_help_heading = "Reporting to a collector")]
+pub struct CollectorArgs {
+    /// The collector to send heartbeats to: `https://HOST:PORT` (TLS, needs
+    /// --ca) or `http://HOST:PORT` (plaintext, needs --insecure-plaintext).
+    /// Without it the agent counts locally only (see `status`).
+    #[arg(long, env = "TALLY_COLLECTOR", value_name = "URL")]
+    pub collector: Option<String>,
+
+    /// File holding this node's token, as printed by `tally-collector node
+    /// add` (surrounding whitespace is ignored). Sent as `authorization:
+    /// Bearer <token>`. Instead of a file, the token itself may be given in
+    /// the environment variable TALLY_TOKEN (not both).
+    #[arg(
+        long,
+        env = "TALLY_TOKEN_FILE",
+        value_name = "PATH",
+        requires = "collector"
+    )]
+    pub token_file: Option<PathBuf>,
+
+    /// PEM file with the CA certificate(s) that signed the collector's
+    /// certificate; required for an https:// collector (the agent trusts no
+    /// built-in roots).
+    #[arg(long, env = "TALLY_CA", value_name = "PATH", requires = "collector")]
+    pub ca: Option<PathBuf>,
+
+    /// Allow an http:// collector: heartbeats and the token travel
+    /// unencrypted. Only for a trusted network or a local test.
+    #[arg(
+        long,
+        env = "TALLY_INSECURE_PLAINTEXT",
+        requires = "collector",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub insecure_plaintext: bool,
+
+    /// On SIGTERM or SIGINT, how long to try to deliver a last heartbeat
+    /// before exiting (`0s`: exit without one). The kernel keeps counting
+    /// either way; the next heartbeat carries what was not delivered.
+    #[arg(long, env = "TALLY_FINAL_HEARTBEAT_TIMEOUT", default_value = "5s", value_parser = parse_duration, value_name = "DURATION")]
+    pub final_heartbeat_timeout: Duration,
 }
 
 #[derive(Debug, Args, Clone, Default)]
@@ -173,6 +223,61 @@ mod tests {
         assert_eq!(run.filter.exclude, ["veth*", "docker*"]);
         assert_eq!(run.attach, AttachMode::Netlink);
         assert_eq!(run.source, SourceKind::Ebpf);
+    }
+
+    #[test]
+    fn collector_flags_parse() {
+        let cli = Cli::try_parse_from([
+            "tally-agent",
+            "run",
+            "--collector",
+            "https://collector:4443",
+            "--ca",
+            "/etc/tally/ca.pem",
+            "--token-file",
+            "/etc/tally/token",
+            "--final-heartbeat-timeout",
+            "2s",
+        ])
+        .expect("parses");
+        let Command::Run(run) = cli.command else {
+            panic!("run")
+        };
+        let c = run.collector;
+        assert_eq!(c.collector.as_deref(), Some("https://collector:4443"));
+        assert_eq!(c.ca, Some(PathBuf::from("/etc/tally/ca.pem")));
+        assert_eq!(c.token_file, Some(PathBuf::from("/etc/tally/token")));
+        assert!(!c.insecure_plaintext);
+        assert_eq!(c.final_heartbeat_timeout, Duration::from_secs(2));
+
+        let Command::Run(plain) = Cli::try_parse_from([
+            "tally-agent",
+            "run",
+            "--collector",
+            "http://127.0.0.1:50051",
+            "--insecure-plaintext",
+        ])
+        .expect("parses")
+        .command
+        else {
+            panic!("run")
+        };
+        assert!(plain.collector.insecure_plaintext);
+        assert_eq!(
+            plain.collector.final_heartbeat_timeout,
+            Duration::from_secs(5)
+        );
+
+        // Collector settings without a collector are a mistake.
+        for flag in [
+            &["--token-file", "/t"][..],
+            &["--ca", "/ca.pem"],
+            &["--insecure-plaintext"],
+        ] {
+            let err = Cli::try_parse_from([&["tally-agent", "run"][..], flag].concat())
+                .expect_err("needs --collector");
+            assert!(err.to_string().contains("--collector"), "{err}");
+        }
     }
 
     #[test]

@@ -4,6 +4,7 @@ mod cli;
 mod diagnose;
 mod ebpf;
 mod filter;
+mod heartbeat;
 mod netwatch;
 mod pins;
 mod run;

@@ -5,7 +5,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tokio::{
     signal::unix::{Signal, SignalKind, signal},
-    time::{MissedTickBehavior, interval},
+    time::{Instant, Interval, MissedTickBehavior, interval, interval_at},
 };
 
 use crate::{
@@ -16,6 +16,7 @@ use crate::{
         epoch_hex,
     },
     filter::IfaceFilter,
+    heartbeat::{CollectorConfig, Heartbeats, Reading, Sequencer, TOKEN_ENV},
     netwatch::NetWatch,
     pins::{PinLayout, PinLock},
     source::{CounterSource, EbpfSource, ProcfsSource, SourceKind},
@@ -48,12 +49,27 @@ impl Stop {
 pub async fn run(args: RunArgs, layout: PinLayout) -> anyhow::Result<()> {
     let mut stop = Stop::listen()?;
     let filter = IfaceFilter::new(&args.filter.include, &args.filter.exclude)?;
+    // Checked before anything is attached: a bad URL or token stops here.
+    let collector = CollectorConfig::from_args(&args.collector, token_env()?)?;
     match args.source {
-        SourceKind::Ebpf => run_ebpf(&args, layout, filter, &mut stop).await,
+        SourceKind::Ebpf => run_ebpf(&args, layout, filter, collector, &mut stop).await,
         SourceKind::Procfs => {
             tracing::info!("counting from /proc/net/dev (no eBPF)");
             let mut source = ProcfsSource::new(filter);
-            report_loop(&mut source, args.interval, None, &mut stop).await
+            let reporting = Reporting::start(collector, args.interval);
+            report_loop(&mut source, reporting, None, &mut stop).await
+        }
+    }
+}
+
+/// TALLY_TOKEN, when set and not empty.
+fn token_env() -> anyhow::Result<Option<String>> {
+    match std::env::var(TOKEN_ENV) {
+        Ok(token) if token.is_empty() => Ok(None),
+        Ok(token) => Ok(Some(token)),
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        Err(std::env::VarError::NotUnicode(_)) => {
+            anyhow::bail!("{TOKEN_ENV} is not valid UTF-8")
         }
     }
 }
@@ -62,6 +78,7 @@ async fn run_ebpf(
     args: &RunArgs,
     layout: PinLayout,
     filter: IfaceFilter,
+    collector: Option<CollectorConfig>,
     stop: &mut Stop,
 ) -> anyhow::Result<()> {
     let probe = Probe::current();
@@ -112,9 +129,10 @@ async fn run_ebpf(
     tracing::info!(interfaces = engine.attached().len(), "attached; counting");
 
     let mut source = EbpfSource::new(layout);
+    let reporting = Reporting::start(collector, args.interval);
     report_loop(
         &mut source,
-        args.interval,
+        reporting,
         Some((&mut engine, &mut watch, &filter, args.resync_interval)),
         stop,
     )
@@ -123,14 +141,100 @@ async fn run_ebpf(
 
 type Watching<'a> = (&'a mut Engine, &'a mut NetWatch, &'a IfaceFilter, Duration);
 
+/// Where readings go: the heartbeat sender, or nowhere but the debug log.
+struct Reporting {
+    every: Duration,
+    sequencer: Sequencer,
+    heartbeats: Option<Heartbeats>,
+}
+
+impl Reporting {
+    fn start(collector: Option<CollectorConfig>, every: Duration) -> Self {
+        let heartbeats = match collector {
+            Some(config) => Some(Heartbeats::start(config, every)),
+            None => {
+                tracing::info!("no --collector given: counting locally only");
+                None
+            }
+        };
+        Self {
+            every,
+            sequencer: Sequencer::default(),
+            heartbeats,
+        }
+    }
+
+    /// Reads the counters and stamps the reading at once.
+    fn read(&mut self, source: &mut dyn CounterSource) -> Option<Reading> {
+        match source.snapshot() {
+            Ok(snapshot) => {
+                let reading = self.sequencer.stamp(snapshot);
+                let (rx, tx) = reading.snapshot.totals();
+                tracing::debug!(
+                    rx_bytes = rx,
+                    tx_bytes = tx,
+                    interfaces = reading.snapshot.interfaces.len(),
+                    sequence = reading.sequence,
+                    "counters"
+                );
+                Some(reading)
+            }
+            Err(error) => {
+                tracing::warn!(error = %format!("{error:#}"), "cannot read the counters");
+                None
+            }
+        }
+    }
+
+    /// Reads and hands the reading to the sender (never waits for it).
+    fn report(&mut self, source: &mut dyn CounterSource) {
+        if let Some(reading) = self.read(source)
+            && let Some(heartbeats) = &self.heartbeats
+        {
+            heartbeats.publish(reading);
+        }
+    }
+
+    /// A new report interval, when the collector asks for one.
+    async fn interval_changed(&mut self) -> Duration {
+        match self.heartbeats.as_mut() {
+            Some(heartbeats) => heartbeats.interval_changed().await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// On stop: one last reading, sent within the final timeout. A second
+    /// signal cuts the wait short.
+    async fn finish(mut self, source: &mut dyn CounterSource, stop: &mut Stop) {
+        if self.heartbeats.is_none() {
+            return;
+        }
+        let last = self.read(source);
+        let Some(heartbeats) = self.heartbeats.take() else {
+            return;
+        };
+        tokio::select! {
+            _ = heartbeats.finish(last) => {}
+            signal = stop.requested() => {
+                tracing::warn!(signal, "not waiting any longer for the last heartbeat");
+            }
+        }
+    }
+}
+
+fn report_timer(every: Duration, first: Instant) -> Interval {
+    let mut timer = interval_at(first, every);
+    timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    timer
+}
+
 async fn report_loop(
     source: &mut dyn CounterSource,
-    every: Duration,
+    mut reporting: Reporting,
     mut watching: Option<Watching<'_>>,
     stop: &mut Stop,
 ) -> anyhow::Result<()> {
-    let mut report = interval(every);
-    report.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut report = report_timer(reporting.every, Instant::now());
     let resync_every = watching.as_ref().map_or(Duration::from_secs(3600), |w| w.3);
     let mut resync = interval(resync_every);
     resync.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -150,15 +254,13 @@ async fn report_loop(
                 resync_links(&mut watching).await;
             }
             _ = resync.tick() => resync_links(&mut watching).await,
-            _ = report.tick() => match source.snapshot() {
-                Ok(snapshot) => {
-                    let (rx, tx) = snapshot.totals();
-                    tracing::debug!(rx_bytes = rx, tx_bytes = tx, interfaces = snapshot.interfaces.len(), "counters");
-                }
-                Err(error) => tracing::warn!(error = %format!("{error:#}"), "cannot read the counters"),
-            },
+            every = reporting.interval_changed() => {
+                report = report_timer(every, Instant::now() + every);
+            }
+            _ = report.tick() => reporting.report(source),
         }
     }
+    reporting.finish(source, stop).await;
     if watching.is_some() {
         tracing::info!(
             "leaving the programs attached: the kernel keeps counting until the agent is back"

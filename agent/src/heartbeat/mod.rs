@@ -1,0 +1,317 @@
+//! Heartbeats to the collector, off the counting path.
+//!
+//! The report loop stamps every reading ([`Sequencer`]) and publishes it with
+//! [`Heartbeats::publish`], which never waits: the reading lands in a watch
+//! channel that holds only the newest one. The counters are cumulative, so a
+//! reading that was not sent yet is simply superseded by the next. A sender
+//! task sends the newest unsent reading; while the collector is away it backs
+//! off (exponential, with jitter) and retries with whatever is newest then.
+//! On SIGTERM [`Heartbeats::finish`] stops the task and sends one last
+//! reading within a bounded time.
+//!
+//! The collector may ask for another interval in its reply; the report loop
+//! follows [`Heartbeats::interval_changed`] (never below 1 s, at most 1 h;
+//! `0` means the agent's own `--interval`).
+
+mod backoff;
+mod client;
+mod config;
+mod reading;
+mod request;
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use tally_proto::{
+    limits,
+    v1::{HeartbeatReply, Outcome},
+};
+use tokio::{sync::watch, task::JoinHandle};
+
+use self::{
+    backoff::Backoff,
+    client::{Client, SendError, Severity},
+};
+pub use self::{
+    config::{CollectorConfig, TOKEN_ENV},
+    reading::{Reading, Sequencer},
+};
+
+/// The first delay after a failed heartbeat.
+const BACKOFF_BASE: Duration = Duration::from_millis(500);
+/// The longest delay between two attempts.
+const BACKOFF_CAP: Duration = Duration::from_secs(30);
+/// The longest interval a collector can ask for.
+const MAX_ASKED_INTERVAL: Duration = Duration::from_secs(3600);
+/// A repeated, unchanged failure is logged at warn/error at most this often
+/// (and at debug in between).
+const REPEAT_LOG_EVERY: Duration = Duration::from_secs(60);
+
+/// The running heartbeat sender.
+pub struct Heartbeats {
+    latest: watch::Sender<Option<Arc<Reading>>>,
+    interval: watch::Receiver<Duration>,
+    task: JoinHandle<()>,
+    /// Shares the sender task's connection; used for the last heartbeat.
+    client: Client,
+    final_timeout: Duration,
+}
+
+impl Heartbeats {
+    /// Starts the sender task; `interval` is the agent's own (`--interval`).
+    pub fn start(config: CollectorConfig, interval: Duration) -> Self {
+        tracing::info!(collector = %config.url, "sending heartbeats every {}", human(interval));
+        let final_timeout = config.final_timeout;
+        let (latest, readings) = watch::channel(None);
+        let (interval_tx, interval_rx) = watch::channel(interval);
+        let client = Client::new(config);
+        let sender = Sender {
+            client: client.clone(),
+            readings,
+            interval: interval_tx,
+            own_interval: interval,
+            backoff: Backoff::new(BACKOFF_BASE, BACKOFF_CAP),
+            failures: 0,
+            delivered_once: false,
+            failure_log: FailureLog::default(),
+        };
+        Self {
+            latest,
+            interval: interval_rx,
+            task: tokio::spawn(sender.run()),
+            client,
+            final_timeout,
+        }
+    }
+
+    /// Hands a reading to the sender, replacing any not sent yet. Never waits.
+    pub fn publish(&self, reading: Reading) {
+        self.latest.send_replace(Some(Arc::new(reading)));
+    }
+
+    /// Resolves when the collector asked for another report interval.
+    pub async fn interval_changed(&mut self) -> Duration {
+        if self.interval.changed().await.is_err() {
+            // The sender task ended (it only does when stopped): no more news.
+            std::future::pending::<()>().await;
+        }
+        *self.interval.borrow_and_update()
+    }
+
+    /// Stops the sender and tries, for at most the final timeout, to deliver
+    /// `last` (or the newest reading published, when the last one could not
+    /// be taken). Returns whether it was delivered.
+    pub async fn finish(mut self, last: Option<Reading>) -> bool {
+        // A call in flight is dropped; the last reading supersedes it.
+        self.task.abort();
+        let _ = (&mut self.task).await;
+        let reading = last.map(Arc::new).or_else(|| self.latest.borrow().clone());
+        send_last(&mut self.client, reading, self.final_timeout).await
+    }
+}
+
+/// Sends the last reading, retrying quickly until the deadline.
+async fn send_last(client: &mut Client, reading: Option<Arc<Reading>>, timeout: Duration) -> bool {
+    let Some(reading) = reading else {
+        tracing::warn!("no reading to send as the last heartbeat");
+        return false;
+    };
+    if timeout.is_zero() {
+        tracing::info!("--final-heartbeat-timeout is 0s: exiting without a last heartbeat");
+        return false;
+    }
+    let deadline = Instant::now() + timeout;
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
+    let mut last_error = None;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            tracing::warn!(
+                sequence = reading.sequence,
+                error = %last_error.map_or_else(String::new, |e: SendError| e.to_string()),
+                "last heartbeat not delivered within {}; nothing is lost: the kernel keeps \
+                 counting and the next heartbeat, from the next agent, carries it",
+                human(timeout)
+            );
+            return false;
+        }
+        match client.send(&reading, Some(left)).await {
+            Ok(reply) => {
+                tracing::info!(
+                    sequence = reading.sequence,
+                    outcome = reply.outcome().as_str_name(),
+                    "last heartbeat delivered"
+                );
+                return true;
+            }
+            Err(error) => {
+                tracing::debug!(error = %error, "last heartbeat failed");
+                last_error = Some(error);
+            }
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        tokio::time::sleep(backoff.next_delay().min(left)).await;
+    }
+}
+
+/// A duration for people, to the millisecond.
+pub fn human(duration: Duration) -> humantime::FormattedDuration {
+    let millis = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
+    humantime::format_duration(Duration::from_millis(millis))
+}
+
+/// The sender task's state.
+struct Sender {
+    client: Client,
+    readings: watch::Receiver<Option<Arc<Reading>>>,
+    interval: watch::Sender<Duration>,
+    own_interval: Duration,
+    backoff: Backoff,
+    /// Failed attempts since the last delivery.
+    failures: u32,
+    delivered_once: bool,
+    failure_log: FailureLog,
+}
+
+impl Sender {
+    /// Sends every new reading until aborted (or the report side is gone).
+    async fn run(mut self) {
+        while self.readings.changed().await.is_ok() {
+            self.deliver_newest().await;
+        }
+    }
+
+    /// Sends the newest reading, backing off and retrying (each time with the
+    /// newest reading) until one is delivered.
+    async fn deliver_newest(&mut self) {
+        loop {
+            let Some(reading) = self.readings.borrow_and_update().clone() else {
+                return;
+            };
+            match self.client.send(&reading, None).await {
+                Ok(reply) => {
+                    self.delivered(&reading, &reply);
+                    return;
+                }
+                Err(error) => {
+                    self.failures = self.failures.saturating_add(1);
+                    let delay = self.backoff.next_delay();
+                    self.failure_log
+                        .log(&error, self.failures, delay, self.client.url());
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+
+    fn delivered(&mut self, reading: &Reading, reply: &HeartbeatReply) {
+        if self.failures > 0 {
+            tracing::info!(
+                collector = self.client.url(),
+                "collector reachable again after {} failed attempts",
+                self.failures
+            );
+        } else if !self.delivered_once {
+            tracing::info!(
+                collector = self.client.url(),
+                "the collector receives our heartbeats"
+            );
+        }
+        self.failures = 0;
+        self.delivered_once = true;
+        self.backoff.reset();
+        self.failure_log = FailureLog::default();
+        match reply.outcome() {
+            Outcome::Applied | Outcome::Duplicate | Outcome::Stale => tracing::debug!(
+                sequence = reading.sequence,
+                outcome = reply.outcome().as_str_name(),
+                applied_sequence = reply.applied_sequence,
+                "heartbeat delivered"
+            ),
+            Outcome::Unspecified => tracing::warn!(
+                sequence = reading.sequence,
+                "the collector's reply has no outcome (a newer or broken collector?)"
+            ),
+        }
+        let wanted = asked_interval(reply.heartbeat_interval_ms, self.own_interval);
+        if wanted != *self.interval.borrow() {
+            tracing::info!(
+                "report interval now {} ({})",
+                human(wanted),
+                if reply.heartbeat_interval_ms == 0 {
+                    "our own"
+                } else {
+                    "asked by the collector"
+                }
+            );
+            self.interval.send_replace(wanted);
+        }
+    }
+}
+
+/// The interval to report at after a reply asking for `asked_ms`: ours for 0,
+/// else what was asked, at least 1 s and at most 1 h.
+pub fn asked_interval(asked_ms: u32, own: Duration) -> Duration {
+    if asked_ms == 0 {
+        return own;
+    }
+    Duration::from_millis(u64::from(asked_ms.max(limits::MIN_INTERVAL_MS))).min(MAX_ASKED_INTERVAL)
+}
+
+/// Logs failures without flooding: a failure is logged at its level when its
+/// description changed or a minute passed since; at debug otherwise.
+#[derive(Debug, Default)]
+struct FailureLog {
+    last: Option<(String, Instant)>,
+}
+
+impl FailureLog {
+    fn log(&mut self, error: &SendError, attempts: u32, retry_in: Duration, url: &str) {
+        let text = error.to_string();
+        let loud = self
+            .last
+            .as_ref()
+            .is_none_or(|(last, at)| *last != text || at.elapsed() >= REPEAT_LOG_EVERY);
+        let retry_in = human(retry_in).to_string();
+        if !loud {
+            tracing::debug!(collector = url, attempts, %retry_in, error = %text, "heartbeat failed");
+            return;
+        }
+        self.last = Some((text.clone(), Instant::now()));
+        match (error.severity(), error.hint()) {
+            (Severity::Error, hint) => tracing::error!(
+                collector = url,
+                attempts,
+                %retry_in,
+                error = %text,
+                "heartbeat not delivered: {}; retrying",
+                hint.unwrap_or("see the error")
+            ),
+            (Severity::Warn, _) => tracing::warn!(
+                collector = url,
+                attempts,
+                %retry_in,
+                error = %text,
+                "heartbeat not delivered; retrying (counting goes on, and the next heartbeat \
+                 delivered carries it all)"
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_collector_may_change_the_interval_within_bounds() {
+        let own = Duration::from_secs(5);
+        assert_eq!(asked_interval(0, own), own);
+        assert_eq!(asked_interval(10_000, own), Duration::from_secs(10));
+        assert_eq!(asked_interval(1, own), Duration::from_secs(1));
+        assert_eq!(asked_interval(999, own), Duration::from_secs(1));
+        assert_eq!(asked_interval(u32::MAX, own), Duration::from_secs(3600));
+    }
+}

@@ -1,0 +1,832 @@
+//! Heartbeats as a collector sees them: the real agent binary (counting from
+//! /proc/net/dev, so no privileges are needed) reporting to a small
+//! in-process gRPC peer that implements `tally.v1.Heartbeat` and records what
+//! it receives. The peer is stopped and started again on the same port to
+//! play an outage; SIGTERM must bring one last heartbeat.
+
+mod common;
+
+use std::{
+    fs,
+    net::{Ipv4Addr, TcpListener as StdTcpListener},
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Output, Stdio},
+    sync::{Arc, Mutex},
+    thread,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use common::{AGENT, Agent, Link, privileged, udp_burst};
+use tally_proto::v1::{
+    HeartbeatReply, HeartbeatRequest, InterfaceState, Outcome,
+    heartbeat_server::{Heartbeat, HeartbeatServer},
+};
+use tonic::{
+    Request, Response, Status,
+    transport::{Identity, Server, ServerTlsConfig, server::TcpIncoming},
+};
+
+const TOKEN: &str = "tly_test.node-7_secret";
+
+/// One heartbeat as the peer received it.
+#[derive(Debug, Clone)]
+struct Received {
+    at: Instant,
+    authorization: Option<String>,
+    request: HeartbeatRequest,
+}
+
+type Log = Arc<Mutex<Vec<Received>>>;
+
+/// The peer's service: records every heartbeat and applies it.
+struct Peer {
+    log: Log,
+}
+
+#[tonic::async_trait]
+impl Heartbeat for Peer {
+    async fn send(
+        &self,
+        request: Request<HeartbeatRequest>,
+    ) -> Result<Response<HeartbeatReply>, Status> {
+        let authorization = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let request = request.into_inner();
+        let sequence = request.sequence;
+        self.log.lock().expect("log").push(Received {
+            at: Instant::now(),
+            authorization,
+            request,
+        });
+        Ok(Response::new(HeartbeatReply {
+            outcome: Outcome::Applied.into(),
+            heartbeat_interval_ms: 0,
+            applied_sequence: sequence,
+        }))
+    }
+}
+
+/// A collector stand-in on 127.0.0.1, in its own thread and runtime. Stopping
+/// it drops the runtime: the listener and every connection close at once, as
+/// when a collector dies.
+struct Collector {
+    port: u16,
+    log: Log,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl Collector {
+    /// Listens on 127.0.0.1:`port` (0: any free port).
+    fn start(port: u16, log: Log, tls: Option<Identity>) -> Self {
+        // std sets SO_REUSEADDR: the port can be taken again right after a stop.
+        let listener = StdTcpListener::bind((Ipv4Addr::LOCALHOST, port)).expect("bind the peer");
+        Self::start_on(listener, log, tls)
+    }
+
+    /// Serves on a listener bound already (perhaps in another namespace).
+    fn start_on(listener: StdTcpListener, log: Log, tls: Option<Identity>) -> Self {
+        let port = listener.local_addr().expect("addr").port();
+        listener.set_nonblocking(true).expect("nonblocking");
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let service_log = log.clone();
+        let thread = thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+                let mut builder = Server::builder();
+                if let Some(identity) = tls {
+                    builder = builder
+                        .tls_config(ServerTlsConfig::new().identity(identity))
+                        .expect("server TLS");
+                }
+                let server = builder
+                    .add_service(HeartbeatServer::new(Peer { log: service_log }))
+                    .serve_with_incoming(TcpIncoming::from(listener));
+                tokio::select! {
+                    result = server => result.expect("peer serves"),
+                    _ = stop_rx => {}
+                }
+            });
+        });
+        Self {
+            port,
+            log,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            thread.join().expect("peer thread");
+        }
+    }
+
+    fn received(&self) -> Vec<Received> {
+        self.log.lock().expect("log").clone()
+    }
+
+    /// Waits until at least `count` heartbeats were received in all.
+    fn wait_for(&self, count: usize, within: Duration, log: impl Fn() -> String) -> Vec<Received> {
+        let deadline = Instant::now() + within;
+        loop {
+            let received = self.received();
+            if received.len() >= count {
+                return received;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} of {count} heartbeats within {within:?}; agent log:\n{}",
+                received.len(),
+                log()
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The agent binary, `run --source procfs`, logging at debug into a file.
+struct ProcfsAgent {
+    child: Option<Child>,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl ProcfsAgent {
+    fn start(args: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = dir.path().join("agent.log");
+        let file = fs::File::create(&log).expect("log");
+        let child = clean_command()
+            .args(["run", "--source", "procfs", "--log", "debug"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("log"))
+            .stderr(file)
+            .spawn()
+            .expect("spawn tally-agent");
+        Self {
+            child: Some(child),
+            log,
+            _dir: dir,
+        }
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn terminate(&self) -> Instant {
+        let child = self.child.as_ref().expect("running");
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        Instant::now()
+    }
+
+    /// Waits for the exit; returns its status and when it was seen.
+    fn wait_exit(&mut self, within: Duration) -> (ExitStatus, Instant) {
+        let mut child = self.child.take().expect("running");
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return (status, Instant::now());
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "the agent did not exit within {within:?}; log:\n{}",
+                    self.log()
+                );
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for ProcfsAgent {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The agent binary with none of its settings inherited from this
+/// environment.
+fn clean_command() -> Command {
+    let mut cmd = Command::new(AGENT);
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("TALLY_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd
+}
+
+fn token_file(dir: &Path) -> PathBuf {
+    let path = dir.join("token");
+    fs::write(&path, format!("{TOKEN}\n")).expect("token file");
+    path
+}
+
+fn unix_ns() -> u64 {
+    u64::try_from(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .expect("clock")
+            .as_nanos(),
+    )
+    .expect("fits")
+}
+
+fn read_trimmed(path: &str) -> String {
+    fs::read_to_string(path).expect(path).trim().to_owned()
+}
+
+fn assert_increasing(received: &[Received]) {
+    for pair in received.windows(2) {
+        assert!(
+            pair[1].request.sequence > pair[0].request.sequence,
+            "sequences must grow: {} then {}",
+            pair[0].request.sequence,
+            pair[1].request.sequence
+        );
+    }
+}
+
+#[test]
+fn heartbeats_carry_the_token_and_resume_after_an_outage() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = token_file(dir.path());
+    let mut collector = Collector::start(0, Log::default(), None);
+    let url = format!("http://127.0.0.1:{}", collector.port);
+    let agent = ProcfsAgent::start(&[
+        "--collector",
+        &url,
+        "--insecure-plaintext",
+        "--token-file",
+        &token.display().to_string(),
+        "--interval",
+        "1s",
+    ]);
+
+    let before = collector.wait_for(3, Duration::from_secs(10), || agent.log());
+    assert_increasing(&before);
+    let boot_id = read_trimmed("/proc/sys/kernel/random/boot_id");
+    for heartbeat in &before {
+        assert_eq!(
+            heartbeat.authorization.as_deref(),
+            Some(format!("Bearer {TOKEN}").as_str())
+        );
+        let r = &heartbeat.request;
+        assert_eq!(r.boot_id, boot_id);
+        assert_eq!(r.epoch, format!("procfs-{boot_id}"));
+        assert!(r.epoch_created_unix_ns > 0 && r.epoch_created_unix_ns < unix_ns());
+        assert!(!r.counters_start_at_zero, "procfs counters start at boot");
+        assert!(r.sequence > 0 && r.sequence <= i64::MAX as u64);
+        assert!(
+            r.agent_time_unix_ns.abs_diff(unix_ns()) < 60_000_000_000,
+            "agent time {} is now",
+            r.agent_time_unix_ns
+        );
+        assert_eq!(r.source, "procfs");
+        assert_eq!(r.agent_version, env!("CARGO_PKG_VERSION"));
+        assert_eq!(r.kernel_release, read_trimmed("/proc/sys/kernel/osrelease"));
+        assert!(!r.hostname.is_empty());
+        let load = r.load.as_ref().expect("load average");
+        assert!(load.one >= 0.0 && load.five >= 0.0 && load.fifteen >= 0.0);
+        for iface in &r.interfaces {
+            assert!(!iface.name.starts_with("lo"), "{iface:?}");
+            assert_eq!(iface.state(), InterfaceState::Attached, "{iface:?}");
+        }
+    }
+    // One heartbeat per interval, give or take.
+    let span = before[2].at - before[0].at;
+    assert!(
+        span >= Duration::from_millis(1_500) && span <= Duration::from_secs(4),
+        "{span:?} for two intervals of 1s"
+    );
+
+    // The collector goes away for a while, then comes back on the same port.
+    collector.stop();
+    let last_before = collector.received().len();
+    thread::sleep(Duration::from_millis(2_500));
+    let collector = Collector::start(collector.port, collector.log.clone(), None);
+    let after = collector.wait_for(last_before + 2, Duration::from_secs(20), || agent.log());
+    assert_increasing(&after);
+    let log = agent.log();
+    assert!(log.contains("heartbeat not delivered"), "{log}");
+    assert!(
+        log.contains("Connection refused"),
+        "the cause is logged: {log}"
+    );
+    assert!(
+        log.contains("collector reachable again after"),
+        "the recovery is logged: {log}"
+    );
+}
+
+#[test]
+fn sigterm_sends_a_last_heartbeat_promptly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = token_file(dir.path());
+    let collector = Collector::start(0, Log::default(), None);
+    // A long interval: any heartbeat after the first is the last one.
+    let mut agent = ProcfsAgent::start(&[
+        "--collector",
+        &format!("http://127.0.0.1:{}", collector.port),
+        "--insecure-plaintext",
+        "--token-file",
+        &token.display().to_string(),
+        "--interval",
+        "1h",
+    ]);
+    let first = collector.wait_for(1, Duration::from_secs(10), || agent.log());
+    let signalled = agent.terminate();
+    let (status, exited) = agent.wait_exit(Duration::from_secs(10));
+    assert!(status.success(), "{status}; log:\n{}", agent.log());
+    assert!(
+        exited - signalled < Duration::from_secs(3),
+        "took {:?} to stop",
+        exited - signalled
+    );
+    let all = collector.received();
+    assert_eq!(all.len(), 2, "the first and the last heartbeat: {all:#?}");
+    let last = &all[1];
+    assert!(
+        last.at > signalled && last.at <= exited,
+        "sent after the signal, before the exit"
+    );
+    assert!(last.request.sequence > first[0].request.sequence);
+    assert_eq!(last.request.epoch, first[0].request.epoch);
+    assert!(
+        agent.log().contains("last heartbeat delivered"),
+        "{}",
+        agent.log()
+    );
+}
+
+#[test]
+fn without_a_collector_the_last_heartbeat_waits_only_the_final_timeout() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = token_file(dir.path());
+    // A port where nothing listens.
+    let port = StdTcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let mut agent = ProcfsAgent::start(&[
+        "--collector",
+        &format!("http://127.0.0.1:{port}"),
+        "--insecure-plaintext",
+        "--token-file",
+        &token.display().to_string(),
+        "--interval",
+        "1s",
+        "--final-heartbeat-timeout",
+        "1s",
+    ]);
+    // Counting goes on locally while the collector is away.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while agent.log().matches("counters").count() < 2 {
+        assert!(Instant::now() < deadline, "no readings: {}", agent.log());
+        thread::sleep(Duration::from_millis(50));
+    }
+    let signalled = agent.terminate();
+    let (status, exited) = agent.wait_exit(Duration::from_secs(10));
+    assert!(status.success(), "{status}; log:\n{}", agent.log());
+    let took = exited - signalled;
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(3),
+        "tried for the final timeout, then stopped: {took:?}"
+    );
+    let log = agent.log();
+    assert!(log.contains("heartbeat not delivered"), "{log}");
+    assert!(
+        log.contains("last heartbeat not delivered within 1s"),
+        "{log}"
+    );
+}
+
+fn run_agent(args: &[&str]) -> Output {
+    clean_command()
+        .arg("run")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run tally-agent")
+}
+
+/// The one line an agent that refused to start printed.
+fn refusal(out: &Output) -> String {
+    assert!(!out.status.success(), "should refuse to start");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(err.lines().count(), 1, "one clear line: {err}");
+    err
+}
+
+#[test]
+fn collector_settings_are_checked_before_anything_is_attached() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = token_file(dir.path()).display().to_string();
+    // A pin directory off bpffs: reaching the eBPF set-up would fail with
+    // another message, so these errors come first.
+    let pins = dir.path().join("pins").display().to_string();
+    let base = ["--pin-dir", &pins];
+
+    let plain = run_agent(
+        &[
+            &base[..],
+            &["--collector", "http://127.0.0.1:1", "--token-file", &token],
+        ]
+        .concat(),
+    );
+    let err = refusal(&plain);
+    assert!(
+        err.contains("refusing to send the token unencrypted"),
+        "{err}"
+    );
+    assert!(err.contains("--insecure-plaintext"), "{err}");
+
+    let no_ca = run_agent(
+        &[
+            &base[..],
+            &[
+                "--collector",
+                "https://collector:4443",
+                "--token-file",
+                &token,
+            ],
+        ]
+        .concat(),
+    );
+    assert!(refusal(&no_ca).contains("needs --ca"));
+
+    let no_token = run_agent(
+        &[
+            &base[..],
+            &["--collector", "http://127.0.0.1:1", "--insecure-plaintext"],
+        ]
+        .concat(),
+    );
+    let err = refusal(&no_token);
+    assert!(err.contains("needs the node's token"), "{err}");
+    assert!(err.contains("--token-file"), "{err}");
+
+    let missing = dir.path().join("missing").display().to_string();
+    let unreadable = run_agent(
+        &[
+            &base[..],
+            &[
+                "--collector",
+                "http://127.0.0.1:1",
+                "--insecure-plaintext",
+                "--token-file",
+                &missing,
+            ],
+        ]
+        .concat(),
+    );
+    let err = refusal(&unreadable);
+    assert!(err.contains("cannot read --token-file"), "{err}");
+    assert!(err.contains("No such file"), "{err}");
+
+    let empty = dir.path().join("empty");
+    fs::write(&empty, "\n").expect("write");
+    let empty = empty.display().to_string();
+    let out = run_agent(
+        &[
+            &base[..],
+            &[
+                "--collector",
+                "http://127.0.0.1:1",
+                "--insecure-plaintext",
+                "--token-file",
+                &empty,
+            ],
+        ]
+        .concat(),
+    );
+    assert!(refusal(&out).contains("is empty"));
+
+    let bad_url = run_agent(
+        &[
+            &base[..],
+            &["--collector", "collector:4443", "--token-file", &token],
+        ]
+        .concat(),
+    );
+    assert!(refusal(&bad_url).contains("https:// or http://"));
+
+    // The token may come from TALLY_TOKEN instead, but not from both.
+    let both = clean_command()
+        .args([
+            "run",
+            "--pin-dir",
+            &pins,
+            "--collector",
+            "http://127.0.0.1:1",
+        ])
+        .args(["--insecure-plaintext", "--token-file", &token])
+        .env("TALLY_TOKEN", TOKEN)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run");
+    assert!(refusal(&both).contains("one way only"));
+
+    // A collector flag without --collector is a mistake clap names.
+    let stray = run_agent(&[&base[..], &["--token-file", &token]].concat());
+    assert!(!stray.status.success());
+    assert!(String::from_utf8_lossy(&stray.stderr).contains("--collector"));
+}
+
+#[test]
+fn help_documents_the_collector_flags() {
+    let out = clean_command()
+        .args(["run", "--help"])
+        .output()
+        .expect("help");
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "--collector",
+        "TALLY_COLLECTOR",
+        "--token-file",
+        "TALLY_TOKEN_FILE",
+        "TALLY_TOKEN",
+        "--ca",
+        "--insecure-plaintext",
+        "--final-heartbeat-timeout",
+    ] {
+        assert!(help.contains(flag), "run --help lacks {flag}:\n{help}");
+    }
+}
+
+/// Makes a CA and a certificate for 127.0.0.1 it signed, with openssl.
+/// Returns `None` (and says so) where openssl is not installed.
+fn certificates(dir: &Path) -> Option<(PathBuf, PathBuf, Identity)> {
+    if Command::new("openssl").arg("version").output().is_err() {
+        eprintln!("SKIP the TLS test: `openssl` is not installed");
+        return None;
+    }
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    for ca in ["ca", "other-ca"] {
+        openssl(
+            &[
+                &["req", "-x509"][..],
+                &ec,
+                &[
+                    "-keyout",
+                    &format!("{ca}.key"),
+                    "-out",
+                    &format!("{ca}.pem"),
+                ],
+                &["-days", "1", "-subj", &format!("/CN=tally test {ca}")],
+            ]
+            .concat(),
+        );
+    }
+    openssl(
+        &[
+            &["req"][..],
+            &ec,
+            &[
+                "-keyout",
+                "server.key",
+                "-out",
+                "server.csr",
+                "-subj",
+                "/CN=localhost",
+            ],
+        ]
+        .concat(),
+    );
+    fs::write(
+        dir.join("san.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+    )
+    .expect("ext");
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "1",
+        "-extfile",
+        "san.ext",
+    ]);
+    let identity = Identity::from_pem(
+        fs::read(dir.join("server.pem")).expect("cert"),
+        fs::read(dir.join("server.key")).expect("key"),
+    );
+    Some((dir.join("ca.pem"), dir.join("other-ca.pem"), identity))
+}
+
+#[test]
+fn heartbeats_travel_over_tls_verified_with_the_given_ca() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some((ca, other_ca, identity)) = certificates(dir.path()) else {
+        return;
+    };
+    let token = token_file(dir.path()).display().to_string();
+    let collector = Collector::start(0, Log::default(), Some(identity));
+    let url = format!("https://127.0.0.1:{}", collector.port);
+
+    // A CA that did not sign the collector's certificate: refused.
+    let stranger_token = dir.path().join("stranger-token");
+    fs::write(&stranger_token, "tly_stranger").expect("token");
+    let stranger = ProcfsAgent::start(&[
+        "--collector",
+        &url,
+        "--ca",
+        &other_ca.display().to_string(),
+        "--token-file",
+        &stranger_token.display().to_string(),
+        "--interval",
+        "1s",
+    ]);
+    let trusted = ProcfsAgent::start(&[
+        "--collector",
+        &url,
+        "--ca",
+        &ca.display().to_string(),
+        "--token-file",
+        &token,
+        "--interval",
+        "1s",
+    ]);
+    let received = collector.wait_for(2, Duration::from_secs(10), || trusted.log());
+    assert_eq!(
+        received[0].authorization.as_deref(),
+        Some(format!("Bearer {TOKEN}").as_str())
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !stranger.log().contains("heartbeat not delivered") {
+        assert!(Instant::now() < deadline, "{}", stranger.log());
+        thread::sleep(Duration::from_millis(50));
+    }
+    let log = stranger.log();
+    assert!(
+        log.contains("UnknownIssuer"),
+        "the TLS failure is named: {log}"
+    );
+    assert!(log.contains("ERROR"), "and logged as an error: {log}");
+    assert!(log.contains("--ca"), "with a hint: {log}");
+    assert!(
+        !log.contains("the collector receives our heartbeats"),
+        "{log}"
+    );
+    // Nothing ever came through from the agent with the wrong CA.
+    thread::sleep(Duration::from_millis(1_200));
+    let all = collector.received();
+    assert!(
+        all.iter()
+            .all(|r| r.authorization.as_deref() == Some(&format!("Bearer {TOKEN}"))),
+        "{all:#?}"
+    );
+    drop(trusted);
+    drop(stranger);
+}
+
+#[test]
+fn ebpf_heartbeats_carry_the_exact_counters_and_grow_across_a_restart() {
+    if !privileged("ebpf_heartbeats_carry_the_exact_counters_and_grow_across_a_restart") {
+        return;
+    }
+    let link = Link::new();
+    // The peer listens on lo inside the agent's namespace (lo is not counted,
+    // so the heartbeats themselves do not show in the counters).
+    let listener = link
+        .a
+        .run(|| StdTcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind in the namespace"));
+    let collector = Collector::start_on(listener, Log::default(), None);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = token_file(dir.path()).display().to_string();
+    let url = format!("http://127.0.0.1:{}", collector.port);
+    let mut agent = Agent::start(
+        &link.a,
+        &[
+            "--collector",
+            &url,
+            "--insecure-plaintext",
+            "--token-file",
+            &token,
+            "--interval",
+            "1s",
+        ],
+    );
+    agent.wait_for(&link.if_a);
+    udp_burst(&link.b, &link.a, link.ip_a, link.ip_b, 1_000, 100);
+    link.a.settle(&link.if_a);
+    let ours = agent.counters(&link.if_a);
+    assert!(ours.rx_packets >= 1_000, "{ours:?}");
+
+    // A heartbeat read after the traffic carries exactly what status shows.
+    let entry = |r: &Received| {
+        r.request
+            .interfaces
+            .iter()
+            .find(|i| i.name == link.if_a)
+            .cloned()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (heartbeat, iface) = loop {
+        let found = collector.received().into_iter().find_map(|r| {
+            let iface = entry(&r)?;
+            (iface.rx_packets == ours.rx_packets).then_some((r, iface))
+        });
+        if let Some(found) = found {
+            break found;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no heartbeat with the traffic; log:\n{}",
+            agent.log()
+        );
+        thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(
+        (
+            iface.rx_bytes,
+            iface.tx_bytes,
+            iface.rx_packets,
+            iface.tx_packets
+        ),
+        (
+            ours.rx_bytes,
+            ours.tx_bytes,
+            ours.rx_packets,
+            ours.tx_packets
+        )
+    );
+    assert_eq!(iface.state(), InterfaceState::Attached);
+    assert!(iface.ifindex > 0);
+    let r = &heartbeat.request;
+    assert_eq!(r.source, "ebpf");
+    assert!(r.counters_start_at_zero);
+    assert_eq!(r.epoch, agent.epoch());
+    assert!(r.interfaces.iter().all(|i| !i.name.starts_with("lo")));
+
+    // Stopped (a last heartbeat) and started again: the same epoch, and the
+    // sequence goes on growing across the restart.
+    agent.stop();
+    let before = collector.received();
+    assert!(
+        agent.log().contains("last heartbeat delivered"),
+        "{}",
+        agent.log()
+    );
+    agent.restart();
+    let after = collector.wait_for(before.len() + 2, Duration::from_secs(20), || agent.log());
+    assert_increasing(&after);
+    assert!(
+        after
+            .iter()
+            .all(|r| r.request.epoch == heartbeat.request.epoch)
+    );
+}
