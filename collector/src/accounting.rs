@@ -51,7 +51,11 @@ pub enum Decision {
     /// Older than what was applied: a lower sequence, or an earlier epoch.
     Stale,
     /// A raw value went backwards within one epoch: refused.
-    Backwards { what: &'static str, last: i64, now: i64 },
+    Backwards {
+        what: &'static str,
+        last: i64,
+        now: i64,
+    },
 }
 
 /// Decides what `reading` does to a node at `position`.
@@ -205,9 +209,15 @@ mod tests {
     #[test]
     fn same_or_lower_sequence_adds_nothing() {
         let p = at("e", 10, 5, 100, 40);
-        assert_eq!(decide(&p, &reading("e", 10, 5, 100, 40)), Decision::Duplicate);
+        assert_eq!(
+            decide(&p, &reading("e", 10, 5, 100, 40)),
+            Decision::Duplicate
+        );
         // Even with other values: a sequence is applied once.
-        assert_eq!(decide(&p, &reading("e", 10, 5, 999, 999)), Decision::Duplicate);
+        assert_eq!(
+            decide(&p, &reading("e", 10, 5, 999, 999)),
+            Decision::Duplicate
+        );
         assert_eq!(decide(&p, &reading("e", 10, 4, 90, 30)), Decision::Stale);
     }
 
@@ -216,11 +226,17 @@ mod tests {
         let p = at("e", 10, 5, 100, 40);
         assert!(matches!(
             decide(&p, &reading("e", 10, 6, 99, 40)),
-            Decision::Backwards { what: "rx bytes", .. }
+            Decision::Backwards {
+                what: "rx bytes",
+                ..
+            }
         ));
         assert!(matches!(
             decide(&p, &reading("e", 10, 6, 100, 39)),
-            Decision::Backwards { what: "tx bytes", .. }
+            Decision::Backwards {
+                what: "tx bytes",
+                ..
+            }
         ));
     }
 
@@ -237,7 +253,10 @@ mod tests {
             }
         );
         // A late heartbeat of an earlier epoch, however large.
-        assert_eq!(decide(&p, &reading("e1", 10, 99, 1000, 1000)), Decision::Stale);
+        assert_eq!(
+            decide(&p, &reading("e1", 10, 99, 1000, 1000)),
+            Decision::Stale
+        );
     }
 
     #[test]
@@ -264,7 +283,10 @@ mod tests {
         assert_eq!(decide(&p, &reading("a", 20, 9, 1, 1)), Decision::Stale);
         assert!(matches!(
             decide(&p, &reading("c", 20, 1, 1, 1)),
-            Decision::Apply { new_origin: true, .. }
+            Decision::Apply {
+                new_origin: true,
+                ..
+            }
         ));
     }
 

@@ -60,11 +60,21 @@ pub struct ServeArgs {
     pub listen: SocketAddr,
 
     /// PEM certificate chain for TLS (with --tls-key).
-    #[arg(long, env = "TALLY_TLS_CERT", requires = "tls_key", value_name = "FILE")]
+    #[arg(
+        long,
+        env = "TALLY_TLS_CERT",
+        requires = "tls_key",
+        value_name = "FILE"
+    )]
     pub tls_cert: Option<PathBuf>,
 
     /// PEM private key for TLS (with --tls-cert).
-    #[arg(long, env = "TALLY_TLS_KEY", requires = "tls_cert", value_name = "FILE")]
+    #[arg(
+        long,
+        env = "TALLY_TLS_KEY",
+        requires = "tls_cert",
+        value_name = "FILE"
+    )]
     pub tls_key: Option<PathBuf>,
 
     /// Serve without TLS: node tokens and counters cross the network in the
@@ -190,8 +200,9 @@ mod tests {
         let error = Cli::try_parse_from(["tally-collector", "serve", "--period-reset", "weekly:1"])
             .expect_err("bad schedule");
         assert!(error.to_string().contains("expected monthly:DAY"));
-        let error = Cli::try_parse_from(["tally-collector", "serve", "--heartbeat-interval", "500ms"])
-            .expect_err("too short");
+        let error =
+            Cli::try_parse_from(["tally-collector", "serve", "--heartbeat-interval", "500ms"])
+                .expect_err("too short");
         assert!(error.to_string().contains("at least 1s"));
     }
 }

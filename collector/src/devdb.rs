@@ -12,6 +12,12 @@
 //! refuses to run as root, so when this process is root the server runs as
 //! the `postgres` OS user; otherwise it runs as the current user.
 //!
+//! No server outlives this process. Dropping a cluster stops its server; a
+//! cluster that is never dropped (one in a `static`, shared by the tests of a
+//! test binary) is stopped and removed by an exit handler when the process
+//! exits normally; and if the process is killed, the kernel sends the server
+//! SIGQUIT (an immediate shutdown; only the files stay behind then).
+//!
 //! Process management is synchronous (it blocks for up to a few seconds while
 //! the server starts or stops); only [`TempCluster::create_database`], which
 //! talks SQL, is async and needs a tokio runtime.
@@ -25,6 +31,11 @@ use std::{
     os::unix::{fs::PermissionsExt as _, process::CommandExt as _},
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
+    sync::{
+        Mutex, Once, OnceLock,
+        atomic::{AtomicU64, Ordering},
+        mpsc,
+    },
     thread,
     time::{Duration, Instant},
 };
@@ -143,7 +154,6 @@ pub fn pg_bin_dir() -> PathBuf {
 pub struct Builder {
     fsync: bool,
     max_connections: u32,
-    exit_with_thread: bool,
     settings: Vec<(String, String)>,
 }
 
@@ -152,7 +162,6 @@ impl Default for Builder {
         Self {
             fsync: false,
             max_connections: 200,
-            exit_with_thread: false,
             settings: Vec::new(),
         }
     }
@@ -177,16 +186,6 @@ impl Builder {
     /// Any other server setting, passed as `-c name=value`.
     pub fn setting(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         self.settings.push((name.into(), value.into()));
-        self
-    }
-
-    /// Whether the server gets SIGQUIT (immediate shutdown) when the thread
-    /// that started it ends, a safety net against servers outliving a test
-    /// process that was killed. Off by default: the kernel ties this to the
-    /// starting *thread*, so leave it off when a pool thread (for example
-    /// tokio's `spawn_blocking`) starts or restarts the cluster.
-    pub fn exit_with_thread(mut self, on: bool) -> Self {
-        self.exit_with_thread = on;
         self
     }
 
@@ -273,6 +272,8 @@ fn lookup_user(name: &str) -> Result<RunAs, DevDbError> {
 /// on it. Dropping it stops the server and removes the directory.
 #[derive(Debug)]
 pub struct TempCluster {
+    /// Its entry in the exit handler's list.
+    id: u64,
     /// Removed when the cluster is dropped (after the server stopped).
     dir: tempfile::TempDir,
     bin_dir: PathBuf,
@@ -300,6 +301,7 @@ impl TempCluster {
         let run_as = RunAs::for_current_user()?;
         let dir = make_temp_dir(run_as)?;
         let mut cluster = Self {
+            id: exit_handler::register(dir.path()),
             port: pick_port(&dir.path().join("sock")),
             dir,
             bin_dir,
@@ -371,7 +373,7 @@ impl TempCluster {
     /// are all gone, so that [`restart`](Self::restart) can start the server
     /// again on the same data directory (it then runs crash recovery).
     pub fn kill9(&mut self) -> Result<(), DevDbError> {
-        match self.postmaster.take() {
+        match self.take_postmaster() {
             Some(postmaster) => kill_tree(postmaster),
             None => Ok(()),
         }
@@ -380,7 +382,7 @@ impl TempCluster {
     /// Stops the server cleanly (fast shutdown: SIGINT, which ends open
     /// sessions), falling back to an immediate shutdown and then SIGKILL.
     pub fn stop(&mut self) -> Result<(), DevDbError> {
-        match self.postmaster.take() {
+        match self.take_postmaster() {
             Some(postmaster) => shut_down(postmaster, libc::SIGINT, STOP_TIMEOUT),
             None => Ok(()),
         }
@@ -446,25 +448,19 @@ impl TempCluster {
             .args(self.options.server_args())
             .stdout(log)
             .stderr(log_err);
-        if self.options.exit_with_thread {
-            // SAFETY: prctl is async-signal-safe and touches no memory of
-            // the parent.
-            unsafe {
-                command.pre_exec(|| {
-                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGQUIT) == 0 {
-                        Ok(())
-                    } else {
-                        Err(io::Error::last_os_error())
-                    }
-                });
-            }
-        }
-        let postmaster = command.spawn().map_err(io_error(format!(
+        let postmaster = spawn_postmaster(command).map_err(io_error(format!(
             "cannot run {}",
             self.bin("postgres").display()
         )))?;
+        exit_handler::set_postmaster(self.id, Some(pid_of(&postmaster)));
         self.postmaster = Some(postmaster);
         self.wait_ready()
+    }
+
+    /// The running postmaster, which from now on is the caller's to end.
+    fn take_postmaster(&mut self) -> Option<Child> {
+        exit_handler::set_postmaster(self.id, None);
+        self.postmaster.take()
     }
 
     /// Opens the server log for appending, owned by the server's user.
@@ -490,7 +486,7 @@ impl TempCluster {
                 unreachable!("wait_ready is called right after spawning");
             };
             if let Ok(Some(status)) = postmaster.try_wait() {
-                self.postmaster = None;
+                self.take_postmaster();
                 return Err(DevDbError::Exited {
                     status,
                     log_tail: self.log_tail(),
@@ -524,11 +520,12 @@ impl Drop for TempCluster {
     /// Stops the server (immediate shutdown, then SIGKILL) before the
     /// temporary directory goes.
     fn drop(&mut self) {
-        if let Some(postmaster) = self.postmaster.take()
+        if let Some(postmaster) = self.take_postmaster()
             && let Err(e) = shut_down(postmaster, libc::SIGQUIT, KILL_TIMEOUT)
         {
             eprintln!("tally devdb: stopping the temporary PostgreSQL failed: {e}");
         }
+        exit_handler::unregister(self.id);
     }
 }
 
@@ -627,7 +624,16 @@ fn shut_down(
 
 /// SIGKILLs the postmaster and all its children and waits until they are gone.
 fn kill_tree(mut postmaster: Child) -> Result<(), DevDbError> {
-    let pid = pid_of(&postmaster);
+    let children = send_kill_tree(pid_of(&postmaster));
+    postmaster
+        .wait()
+        .map_err(io_error("cannot wait for the killed postmaster"))?;
+    wait_gone(&children, KILL_TIMEOUT)
+}
+
+/// Sends SIGKILL to the postmaster `pid` and all its children; returns the
+/// children's pids.
+fn send_kill_tree(pid: i32) -> Vec<i32> {
     // A stopped postmaster forks no more children while we list them.
     send(pid, libc::SIGSTOP);
     let children = children_of(pid);
@@ -635,10 +641,123 @@ fn kill_tree(mut postmaster: Child) -> Result<(), DevDbError> {
     for &child in &children {
         send(child, libc::SIGKILL);
     }
-    postmaster
-        .wait()
-        .map_err(io_error("cannot wait for the killed postmaster"))?;
-    wait_gone(&children, KILL_TIMEOUT)
+    children
+}
+
+/// Starts the postmaster from a thread that lasts as long as this process,
+/// asking the kernel to send it SIGQUIT (an immediate shutdown) when that
+/// thread ends: the kernel ties this "parent death signal" to the thread
+/// that forked, so a test thread or a pool thread would not do.
+fn spawn_postmaster(mut command: Command) -> io::Result<Child> {
+    type Request = (Command, mpsc::Sender<io::Result<Child>>);
+    static SPAWNER: OnceLock<io::Result<mpsc::Sender<Request>>> = OnceLock::new();
+
+    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGQUIT) == 0 {
+                Ok(())
+            } else {
+                Err(io::Error::last_os_error())
+            }
+        });
+    }
+    let spawner = SPAWNER.get_or_init(|| {
+        let (requests, incoming) = mpsc::channel::<Request>();
+        thread::Builder::new()
+            .name("tally-devdb-spawner".to_owned())
+            .spawn(move || {
+                // Ends never: the sender lives in a static.
+                for (mut command, reply) in incoming {
+                    let _ = reply.send(command.spawn());
+                }
+            })?;
+        Ok(requests)
+    });
+    let spawner = spawner
+        .as_ref()
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot start the spawner thread: {e}")))?;
+    let (reply, answer) = mpsc::channel();
+    let gone = || io::Error::other("the spawner thread is gone");
+    spawner.send((command, reply)).map_err(|_| gone())?;
+    answer.recv().map_err(|_| gone())?
+}
+
+/// Stops the servers of clusters that were never dropped (such as one in a
+/// `static`) and removes their directories when the process exits.
+mod exit_handler {
+    use super::*;
+
+    struct Entry {
+        id: u64,
+        dir: PathBuf,
+        postmaster: Option<i32>,
+    }
+
+    static LIVE: Mutex<Vec<Entry>> = Mutex::new(Vec::new());
+
+    /// Adds a cluster's directory to the list; returns the cluster's id.
+    pub(super) fn register(dir: &Path) -> u64 {
+        static HOOK: Once = Once::new();
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        HOOK.call_once(|| {
+            // SAFETY: `at_exit` is an `extern "C" fn()` that never unwinds.
+            unsafe {
+                libc::atexit(at_exit);
+            }
+        });
+        let id = NEXT.fetch_add(1, Ordering::Relaxed);
+        with_list(|list| {
+            list.push(Entry {
+                id,
+                dir: dir.to_owned(),
+                postmaster: None,
+            });
+        });
+        id
+    }
+
+    /// Notes the cluster's running postmaster (or that none runs).
+    pub(super) fn set_postmaster(id: u64, pid: Option<i32>) {
+        with_list(|list| {
+            if let Some(entry) = list.iter_mut().find(|entry| entry.id == id) {
+                entry.postmaster = pid;
+            }
+        });
+    }
+
+    /// Forgets a cluster that was dropped.
+    pub(super) fn unregister(id: u64) {
+        with_list(|list| list.retain(|entry| entry.id != id));
+    }
+
+    fn with_list(f: impl FnOnce(&mut Vec<Entry>)) {
+        let mut list = LIVE
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        f(&mut list);
+    }
+
+    /// Runs in `exit()`: immediate shutdown of every server still running,
+    /// SIGKILL after a bounded wait, then the directories go.
+    extern "C" fn at_exit() {
+        // Never block in exit(): skip if another thread holds the list.
+        let entries = match LIVE.try_lock() {
+            Ok(mut list) => std::mem::take(&mut *list),
+            Err(_) => return,
+        };
+        for entry in entries {
+            if let Some(pid) = entry.postmaster {
+                send(pid, libc::SIGQUIT);
+                // Our unreaped child becomes a zombie, which counts as gone.
+                if wait_gone(&[pid], KILL_TIMEOUT).is_err() {
+                    let children = send_kill_tree(pid);
+                    let _ = wait_gone(&children, KILL_TIMEOUT);
+                }
+            }
+            let _ = fs::remove_dir_all(&entry.dir);
+        }
+    }
 }
 
 /// Waits up to `timeout` for `child` to exit.
@@ -757,7 +876,7 @@ mod tests {
     /// PostgreSQL (a failure instead with `TALLY_REQUIRE_PRIVILEGED=1`), as
     /// in the integration tests' `common::cluster`.
     fn cluster(test: &str) -> Option<TempCluster> {
-        match TempCluster::builder().exit_with_thread(true).start() {
+        match TempCluster::start() {
             Ok(cluster) => Some(cluster),
             Err(e) if e.is_unavailable() => {
                 if std::env::var("TALLY_REQUIRE_PRIVILEGED").is_ok_and(|v| v == "1") {
@@ -895,6 +1014,94 @@ mod tests {
             "left running: {pids:?}"
         );
         assert!(!dir.exists(), "{} is still there", dir.display());
+    }
+
+    /// Not a test by itself: run in a child process by the two tests below.
+    /// Keeps a cluster in a `static` (never dropped), prints where it is,
+    /// then exits, or hangs until killed if `TALLY_DEVDB_HELPER=hang`.
+    #[test]
+    #[ignore = "a helper process for the exit tests"]
+    fn helper_keeps_a_static_cluster() {
+        static KEPT: OnceLock<TempCluster> = OnceLock::new();
+        let Ok(mode) = std::env::var("TALLY_DEVDB_HELPER") else {
+            return;
+        };
+        let Some(cluster) = cluster("helper_keeps_a_static_cluster") else {
+            return;
+        };
+        let cluster = KEPT.get_or_init(|| cluster);
+        let pid = cluster.postmaster.as_ref().map(pid_of).unwrap_or_default();
+        let mut out = io::stdout();
+        let _ = writeln!(out, "CLUSTER {pid} {}", cluster.dir.path().display());
+        let _ = out.flush();
+        if mode == "hang" {
+            thread::sleep(Duration::from_secs(60));
+        }
+    }
+
+    /// Runs the helper above in a child process; returns it with the
+    /// postmaster's pid and the cluster's directory, or `None` if this
+    /// machine cannot run PostgreSQL.
+    fn run_helper(mode: &str) -> Option<(Child, i32, PathBuf)> {
+        let available = check_binaries(&pg_bin_dir()).and(RunAs::for_current_user());
+        if available.is_err() {
+            // Says SKIP, or panics under TALLY_REQUIRE_PRIVILEGED=1.
+            assert!(cluster(&format!("helper ({mode})")).is_none());
+            return None;
+        }
+        let exe = std::env::current_exe().expect("current exe");
+        let mut child = Command::new(exe)
+            .args(["--ignored", "--exact", "--nocapture", "--test-threads=1"])
+            .arg("devdb::tests::helper_keeps_a_static_cluster")
+            .env("TALLY_DEVDB_HELPER", mode)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("run the helper");
+        let mut stdout = io::BufReader::new(child.stdout.take().expect("stdout"));
+        let mut line = String::new();
+        while io::BufRead::read_line(&mut stdout, &mut line).expect("read") > 0 {
+            // The test harness prints "test <name> ... " before it.
+            if let Some((_, rest)) = line.trim_end().split_once("CLUSTER ") {
+                let (pid, dir) = rest.split_once(' ').expect("pid and dir");
+                // Keep reading, or the helper dies of a broken pipe.
+                thread::spawn(move || io::copy(&mut stdout, &mut io::sink()));
+                return Some((child, pid.parse().expect("pid"), PathBuf::from(dir)));
+            }
+            line.clear();
+        }
+        let status = child.wait();
+        panic!("the helper printed no cluster ({status:?})");
+    }
+
+    #[test]
+    fn a_static_cluster_is_removed_at_exit() {
+        let Some((mut helper, pid, dir)) = run_helper("exit") else {
+            return;
+        };
+        let status = helper.wait().expect("wait for the helper");
+        assert!(status.success(), "the helper failed: {status}");
+        assert!(
+            pid > 0 && !is_running(pid),
+            "postmaster {pid} outlived the process"
+        );
+        assert!(!dir.exists(), "{} outlived the process", dir.display());
+    }
+
+    #[test]
+    fn the_server_of_a_killed_process_shuts_down() {
+        let Some((mut helper, pid, dir)) = run_helper("hang") else {
+            return;
+        };
+        assert!(
+            is_running(pid),
+            "the postmaster runs while the helper lives"
+        );
+        helper.kill().expect("SIGKILL the helper");
+        helper.wait().expect("wait for the helper");
+        let gone = wait_gone(&[pid], KILL_TIMEOUT);
+        // Nobody is left to remove the files.
+        let _ = fs::remove_dir_all(&dir);
+        gone.expect("the postmaster shuts down when its process is killed");
     }
 
     #[test]

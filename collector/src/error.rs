@@ -89,9 +89,15 @@ mod tests {
             }),
             Code::FailedPrecondition
         );
-        assert_eq!(code(Error::TotalOverflow("upload")), Code::FailedPrecondition);
+        assert_eq!(
+            code(Error::TotalOverflow("upload")),
+            Code::FailedPrecondition
+        );
         assert_eq!(code(Error::Unavailable("stopping")), Code::Unavailable);
-        assert_eq!(code(Error::Database(sqlx::Error::PoolTimedOut)), Code::Unavailable);
+        assert_eq!(
+            code(Error::Database(sqlx::Error::PoolTimedOut)),
+            Code::Unavailable
+        );
     }
 
     #[test]

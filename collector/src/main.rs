@@ -1,6 +1,6 @@
 //! `tally-collector`: the central service (see `tally-collector --help`).
 
-use std::process::ExitCode;
+use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Context as _;
 use clap::Parser as _;
@@ -19,7 +19,10 @@ use cli::{Cli, Command, MigrateArgs, NodeCommand, PeriodCommand, ServeArgs};
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli.log);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("tally-collector: cannot start the runtime: {error}");
@@ -52,11 +55,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(args) => args.writers + 4,
         _ => 2,
     };
+    // Flags are checked before anything else happens.
+    let tls = match &cli.command {
+        Command::Serve(args) => tls_files(args)?,
+        _ => None,
+    };
     let pool = db::connect(url, connections)
         .await
         .context("cannot connect to the database")?;
     match cli.command {
-        Command::Serve(args) => run_serve(pool, args).await,
+        Command::Serve(args) => run_serve(pool, args, tls).await,
         Command::Migrate(args) => run_migrate(&pool, args).await,
         Command::Node(command) => run_node(&pool, command).await,
         Command::Period(PeriodCommand::Reset { node, all }) => {
@@ -71,14 +79,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-async fn run_serve(pool: PgPool, args: ServeArgs) -> anyhow::Result<()> {
-    let tls = match (args.tls_cert, args.tls_key) {
-        (Some(cert), Some(key)) => Some((cert, key)),
-        _ if args.insecure_plaintext => None,
+type TlsFiles = Option<(PathBuf, PathBuf)>;
+
+/// The certificate and key to serve TLS with; `None` only when plaintext is
+/// asked for explicitly.
+fn tls_files(args: &ServeArgs) -> anyhow::Result<TlsFiles> {
+    match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Ok(Some((cert.clone(), key.clone()))),
+        _ if args.insecure_plaintext => Ok(None),
         _ => anyhow::bail!(
             "no TLS certificate given: pass --tls-cert and --tls-key, or --insecure-plaintext to serve without TLS"
         ),
-    };
+    }
+}
+
+async fn run_serve(pool: PgPool, args: ServeArgs, tls: TlsFiles) -> anyhow::Result<()> {
     if !args.no_migrate {
         let count = db::migrate(&pool)
             .await
@@ -140,7 +155,9 @@ async fn run_node(pool: &PgPool, command: NodeCommand) -> anyhow::Result<()> {
                 println!("{}", added.token);
             } else {
                 println!("node added: {} ({})", added.name, added.id);
-                println!("token (shown once, keep it secret; give it to the agent with --token-file):");
+                println!(
+                    "token (shown once, keep it secret; give it to the agent with --token-file):"
+                );
                 println!("{}", added.token);
             }
         }

@@ -40,8 +40,8 @@ pub async fn add(pool: &PgPool, name: &str) -> Result<Added, Error> {
         )));
     }
     let id = cuid::cuid1();
-    let token = auth::new_token(&id)
-        .map_err(|e| Error::Invalid(format!("cannot make a token: {e}")))?;
+    let token =
+        auth::new_token(&id).map_err(|e| Error::Invalid(format!("cannot make a token: {e}")))?;
     let mut tx = pool.begin().await?;
     let inserted = sqlx::query(
         r#"INSERT INTO "nodes" ("id", "name", "tokenHash", "updatedAt")

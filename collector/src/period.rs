@@ -51,7 +51,8 @@ impl FromStr for Schedule {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = || format!("{s:?} is not a schedule; expected monthly:DAY (DAY 1-31), e.g. monthly:1");
+        let bad =
+            || format!("{s:?} is not a schedule; expected monthly:DAY (DAY 1-31), e.g. monthly:1");
         let (kind, day) = s.split_once(':').ok_or_else(bad)?;
         match kind {
             "monthly" => {
@@ -158,8 +159,14 @@ mod tests {
         assert_eq!(first.latest_start(at(2026, 11, 24, 5)), at(2026, 11, 1, 0));
         assert_eq!(first.latest_start(at(2026, 11, 1, 0)), at(2026, 11, 1, 0));
         let fifteenth = Schedule::Monthly { day: 15 };
-        assert_eq!(fifteenth.latest_start(at(2026, 11, 14, 23)), at(2026, 10, 15, 0));
-        assert_eq!(fifteenth.latest_start(at(2026, 1, 3, 0)), at(2025, 12, 15, 0));
+        assert_eq!(
+            fifteenth.latest_start(at(2026, 11, 14, 23)),
+            at(2026, 10, 15, 0)
+        );
+        assert_eq!(
+            fifteenth.latest_start(at(2026, 1, 3, 0)),
+            at(2025, 12, 15, 0)
+        );
     }
 
     #[test]

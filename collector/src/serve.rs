@@ -51,8 +51,8 @@ pub async fn serve(
     if let Some((cert, key)) = &options.tls {
         let cert = std::fs::read(cert)
             .with_context(|| format!("cannot read the certificate {}", cert.display()))?;
-        let key = std::fs::read(key)
-            .with_context(|| format!("cannot read the key {}", key.display()))?;
+        let key =
+            std::fs::read(key).with_context(|| format!("cannot read the key {}", key.display()))?;
         server = server
             .tls_config(ServerTlsConfig::new().identity(Identity::from_pem(cert, key)))
             .context("cannot use the TLS certificate and key")?;

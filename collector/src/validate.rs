@@ -45,8 +45,16 @@ pub fn heartbeat(
     bounded("boot_id", &request.boot_id, limits::MAX_BOOT_ID)?;
     bounded("epoch", &request.epoch, limits::MAX_EPOCH)?;
     bounded("hostname", &request.hostname, limits::MAX_HOSTNAME)?;
-    bounded("kernel_release", &request.kernel_release, limits::MAX_KERNEL_RELEASE)?;
-    bounded("agent_version", &request.agent_version, limits::MAX_AGENT_VERSION)?;
+    bounded(
+        "kernel_release",
+        &request.kernel_release,
+        limits::MAX_KERNEL_RELEASE,
+    )?;
+    bounded(
+        "agent_version",
+        &request.agent_version,
+        limits::MAX_AGENT_VERSION,
+    )?;
     bounded("source", &request.source, limits::MAX_SOURCE)?;
     if request.boot_id.is_empty() || request.epoch.is_empty() {
         return Err(invalid("boot_id and epoch must not be empty"));
@@ -169,10 +177,7 @@ mod tests {
             counters_start_at_zero: true,
             sequence: 7,
             agent_time_unix_ns: NOW as u64,
-            interfaces: vec![
-                iface("eth0", 10, 20),
-                iface("eth1", 5, 6),
-            ],
+            interfaces: vec![iface("eth0", 10, 20), iface("eth1", 5, 6)],
             load: Some(LoadAverage {
                 one: 0.5,
                 five: 0.25,
@@ -221,7 +226,9 @@ mod tests {
         r.interfaces.push(iface("a-very-long-interface-name", 0, 0));
         assert!(refused(r).contains("interface name"));
         let mut r = request();
-        r.interfaces = (0..=limits::MAX_INTERFACES).map(|_| iface("x", 0, 0)).collect();
+        r.interfaces = (0..=limits::MAX_INTERFACES)
+            .map(|_| iface("x", 0, 0))
+            .collect();
         assert!(refused(r).contains("interfaces (at most"));
         let mut r = request();
         r.interfaces.push(iface("eth0", 0, 0));

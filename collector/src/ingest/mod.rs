@@ -105,7 +105,9 @@ impl Ingest {
                 reply,
             })
             .map_err(|e| match e {
-                mpsc::error::TrySendError::Full(_) => Error::Unavailable("too many heartbeats queued"),
+                mpsc::error::TrySendError::Full(_) => {
+                    Error::Unavailable("too many heartbeats queued")
+                }
                 mpsc::error::TrySendError::Closed(_) => Error::Unavailable("shutting down"),
             })?;
         answer

@@ -174,9 +174,7 @@ fn decide(
     time: &BatchTime,
 ) -> Result<Applied, Error> {
     let refused = Error::Unauthenticated("unknown node or wrong token");
-    let node = nodes
-        .get_mut(&job.credentials.node_id)
-        .ok_or(refused)?;
+    let node = nodes.get_mut(&job.credentials.node_id).ok_or(refused)?;
     if !auth::matches(&job.credentials, &node.token_hash) {
         return Err(Error::Unauthenticated("unknown node or wrong token"));
     }
@@ -195,7 +193,11 @@ fn decide(
         Decision::Stale => {
             return Ok(Applied {
                 outcome: Outcome::Stale,
-                sequence: if same_origin { node.position.sequence } else { 0 },
+                sequence: if same_origin {
+                    node.position.sequence
+                } else {
+                    0
+                },
             });
         }
         Decision::Backwards { what, last, now } => {
@@ -246,9 +248,8 @@ async fn write_nodes(
     time: &BatchTime,
 ) -> Result<(), sqlx::Error> {
     let ids: Vec<&str> = changed.iter().map(|c| c.0.as_str()).collect();
-    let last = |f: fn(&Heartbeat) -> &str| -> Vec<&str> {
-        changed.iter().map(|c| f(&c.2.last)).collect()
-    };
+    let last =
+        |f: fn(&Heartbeat) -> &str| -> Vec<&str> { changed.iter().map(|c| f(&c.2.last)).collect() };
     let load = |i: usize| -> Vec<f64> { changed.iter().map(|c| c.2.last.load[i]).collect() };
     let origins: Vec<&Origin> = changed.iter().map(|c| &c.2.last.reading.origin).collect();
     sqlx::query(
@@ -274,9 +275,19 @@ async fn write_nodes(
     .bind(load(0))
     .bind(load(1))
     .bind(load(2))
-    .bind(origins.iter().map(|o| o.boot_id.as_str()).collect::<Vec<_>>())
+    .bind(
+        origins
+            .iter()
+            .map(|o| o.boot_id.as_str())
+            .collect::<Vec<_>>(),
+    )
     .bind(origins.iter().map(|o| o.epoch.as_str()).collect::<Vec<_>>())
-    .bind(origins.iter().map(|o| o.created_unix_ns).collect::<Vec<_>>())
+    .bind(
+        origins
+            .iter()
+            .map(|o| o.created_unix_ns)
+            .collect::<Vec<_>>(),
+    )
     .bind(
         changed
             .iter()
@@ -392,12 +403,10 @@ async fn write_interfaces(
     .await?;
     // Interfaces the nodes no longer report (a new epoch, a folded entry).
     let ids: Vec<&str> = changed.iter().map(|c| c.0.as_str()).collect();
-    sqlx::query(
-        r#"DELETE FROM "interface_stats" WHERE "nodeId" = ANY($1) AND "updatedAt" < $2"#,
-    )
-    .bind(&ids)
-    .bind(time.now)
-    .execute(&mut *conn)
-    .await?;
+    sqlx::query(r#"DELETE FROM "interface_stats" WHERE "nodeId" = ANY($1) AND "updatedAt" < $2"#)
+        .bind(&ids)
+        .bind(time.now)
+        .execute(&mut *conn)
+        .await?;
     Ok(())
 }

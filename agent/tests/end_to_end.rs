@@ -1,0 +1,312 @@
+//! End to end in namespaces: the real agent (eBPF, in host `a`) reports to
+//! the real collector (in host `b`), which stores into a real PostgreSQL.
+//! Traffic flows between the hosts while the agent, the collector and
+//! PostgreSQL are each killed with SIGKILL and restarted, one at a time. At
+//! the end the node's stored totals equal the kernel's rx/tx byte counts of
+//! the counted interface over the whole run, exactly.
+//!
+//! The heartbeats travel over a second veth pair that the agent is told not
+//! to count (`--exclude`), so the counted interface carries only the test's
+//! traffic and the kernel's statistics of it are the ground truth.
+
+mod common;
+
+use std::{
+    fs,
+    net::{SocketAddr, TcpStream},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use common::{AGENT, Agent, Link, NetNs, Stats, privileged, tcp_transfer, veth};
+use sqlx::{PgPool, Row as _};
+use tally_collector::{db, devdb::TempCluster, nodes};
+
+const COLLECTOR_PORT: u16 = 50_051;
+
+/// `tally-collector serve` inside a namespace.
+struct Collector {
+    ns_path: PathBuf,
+    listen: SocketAddr,
+    database_url: String,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Collector {
+    fn binary() -> PathBuf {
+        // Built beside the agent by `cargo test --workspace` (the collector
+        // package's own tests need it).
+        let path = PathBuf::from(AGENT).with_file_name("tally-collector");
+        assert!(
+            path.exists(),
+            "{} is missing: build it first (`cargo build -p tally-collector`, or run the whole suite with `cargo xtask test`)",
+            path.display()
+        );
+        path
+    }
+
+    fn start(ns: &NetNs, listen: SocketAddr, database_url: String, log: PathBuf) -> Self {
+        let mut collector = Collector {
+            ns_path: ns.path(),
+            listen,
+            database_url,
+            log,
+            child: None,
+        };
+        collector.spawn(ns);
+        collector
+    }
+
+    fn spawn(&mut self, ns: &NetNs) {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("collector log");
+        let child = Command::new("nsenter")
+            .arg(format!("--net={}", self.ns_path.display()))
+            .arg("--")
+            .arg(Self::binary())
+            .args([
+                "serve",
+                "--insecure-plaintext",
+                "--log",
+                "info,tally_collector=debug",
+                "--listen",
+            ])
+            .arg(self.listen.to_string())
+            .env("DATABASE_URL", &self.database_url)
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn tally-collector");
+        self.child = Some(child);
+        let listen = self.listen;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !ns
+            .run(move || TcpStream::connect_timeout(&listen, Duration::from_millis(200)).is_ok())
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the collector did not listen within 30 s; log:\n{}",
+                self.log()
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A throwaway PostgreSQL, or `None` after saying why there is none (a
+/// failure instead when `TALLY_REQUIRE_PRIVILEGED=1`).
+fn postgres(test: &str) -> Option<TempCluster> {
+    match TempCluster::start() {
+        Ok(cluster) => Some(cluster),
+        Err(e) if e.is_unavailable() => {
+            if std::env::var("TALLY_REQUIRE_PRIVILEGED").is_ok_and(|v| v == "1") {
+                panic!("{test}: needs PostgreSQL ({e}) but TALLY_REQUIRE_PRIVILEGED=1");
+            }
+            use std::io::Write as _;
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIP {test}: needs PostgreSQL 15 binaries ({e})"
+            );
+            None
+        }
+        Err(e) => panic!("{test}: cannot start PostgreSQL: {e}"),
+    }
+}
+
+async fn totals(pool: &PgPool, node: &str) -> Option<(u64, u64)> {
+    let row = sqlx::query(
+        r#"SELECT "totalDownload", "totalUpload" FROM "traffic_stats" WHERE "nodeId" = $1"#,
+    )
+    .bind(node)
+    .fetch_one(pool)
+    .await
+    .ok()?;
+    let get = |c: &str| row.try_get::<i64, _>(c).ok().map(|v| v as u64);
+    Some((get("totalDownload")?, get("totalUpload")?))
+}
+
+/// Traffic both ways over the counted link (16 MiB paced over ~4 s, with
+/// its acknowledgements) while `during` runs.
+fn with_traffic(link: &Link, during: impl FnOnce()) {
+    thread::scope(|scope| {
+        scope.spawn(|| {
+            tcp_transfer(
+                &link.b,
+                &link.a,
+                link.ip_a,
+                16 * 1024 * 1024,
+                Duration::from_millis(15),
+            )
+        });
+        during();
+    });
+}
+
+#[test]
+fn totals_equal_the_kernel_counts_across_kills_of_agent_collector_and_postgres() {
+    let test = "totals_equal_the_kernel_counts_across_kills_of_agent_collector_and_postgres";
+    if !privileged(test) {
+        return;
+    }
+    let Some(mut pg) = postgres(test) else {
+        return;
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let url = runtime
+        .block_on(pg.create_database("tally"))
+        .expect("database");
+    let (pool, node) = runtime.block_on(async {
+        let pool = db::connect(&url, 2).await.expect("connect");
+        db::migrate(&pool).await.expect("migrate");
+        let node = nodes::add(&pool, "e2e").await.expect("node add");
+        (pool, node)
+    });
+    let dir = tempfile::tempdir().expect("temp dir");
+    let token_file = dir.path().join("token");
+    fs::write(&token_file, format!("{}\n", node.token)).expect("token file");
+
+    // Host a (agent) and host b (collector, peer); tva-tvb carries the
+    // counted traffic, tca-tcb the heartbeats.
+    let link = Link::new();
+    let (_, control_b) = veth(&link.a, &link.b, "tca", "tcb", 2, true);
+    let listen = SocketAddr::from((control_b, COLLECTOR_PORT));
+    let mut collector = Collector::start(
+        &link.b,
+        listen,
+        url.clone(),
+        dir.path().join("collector.log"),
+    );
+
+    let kernel_start = link.a.settle(&link.if_a);
+    let collector_url = format!("http://{listen}");
+    let mut agent = Agent::start(
+        &link.a,
+        &[
+            "--collector",
+            &collector_url,
+            "--insecure-plaintext",
+            "--token-file",
+            token_file.to_str().expect("utf-8 path"),
+            "--interval",
+            "1s",
+            "--exclude",
+            "tca",
+        ],
+    );
+    agent.wait_for(&link.if_a);
+
+    // Each is away for longer than the heartbeat interval, while traffic
+    // flows: the agent, the collector, PostgreSQL.
+    let (before, away) = (Duration::from_millis(500), Duration::from_millis(2500));
+    with_traffic(&link, || {
+        thread::sleep(before);
+        agent.kill9();
+        thread::sleep(away);
+        agent.restart();
+    });
+    with_traffic(&link, || {
+        thread::sleep(before);
+        collector.kill9();
+        thread::sleep(away);
+        collector.spawn(&link.b);
+    });
+    with_traffic(&link, || {
+        thread::sleep(before);
+        pg.kill9().expect("kill postgres");
+        thread::sleep(away);
+        pg.restart().expect("restart postgres");
+    });
+
+    // Traffic has stopped: the kernel's counts are final.
+    let kernel: Stats = link.a.settle(&link.if_a).since(&kernel_start);
+    assert!(kernel.rx_bytes > 3 * 16 * 1024 * 1024, "{kernel:?}");
+    let expected = (kernel.rx_bytes, kernel.tx_bytes);
+
+    // The agent's next heartbeats carry everything; then a clean stop sends
+    // the last one.
+    let pool = runtime.block_on(async {
+        pool.close().await;
+        db::connect(&url, 2).await.expect("reconnect")
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut stored = None;
+    while Instant::now() < deadline {
+        stored = runtime.block_on(totals(&pool, &node.id));
+        if stored == Some(expected) {
+            break;
+        }
+        thread::sleep(Duration::from_millis(250));
+    }
+    agent.stop();
+    let after_stop = runtime.block_on(totals(&pool, &node.id));
+    let context = || {
+        format!(
+            "agent log:\n{}\ncollector log (tail):\n{}",
+            agent.log(),
+            tail(&collector.log(), 60)
+        )
+    };
+    assert_eq!(
+        stored,
+        Some(expected),
+        "stored (download, upload) must equal the kernel's (rx, tx) of {}\n{}",
+        link.if_a,
+        context()
+    );
+    assert_eq!(
+        after_stop,
+        Some(expected),
+        "nothing more after the stop\n{}",
+        context()
+    );
+    let log = agent.log();
+    assert!(
+        log.contains("adopted"),
+        "the restarted agent adopted its counters\n{log}"
+    );
+    // The outages really happened: the agent had to retry while the
+    // collector was away.
+    assert!(
+        log.contains("collector reachable again"),
+        "the agent saw the collector's outage\n{}",
+        context()
+    );
+    assert!(
+        log.contains("last heartbeat delivered"),
+        "SIGTERM sends a last heartbeat\n{}",
+        context()
+    );
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}

@@ -1,0 +1,234 @@
+//! A migrated database with enrolled nodes, collectors serving it (in this
+//! process or as real `tally-collector` processes), and heartbeats to send.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    net::SocketAddr,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use sqlx::{PgPool, Row as _};
+use tally_collector::{db, devdb::TempCluster, ingest, nodes, serve};
+use tally_proto::v1::{
+    HeartbeatReply, HeartbeatRequest, InterfaceCounters, InterfaceState, LoadAverage,
+    heartbeat_client::HeartbeatClient,
+};
+use tokio::sync::oneshot;
+use tonic::{Request, Status, transport::Channel};
+
+/// A migrated database on its own cluster.
+pub struct Fleet {
+    pub cluster: TempCluster,
+    pub url: String,
+    pub pool: PgPool,
+}
+
+impl Fleet {
+    pub async fn start(test: &str) -> Option<Fleet> {
+        let cluster = super::cluster(test)?;
+        let url = cluster.create_database("tally").await.expect("database");
+        let pool = db::connect(&url, 8).await.expect("connect");
+        db::migrate(&pool).await.expect("migrate");
+        Some(Fleet { cluster, url, pool })
+    }
+
+    pub async fn add_node(&self, name: &str) -> nodes::Added {
+        nodes::add(&self.pool, name).await.expect("node add")
+    }
+
+    /// `(totalDownload, totalUpload, periodDownload, periodUpload)`.
+    pub async fn totals(&self, node: &str) -> (i64, i64, i64, i64) {
+        let row = sqlx::query(
+            r#"SELECT "totalDownload", "totalUpload", "periodDownload", "periodUpload"
+               FROM "traffic_stats" WHERE "nodeId" = $1"#,
+        )
+        .bind(node)
+        .fetch_one(&self.pool)
+        .await
+        .expect("traffic_stats row");
+        let get = |c: &str| row.try_get::<i64, _>(c).expect("column");
+        (
+            get("totalDownload"),
+            get("totalUpload"),
+            get("periodDownload"),
+            get("periodUpload"),
+        )
+    }
+
+    /// Every column of the node's rows in `nodes` and `traffic_stats`, as
+    /// text: to show that a refused heartbeat changed nothing.
+    pub async fn snapshot(&self, node: &str) -> String {
+        let row = sqlx::query(
+            r#"SELECT row_to_json(n)::text || row_to_json(t)::text AS all
+               FROM "nodes" n JOIN "traffic_stats" t ON t."nodeId" = n."id"
+               WHERE n."id" = $1"#,
+        )
+        .bind(node)
+        .fetch_one(&self.pool)
+        .await
+        .expect("node rows");
+        let history: i64 =
+            sqlx::query_scalar(r#"SELECT count(*) FROM "node_history" WHERE "nodeId" = $1"#)
+                .bind(node)
+                .fetch_one(&self.pool)
+                .await
+                .expect("history count");
+        format!("{} history={history}", row.get::<String, _>("all"))
+    }
+
+    /// Serves the database in this process on 127.0.0.1 (plaintext); the
+    /// server stops when the returned guard is dropped.
+    pub async fn serve_here(&self) -> InProcess {
+        let options = serve::Options {
+            listen: "127.0.0.1:0".parse().expect("address"),
+            tls: None,
+            heartbeat_interval: None,
+            max_skew: Duration::from_secs(300),
+            history_retention: Duration::from_secs(86_400),
+            ingest: ingest::Config::default(),
+        };
+        let listener = serve::bind(&options).await.expect("bind");
+        let address = listener.local_addr().expect("address");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let pool = self.pool.clone();
+        tokio::spawn(async move {
+            let shutdown = async {
+                let _ = stopped.await;
+            };
+            serve::serve(pool, options, listener, shutdown, None)
+                .await
+                .expect("serve");
+        });
+        InProcess {
+            address,
+            _stop: stop,
+        }
+    }
+}
+
+/// A collector serving in this process.
+pub struct InProcess {
+    pub address: SocketAddr,
+    _stop: oneshot::Sender<()>,
+}
+
+/// A `tally-collector serve` process; killed when dropped.
+pub struct Process {
+    pub address: SocketAddr,
+    child: Child,
+}
+
+impl Process {
+    /// Starts `tally-collector serve` on `database_url`, listening on a free
+    /// port of 127.0.0.1, and waits until it serves.
+    pub fn start(database_url: &str) -> Process {
+        Self::start_with(database_url, &["--insecure-plaintext"])
+    }
+
+    /// As [`Process::start`], with `args` instead of `--insecure-plaintext`.
+    pub fn start_with(database_url: &str, args: &[&str]) -> Process {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tally-collector"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--log", "info"])
+            .args(args)
+            .env("DATABASE_URL", database_url)
+            .env("NO_COLOR", "1")
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start tally-collector");
+        let stderr = child.stderr.take().expect("stderr");
+        let (found, address) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut found = Some(found);
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(addr) = line
+                    .split_once("address=")
+                    .and_then(|(_, rest)| rest.split_whitespace().next())
+                    .and_then(|a| a.parse::<SocketAddr>().ok())
+                    && let Some(found) = found.take()
+                {
+                    let _ = found.send(addr);
+                }
+                eprintln!("[collector] {line}");
+            }
+        });
+        let address = address
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the collector says where it listens");
+        Process { address, child }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A gRPC client for `address`.
+pub async fn client(address: SocketAddr) -> HeartbeatClient<Channel> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match HeartbeatClient::connect(format!("http://{address}")).await {
+            Ok(client) => return client,
+            Err(e) if Instant::now() > deadline => panic!("cannot connect to {address}: {e}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+/// Sends `heartbeat` with `token` (if any) as bearer metadata.
+pub async fn send(
+    client: &mut HeartbeatClient<Channel>,
+    token: Option<&str>,
+    heartbeat: HeartbeatRequest,
+) -> Result<HeartbeatReply, Status> {
+    let mut request = Request::new(heartbeat);
+    if let Some(token) = token {
+        request.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {token}").parse().expect("metadata value"),
+        );
+    }
+    client.send(request).await.map(tonic::Response::into_inner)
+}
+
+/// A heartbeat of epoch `epoch` with cumulative (rx, tx) over two
+/// interfaces.
+pub fn heartbeat(epoch: &str, sequence: u64, rx: u64, tx: u64) -> HeartbeatRequest {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    let iface = |name: &str, rx, tx| InterfaceCounters {
+        name: name.into(),
+        ifindex: 2,
+        rx_bytes: rx,
+        rx_packets: 1,
+        tx_bytes: tx,
+        tx_packets: 1,
+        state: InterfaceState::Attached as i32,
+    };
+    HeartbeatRequest {
+        boot_id: "00000000-0000-0000-0000-000000000001".into(),
+        epoch: epoch.into(),
+        epoch_created_unix_ns: 1_700_000_000_000_000_000,
+        counters_start_at_zero: true,
+        sequence,
+        agent_time_unix_ns: now,
+        interfaces: vec![
+            iface("eth0", rx / 2, tx / 2),
+            iface("eth1", rx - rx / 2, tx - tx / 2),
+        ],
+        load: Some(LoadAverage {
+            one: 0.5,
+            five: 0.25,
+            fifteen: 0.125,
+        }),
+        hostname: "test-host".into(),
+        kernel_release: "6.1.0".into(),
+        agent_version: "test".into(),
+        source: "ebpf".into(),
+    }
+}

@@ -1,0 +1,129 @@
+//! The node channel against a real PostgreSQL: authentication, the replies,
+//! refusals that change nothing.
+
+mod common;
+
+use common::fleet::{self, Fleet};
+use tally_proto::v1::Outcome;
+use tonic::Code;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_wrong_and_another_nodes_tokens_are_refused_and_change_nothing() {
+    let Some(fleet) = Fleet::start("grpc_auth").await else {
+        return;
+    };
+    let a = fleet.add_node("a").await;
+    let b = fleet.add_node("b").await;
+    let server = fleet.serve_here().await;
+    let mut client = fleet::client(server.address).await;
+
+    // A first applied heartbeat, so there is state to keep unchanged.
+    let reply = fleet::send(
+        &mut client,
+        Some(&a.token),
+        fleet::heartbeat("e", 1, 100, 10),
+    )
+    .await
+    .expect("a's own token");
+    assert_eq!(reply.outcome(), Outcome::Applied);
+    let before_a = fleet.snapshot(&a.id).await;
+    let before_b = fleet.snapshot(&b.id).await;
+
+    let (_, b_secret) = b.token.split_once('.').expect("token shape");
+    let (_, a_secret) = a.token.split_once('.').expect("token shape");
+    let wrong_secret = "0".repeat(64);
+    let refused = [
+        ("no token", None),
+        ("a malformed token", Some("not-a-token".to_owned())),
+        ("a wrong secret", Some(format!("{}.{wrong_secret}", a.id))),
+        ("b's secret for a", Some(format!("{}.{b_secret}", a.id))),
+        ("a's secret for b", Some(format!("{}.{a_secret}", b.id))),
+        ("an unknown node", Some(format!("cunknown.{a_secret}"))),
+    ];
+    for (what, token) in refused {
+        let status = fleet::send(
+            &mut client,
+            token.as_deref(),
+            fleet::heartbeat("e", 2, 1_000_000, 1_000_000),
+        )
+        .await
+        .expect_err(what);
+        assert_eq!(status.code(), Code::Unauthenticated, "{what}: {status:?}");
+    }
+    assert_eq!(fleet.snapshot(&a.id).await, before_a, "a unchanged");
+    assert_eq!(fleet.snapshot(&b.id).await, before_b, "b unchanged");
+    assert_eq!(fleet.totals(&a.id).await, (100, 10, 100, 10));
+
+    // The right token still works afterwards.
+    let reply = fleet::send(
+        &mut client,
+        Some(&a.token),
+        fleet::heartbeat("e", 2, 150, 20),
+    )
+    .await
+    .expect("a again");
+    assert_eq!(reply.outcome(), Outcome::Applied);
+    assert_eq!(fleet.totals(&a.id).await, (150, 20, 150, 20));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_say_applied_duplicate_stale_and_refuse_backwards_counters() {
+    let Some(fleet) = Fleet::start("grpc_replies").await else {
+        return;
+    };
+    let node = fleet.add_node("n").await;
+    let server = fleet.serve_here().await;
+    let mut client = fleet::client(server.address).await;
+    let token = Some(node.token.as_str());
+
+    let reply = fleet::send(&mut client, token, fleet::heartbeat("e", 5, 1000, 500))
+        .await
+        .expect("first");
+    assert_eq!(
+        (reply.outcome(), reply.applied_sequence),
+        (Outcome::Applied, 5)
+    );
+    let reply = fleet::send(&mut client, token, fleet::heartbeat("e", 5, 1000, 500))
+        .await
+        .expect("retry");
+    assert_eq!(reply.outcome(), Outcome::Duplicate);
+    let reply = fleet::send(&mut client, token, fleet::heartbeat("e", 4, 900, 400))
+        .await
+        .expect("older");
+    assert_eq!(
+        (reply.outcome(), reply.applied_sequence),
+        (Outcome::Stale, 5)
+    );
+    assert_eq!(fleet.totals(&node.id).await, (1000, 500, 1000, 500));
+
+    // Backwards within the epoch: refused, logged, nothing stored.
+    let before = fleet.snapshot(&node.id).await;
+    let status = fleet::send(&mut client, token, fleet::heartbeat("e", 6, 999, 600))
+        .await
+        .expect_err("backwards");
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    assert!(
+        status.message().contains("rx bytes went backwards"),
+        "{status:?}"
+    );
+    assert_eq!(fleet.snapshot(&node.id).await, before);
+
+    // A bad input: a clear InvalidArgument, nothing stored.
+    let mut bad = fleet::heartbeat("e", 7, 2000, 700);
+    bad.hostname = "x".repeat(300);
+    let status = fleet::send(&mut client, token, bad)
+        .await
+        .expect_err("too long");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().contains("hostname"), "{status:?}");
+    assert_eq!(fleet.snapshot(&node.id).await, before);
+
+    // A new, later epoch counts from zero in full.
+    let mut next = fleet::heartbeat("f", 1, 10, 20);
+    next.epoch_created_unix_ns += 1;
+    let reply = fleet::send(&mut client, token, next)
+        .await
+        .expect("new epoch");
+    assert_eq!(reply.outcome(), Outcome::Applied);
+    assert_eq!(fleet.totals(&node.id).await, (1010, 520, 1010, 520));
+}
