@@ -21,10 +21,13 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Er
 }
 
 /// Applies every migration not applied yet; returns how many there are in
-/// all.
+/// all (each has its reverse beside it).
 pub async fn migrate(pool: &PgPool) -> Result<usize, MigrateError> {
     MIGRATOR.run(pool).await?;
-    Ok(MIGRATOR.iter().count())
+    Ok(MIGRATOR
+        .iter()
+        .filter(|m| m.migration_type.is_up_migration())
+        .count())
 }
 
 /// Reverts migrations down to `target` (0 reverts all).
