@@ -127,3 +127,39 @@ async fn replies_say_applied_duplicate_stale_and_refuse_backwards_counters() {
     assert_eq!(reply.outcome(), Outcome::Applied);
     assert_eq!(fleet.totals(&node.id).await, (1010, 520, 1010, 520));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interface_name_reported_twice_counts_both_and_is_stored_once() {
+    let Some(fleet) = Fleet::start("grpc_same_name").await else {
+        return;
+    };
+    let node = fleet.add_node("n").await;
+    let server = fleet.serve_here().await;
+    let mut client = fleet::client(server.address).await;
+    // eth1 went away (gone) and a new interface took its name.
+    let mut heartbeat = fleet::heartbeat("e", 1, 100, 10);
+    let mut gone = heartbeat.interfaces[1].clone();
+    gone.state = tally_proto::v1::InterfaceState::Gone as i32;
+    gone.ifindex = 9;
+    gone.rx_bytes = 1000;
+    heartbeat.interfaces.push(gone);
+    let reply = fleet::send(&mut client, Some(&node.token), heartbeat)
+        .await
+        .expect("accepted");
+    assert_eq!(reply.outcome(), Outcome::Applied);
+    assert_eq!(fleet.totals(&node.id).await.0, 1100);
+    let rows: Vec<(String, i64, String)> = sqlx::query_as(
+        r#"SELECT "name", "rxBytes", "state" FROM "interface_stats" WHERE "nodeId" = $1 ORDER BY "name""#,
+    )
+    .bind(&node.id)
+    .fetch_all(&fleet.pool)
+    .await
+    .expect("interface rows");
+    assert_eq!(
+        rows,
+        vec![
+            ("eth0".to_owned(), 50, "attached".to_owned()),
+            ("eth1".to_owned(), 1050, "attached".to_owned()),
+        ]
+    );
+}

@@ -6,7 +6,7 @@
 //! after the commit; if anything fails, nothing of the batch is stored and
 //! every heartbeat in it gets a retryable error.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use chrono::{NaiveDateTime, Timelike as _};
 use sqlx::{PgConnection, Row as _};
@@ -371,10 +371,18 @@ async fn write_interfaces(
     changed: &Changed<'_>,
     time: &BatchTime,
 ) -> Result<(), sqlx::Error> {
-    let rows: Vec<(&str, &Interface)> = changed
-        .iter()
-        .flat_map(|c| c.2.last.interfaces.iter().map(|i| (c.0.as_str(), i)))
-        .collect();
+    // One row per node and name: entries that share a name (an interface
+    // gone, and a new one that took its name) are added up.
+    let mut merged: BTreeMap<(&str, &str), Interface> = BTreeMap::new();
+    for (id, _, change) in changed {
+        for interface in &change.last.interfaces {
+            merged
+                .entry((id.as_str(), interface.name.as_str()))
+                .and_modify(|row| row.merge(interface))
+                .or_insert_with(|| interface.clone());
+        }
+    }
+    let rows: Vec<(&str, &Interface)> = merged.iter().map(|((id, _), i)| (*id, i)).collect();
     let column = |f: fn(&Interface) -> i64| -> Vec<i64> { rows.iter().map(|r| f(r.1)).collect() };
     sqlx::query(
         r#"INSERT INTO "interface_stats"
