@@ -19,7 +19,7 @@ use crate::{
     heartbeat::{CollectorConfig, Heartbeats, Reading, Sequencer, TOKEN_ENV},
     netwatch::NetWatch,
     pins::{PinLayout, PinLock},
-    source::{CounterSource, EbpfSource, ProcfsSource, SourceKind},
+    source::{CounterSource, EbpfSource, ProcfsSource, Rebase, SourceKind},
     system::Probe,
 };
 
@@ -55,8 +55,11 @@ pub async fn run(args: RunArgs, layout: PinLayout) -> anyhow::Result<()> {
         SourceKind::Ebpf => run_ebpf(&args, layout, filter, collector, &mut stop).await,
         SourceKind::Procfs => {
             tracing::info!("counting from /proc/net/dev (no eBPF)");
-            let mut source = ProcfsSource::new(filter);
-            let reporting = Reporting::start(collector, args.interval);
+            // The heartbeat sender asks for a new epoch through this when the
+            // collector cannot take the procfs counters any more.
+            let rebase = Rebase::default();
+            let mut source = ProcfsSource::new(filter).with_rebase(rebase.clone());
+            let reporting = Reporting::start(collector, args.interval, Some(rebase));
             report_loop(&mut source, reporting, None, &mut stop).await
         }
     }
@@ -129,7 +132,7 @@ async fn run_ebpf(
     tracing::info!(interfaces = engine.attached().len(), "attached; counting");
 
     let mut source = EbpfSource::new(layout);
-    let reporting = Reporting::start(collector, args.interval);
+    let reporting = Reporting::start(collector, args.interval, None);
     report_loop(
         &mut source,
         reporting,
@@ -146,12 +149,16 @@ struct Reporting {
     every: Duration,
     sequencer: Sequencer,
     heartbeats: Option<Heartbeats>,
+    /// The procfs source's new-epoch requests (shared with the source and
+    /// the sender): a request brings a reading at once, so that the new
+    /// epoch's baseline comes as soon as possible.
+    rebase: Option<Rebase>,
 }
 
 impl Reporting {
-    fn start(collector: Option<CollectorConfig>, every: Duration) -> Self {
+    fn start(collector: Option<CollectorConfig>, every: Duration, rebase: Option<Rebase>) -> Self {
         let heartbeats = match collector {
-            Some(config) => Some(Heartbeats::start(config, every)),
+            Some(config) => Some(Heartbeats::start(config, every, rebase.clone())),
             None => {
                 tracing::info!("no --collector given: counting locally only");
                 None
@@ -161,6 +168,7 @@ impl Reporting {
             every,
             sequencer: Sequencer::default(),
             heartbeats,
+            rebase,
         }
     }
 
@@ -238,10 +246,17 @@ async fn report_loop(
     let resync_every = watching.as_ref().map_or(Duration::from_secs(3600), |w| w.3);
     let mut resync = interval(resync_every);
     resync.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let rebase = reporting.rebase.clone();
     loop {
         let link_change = async {
             match watching.as_mut() {
                 Some((_, watch, _, _)) => watch.changed().await,
+                None => std::future::pending().await,
+            }
+        };
+        let rebase_requested = async {
+            match &rebase {
+                Some(rebase) => rebase.requested().await,
                 None => std::future::pending().await,
             }
         };
@@ -258,6 +273,8 @@ async fn report_loop(
                 report = report_timer(every, Instant::now() + every);
             }
             _ = report.tick() => reporting.report(source),
+            // The source starts the new epoch at this reading.
+            () = rebase_requested => reporting.report(source),
         }
     }
     reporting.finish(source, stop).await;

@@ -2,7 +2,9 @@
 //! /proc/net/dev, so no privileges are needed) reporting to a small
 //! in-process gRPC peer that implements `tally.v1.Heartbeat` and records what
 //! it receives. The peer is stopped and started again on the same port to
-//! play an outage; SIGTERM must bring one last heartbeat.
+//! play an outage; SIGTERM must bring one last heartbeat. It can also refuse
+//! the heartbeats of one epoch, as a collector does whose position the
+//! agent's counters fell behind.
 
 mod common;
 
@@ -34,13 +36,29 @@ struct Received {
     at: Instant,
     authorization: Option<String>,
     request: HeartbeatRequest,
+    /// How the peer answered it, when not with "applied".
+    verdict: Option<Verdict>,
 }
 
 type Log = Arc<Mutex<Vec<Received>>>;
 
-/// The peer's service: records every heartbeat and applies it.
+/// How the peer answers the heartbeats of one epoch instead of applying them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    /// FAILED_PRECONDITION, as for counters that went backwards.
+    Backwards,
+    /// Stale without a position: the collector follows a later epoch.
+    Behind,
+}
+
+/// The epoch the peer does not apply, and its answer to it.
+type Verdicts = Arc<Mutex<Option<(String, Verdict)>>>;
+
+/// The peer's service: records every heartbeat and applies it (unless it is
+/// of the epoch `verdicts` names).
 struct Peer {
     log: Log,
+    verdicts: Verdicts,
 }
 
 #[tonic::async_trait]
@@ -56,11 +74,35 @@ impl Heartbeat for Peer {
             .map(str::to_owned);
         let request = request.into_inner();
         let sequence = request.sequence;
+        let verdict = self
+            .verdicts
+            .lock()
+            .expect("verdicts")
+            .as_ref()
+            .and_then(|(epoch, verdict)| (*epoch == request.epoch).then_some(*verdict));
+        let epoch = request.epoch.clone();
         self.log.lock().expect("log").push(Received {
             at: Instant::now(),
             authorization,
             request,
+            verdict,
         });
+        match verdict {
+            Some(Verdict::Backwards) => {
+                return Err(Status::failed_precondition(format!(
+                    "protocol violation: rx bytes went backwards within epoch {epoch} \
+                     (last applied 1000, now 10); nothing was stored"
+                )));
+            }
+            Some(Verdict::Behind) => {
+                return Ok(Response::new(HeartbeatReply {
+                    outcome: Outcome::Stale.into(),
+                    heartbeat_interval_ms: 0,
+                    applied_sequence: 0,
+                }));
+            }
+            None => {}
+        }
         Ok(Response::new(HeartbeatReply {
             outcome: Outcome::Applied.into(),
             heartbeat_interval_ms: 0,
@@ -75,6 +117,7 @@ impl Heartbeat for Peer {
 struct Collector {
     port: u16,
     log: Log,
+    verdicts: Verdicts,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<thread::JoinHandle<()>>,
 }
@@ -93,6 +136,8 @@ impl Collector {
         listener.set_nonblocking(true).expect("nonblocking");
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let service_log = log.clone();
+        let verdicts = Verdicts::default();
+        let service_verdicts = verdicts.clone();
         let thread = thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -107,7 +152,10 @@ impl Collector {
                         .expect("server TLS");
                 }
                 let server = builder
-                    .add_service(HeartbeatServer::new(Peer { log: service_log }))
+                    .add_service(HeartbeatServer::new(Peer {
+                        log: service_log,
+                        verdicts: service_verdicts,
+                    }))
                     .serve_with_incoming(TcpIncoming::from(listener));
                 tokio::select! {
                     result = server => result.expect("peer serves"),
@@ -118,6 +166,7 @@ impl Collector {
         Self {
             port,
             log,
+            verdicts,
             stop: Some(stop_tx),
             thread: Some(thread),
         }
@@ -130,6 +179,11 @@ impl Collector {
         if let Some(thread) = self.thread.take() {
             thread.join().expect("peer thread");
         }
+    }
+
+    /// From now on, answers the heartbeats of `epoch` with `verdict`.
+    fn answer(&self, epoch: &str, verdict: Verdict) {
+        *self.verdicts.lock().expect("verdicts") = Some((epoch.to_owned(), verdict));
     }
 
     fn received(&self) -> Vec<Received> {
@@ -424,6 +478,117 @@ fn without_a_collector_the_last_heartbeat_waits_only_the_final_timeout() {
         log.contains("last heartbeat not delivered within 1s"),
         "{log}"
     );
+}
+
+/// A procfs agent whose boot epoch the collector stops taking (from its
+/// `applied_first + 1`-th heartbeat on) starts a new epoch: the refused one is
+/// not retried, and the next heartbeats carry `procfs-<boot id>-<created>`,
+/// created later, whose first reading is only a baseline.
+fn starts_a_new_epoch_when(verdict: Verdict, applied_first: usize) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = token_file(dir.path());
+    let collector = Collector::start(0, Log::default(), None);
+    let boot_id = read_trimmed("/proc/sys/kernel/random/boot_id");
+    let boot_epoch = format!("procfs-{boot_id}");
+    if applied_first == 0 {
+        collector.answer(&boot_epoch, verdict);
+    }
+    let started = unix_ns();
+    let agent = ProcfsAgent::start(&[
+        "--collector",
+        &format!("http://127.0.0.1:{}", collector.port),
+        "--insecure-plaintext",
+        "--token-file",
+        &token.display().to_string(),
+        "--interval",
+        "1s",
+    ]);
+    if applied_first > 0 {
+        collector.wait_for(applied_first, Duration::from_secs(10), || agent.log());
+        collector.answer(&boot_epoch, verdict);
+    }
+
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let received = loop {
+        let received = collector.received();
+        if received
+            .iter()
+            .filter(|r| r.request.epoch != boot_epoch)
+            .count()
+            >= 3
+        {
+            break received;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no new epoch after the refusal: {:#?}\nagent log:\n{}",
+            received
+                .iter()
+                .map(|r| &r.request.epoch)
+                .collect::<Vec<_>>(),
+            agent.log()
+        );
+        thread::sleep(Duration::from_millis(20));
+    };
+    assert_increasing(&received);
+    let (old, new): (Vec<&Received>, Vec<&Received>) =
+        received.iter().partition(|r| r.request.epoch == boot_epoch);
+    assert!(
+        old.iter().take(applied_first).all(|r| r.verdict.is_none()),
+        "{old:#?}"
+    );
+    let turned_down: Vec<&&Received> = old.iter().filter(|r| r.verdict.is_some()).collect();
+    assert!(
+        (1..=2).contains(&turned_down.len()),
+        "a reading of the refused epoch is not retried: {turned_down:#?}"
+    );
+    let first_new = received
+        .iter()
+        .position(|r| r.request.epoch != boot_epoch)
+        .expect("a new epoch");
+    assert!(
+        received[first_new..]
+            .iter()
+            .all(|r| r.request.epoch == new[0].request.epoch),
+        "one new epoch, never the old one again: {received:#?}"
+    );
+
+    let r = &new[0].request;
+    let created = r.epoch_created_unix_ns;
+    assert_eq!(r.epoch, format!("procfs-{boot_id}-{created}"));
+    assert!(
+        created > old[0].request.epoch_created_unix_ns,
+        "later than the boot's epoch, so that the collector adopts it"
+    );
+    assert!(created >= started && created <= unix_ns(), "{created}");
+    assert!(!r.counters_start_at_zero, "its first reading is a baseline");
+    assert_eq!(r.boot_id, boot_id);
+    assert_eq!(r.source, "procfs");
+    assert!(new.iter().all(|h| h.verdict.is_none()));
+
+    let log = agent.log();
+    assert!(log.contains("WARN"), "{log}");
+    assert!(log.contains("starting a new procfs epoch"), "{log}");
+    assert!(log.contains("are lost"), "{log}");
+    assert!(log.contains(&r.epoch), "the new epoch is named: {log}");
+    if verdict == Verdict::Backwards {
+        assert!(log.contains("going backwards"), "{log}");
+        assert!(log.contains("last applied 1000, now 10"), "{log}");
+    }
+    assert!(
+        !log.contains("ERROR"),
+        "a rebase is no error for procfs: {log}"
+    );
+}
+
+#[test]
+fn procfs_counters_refused_as_going_backwards_start_a_new_epoch() {
+    starts_a_new_epoch_when(Verdict::Backwards, 2);
+}
+
+#[test]
+fn procfs_counters_of_an_epoch_the_collector_left_start_a_new_epoch() {
+    starts_a_new_epoch_when(Verdict::Behind, 0);
 }
 
 fn run_agent(args: &[&str]) -> Output {

@@ -124,6 +124,12 @@ impl SendError {
 }
 
 impl SendError {
+    /// The collector refused the counters as going backwards within their
+    /// epoch: the contract's FAILED_PRECONDITION.
+    pub fn is_backwards(&self) -> bool {
+        matches!(self, SendError::Status(status) if status.code() == Code::FailedPrecondition)
+    }
+
     /// rustls refused the collector's certificate (its cause names it).
     fn is_certificate_problem(&self) -> bool {
         matches!(self, SendError::Status(_)) && self.to_string().contains("certificate")
@@ -171,6 +177,8 @@ mod tests {
         let backwards =
             SendError::Status(Status::failed_precondition("rx_bytes of eth0 went back"));
         assert_eq!(backwards.severity(), Severity::Error);
+        assert!(backwards.is_backwards());
+        assert!(!unauth.is_backwards());
         assert!(
             backwards
                 .hint()
@@ -180,6 +188,7 @@ mod tests {
         let away = SendError::Status(Status::unavailable("database unreachable"));
         assert_eq!(away.severity(), Severity::Warn);
         assert_eq!(away.hint(), None);
+        assert!(!away.is_backwards());
 
         let tls = SendError::Status(Status::unavailable(
             "invalid peer certificate: UnknownIssuer",

@@ -12,6 +12,16 @@
 //! The collector may ask for another interval in its reply; the report loop
 //! follows [`Heartbeats::interval_changed`] (never below 1 s, at most 1 h;
 //! `0` means the agent's own `--interval`).
+//!
+//! Procfs readings can be left behind by the collector's position for their
+//! epoch: refused as going backwards (FAILED_PRECONDITION, after an agent
+//! restart lost the in-memory `(retired)` counts), or stale because the
+//! collector follows a later epoch (one an earlier agent started). Retrying
+//! them would never succeed, so the sender asks the procfs source, through
+//! the [`Rebase`] it was given, for a new epoch (once per refused epoch),
+//! drops the refused reading and waits for the next one. For eBPF readings
+//! (no `Rebase`) a backwards refusal is a bug: it is logged as an error and
+//! retried like any other failure.
 
 mod backoff;
 mod client;
@@ -29,6 +39,8 @@ use tally_proto::{
     v1::{HeartbeatReply, Outcome},
 };
 use tokio::{sync::watch, task::JoinHandle};
+
+use crate::source::{Rebase, SourceKind};
 
 use self::{
     backoff::Backoff,
@@ -61,7 +73,9 @@ pub struct Heartbeats {
 
 impl Heartbeats {
     /// Starts the sender task; `interval` is the agent's own (`--interval`).
-    pub fn start(config: CollectorConfig, interval: Duration) -> Self {
+    /// `rebase`: where to ask the procfs source for a new epoch when the
+    /// collector cannot take its readings any more (`None` for eBPF).
+    pub fn start(config: CollectorConfig, interval: Duration, rebase: Option<Rebase>) -> Self {
         tracing::info!(collector = %config.url, "sending heartbeats every {}", human(interval));
         let final_timeout = config.final_timeout;
         let (latest, readings) = watch::channel(None);
@@ -76,6 +90,9 @@ impl Heartbeats {
             failures: 0,
             delivered_once: false,
             failure_log: FailureLog::default(),
+            rebase,
+            rebased_from: None,
+            last_applied: None,
         };
         Self {
             latest,
@@ -173,6 +190,14 @@ struct Sender {
     failures: u32,
     delivered_once: bool,
     failure_log: FailureLog,
+    /// Where to ask the procfs source for a new epoch (`None`: eBPF).
+    rebase: Option<Rebase>,
+    /// The epoch a new one was last asked for: readings of it still on their
+    /// way are dropped without asking again.
+    rebased_from: Option<String>,
+    /// The last reading the collector applied, for the log when counts are
+    /// lost.
+    last_applied: Option<Arc<Reading>>,
 }
 
 impl Sender {
@@ -193,6 +218,14 @@ impl Sender {
             match self.client.send(&reading, None).await {
                 Ok(reply) => {
                     self.delivered(&reading, &reply);
+                    if reply.outcome() == Outcome::Stale && reply.applied_sequence == 0 {
+                        self.behind(&reading);
+                    }
+                    return;
+                }
+                Err(error) if error.is_backwards() && self.can_rebase(&reading) => {
+                    // Never accepted however often retried: a new epoch.
+                    self.refused_backwards(&reading, &error);
                     return;
                 }
                 Err(error) => {
@@ -206,7 +239,7 @@ impl Sender {
         }
     }
 
-    fn delivered(&mut self, reading: &Reading, reply: &HeartbeatReply) {
+    fn delivered(&mut self, reading: &Arc<Reading>, reply: &HeartbeatReply) {
         if self.failures > 0 {
             tracing::info!(
                 collector = self.client.url(),
@@ -223,6 +256,9 @@ impl Sender {
         self.delivered_once = true;
         self.backoff.reset();
         self.failure_log = FailureLog::default();
+        if reply.outcome() == Outcome::Applied {
+            self.last_applied = Some(Arc::clone(reading));
+        }
         match reply.outcome() {
             Outcome::Applied | Outcome::Duplicate | Outcome::Stale => tracing::debug!(
                 sequence = reading.sequence,
@@ -248,6 +284,89 @@ impl Sender {
             );
             self.interval.send_replace(wanted);
         }
+    }
+}
+
+impl Sender {
+    /// Whether a new epoch can be asked for this reading's counters.
+    fn can_rebase(&self, reading: &Reading) -> bool {
+        self.rebase.is_some() && reading.snapshot.source == SourceKind::Procfs
+    }
+
+    /// Asks for a new epoch unless one was asked for this reading's epoch
+    /// already; returns whether it asked.
+    fn rebase_once(&mut self, reading: &Reading) -> bool {
+        let Some(rebase) = &self.rebase else {
+            return false;
+        };
+        if !self.can_rebase(reading)
+            || self.rebased_from.as_deref() == Some(reading.snapshot.epoch.as_str())
+        {
+            return false;
+        }
+        rebase.request();
+        self.rebased_from = Some(reading.snapshot.epoch.clone());
+        true
+    }
+
+    /// The last reading applied in this process, as log fields (0: none).
+    fn last_applied(&self) -> (u64, u64, u64) {
+        self.last_applied.as_ref().map_or((0, 0, 0), |r| {
+            let (rx, tx) = r.snapshot.totals();
+            (r.sequence, rx, tx)
+        })
+    }
+
+    /// The collector refused the procfs counters as going backwards.
+    fn refused_backwards(&mut self, reading: &Reading, error: &SendError) {
+        let (rx, tx) = reading.snapshot.totals();
+        if !self.rebase_once(reading) {
+            tracing::debug!(
+                epoch = %reading.snapshot.epoch,
+                sequence = reading.sequence,
+                error = %error,
+                "refused a reading of the epoch being replaced; waiting for the new epoch"
+            );
+            return;
+        }
+        let (last_sequence, last_rx, last_tx) = self.last_applied();
+        tracing::warn!(
+            collector = self.client.url(),
+            epoch = %reading.snapshot.epoch,
+            sequence = reading.sequence,
+            rx_bytes = rx,
+            tx_bytes = tx,
+            last_applied_here_sequence = last_sequence,
+            last_applied_here_rx_bytes = last_rx,
+            last_applied_here_tx_bytes = last_tx,
+            error = %error,
+            "the collector refused the procfs counters as going backwards (interfaces gone or \
+             reset while no agent was running?); starting a new procfs epoch. Its first \
+             heartbeat is only a baseline: the bytes counted since the last heartbeat the \
+             collector applied are lost"
+        );
+    }
+
+    /// The collector answered stale without a position for the reading's
+    /// epoch: it follows a later epoch. For procfs, that is one an earlier
+    /// agent started by a rebase (or the eBPF counters'): catch up with a new
+    /// one, or every heartbeat of this process would stay stale.
+    fn behind(&mut self, reading: &Reading) {
+        if !self.rebase_once(reading) {
+            return;
+        }
+        let (rx, tx) = reading.snapshot.totals();
+        tracing::warn!(
+            collector = self.client.url(),
+            epoch = %reading.snapshot.epoch,
+            sequence = reading.sequence,
+            rx_bytes = rx,
+            tx_bytes = tx,
+            "the collector follows a later counter epoch than this procfs reading's (one an \
+             earlier agent started, or the eBPF counters'); starting a new procfs epoch. Its \
+             first heartbeat is only a baseline: the bytes counted since the last heartbeat \
+             the collector applied are lost"
+        );
     }
 }
 

@@ -7,7 +7,7 @@ mod ebpf;
 mod procfs;
 
 pub use ebpf::EbpfSource;
-pub use procfs::ProcfsSource;
+pub use procfs::{ProcfsSource, Rebase};
 use serde::Serialize;
 
 use crate::system::LoadAvg;
