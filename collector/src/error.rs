@@ -57,9 +57,8 @@ impl From<Error> for Status {
         match error {
             Error::Unauthenticated(_) => Status::unauthenticated(message),
             Error::Invalid(_) => Status::invalid_argument(message),
-            Error::Backwards { .. } | Error::TotalOverflow(_) => {
-                Status::failed_precondition(message)
-            }
+            Error::Backwards { .. } => Status::failed_precondition(message),
+            Error::TotalOverflow(_) => Status::out_of_range(message),
             Error::NoSuchNode(_) => Status::not_found(message),
             Error::NodeExists(_) => Status::already_exists(message),
             Error::Unavailable(_) | Error::BatchFailed(_) | Error::Database(_) => {
@@ -89,10 +88,7 @@ mod tests {
             }),
             Code::FailedPrecondition
         );
-        assert_eq!(
-            code(Error::TotalOverflow("upload")),
-            Code::FailedPrecondition
-        );
+        assert_eq!(code(Error::TotalOverflow("upload")), Code::OutOfRange);
         assert_eq!(code(Error::Unavailable("stopping")), Code::Unavailable);
         assert_eq!(
             code(Error::Database(sqlx::Error::PoolTimedOut)),
