@@ -36,7 +36,8 @@ enum Task {
     },
     /// cargo fmt --check, clippy on the workspace, clippy on the eBPF crate.
     Lint,
-    /// Measure what tally costs (as root; figures are printed, not asserted).
+    /// Measure what tally costs (figures are printed, not asserted; `ebpf`
+    /// needs root).
     Bench {
         #[command(subcommand)]
         which: BenchKind,
@@ -48,6 +49,11 @@ enum BenchKind {
     /// Run cost of the TC programs against an empty one, and UDP throughput
     /// over a veth pair with and without them (two throwaway namespaces).
     Ebpf,
+    /// Heartbeats/s one in-process collector applies from simulated agents
+    /// against a throwaway PostgreSQL (fsync on), receipt-to-commit latency,
+    /// exact accounting checked, against `pgbench -b simple-update` on the
+    /// same cluster in the same run. Runs itself in the release profile.
+    Ingest(bench::ingest::IngestArgs),
 }
 
 fn main() -> ExitCode {
@@ -157,5 +163,8 @@ fn run(task: Task) -> anyhow::Result<()> {
         Task::Bench {
             which: BenchKind::Ebpf,
         } => bench::ebpf(),
+        Task::Bench {
+            which: BenchKind::Ingest(args),
+        } => bench::ingest::run(&args),
     }
 }

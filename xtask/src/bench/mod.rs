@@ -25,7 +25,10 @@
 //! statistics of the programs, [`traffic`] the UDP sockets and the sending
 //! and receiving threads, [`rounds`] the run-cost rounds and throughput
 //! phases, [`mod@report`] the tables and verdicts.
+//!
+//! `cargo xtask bench ingest` is a benchmark of its own, in [`ingest`].
 
+pub(crate) mod ingest;
 mod net;
 mod programs;
 mod report;
