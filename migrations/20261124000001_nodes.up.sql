@@ -19,6 +19,8 @@ CREATE TABLE "nodes" (
     "epoch" TEXT,
     "epochCreatedAt" BIGINT,
     "lastSequence" BIGINT,
+    -- When the node's interface_stats rows were last rewritten.
+    "interfacesUpdatedAt" TIMESTAMP(3),
     "createdAt" TIMESTAMP(3) NOT NULL DEFAULT CURRENT_TIMESTAMP,
     "updatedAt" TIMESTAMP(3) NOT NULL,
 

@@ -163,3 +163,52 @@ async fn an_interface_name_reported_twice_counts_both_and_is_stored_once() {
         ]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interface_rows_are_rewritten_on_a_new_epoch_and_at_most_every_ten_seconds() {
+    let Some(fleet) = Fleet::start("grpc_interface_refresh").await else {
+        return;
+    };
+    let node = fleet.add_node("n").await;
+    let server = fleet.serve_here().await;
+    let mut client = fleet::client(server.address).await;
+    let token = Some(node.token.as_str());
+    let rx_rows = || async {
+        sqlx::query_scalar::<_, i64>(
+            r#"SELECT sum("rxBytes")::int8 FROM "interface_stats" WHERE "nodeId" = $1"#,
+        )
+        .bind(&node.id)
+        .fetch_one(&fleet.pool)
+        .await
+        .expect("rows")
+    };
+    fleet::send(&mut client, token, fleet::heartbeat("e", 1, 100, 10))
+        .await
+        .expect("first");
+    assert_eq!(rx_rows().await, 100);
+    // Within ten seconds: the totals move, the interface rows wait.
+    fleet::send(&mut client, token, fleet::heartbeat("e", 2, 300, 30))
+        .await
+        .expect("second");
+    assert_eq!(fleet.totals(&node.id).await.0, 300);
+    assert_eq!(rx_rows().await, 100);
+    // A new epoch rewrites them at once.
+    let mut next = fleet::heartbeat("f", 1, 7, 1);
+    next.epoch_created_unix_ns += 1;
+    fleet::send(&mut client, token, next)
+        .await
+        .expect("new epoch");
+    assert_eq!(rx_rows().await, 7);
+    // So does the passing of ten seconds (made to pass in the database).
+    sqlx::query(
+        r#"UPDATE "nodes" SET "interfacesUpdatedAt" = "interfacesUpdatedAt" - interval '11 seconds' WHERE "id" = $1"#,
+    )
+    .bind(&node.id)
+    .execute(&fleet.pool)
+    .await
+    .expect("age");
+    fleet::send(&mut client, token, fleet::heartbeat_of("f", 2, 9, 2))
+        .await
+        .expect("later");
+    assert_eq!(rx_rows().await, 9);
+}

@@ -6,7 +6,10 @@
 //! after the commit; if anything fails, nothing of the batch is stored and
 //! every heartbeat in it gets a retryable error.
 
-use std::collections::{BTreeMap, HashMap};
+use std::{
+    collections::{BTreeMap, HashMap},
+    time::Duration,
+};
 
 use chrono::{NaiveDateTime, Timelike as _};
 use sqlx::{PgConnection, Row as _};
@@ -62,23 +65,32 @@ impl BatchTime {
     }
 }
 
+/// How often a node's per-interface rows are rewritten at most (sooner when
+/// its counters start a new epoch). They are informational: the totals are
+/// written with every heartbeat, and rewriting one row per interface per
+/// heartbeat was a third of the database's work per batch.
+pub const INTERFACE_REFRESH: Duration = Duration::from_secs(10);
+
 /// A node as locked for the batch, and what the batch does to it.
-struct Node {
+struct Node<'a> {
     token_hash: String,
     position: Position,
     total_upload: i64,
     total_download: i64,
     period_start: NaiveDateTime,
-    change: Option<Change>,
+    interfaces_at: Option<NaiveDateTime>,
+    change: Option<Change<'a>>,
 }
 
 /// The changes of applied heartbeats, accumulated per node.
-struct Change {
+struct Change<'a> {
     upload: i64,
     download: i64,
     heartbeats: i32,
     reset_period: bool,
-    last: Heartbeat,
+    /// Rewrite the node's per-interface rows.
+    refresh_interfaces: bool,
+    last: &'a Heartbeat,
 }
 
 /// Applies `jobs` in one transaction on `conn`. The outer `Err` means the
@@ -112,10 +124,10 @@ pub async fn apply(
     Ok(results)
 }
 
-async fn lock_nodes(
+async fn lock_nodes<'a>(
     conn: &mut PgConnection,
     jobs: &[Job],
-) -> Result<HashMap<String, Node>, sqlx::Error> {
+) -> Result<HashMap<String, Node<'a>>, sqlx::Error> {
     let mut ids: Vec<&str> = jobs
         .iter()
         .map(|j| j.credentials.node_id.as_str())
@@ -125,7 +137,8 @@ async fn lock_nodes(
     let rows = sqlx::query(
         r#"SELECT n."id", n."tokenHash", n."bootId", n."epoch", n."epochCreatedAt",
                   n."lastSequence", t."lastRxBytes", t."lastTxBytes",
-                  t."totalUpload", t."totalDownload", t."periodStart"
+                  t."totalUpload", t."totalDownload", t."periodStart",
+                  n."interfacesUpdatedAt"
            FROM "nodes" n JOIN "traffic_stats" t ON t."nodeId" = n."id"
            WHERE n."id" = ANY($1)
            ORDER BY n."id"
@@ -159,6 +172,7 @@ async fn lock_nodes(
                 total_upload: row.try_get("totalUpload")?,
                 total_download: row.try_get("totalDownload")?,
                 period_start: row.try_get("periodStart")?,
+                interfaces_at: row.try_get("interfacesUpdatedAt")?,
                 change: None,
             };
             Ok((row.try_get("id")?, node))
@@ -168,9 +182,9 @@ async fn lock_nodes(
 
 /// Decides one job against its (locked, in-memory) node and records the
 /// change. Refusals change nothing.
-fn decide(
-    nodes: &mut HashMap<String, Node>,
-    job: &Job,
+fn decide<'a>(
+    nodes: &mut HashMap<String, Node<'a>>,
+    job: &'a Job,
     time: &BatchTime,
 ) -> Result<Applied, Error> {
     let refused = Error::Unauthenticated("unknown node or wrong token");
@@ -180,10 +194,12 @@ fn decide(
     }
     let reading = &job.heartbeat.reading;
     let same_origin = node.position.origin.as_ref() == Some(&reading.origin);
-    let (download, upload) = match accounting::decide(&node.position, reading) {
+    let (download, upload, new_origin) = match accounting::decide(&node.position, reading) {
         Decision::Apply {
-            download, upload, ..
-        } => (download, upload),
+            download,
+            upload,
+            new_origin,
+        } => (download, upload, new_origin),
         Decision::Duplicate => {
             return Ok(Applied {
                 outcome: Outcome::Duplicate,
@@ -223,24 +239,30 @@ fn decide(
     let due = time
         .period_boundary
         .is_some_and(|boundary| node.period_start < boundary);
-    let change = node.change.get_or_insert_with(|| Change {
+    let refresh = new_origin
+        || node
+            .interfaces_at
+            .is_none_or(|at| (time.now - at).to_std().unwrap_or_default() >= INTERFACE_REFRESH);
+    let change = node.change.get_or_insert(Change {
         upload: 0,
         download: 0,
         heartbeats: 0,
         reset_period: due,
-        last: job.heartbeat.clone(),
+        refresh_interfaces: false,
+        last: &job.heartbeat,
     });
     change.upload += upload;
     change.download += download;
     change.heartbeats += 1;
-    change.last = job.heartbeat.clone();
+    change.refresh_interfaces |= refresh;
+    change.last = &job.heartbeat;
     Ok(Applied {
         outcome: Outcome::Applied,
         sequence: reading.sequence,
     })
 }
 
-type Changed<'a> = [(&'a String, &'a Node, &'a Change)];
+type Changed<'a> = [(&'a String, &'a Node<'a>, &'a Change<'a>)];
 
 async fn write_nodes(
     conn: &mut PgConnection,
@@ -258,12 +280,13 @@ async fn write_nodes(
              "agentVersion" = u.agent_version, "source" = u.source,
              "lastSeen" = $1, "load1" = u.load1, "load5" = u.load5, "load15" = u.load15,
              "bootId" = u.boot_id, "epoch" = u.epoch, "epochCreatedAt" = u.created,
-             "lastSequence" = u.seq, "updatedAt" = $1
+             "lastSequence" = u.seq, "updatedAt" = $1,
+             "interfacesUpdatedAt" = CASE WHEN u.refresh THEN $1 ELSE n."interfacesUpdatedAt" END
            FROM UNNEST($2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
                        $7::float8[], $8::float8[], $9::float8[],
-                       $10::text[], $11::text[], $12::int8[], $13::int8[])
+                       $10::text[], $11::text[], $12::int8[], $13::int8[], $14::bool[])
              AS u(id, hostname, kernel, agent_version, source, load1, load5, load15,
-                  boot_id, epoch, created, seq)
+                  boot_id, epoch, created, seq, refresh)
            WHERE n."id" = u.id"#,
     )
     .bind(time.now)
@@ -292,6 +315,12 @@ async fn write_nodes(
         changed
             .iter()
             .map(|c| c.2.last.reading.sequence)
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        changed
+            .iter()
+            .map(|c| c.2.refresh_interfaces)
             .collect::<Vec<_>>(),
     )
     .execute(&mut *conn)
@@ -373,8 +402,12 @@ async fn write_interfaces(
 ) -> Result<(), sqlx::Error> {
     // One row per node and name: entries that share a name (an interface
     // gone, and a new one that took its name) are added up.
+    let refreshed: Vec<_> = changed.iter().filter(|c| c.2.refresh_interfaces).collect();
+    if refreshed.is_empty() {
+        return Ok(());
+    }
     let mut merged: BTreeMap<(&str, &str), Interface> = BTreeMap::new();
-    for (id, _, change) in changed {
+    for (id, _, change) in &refreshed {
         for interface in &change.last.interfaces {
             merged
                 .entry((id.as_str(), interface.name.as_str()))
@@ -410,7 +443,7 @@ async fn write_interfaces(
     .execute(&mut *conn)
     .await?;
     // Interfaces the nodes no longer report (a new epoch, a folded entry).
-    let ids: Vec<&str> = changed.iter().map(|c| c.0.as_str()).collect();
+    let ids: Vec<&str> = refreshed.iter().map(|c| c.0.as_str()).collect();
     sqlx::query(r#"DELETE FROM "interface_stats" WHERE "nodeId" = ANY($1) AND "updatedAt" < $2"#)
         .bind(&ids)
         .bind(time.now)

@@ -194,6 +194,14 @@ pub async fn send(
     client.send(request).await.map(tonic::Response::into_inner)
 }
 
+/// A heartbeat of the epoch `epoch` created one nanosecond after the
+/// default one (as a later epoch is).
+pub fn heartbeat_of(epoch: &str, sequence: u64, rx: u64, tx: u64) -> HeartbeatRequest {
+    let mut heartbeat = heartbeat(epoch, sequence, rx, tx);
+    heartbeat.epoch_created_unix_ns += 1;
+    heartbeat
+}
+
 /// A heartbeat of epoch `epoch` with cumulative (rx, tx) over two
 /// interfaces.
 pub fn heartbeat(epoch: &str, sequence: u64, rx: u64, tx: u64) -> HeartbeatRequest {

@@ -328,8 +328,9 @@ impl Report {
             let _ = writeln!(
                 out,
                 "  exact accounting   \u{2713} all {} nodes: traffic totals, period counters, \
-                 history sums, interface rows and last sequence equal what each node's last \
-                 applied heartbeat carried ({} B down, {} B up); {} heartbeats in history = {} \
+                 history sums and last sequence equal what each node's last applied \
+                 heartbeat carried ({} B down, {} B up), interface rows not above it; {} \
+                 heartbeats in history = {} \
                  acknowledged in the whole run{}",
                 check.nodes,
                 check.download,
