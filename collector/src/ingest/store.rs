@@ -271,7 +271,7 @@ async fn write_nodes(
 ) -> Result<(), sqlx::Error> {
     let ids: Vec<&str> = changed.iter().map(|c| c.0.as_str()).collect();
     let last =
-        |f: fn(&Heartbeat) -> &str| -> Vec<&str> { changed.iter().map(|c| f(&c.2.last)).collect() };
+        |f: fn(&Heartbeat) -> &str| -> Vec<&str> { changed.iter().map(|c| f(c.2.last)).collect() };
     let load = |i: usize| -> Vec<f64> { changed.iter().map(|c| c.2.last.load[i]).collect() };
     let origins: Vec<&Origin> = changed.iter().map(|c| &c.2.last.reading.origin).collect();
     sqlx::query(
