@@ -116,6 +116,8 @@ pub async fn apply(
     };
     if !changed.is_empty() {
         write_nodes(&mut tx, &changed, &time).await?;
+        write_traffic(&mut tx, &changed, &time).await?;
+        write_history(&mut tx, &changed, &time).await?;
         write_interfaces(&mut tx, &changed, &time).await?;
     }
     tx.commit().await?;
@@ -262,57 +264,117 @@ fn decide<'a>(
 
 type Changed<'a> = [(&'a String, &'a Node<'a>, &'a Change<'a>)];
 
-/// Writes the nodes' rows, their traffic counters and their history
-/// minute in one statement (one round trip): the arrays are unnested once
-/// and feed two data-modifying CTEs and the history upsert.
 async fn write_nodes(
     conn: &mut PgConnection,
     changed: &Changed<'_>,
     time: &BatchTime,
 ) -> Result<(), sqlx::Error> {
     let ids: Vec<&str> = changed.iter().map(|c| c.0.as_str()).collect();
-    let text =
+    let last =
         |f: fn(&Heartbeat) -> &str| -> Vec<&str> { changed.iter().map(|c| f(c.2.last)).collect() };
     let load = |i: usize| -> Vec<f64> { changed.iter().map(|c| c.2.last.load[i]).collect() };
-    let number = |f: fn(&Node, &Change) -> i64| -> Vec<i64> {
+    let origins: Vec<&Origin> = changed.iter().map(|c| &c.2.last.reading.origin).collect();
+    sqlx::query(
+        r#"UPDATE "nodes" AS n SET
+             "hostname" = u.hostname, "kernel" = u.kernel,
+             "agentVersion" = u.agent_version, "source" = u.source,
+             "lastSeen" = $1, "load1" = u.load1, "load5" = u.load5, "load15" = u.load15,
+             "bootId" = u.boot_id, "epoch" = u.epoch, "epochCreatedAt" = u.created,
+             "lastSequence" = u.seq, "updatedAt" = $1,
+             "interfacesUpdatedAt" = CASE WHEN u.refresh THEN $1 ELSE n."interfacesUpdatedAt" END
+           FROM UNNEST($2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                       $7::float8[], $8::float8[], $9::float8[],
+                       $10::text[], $11::text[], $12::int8[], $13::int8[], $14::bool[])
+             AS u(id, hostname, kernel, agent_version, source, load1, load5, load15,
+                  boot_id, epoch, created, seq, refresh)
+           WHERE n."id" = u.id"#,
+    )
+    .bind(time.now)
+    .bind(&ids)
+    .bind(last(|h| &h.hostname))
+    .bind(last(|h| &h.kernel))
+    .bind(last(|h| &h.agent_version))
+    .bind(last(|h| &h.source))
+    .bind(load(0))
+    .bind(load(1))
+    .bind(load(2))
+    .bind(
+        origins
+            .iter()
+            .map(|o| o.boot_id.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(origins.iter().map(|o| o.epoch.as_str()).collect::<Vec<_>>())
+    .bind(
+        origins
+            .iter()
+            .map(|o| o.created_unix_ns)
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        changed
+            .iter()
+            .map(|c| c.2.last.reading.sequence)
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        changed
+            .iter()
+            .map(|c| c.2.refresh_interfaces)
+            .collect::<Vec<_>>(),
+    )
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+async fn write_traffic(
+    conn: &mut PgConnection,
+    changed: &Changed<'_>,
+    time: &BatchTime,
+) -> Result<(), sqlx::Error> {
+    let ids: Vec<&str> = changed.iter().map(|c| c.0.as_str()).collect();
+    let column = |f: fn(&Node, &Change) -> i64| -> Vec<i64> {
         changed.iter().map(|c| f(c.1, c.2)).collect()
     };
-    let flag = |f: fn(&Change) -> bool| -> Vec<bool> { changed.iter().map(|c| f(c.2)).collect() };
     sqlx::query(
-        r#"WITH u AS (
-             SELECT * FROM UNNEST($4::text[], $5::text[], $6::text[], $7::text[], $8::text[],
-                                  $9::float8[], $10::float8[], $11::float8[],
-                                  $12::text[], $13::text[], $14::int8[], $15::int8[],
-                                  $16::bool[], $17::int8[], $18::int8[], $19::bool[],
-                                  $20::int8[], $21::int8[], $22::int4[])
-               AS u(id, hostname, kernel, agent_version, source, load1, load5, load15,
-                    boot_id, epoch, created, seq, refresh, up, down, reset, rx, tx, n)
-           ),
-           nodes_written AS (
-             UPDATE "nodes" AS n SET
-               "hostname" = u.hostname, "kernel" = u.kernel,
-               "agentVersion" = u.agent_version, "source" = u.source,
-               "lastSeen" = $1, "load1" = u.load1, "load5" = u.load5, "load15" = u.load15,
-               "bootId" = u.boot_id, "epoch" = u.epoch, "epochCreatedAt" = u.created,
-               "lastSequence" = u.seq, "updatedAt" = $1,
-               "interfacesUpdatedAt" =
-                 CASE WHEN u.refresh THEN $1 ELSE n."interfacesUpdatedAt" END
-             FROM u WHERE n."id" = u.id
-           ),
-           traffic_written AS (
-             UPDATE "traffic_stats" AS t SET
-               "totalUpload" = t."totalUpload" + u.up,
-               "totalDownload" = t."totalDownload" + u.down,
-               "periodUpload" = CASE WHEN u.reset THEN u.up ELSE t."periodUpload" + u.up END,
-               "periodDownload" =
-                 CASE WHEN u.reset THEN u.down ELSE t."periodDownload" + u.down END,
-               "periodStart" = CASE WHEN u.reset THEN $2::timestamp(3) ELSE t."periodStart" END,
-               "lastRxBytes" = u.rx, "lastTxBytes" = u.tx, "updatedAt" = $1
-             FROM u WHERE t."nodeId" = u.id
-           )
-           INSERT INTO "node_history"
+        r#"UPDATE "traffic_stats" AS t SET
+             "totalUpload" = t."totalUpload" + u.up,
+             "totalDownload" = t."totalDownload" + u.down,
+             "periodUpload" = CASE WHEN u.reset THEN u.up ELSE t."periodUpload" + u.up END,
+             "periodDownload" = CASE WHEN u.reset THEN u.down ELSE t."periodDownload" + u.down END,
+             "periodStart" = CASE WHEN u.reset THEN $2::timestamp(3) ELSE t."periodStart" END,
+             "lastRxBytes" = u.rx, "lastTxBytes" = u.tx, "updatedAt" = $1
+           FROM UNNEST($3::text[], $4::int8[], $5::int8[], $6::bool[], $7::int8[], $8::int8[])
+             AS u(id, up, down, reset, rx, tx)
+           WHERE t."nodeId" = u.id"#,
+    )
+    .bind(time.now)
+    .bind(time.period_boundary)
+    .bind(&ids)
+    .bind(column(|_, c| c.upload))
+    .bind(column(|_, c| c.download))
+    .bind(changed.iter().map(|c| c.2.reset_period).collect::<Vec<_>>())
+    .bind(column(|n, _| n.position.rx))
+    .bind(column(|n, _| n.position.tx))
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+async fn write_history(
+    conn: &mut PgConnection,
+    changed: &Changed<'_>,
+    time: &BatchTime,
+) -> Result<(), sqlx::Error> {
+    let ids: Vec<&str> = changed.iter().map(|c| c.0.as_str()).collect();
+    let load = |i: usize| -> Vec<f64> { changed.iter().map(|c| c.2.last.load[i]).collect() };
+    sqlx::query(
+        r#"INSERT INTO "node_history"
              ("nodeId", "bucket", "upload", "download", "load1", "load5", "load15", "heartbeats")
-           SELECT u.id, $3, u.up, u.down, u.load1, u.load5, u.load15, u.n FROM u
+           SELECT u.id, $1, u.up, u.down, u.l1, u.l5, u.l15, u.n
+           FROM UNNEST($2::text[], $3::int8[], $4::int8[], $5::float8[], $6::float8[],
+                       $7::float8[], $8::int4[]) AS u(id, up, down, l1, l5, l15, n)
            ON CONFLICT ("nodeId", "bucket") DO UPDATE SET
              "upload" = "node_history"."upload" + EXCLUDED."upload",
              "download" = "node_history"."download" + EXCLUDED."download",
@@ -320,27 +382,13 @@ async fn write_nodes(
              "load15" = EXCLUDED."load15",
              "heartbeats" = "node_history"."heartbeats" + EXCLUDED."heartbeats""#,
     )
-    .bind(time.now)
-    .bind(time.period_boundary)
     .bind(time.bucket())
     .bind(&ids)
-    .bind(text(|h| &h.hostname))
-    .bind(text(|h| &h.kernel))
-    .bind(text(|h| &h.agent_version))
-    .bind(text(|h| &h.source))
+    .bind(changed.iter().map(|c| c.2.upload).collect::<Vec<_>>())
+    .bind(changed.iter().map(|c| c.2.download).collect::<Vec<_>>())
     .bind(load(0))
     .bind(load(1))
     .bind(load(2))
-    .bind(text(|h| &h.reading.origin.boot_id))
-    .bind(text(|h| &h.reading.origin.epoch))
-    .bind(number(|_, c| c.last.reading.origin.created_unix_ns))
-    .bind(number(|_, c| c.last.reading.sequence))
-    .bind(flag(|c| c.refresh_interfaces))
-    .bind(number(|_, c| c.upload))
-    .bind(number(|_, c| c.download))
-    .bind(flag(|c| c.reset_period))
-    .bind(number(|n, _| n.position.rx))
-    .bind(number(|n, _| n.position.tx))
     .bind(changed.iter().map(|c| c.2.heartbeats).collect::<Vec<_>>())
     .execute(&mut *conn)
     .await?;
