@@ -212,3 +212,33 @@ async fn interface_rows_are_rewritten_on_a_new_epoch_and_at_most_every_ten_secon
         .expect("later");
     assert_eq!(rx_rows().await, 9);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reply_carries_the_interval_the_collector_asks_for() {
+    let Some(fleet) = Fleet::start("grpc_interval").await else {
+        return;
+    };
+    let node = fleet.add_node("n").await;
+    let asking = fleet
+        .serve_here_asking(Some(std::time::Duration::from_secs(2)))
+        .await;
+    let mut client = fleet::client(asking.address).await;
+    let reply = fleet::send(
+        &mut client,
+        Some(&node.token),
+        fleet::heartbeat("e", 1, 1, 1),
+    )
+    .await
+    .expect("applied");
+    assert_eq!(reply.heartbeat_interval_ms, 2000);
+    let default = fleet.serve_here().await;
+    let mut client = fleet::client(default.address).await;
+    let reply = fleet::send(
+        &mut client,
+        Some(&node.token),
+        fleet::heartbeat("e", 2, 2, 2),
+    )
+    .await
+    .expect("applied");
+    assert_eq!(reply.heartbeat_interval_ms, 0, "0: keep your own");
+}

@@ -80,10 +80,15 @@ impl Fleet {
     /// Serves the database in this process on 127.0.0.1 (plaintext); the
     /// server stops when the returned guard is dropped.
     pub async fn serve_here(&self) -> InProcess {
+        self.serve_here_asking(None).await
+    }
+
+    /// As [`Fleet::serve_here`], asking agents for `interval`.
+    pub async fn serve_here_asking(&self, interval: Option<Duration>) -> InProcess {
         let options = serve::Options {
             listen: "127.0.0.1:0".parse().expect("address"),
             tls: None,
-            heartbeat_interval: None,
+            heartbeat_interval: interval,
             max_skew: Duration::from_secs(300),
             history_retention: Duration::from_secs(86_400),
             ingest: ingest::Config::default(),
