@@ -12,6 +12,7 @@ use std::{
     fs,
     net::{Ipv4Addr, TcpListener as StdTcpListener},
     path::{Path, PathBuf},
+    pin::Pin,
     process::{Child, Command, ExitStatus, Output, Stdio},
     sync::{Arc, Mutex},
     thread,
@@ -19,12 +20,13 @@ use std::{
 };
 
 use common::{AGENT, Agent, Link, privileged, udp_burst};
+use futures_util::{Stream, stream};
 use tally_proto::v1::{
-    HeartbeatReply, HeartbeatRequest, InterfaceState, Outcome,
+    HeartbeatReply, HeartbeatRequest, InterfaceState, Outcome, Refusal,
     heartbeat_server::{Heartbeat, HeartbeatServer},
 };
 use tonic::{
-    Request, Response, Status,
+    Request, Response, Status, Streaming,
     transport::{Identity, Server, ServerTlsConfig, server::TcpIncoming},
 };
 
@@ -38,6 +40,8 @@ struct Received {
     request: HeartbeatRequest,
     /// How the peer answered it, when not with "applied".
     verdict: Option<Verdict>,
+    /// Whether it came on a `Stream` call (else as a `Send` call).
+    streamed: bool,
 }
 
 type Log = Arc<Mutex<Vec<Received>>>;
@@ -56,23 +60,23 @@ type Verdicts = Arc<Mutex<Option<(String, Verdict)>>>;
 
 /// The peer's service: records every heartbeat and applies it (unless it is
 /// of the epoch `verdicts` names).
+#[derive(Clone)]
 struct Peer {
     log: Log,
     verdicts: Verdicts,
+    /// Whether it implements `Stream` (else it answers UNIMPLEMENTED, as an
+    /// older collector would).
+    streams: bool,
 }
 
-#[tonic::async_trait]
-impl Heartbeat for Peer {
-    async fn send(
+impl Peer {
+    /// Records `request` and answers it as `Send` would.
+    fn answer(
         &self,
-        request: Request<HeartbeatRequest>,
-    ) -> Result<Response<HeartbeatReply>, Status> {
-        let authorization = request
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        let request = request.into_inner();
+        authorization: Option<String>,
+        request: HeartbeatRequest,
+        streamed: bool,
+    ) -> Result<HeartbeatReply, Status> {
         let sequence = request.sequence;
         let verdict = self
             .verdicts
@@ -86,28 +90,73 @@ impl Heartbeat for Peer {
             authorization,
             request,
             verdict,
+            streamed,
         });
         match verdict {
-            Some(Verdict::Backwards) => {
-                return Err(Status::failed_precondition(format!(
-                    "protocol violation: rx bytes went backwards within epoch {epoch} \
-                     (last applied 1000, now 10); nothing was stored"
-                )));
-            }
-            Some(Verdict::Behind) => {
-                return Ok(Response::new(HeartbeatReply {
-                    outcome: Outcome::Stale.into(),
-                    heartbeat_interval_ms: 0,
-                    applied_sequence: 0,
-                }));
-            }
-            None => {}
+            Some(Verdict::Backwards) => Err(Status::failed_precondition(format!(
+                "protocol violation: rx bytes went backwards within epoch {epoch} \
+                 (last applied 1000, now 10); nothing was stored"
+            ))),
+            Some(Verdict::Behind) => Ok(HeartbeatReply {
+                outcome: Outcome::Stale.into(),
+                ..HeartbeatReply::default()
+            }),
+            None => Ok(HeartbeatReply {
+                outcome: Outcome::Applied.into(),
+                applied_sequence: sequence,
+                ..HeartbeatReply::default()
+            }),
         }
-        Ok(Response::new(HeartbeatReply {
-            outcome: Outcome::Applied.into(),
-            heartbeat_interval_ms: 0,
-            applied_sequence: sequence,
-        }))
+    }
+}
+
+fn authorization<T>(request: &Request<T>) -> Option<String> {
+    request
+        .metadata()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+type Replies = Pin<Box<dyn Stream<Item = Result<HeartbeatReply, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Heartbeat for Peer {
+    async fn send(
+        &self,
+        request: Request<HeartbeatRequest>,
+    ) -> Result<Response<HeartbeatReply>, Status> {
+        let authorization = authorization(&request);
+        self.answer(authorization, request.into_inner(), false)
+            .map(Response::new)
+    }
+
+    type StreamStream = Replies;
+
+    /// As the collector does: a refusal is a reply, and the stream goes on.
+    async fn stream(
+        &self,
+        request: Request<Streaming<HeartbeatRequest>>,
+    ) -> Result<Response<Replies>, Status> {
+        if !self.streams {
+            return Err(Status::unimplemented("no Stream here"));
+        }
+        let authorization = authorization(&request);
+        let state = (self.clone(), authorization, request.into_inner());
+        let replies = stream::unfold(state, |(peer, authorization, mut requests)| async move {
+            let request = requests.message().await.ok()??;
+            let reply = peer
+                .answer(authorization.clone(), request, true)
+                .unwrap_or_else(|status| HeartbeatReply {
+                    refusal: Some(Refusal {
+                        code: status.code() as u32,
+                        message: status.message().to_owned(),
+                    }),
+                    ..HeartbeatReply::default()
+                });
+            Some((Ok(reply), (peer, authorization, requests)))
+        });
+        Ok(Response::new(Box::pin(replies)))
     }
 }
 
@@ -130,8 +179,18 @@ impl Collector {
         Self::start_on(listener, log, tls)
     }
 
+    /// A peer without `Stream` (as an older collector), on any free port.
+    fn start_without_stream(log: Log) -> Self {
+        let listener = StdTcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind the peer");
+        Self::serve(listener, log, None, false)
+    }
+
     /// Serves on a listener bound already (perhaps in another namespace).
     fn start_on(listener: StdTcpListener, log: Log, tls: Option<Identity>) -> Self {
+        Self::serve(listener, log, tls, true)
+    }
+
+    fn serve(listener: StdTcpListener, log: Log, tls: Option<Identity>, streams: bool) -> Self {
         let port = listener.local_addr().expect("addr").port();
         listener.set_nonblocking(true).expect("nonblocking");
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -155,6 +214,7 @@ impl Collector {
                     .add_service(HeartbeatServer::new(Peer {
                         log: service_log,
                         verdicts: service_verdicts,
+                        streams,
                     }))
                     .serve_with_incoming(TcpIncoming::from(listener));
                 tokio::select! {
@@ -344,6 +404,10 @@ fn heartbeats_carry_the_token_and_resume_after_an_outage() {
 
     let before = collector.wait_for(3, Duration::from_secs(10), || agent.log());
     assert_increasing(&before);
+    assert!(
+        before.iter().all(|r| r.streamed),
+        "heartbeats go on one stream"
+    );
     let boot_id = read_trimmed("/proc/sys/kernel/random/boot_id");
     for heartbeat in &before {
         assert_eq!(
@@ -396,6 +460,37 @@ fn heartbeats_carry_the_token_and_resume_after_an_outage() {
         log.contains("collector reachable again after"),
         "the recovery is logged: {log}"
     );
+}
+
+#[test]
+fn without_a_stream_at_the_collector_heartbeats_are_calls_of_their_own() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = token_file(dir.path());
+    let collector = Collector::start_without_stream(Log::default());
+    let agent = ProcfsAgent::start(&[
+        "--collector",
+        &format!("http://127.0.0.1:{}", collector.port),
+        "--insecure-plaintext",
+        "--token-file",
+        &token.display().to_string(),
+        "--interval",
+        "1s",
+    ]);
+    let received = collector.wait_for(3, Duration::from_secs(10), || agent.log());
+    assert_increasing(&received);
+    assert!(received.iter().all(|r| !r.streamed), "{received:#?}");
+    assert!(
+        received
+            .iter()
+            .all(|r| r.authorization.as_deref() == Some(format!("Bearer {TOKEN}").as_str()))
+    );
+    let log = agent.log();
+    assert_eq!(
+        log.matches("the collector has no heartbeat stream").count(),
+        1,
+        "said once: {log}"
+    );
+    assert!(!log.contains("heartbeat not delivered"), "{log}");
 }
 
 #[test]

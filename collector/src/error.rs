@@ -1,6 +1,7 @@
 //! The collector's errors, and the one place that maps them to gRPC status
 //! codes (and, with the HTTP API, to HTTP statuses).
 
+use tally_proto::v1::Refusal;
 use tonic::Status;
 
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +69,16 @@ impl From<Error> for Status {
     }
 }
 
+/// A heartbeat refused on the `Stream` call: the status `Send` would answer,
+/// as the reply's `refusal` (the stream goes on).
+pub fn refusal(error: Error) -> Refusal {
+    let status = Status::from(error);
+    Refusal {
+        code: status.code() as u32,
+        message: status.message().to_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use tonic::Code;
@@ -93,6 +104,17 @@ mod tests {
         assert_eq!(
             code(Error::Database(sqlx::Error::PoolTimedOut)),
             Code::Unavailable
+        );
+    }
+
+    #[test]
+    fn refusals_carry_the_status_code_and_message() {
+        let refusal = refusal(Error::TotalOverflow("upload"));
+        assert_eq!(refusal.code, Code::OutOfRange as u32);
+        assert!(refusal.message.contains("upload total would exceed"));
+        assert_eq!(
+            super::refusal(Error::Unavailable("stopping")).code,
+            Code::Unavailable as u32
         );
     }
 

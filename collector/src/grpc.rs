@@ -1,12 +1,15 @@
 //! The `tally.v1.Heartbeat` service.
 
+mod stream;
+
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use tally_proto::v1::{HeartbeatReply, HeartbeatRequest, heartbeat_server::Heartbeat};
-use tonic::{Request, Response, Status};
+use tokio::sync::watch;
+use tonic::{Request, Response, Status, Streaming};
 
 use crate::{
-    auth,
+    auth::{self, Credentials},
     error::Error,
     ingest::{Ingest, Job},
     validate,
@@ -14,19 +17,27 @@ use crate::{
 
 /// Answers heartbeats by queuing them for [`Ingest`].
 pub struct HeartbeatService {
-    ingest: Ingest,
-    /// The interval to ask agents for (0: let them choose).
-    interval_ms: u32,
-    /// How far ahead of ours a node's clock may be.
-    max_skew_ns: i64,
+    apply: Apply,
+    /// Turns true when the collector begins to shut down: open streams end.
+    stopping: watch::Receiver<bool>,
 }
 
 impl HeartbeatService {
-    pub fn new(ingest: Ingest, interval_ms: u32, max_skew_ns: i64) -> Self {
+    /// `stopping` turns true when the server begins to shut down, so that
+    /// open `Stream` calls end (a graceful shutdown waits for every call).
+    pub fn new(
+        ingest: Ingest,
+        interval_ms: u32,
+        max_skew_ns: i64,
+        stopping: watch::Receiver<bool>,
+    ) -> Self {
         Self {
-            ingest,
-            interval_ms,
-            max_skew_ns,
+            apply: Apply {
+                ingest,
+                interval_ms,
+                max_skew_ns,
+            },
+            stopping,
         }
     }
 }
@@ -38,15 +49,62 @@ impl Heartbeat for HeartbeatService {
         request: Request<HeartbeatRequest>,
     ) -> Result<Response<HeartbeatReply>, Status> {
         let received = Instant::now();
-        let credentials = auth::from_bearer(
-            request
-                .metadata()
-                .get("authorization")
-                .and_then(|v| v.to_str().ok()),
-        )
+        let credentials = credentials(&request)?;
+        let reply = self
+            .apply
+            .heartbeat(credentials, request.into_inner(), received)
+            .await?;
+        Ok(Response::new(reply))
+    }
+
+    type StreamStream = stream::Replies;
+
+    async fn stream(
+        &self,
+        request: Request<Streaming<HeartbeatRequest>>,
+    ) -> Result<Response<Self::StreamStream>, Status> {
+        let credentials = credentials(&request)?;
+        Ok(Response::new(stream::replies(
+            self.apply.clone(),
+            credentials,
+            request.into_inner(),
+            self.stopping.clone(),
+        )))
+    }
+}
+
+/// The credentials in a call's `authorization` metadata.
+fn credentials<T>(request: &Request<T>) -> Result<Credentials, Status> {
+    let value = request
+        .metadata()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok());
+    let credentials = auth::from_bearer(value)
         .inspect_err(|e| tracing::info!(error = %e, "heartbeat refused"))?;
+    Ok(credentials)
+}
+
+/// What every heartbeat goes through, whichever call carried it.
+#[derive(Clone)]
+struct Apply {
+    ingest: Ingest,
+    /// The interval to ask agents for (0: let them choose).
+    interval_ms: u32,
+    /// How far ahead of ours a node's clock may be.
+    max_skew_ns: i64,
+}
+
+impl Apply {
+    /// Checks `request` and applies it as `credentials`' node (logging a
+    /// refusal).
+    async fn heartbeat(
+        &self,
+        credentials: Credentials,
+        request: HeartbeatRequest,
+        received: Instant,
+    ) -> Result<HeartbeatReply, Error> {
         let node = credentials.node_id.clone();
-        let heartbeat = validate::heartbeat(request.into_inner(), unix_now_ns(), self.max_skew_ns)
+        let heartbeat = validate::heartbeat(request, unix_now_ns(), self.max_skew_ns)
             .inspect_err(|e| tracing::warn!(%node, error = %e, "heartbeat refused"))?;
         let applied = self
             .ingest
@@ -60,11 +118,12 @@ impl Heartbeat for HeartbeatService {
             .await
             .inspect_err(|e| log_refusal(&node, e))?;
         tracing::trace!(%node, outcome = ?applied.outcome, "heartbeat");
-        Ok(Response::new(HeartbeatReply {
+        Ok(HeartbeatReply {
             outcome: applied.outcome.into(),
             heartbeat_interval_ms: self.interval_ms,
             applied_sequence: u64::try_from(applied.sequence).unwrap_or(0),
-        }))
+            refusal: None,
+        })
     }
 }
 

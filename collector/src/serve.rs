@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use chrono::Utc;
 use sqlx::PgPool;
 use tally_proto::{limits, v1::heartbeat_server::HeartbeatServer};
-use tokio::net::TcpListener;
+use tokio::{net::TcpListener, sync::watch};
 use tonic::transport::{Identity, Server, ServerTlsConfig, server::TcpIncoming};
 
 use crate::{
@@ -16,6 +16,9 @@ use crate::{
     ingest::{self, Ingest, LatencyLog},
     period::{self, Schedule},
 };
+
+/// Concurrent HTTP/2 streams per connection (hyper's default is 200).
+const MAX_STREAMS_PER_CONNECTION: u32 = 4096;
 
 /// What `serve` needs besides the database.
 #[derive(Debug, Clone)]
@@ -47,6 +50,9 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let mut server = Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        // Each agent keeps one heartbeat stream open; a proxy may carry
+        // many agents on one connection.
+        .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
         .timeout(Duration::from_secs(30));
     if let Some((cert, key)) = &options.tls {
         let cert = std::fs::read(cert)
@@ -67,8 +73,20 @@ pub async fn serve(
         .heartbeat_interval
         .map_or(0, |d| u32::try_from(d.as_millis()).unwrap_or(u32::MAX));
     let max_skew_ns = i64::try_from(options.max_skew.as_nanos()).unwrap_or(i64::MAX);
-    let service = HeartbeatServer::new(HeartbeatService::new(ingest, interval_ms, max_skew_ns))
-        .max_decoding_message_size(limits::MAX_MESSAGE_BYTES);
+    // Open heartbeat streams end when the shutdown begins: a graceful
+    // shutdown waits for every call in flight.
+    let (stopping, stopping_rx) = watch::channel(false);
+    let shutdown = async move {
+        shutdown.await;
+        stopping.send_replace(true);
+    };
+    let service = HeartbeatServer::new(HeartbeatService::new(
+        ingest,
+        interval_ms,
+        max_skew_ns,
+        stopping_rx,
+    ))
+    .max_decoding_message_size(limits::MAX_MESSAGE_BYTES);
     let address = listener.local_addr().context("no local address")?;
     tracing::info!(
         %address,

@@ -3,7 +3,9 @@
 
 mod common;
 
-use common::fleet::{self, Fleet};
+use std::time::Duration;
+
+use common::fleet::{self, Fleet, Stream};
 use tally_proto::v1::Outcome;
 use tonic::Code;
 
@@ -241,4 +243,130 @@ async fn the_reply_carries_the_interval_the_collector_asks_for() {
     .await
     .expect("applied");
     assert_eq!(reply.heartbeat_interval_ms, 0, "0: keep your own");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_answers_each_heartbeat_in_order_and_goes_on_after_a_refusal() {
+    let Some(fleet) = Fleet::start("grpc_stream").await else {
+        return;
+    };
+    let node = fleet.add_node("n").await;
+    let server = fleet.serve_here_asking(Some(Duration::from_secs(2))).await;
+    let mut client = fleet::client(server.address).await;
+    let mut stream = Stream::open(&mut client, Some(&node.token))
+        .await
+        .expect("open");
+
+    // Three at once: one reply each, in the order sent.
+    stream.push(fleet::heartbeat("e", 5, 1000, 500));
+    stream.push(fleet::heartbeat("e", 5, 1000, 500));
+    stream.push(fleet::heartbeat("e", 4, 900, 400));
+    let mut replies = Vec::new();
+    for _ in 0..3 {
+        let reply = stream.next().await.expect("reply").expect("open");
+        assert_eq!(reply.refusal, None);
+        assert_eq!(reply.heartbeat_interval_ms, 2000);
+        replies.push((reply.outcome(), reply.applied_sequence));
+    }
+    assert_eq!(
+        replies,
+        [
+            (Outcome::Applied, 5),
+            (Outcome::Duplicate, 5),
+            (Outcome::Stale, 5)
+        ]
+    );
+    assert_eq!(fleet.totals(&node.id).await, (1000, 500, 1000, 500));
+
+    // Backwards: a refusal with Send's code and message; nothing stored.
+    let before = fleet.snapshot(&node.id).await;
+    let reply = stream.send(fleet::heartbeat("e", 6, 999, 600)).await;
+    let refusal = reply.refusal.as_ref().expect("refused");
+    assert_eq!(refusal.code, Code::FailedPrecondition as u32);
+    assert!(
+        refusal.message.contains("rx bytes went backwards"),
+        "{refusal:?}"
+    );
+    assert_eq!(reply.outcome(), Outcome::Unspecified);
+    // A bad input: INVALID_ARGUMENT, nothing stored.
+    let mut bad = fleet::heartbeat("e", 7, 2000, 700);
+    bad.hostname = "x".repeat(300);
+    let reply = stream.send(bad).await;
+    let refusal = reply.refusal.as_ref().expect("refused");
+    assert_eq!(refusal.code, Code::InvalidArgument as u32);
+    assert!(refusal.message.contains("hostname"), "{refusal:?}");
+    assert_eq!(fleet.snapshot(&node.id).await, before);
+
+    // The same stream goes on.
+    let reply = stream.send(fleet::heartbeat("e", 8, 2000, 700)).await;
+    assert_eq!(
+        (reply.outcome(), reply.applied_sequence, reply.refusal),
+        (Outcome::Applied, 8, None)
+    );
+    assert_eq!(fleet.totals(&node.id).await, (2000, 700, 2000, 700));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_with_a_missing_or_wrong_token_ends_unauthenticated_and_changes_nothing() {
+    let Some(fleet) = Fleet::start("grpc_stream_auth").await else {
+        return;
+    };
+    let node = fleet.add_node("n").await;
+    let server = fleet.serve_here().await;
+    let mut client = fleet::client(server.address).await;
+    let mut stream = Stream::open(&mut client, Some(&node.token))
+        .await
+        .expect("open");
+    let reply = stream.send(fleet::heartbeat("e", 1, 100, 10)).await;
+    assert_eq!(reply.outcome(), Outcome::Applied);
+    let before = fleet.snapshot(&node.id).await;
+
+    let wrong = format!("{}.{}", node.id, "0".repeat(64));
+    for (what, token) in [
+        ("no token", None),
+        ("a malformed token", Some("not-a-token")),
+        ("a wrong secret", Some(wrong.as_str())),
+    ] {
+        // Refused when the stream opens, or at its first heartbeat.
+        let status = match Stream::open(&mut client, token).await {
+            Err(status) => status,
+            Ok(mut refused) => {
+                refused.push(fleet::heartbeat("e", 2, 1_000_000, 1_000_000));
+                let status = refused.next().await.expect_err(what);
+                assert!(
+                    matches!(refused.next().await, Ok(None) | Err(_)),
+                    "{what}: the stream ended"
+                );
+                status
+            }
+        };
+        assert_eq!(status.code(), Code::Unauthenticated, "{what}: {status:?}");
+    }
+    assert_eq!(fleet.snapshot(&node.id).await, before);
+
+    // The node's own stream was not disturbed.
+    let reply = stream.send(fleet::heartbeat("e", 2, 150, 20)).await;
+    assert_eq!(reply.outcome(), Outcome::Applied);
+    assert_eq!(fleet.totals(&node.id).await, (150, 20, 150, 20));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_streams_end_when_the_collector_shuts_down() {
+    let Some(fleet) = Fleet::start("grpc_stream_shutdown").await else {
+        return;
+    };
+    let node = fleet.add_node("n").await;
+    let server = fleet.serve_here().await;
+    let mut client = fleet::client(server.address).await;
+    let mut stream = Stream::open(&mut client, Some(&node.token))
+        .await
+        .expect("open");
+    let reply = stream.send(fleet::heartbeat("e", 1, 100, 10)).await;
+    assert_eq!(reply.outcome(), Outcome::Applied);
+    drop(server);
+    // Ended between two heartbeats (the graceful shutdown waits for it).
+    assert!(
+        matches!(stream.next().await, Ok(None)),
+        "the stream ends cleanly"
+    );
 }

@@ -1,10 +1,24 @@
-//! One heartbeat call: the request with the token, a deadline, and errors
-//! described for a person.
+//! Heartbeat calls: each reading goes as one message on a long-lived
+//! `Stream` call (opened lazily, opened again after any failure), or as its
+//! own `Send` call where the collector has no `Stream`. Either way with the
+//! token, a deadline, and errors described for a person; a refusal in a
+//! stream's reply is the status `Send` would have answered.
 
-use std::{error::Error as _, fmt, time::Duration};
+use std::{
+    error::Error as _,
+    fmt,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
-use tally_proto::v1::{HeartbeatReply, heartbeat_client::HeartbeatClient};
-use tonic::{Code, Request, Status, transport::Channel};
+use futures_channel::mpsc;
+use tally_proto::v1::{
+    HeartbeatReply, HeartbeatRequest, Refusal, heartbeat_client::HeartbeatClient,
+};
+use tonic::{Code, Request, Status, Streaming, transport::Channel};
 
 use super::{
     config::CollectorConfig,
@@ -13,17 +27,39 @@ use super::{
 };
 
 /// The collector's Heartbeat service, with this node's token. Clones share
-/// the connection.
-#[derive(Clone)]
+/// the connection, but each opens its own stream.
 pub struct Client {
     config: CollectorConfig,
     inner: HeartbeatClient<Channel>,
+    /// The open stream (`None`: opened by the next heartbeat).
+    stream: Option<Open>,
+    /// The collector answered UNIMPLEMENTED for `Stream`: every heartbeat
+    /// is a `Send` call from then on (for every clone).
+    unary: Arc<AtomicBool>,
+}
+
+/// An open `Stream` call.
+struct Open {
+    requests: mpsc::UnboundedSender<HeartbeatRequest>,
+    replies: Streaming<HeartbeatReply>,
+}
+
+impl Clone for Client {
+    fn clone(&self) -> Self {
+        Self {
+            config: self.config.clone(),
+            inner: self.inner.clone(),
+            stream: None,
+            unary: Arc::clone(&self.unary),
+        }
+    }
 }
 
 /// Why a heartbeat was not delivered.
 #[derive(Debug)]
 pub enum SendError {
-    /// The collector (or the transport) answered with an error.
+    /// The collector (or the transport) answered with an error, or refused
+    /// the heartbeat in a stream's reply.
     Status(Status),
     /// No answer within the deadline.
     Timeout(Duration),
@@ -34,36 +70,169 @@ impl Client {
     /// and a broken connection is made again on the next one.
     pub fn new(config: CollectorConfig) -> Self {
         let inner = HeartbeatClient::new(config.endpoint.connect_lazy());
-        Self { config, inner }
+        Self {
+            config,
+            inner,
+            stream: None,
+            unary: Arc::default(),
+        }
     }
 
     pub fn url(&self) -> &str {
         &self.config.url
     }
 
-    /// Sends one reading, waiting at most the RPC timeout (or `limit`, when
-    /// shorter).
+    /// Sends one reading on the stream (or as a `Send` call, when the
+    /// collector has no stream), waiting at most the RPC timeout (or
+    /// `limit`, when shorter).
     pub async fn send(
         &mut self,
         reading: &Reading,
         limit: Option<Duration>,
     ) -> Result<HeartbeatReply, SendError> {
+        let unary = self.unary.load(Ordering::Relaxed);
+        self.deliver(reading, limit, unary).await
+    }
+
+    /// Sends one reading as its own `Send` call (no stream is left open),
+    /// waiting as [`Client::send`] does.
+    pub async fn send_once(
+        &mut self,
+        reading: &Reading,
+        limit: Option<Duration>,
+    ) -> Result<HeartbeatReply, SendError> {
+        self.deliver(reading, limit, true).await
+    }
+
+    async fn deliver(
+        &mut self,
+        reading: &Reading,
+        limit: Option<Duration>,
+        unary: bool,
+    ) -> Result<HeartbeatReply, SendError> {
         let deadline = limit.map_or(self.config.rpc_timeout, |l| l.min(self.config.rpc_timeout));
-        let mut call = Request::new(request::build(reading, &NodeInfo::current()));
-        call.set_timeout(deadline);
-        call.metadata_mut()
-            .insert("authorization", self.config.authorization.clone());
-        match tokio::time::timeout(deadline, self.inner.send(call)).await {
-            Ok(Ok(reply)) => Ok(reply.into_inner()),
+        let request = request::build(reading, &NodeInfo::current());
+        let answer = if unary {
+            tokio::time::timeout(deadline, self.call(request, deadline)).await
+        } else {
+            tokio::time::timeout(deadline, self.streamed(request, deadline)).await
+        };
+        match answer {
+            Ok(Ok(HeartbeatReply {
+                refusal: Some(refusal),
+                ..
+            })) => Err(SendError::Status(refused(refusal))),
+            Ok(Ok(reply)) => Ok(reply),
             Ok(Err(status)) => Err(SendError::Status(status)),
             Err(_) => {
                 // The connection may be dead without the kernel knowing yet
                 // (a host gone without a reset): start a fresh one.
+                self.stream = None;
                 self.inner = HeartbeatClient::new(self.config.endpoint.connect_lazy());
                 Err(SendError::Timeout(deadline))
             }
         }
     }
+
+    /// One `Send` call.
+    async fn call(
+        &mut self,
+        request: HeartbeatRequest,
+        deadline: Duration,
+    ) -> Result<HeartbeatReply, Status> {
+        let mut call = Request::new(request);
+        call.set_timeout(deadline);
+        call.metadata_mut()
+            .insert("authorization", self.config.authorization.clone());
+        Ok(self.inner.send(call).await?.into_inner())
+    }
+
+    /// One heartbeat on the stream. A stream that was open already may have
+    /// been ended by the collector meanwhile (a restart): then the heartbeat
+    /// goes once more on a new one (resending is safe by the contract).
+    async fn streamed(
+        &mut self,
+        request: HeartbeatRequest,
+        deadline: Duration,
+    ) -> Result<HeartbeatReply, Status> {
+        let reused = self.stream.is_some();
+        let answer = self.exchange(request.clone(), deadline).await;
+        match answer {
+            Err(status) if reused && !self.unary.load(Ordering::Relaxed) => {
+                tracing::debug!(%status, "the heartbeat stream ended; opening a new one");
+                self.exchange(request, deadline).await
+            }
+            answer => answer,
+        }
+    }
+
+    /// Sends `request` on the stream (opening one if needed) and waits for
+    /// its reply; any failure closes the stream. Falls back to `Send` for
+    /// good when the collector has no `Stream`.
+    async fn exchange(
+        &mut self,
+        request: HeartbeatRequest,
+        deadline: Duration,
+    ) -> Result<HeartbeatReply, Status> {
+        let fresh = self.stream.is_none();
+        let open = match self.stream.take() {
+            Some(open) => Ok(open),
+            None => self.open().await,
+        };
+        let answer = match open {
+            Ok(open) => Self::on(open, request.clone()).await,
+            Err(status) => Err(status),
+        };
+        match answer {
+            Ok((reply, open)) => {
+                self.stream = Some(open);
+                Ok(reply)
+            }
+            Err(status) if fresh && status.code() == Code::Unimplemented => {
+                tracing::info!(
+                    collector = self.url(),
+                    "the collector has no heartbeat stream (an older collector?): sending each \
+                     heartbeat as a call of its own"
+                );
+                self.unary.store(true, Ordering::Relaxed);
+                self.call(request, deadline).await
+            }
+            Err(status) => Err(status),
+        }
+    }
+
+    /// Opens a `Stream` call with the token.
+    async fn open(&mut self) -> Result<Open, Status> {
+        let (requests, queued) = mpsc::unbounded();
+        let mut call = Request::new(queued);
+        call.metadata_mut()
+            .insert("authorization", self.config.authorization.clone());
+        let replies = self.inner.stream(call).await?.into_inner();
+        Ok(Open { requests, replies })
+    }
+
+    /// Sends `request` on `open` and waits for its reply; hands the stream
+    /// back with it.
+    async fn on(
+        mut open: Open,
+        request: HeartbeatRequest,
+    ) -> Result<(HeartbeatReply, Open), Status> {
+        if open.requests.unbounded_send(request).is_err() {
+            return Err(Status::unavailable("the heartbeat stream is closed"));
+        }
+        match open.replies.message().await? {
+            Some(reply) => Ok((reply, open)),
+            None => Err(Status::unavailable(
+                "the collector ended the heartbeat stream",
+            )),
+        }
+    }
+}
+
+/// A refusal in a stream's reply as the status `Send` would have answered.
+fn refused(refusal: Refusal) -> Status {
+    let code = i32::try_from(refusal.code).map_or(Code::Unknown, Code::from);
+    Status::new(code, refusal.message)
 }
 
 /// How loudly a failure is logged.
@@ -195,6 +364,21 @@ mod tests {
         ));
         assert_eq!(tls.severity(), Severity::Error);
         assert!(tls.hint().is_some_and(|h| h.contains("--ca")));
+
+        let refusal = SendError::Status(refused(Refusal {
+            code: Code::FailedPrecondition as u32,
+            message: "rx bytes went backwards".into(),
+        }));
+        assert!(refusal.is_backwards());
+        assert_eq!(
+            refusal.to_string(),
+            "FailedPrecondition: rx bytes went backwards"
+        );
+        let retry = SendError::Status(refused(Refusal {
+            code: Code::Unavailable as u32,
+            message: "database error".into(),
+        }));
+        assert_eq!(retry.severity(), Severity::Warn);
 
         let slow = SendError::Timeout(Duration::from_secs(10));
         assert_eq!(slow.to_string(), "no reply within 10s");

@@ -4,10 +4,13 @@
 //! [`Heartbeats::publish`], which never waits: the reading lands in a watch
 //! channel that holds only the newest one. The counters are cumulative, so a
 //! reading that was not sent yet is simply superseded by the next. A sender
-//! task sends the newest unsent reading; while the collector is away it backs
-//! off (exponential, with jitter) and retries with whatever is newest then.
-//! On SIGTERM [`Heartbeats::finish`] stops the task and sends one last
-//! reading within a bounded time.
+//! task sends the newest unsent reading, as one message on a long-lived
+//! `Stream` call (one `Send` call each where the collector has no stream);
+//! while the collector is away it backs off (exponential, with jitter) and
+//! retries with whatever is newest then, on a new stream. A refusal in a
+//! stream's reply is handled as the same status from `Send` would be. On
+//! SIGTERM [`Heartbeats::finish`] stops the task and sends one last reading
+//! (as a `Send` call) within a bounded time.
 //!
 //! The collector may ask for another interval in its reply; the report loop
 //! follows [`Heartbeats::interval_changed`] (never below 1 s, at most 1 h;
@@ -154,7 +157,7 @@ async fn send_last(client: &mut Client, reading: Option<Arc<Reading>>, timeout: 
             );
             return false;
         }
-        match client.send(&reading, Some(left)).await {
+        match client.send_once(&reading, Some(left)).await {
             Ok(reply) => {
                 tracing::info!(
                     sequence = reading.sequence,

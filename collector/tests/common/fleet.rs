@@ -14,8 +14,8 @@ use tally_proto::v1::{
     HeartbeatReply, HeartbeatRequest, InterfaceCounters, InterfaceState, LoadAverage,
     heartbeat_client::HeartbeatClient,
 };
-use tokio::sync::oneshot;
-use tonic::{Request, Status, transport::Channel};
+use tokio::sync::{mpsc, oneshot};
+use tonic::{Request, Status, Streaming, transport::Channel};
 
 /// A migrated database on its own cluster.
 pub struct Fleet {
@@ -197,6 +197,57 @@ pub async fn send(
         );
     }
     client.send(request).await.map(tonic::Response::into_inner)
+}
+
+/// An open `Stream` call: heartbeats go in with [`Stream::push`], replies
+/// come out of `replies`, in order.
+pub struct Stream {
+    requests: mpsc::UnboundedSender<HeartbeatRequest>,
+    pub replies: Streaming<HeartbeatReply>,
+}
+
+impl Stream {
+    /// Opens a `Stream` call with `token` (if any) as bearer metadata; the
+    /// status when the collector refuses it at once.
+    pub async fn open(
+        client: &mut HeartbeatClient<Channel>,
+        token: Option<&str>,
+    ) -> Result<Stream, Status> {
+        let (requests, queued) = mpsc::unbounded_channel();
+        let outgoing = futures_util::stream::unfold(queued, |mut queued| async move {
+            queued.recv().await.map(|request| (request, queued))
+        });
+        let mut call = Request::new(outgoing);
+        if let Some(token) = token {
+            call.metadata_mut().insert(
+                "authorization",
+                format!("Bearer {token}").parse().expect("metadata value"),
+            );
+        }
+        let replies = client.stream(call).await?.into_inner();
+        Ok(Stream { requests, replies })
+    }
+
+    /// Sends a heartbeat without waiting for its reply.
+    pub fn push(&self, heartbeat: HeartbeatRequest) {
+        self.requests.send(heartbeat).expect("the stream is open");
+    }
+
+    /// The next reply: `Ok(None)` when the collector ended the stream.
+    pub async fn next(&mut self) -> Result<Option<HeartbeatReply>, Status> {
+        tokio::time::timeout(Duration::from_secs(10), self.replies.message())
+            .await
+            .expect("a reply within 10 s")
+    }
+
+    /// Sends `heartbeat` and waits for its reply.
+    pub async fn send(&mut self, heartbeat: HeartbeatRequest) -> HeartbeatReply {
+        self.push(heartbeat);
+        self.next()
+            .await
+            .expect("a reply")
+            .expect("the stream goes on")
+    }
 }
 
 /// A heartbeat of the epoch `epoch` created one nanosecond after the

@@ -1,7 +1,9 @@
 //! The simulated agents: one task per node, each with the node's own token,
 //! sending heartbeats in a closed loop (send, await the reply, send the next
 //! with the sequence one higher and the counters grown by random amounts)
-//! over a few shared HTTP/2 channels.
+//! over a few shared HTTP/2 channels. Like the real agent, each task sends
+//! its heartbeats as messages on one long-lived `Stream` call (opened again
+//! after any failure), or, with `--unary`, each as its own `Send` call.
 //!
 //! Like a real agent, a task whose heartbeat got an error (no reply, or a
 //! retryable status) sends the very same heartbeat again until it has an
@@ -19,13 +21,14 @@ use std::{
 };
 
 use anyhow::Context as _;
+use futures_channel::mpsc;
 use tally_proto::v1::{
-    HeartbeatRequest, InterfaceCounters, InterfaceState, LoadAverage, Outcome,
+    HeartbeatReply, HeartbeatRequest, InterfaceCounters, InterfaceState, LoadAverage, Outcome,
     heartbeat_client::HeartbeatClient,
 };
 use tokio::task::JoinHandle;
 use tonic::{
-    Request,
+    Code, Request, Status, Streaming,
     metadata::{Ascii, MetadataValue},
     transport::{Channel, Endpoint},
 };
@@ -129,11 +132,12 @@ pub(super) struct Agents {
 
 impl Agents {
     /// Connects `channels` HTTP/2 channels to `address` and starts one task
-    /// per node.
+    /// per node (each with a stream of its own, or `unary` calls).
     pub(super) async fn start(
         address: SocketAddr,
         nodes: &[SimNode],
         channels: usize,
+        unary: bool,
     ) -> anyhow::Result<Self> {
         let endpoint = Endpoint::from_shared(format!("http://{address}"))
             .context("bad collector address")?
@@ -162,6 +166,8 @@ impl Agents {
                 node_id: node.id.clone(),
                 token,
                 client: HeartbeatClient::new(connected[i % connected.len()].clone()),
+                unary,
+                stream: None,
                 shared: shared.clone(),
                 rng: Rng::new(
                     seed ^ (u64::from(node.index) + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15),
@@ -228,8 +234,18 @@ struct Agent {
     node_id: String,
     token: MetadataValue<Ascii>,
     client: HeartbeatClient<Channel>,
+    /// Each heartbeat as its own `Send` call, not on the stream.
+    unary: bool,
+    /// The open `Stream` call (`None`: opened by the next heartbeat).
+    stream: Option<Open>,
     shared: Arc<Shared>,
     rng: Rng,
+}
+
+/// An open `Stream` call.
+struct Open {
+    requests: mpsc::UnboundedSender<HeartbeatRequest>,
+    replies: Streaming<HeartbeatReply>,
 }
 
 impl Agent {
@@ -326,11 +342,8 @@ impl Agent {
     async fn send(&mut self, request: HeartbeatRequest) -> Result<Outcome, String> {
         let first_attempt = Instant::now();
         loop {
-            let mut call = Request::new(request.clone());
-            call.metadata_mut()
-                .insert("authorization", self.token.clone());
             let sent = Instant::now();
-            match self.client.send(call).await {
+            match self.attempt(&request).await {
                 Ok(reply) => {
                     if self.shared.recording.load(Ordering::Relaxed) {
                         let micros = u32::try_from(sent.elapsed().as_micros()).unwrap_or(u32::MAX);
@@ -338,7 +351,7 @@ impl Agent {
                             log.push(micros);
                         }
                     }
-                    return Ok(reply.into_inner().outcome());
+                    return Ok(reply.outcome());
                 }
                 Err(status) => {
                     self.shared.errors.fetch_add(1, Ordering::Relaxed);
@@ -356,6 +369,48 @@ impl Agent {
                 }
             }
         }
+    }
+}
+
+impl Agent {
+    /// One attempt at `request`: a refusal in a stream's reply is the status
+    /// `Send` would have answered.
+    async fn attempt(&mut self, request: &HeartbeatRequest) -> Result<HeartbeatReply, Status> {
+        if self.unary {
+            let mut call = Request::new(request.clone());
+            call.metadata_mut()
+                .insert("authorization", self.token.clone());
+            return Ok(self.client.send(call).await?.into_inner());
+        }
+        let mut open = match self.stream.take() {
+            Some(open) => open,
+            None => self.open().await?,
+        };
+        if open.requests.unbounded_send(request.clone()).is_err() {
+            return Err(Status::unavailable("the heartbeat stream is closed"));
+        }
+        let reply = open
+            .replies
+            .message()
+            .await?
+            .ok_or_else(|| Status::unavailable("the collector ended the heartbeat stream"))?;
+        self.stream = Some(open);
+        match reply.refusal {
+            Some(refusal) => Err(Status::new(
+                Code::from(i32::try_from(refusal.code).unwrap_or(i32::MAX)),
+                refusal.message,
+            )),
+            None => Ok(reply),
+        }
+    }
+
+    async fn open(&mut self) -> Result<Open, Status> {
+        let (requests, queued) = mpsc::unbounded();
+        let mut call = Request::new(queued);
+        call.metadata_mut()
+            .insert("authorization", self.token.clone());
+        let replies = self.client.stream(call).await?.into_inner();
+        Ok(Open { requests, replies })
     }
 }
 

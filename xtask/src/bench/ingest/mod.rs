@@ -11,8 +11,9 @@
 //! - the collector, in this process (database `tally`, the real
 //!   `serve::serve` on 127.0.0.1, plaintext), and one simulated agent task
 //!   per enrolled node, each with its own token, sending heartbeats in a
-//!   closed loop (send, await the reply, send the next) over a few shared
-//!   HTTP/2 channels. After a warm-up, applied replies are counted over the
+//!   closed loop (send, await the reply, send the next) on one `Stream` call
+//!   each (`--unary`: a `Send` call per heartbeat) over a few shared HTTP/2
+//!   channels. After a warm-up, applied replies are counted over the
 //!   measured window, and the collector's receipt-to-commit latencies of that
 //!   window are taken from its [`LatencyLog`](tally_collector::ingest::LatencyLog).
 //!
@@ -86,6 +87,12 @@ pub struct IngestArgs {
     /// HTTP/2 connections the agents share (nodes are spread over them).
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub channels: u32,
+
+    /// Send each heartbeat as its own `Send` call, as agents did before the
+    /// `Stream` call (for comparison); by default each simulated node sends
+    /// its heartbeats on one stream, as the real agent does.
+    #[arg(long)]
+    pub unary: bool,
 
     /// pgbench client counts to try; the highest TPS is the baseline.
     #[arg(long, value_delimiter = ',', default_value = "8,16", value_parser = clap::value_parser!(u32).range(1..=150))]
@@ -318,10 +325,10 @@ async fn collector(setup: &Setup<'_>) -> anyhow::Result<IngestRun> {
         "bench: {} agents over {} channels; {} s warm-up, {} s measured",
         args.nodes, args.channels, args.warmup, args.seconds
     );
-    let channels = args.channels as usize;
+    let (channels, unary) = (args.channels as usize, args.unary);
     let agents = setup
         .agents
-        .spawn(async move { Agents::start(address, &nodes, channels).await })
+        .spawn(async move { Agents::start(address, &nodes, channels, unary).await })
         .await
         .context("the agents' start-up task failed")??;
     tokio::time::sleep(Duration::from_secs(args.warmup)).await;

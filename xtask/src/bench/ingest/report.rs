@@ -258,8 +258,14 @@ impl Report {
             out,
             "\ncollector (in this process, plaintext gRPC on 127.0.0.1, database tally): \
              {} simulated nodes x {INTERFACES} interfaces, each its own token, closed loop \
-             over {} HTTP/2 channels; {} writers, max batch {}; {} s warm-up, {:.1} s measured",
+             ({}) over {} HTTP/2 channels; {} writers, max batch {}; {} s warm-up, {:.1} s \
+             measured",
             a.nodes,
+            if a.unary {
+                "a Send call per heartbeat"
+            } else {
+                "one Stream call per node"
+            },
             a.channels,
             a.writers,
             a.max_batch,
