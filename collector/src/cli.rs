@@ -59,6 +59,15 @@ pub struct ServeArgs {
     #[arg(long, env = "TALLY_LISTEN", default_value = "0.0.0.0:50051")]
     pub listen: SocketAddr,
 
+    /// Address for the HTTP side: health (`/healthz`, `/readyz`) and the
+    /// JSON API under `/api/v1`. Without it, no HTTP is served.
+    #[arg(long, env = "TALLY_HTTP_LISTEN", value_name = "ADDRESS")]
+    pub http_listen: Option<SocketAddr>,
+
+    /// A node not heard from for this long is shown offline.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub offline_after: Duration,
+
     /// PEM certificate chain for TLS (with --tls-key).
     #[arg(
         long,

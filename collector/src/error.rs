@@ -79,6 +79,35 @@ pub fn refusal(error: Error) -> Refusal {
     }
 }
 
+impl Error {
+    /// The HTTP status and the stable code of the JSON error body.
+    pub fn http_status(&self) -> (axum::http::StatusCode, &'static str) {
+        use axum::http::StatusCode;
+        match self {
+            Error::Unauthenticated(_) => (StatusCode::UNAUTHORIZED, "unauthenticated"),
+            Error::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid_argument"),
+            Error::Backwards { .. } => (StatusCode::CONFLICT, "counter_went_backwards"),
+            Error::TotalOverflow(_) => (StatusCode::CONFLICT, "total_overflow"),
+            Error::NoSuchNode(_) => (StatusCode::NOT_FOUND, "not_found"),
+            Error::NodeExists(_) => (StatusCode::CONFLICT, "already_exists"),
+            Error::Unavailable(_) | Error::BatchFailed(_) | Error::Database(_) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+            }
+        }
+    }
+}
+
+impl axum::response::IntoResponse for Error {
+    fn into_response(self) -> axum::response::Response {
+        let (status, code) = self.http_status();
+        if status.is_server_error() {
+            tracing::warn!(error = %self, "HTTP request failed");
+        }
+        let body = serde_json::json!({ "error": { "code": code, "message": self.to_string() } });
+        (status, axum::Json(body)).into_response()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use tonic::Code;

@@ -8,6 +8,7 @@ pub mod db;
 pub mod devdb;
 pub mod error;
 pub mod grpc;
+pub mod http;
 pub mod ingest;
 pub mod nodes;
 pub mod period;

@@ -112,11 +112,13 @@ async fn run_serve(pool: PgPool, args: ServeArgs, tls: TlsFiles) -> anyhow::Resu
             schedule: args.period_reset,
             ..ingest::Config::default()
         },
+        http_listen: args.http_listen,
+        offline_after: args.offline_after,
     };
     if let Some(schedule) = args.period_reset {
         tracing::info!(%schedule, "period counters reset on schedule");
     }
-    let listener = serve::bind(&options).await?;
+    let listeners = serve::bind(&options).await?;
     let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
     let shutdown = async move {
@@ -126,7 +128,7 @@ async fn run_serve(pool: PgPool, args: ServeArgs, tls: TlsFiles) -> anyhow::Resu
         };
         tracing::info!(signal, "stopping");
     };
-    serve::serve(pool, options, listener, shutdown, None).await
+    serve::serve(pool, options, listeners, shutdown, None).await
 }
 
 async fn run_migrate(pool: &PgPool, args: MigrateArgs) -> anyhow::Result<()> {

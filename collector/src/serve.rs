@@ -13,6 +13,7 @@ use tonic::transport::{Identity, Server, ServerTlsConfig, server::TcpIncoming};
 
 use crate::{
     grpc::HeartbeatService,
+    http,
     ingest::{self, Ingest, LatencyLog},
     period::{self, Schedule},
 };
@@ -31,20 +32,39 @@ pub struct Options {
     pub max_skew: Duration,
     pub history_retention: Duration,
     pub ingest: ingest::Config,
+    /// Address of the HTTP side (health, JSON API); `None`: no HTTP.
+    pub http_listen: Option<SocketAddr>,
+    /// A node not heard from for this long is shown offline.
+    pub offline_after: Duration,
 }
 
-/// Binds the listener (so the caller knows the address before serving).
-pub async fn bind(options: &Options) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(options.listen)
+/// The bound sockets, so that the caller knows the addresses before serving.
+pub struct Listeners {
+    pub grpc: TcpListener,
+    pub http: Option<TcpListener>,
+}
+
+/// Binds the gRPC and (if asked for) HTTP listeners.
+pub async fn bind(options: &Options) -> anyhow::Result<Listeners> {
+    let grpc = TcpListener::bind(options.listen)
         .await
-        .with_context(|| format!("cannot listen on {}", options.listen))
+        .with_context(|| format!("cannot listen on {}", options.listen))?;
+    let http = match options.http_listen {
+        Some(address) => Some(
+            TcpListener::bind(address)
+                .await
+                .with_context(|| format!("cannot listen on {address} (HTTP)"))?,
+        ),
+        None => None,
+    };
+    Ok(Listeners { grpc, http })
 }
 
 /// Serves until `shutdown` completes, then lets in-flight heartbeats finish.
 pub async fn serve(
     pool: PgPool,
     options: Options,
-    listener: TcpListener,
+    listeners: Listeners,
     shutdown: impl Future<Output = ()>,
     latencies: Option<Arc<LatencyLog>>,
 ) -> anyhow::Result<()> {
@@ -63,6 +83,17 @@ pub async fn serve(
             .tls_config(ServerTlsConfig::new().identity(Identity::from_pem(cert, key)))
             .context("cannot use the TLS certificate and key")?;
     }
+    // Open heartbeat streams (and HTTP connections) end when the shutdown
+    // begins: a graceful shutdown waits for every call in flight.
+    let (stopping, stopping_rx) = watch::channel(false);
+    let shutdown = async move {
+        shutdown.await;
+        stopping.send_replace(true);
+    };
+    let http = match listeners.http {
+        Some(listener) => Some(spawn_http(&pool, &options, listener, stopping_rx.clone())?),
+        None => None,
+    };
     let upkeep = tokio::spawn(upkeep(
         pool.clone(),
         options.ingest.schedule,
@@ -73,13 +104,6 @@ pub async fn serve(
         .heartbeat_interval
         .map_or(0, |d| u32::try_from(d.as_millis()).unwrap_or(u32::MAX));
     let max_skew_ns = i64::try_from(options.max_skew.as_nanos()).unwrap_or(i64::MAX);
-    // Open heartbeat streams end when the shutdown begins: a graceful
-    // shutdown waits for every call in flight.
-    let (stopping, stopping_rx) = watch::channel(false);
-    let shutdown = async move {
-        shutdown.await;
-        stopping.send_replace(true);
-    };
     let service = HeartbeatServer::new(HeartbeatService::new(
         ingest,
         interval_ms,
@@ -87,7 +111,7 @@ pub async fn serve(
         stopping_rx,
     ))
     .max_decoding_message_size(limits::MAX_MESSAGE_BYTES);
-    let address = listener.local_addr().context("no local address")?;
+    let address = listeners.grpc.local_addr().context("no local address")?;
     tracing::info!(
         %address,
         tls = options.tls.is_some(),
@@ -95,11 +119,40 @@ pub async fn serve(
     );
     let result = server
         .add_service(service)
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown)
+        .serve_with_incoming_shutdown(TcpIncoming::from(listeners.grpc), shutdown)
         .await
         .context("the gRPC server failed");
     upkeep.abort();
+    if let Some(http) = http {
+        match http.await {
+            Ok(Err(error)) => tracing::warn!(%error, "the HTTP server failed"),
+            Err(error) => tracing::warn!(%error, "the HTTP server task failed"),
+            Ok(Ok(())) => {}
+        }
+    }
     result
+}
+
+/// Serves the HTTP side on `listener` until `stopping` turns true.
+fn spawn_http(
+    pool: &PgPool,
+    options: &Options,
+    listener: TcpListener,
+    mut stopping: watch::Receiver<bool>,
+) -> anyhow::Result<tokio::task::JoinHandle<std::io::Result<()>>> {
+    let address = listener.local_addr().context("no local address")?;
+    tracing::info!(%address, "serving HTTP (health, JSON API)");
+    let router = http::router(http::AppState {
+        pool: pool.clone(),
+        offline_after: options.offline_after,
+    });
+    Ok(tokio::spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async move {
+                let _ = stopping.wait_for(|stopping| *stopping).await;
+            })
+            .await
+    }))
 }
 
 /// Scheduled period resets for quiet nodes, every minute; history older than

@@ -92,21 +92,29 @@ impl Fleet {
             max_skew: Duration::from_secs(300),
             history_retention: Duration::from_secs(86_400),
             ingest: ingest::Config::default(),
+            http_listen: Some("127.0.0.1:0".parse().expect("address")),
+            offline_after: Duration::from_secs(30),
         };
-        let listener = serve::bind(&options).await.expect("bind");
-        let address = listener.local_addr().expect("address");
+        let listeners = serve::bind(&options).await.expect("bind");
+        let address = listeners.grpc.local_addr().expect("address");
+        let http_address = listeners
+            .http
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+            .expect("HTTP address");
         let (stop, stopped) = oneshot::channel::<()>();
         let pool = self.pool.clone();
         tokio::spawn(async move {
             let shutdown = async {
                 let _ = stopped.await;
             };
-            serve::serve(pool, options, listener, shutdown, None)
+            serve::serve(pool, options, listeners, shutdown, None)
                 .await
                 .expect("serve");
         });
         InProcess {
             address,
+            http_address,
             _stop: stop,
         }
     }
@@ -115,6 +123,8 @@ impl Fleet {
 /// A collector serving in this process.
 pub struct InProcess {
     pub address: SocketAddr,
+    /// The HTTP side (health, JSON API).
+    pub http_address: SocketAddr,
     _stop: oneshot::Sender<()>,
 }
 

@@ -305,6 +305,8 @@ async fn collector(setup: &Setup<'_>) -> anyhow::Result<IngestRun> {
             max_batch: args.max_batch as usize,
             ..ingest::Config::default()
         },
+        http_listen: None,
+        offline_after: Duration::from_secs(30),
     };
     let listener = TcpListener::bind(options.listen)
         .await
@@ -314,7 +316,10 @@ async fn collector(setup: &Setup<'_>) -> anyhow::Result<IngestRun> {
     let server = tokio::spawn(serve::serve(
         pool.clone(),
         options,
-        listener,
+        serve::Listeners {
+            grpc: listener,
+            http: None,
+        },
         async {
             let _ = stopped.await;
         },
