@@ -21,6 +21,7 @@ use std::{
 
 use common::{AGENT, Agent, Link, privileged, udp_burst};
 use futures_util::{Stream, stream};
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 use tally_proto::v1::{
     HeartbeatReply, HeartbeatRequest, InterfaceState, Outcome, Refusal,
     heartbeat_server::{Heartbeat, HeartbeatServer},
@@ -840,99 +841,36 @@ fn help_documents_the_collector_flags() {
     }
 }
 
-/// Makes a CA and a certificate for 127.0.0.1 it signed, with openssl.
-/// Returns `None` (and says so) where openssl is not installed.
-fn certificates(dir: &Path) -> Option<(PathBuf, PathBuf, Identity)> {
-    if Command::new("openssl").arg("version").output().is_err() {
-        eprintln!("SKIP the TLS test: `openssl` is not installed");
-        return None;
-    }
-    let openssl = |args: &[&str]| {
-        let out = Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .stdin(Stdio::null())
-            .output()
-            .expect("openssl");
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+/// Writes a CA, another CA, and a certificate for 127.0.0.1 and localhost
+/// that the first one signed; returns both CA files and the server identity.
+fn certificates(dir: &Path) -> (PathBuf, PathBuf, Identity) {
+    let ca = |name: &str| {
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, format!("tally test {name}"));
+        let issuer =
+            CertifiedIssuer::self_signed(params, KeyPair::generate().expect("CA key")).expect("CA");
+        let path = dir.join(format!("{name}.pem"));
+        fs::write(&path, issuer.pem()).expect("write CA");
+        (path, issuer)
     };
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
-    for ca in ["ca", "other-ca"] {
-        openssl(
-            &[
-                &["req", "-x509"][..],
-                &ec,
-                &[
-                    "-keyout",
-                    &format!("{ca}.key"),
-                    "-out",
-                    &format!("{ca}.pem"),
-                ],
-                &["-days", "1", "-subj", &format!("/CN=tally test {ca}")],
-            ]
-            .concat(),
-        );
-    }
-    openssl(
-        &[
-            &["req"][..],
-            &ec,
-            &[
-                "-keyout",
-                "server.key",
-                "-out",
-                "server.csr",
-                "-subj",
-                "/CN=localhost",
-            ],
-        ]
-        .concat(),
-    );
-    fs::write(
-        dir.join("san.ext"),
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
-    )
-    .expect("ext");
-    openssl(&[
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "server.pem",
-        "-days",
-        "1",
-        "-extfile",
-        "san.ext",
-    ]);
-    let identity = Identity::from_pem(
-        fs::read(dir.join("server.pem")).expect("cert"),
-        fs::read(dir.join("server.key")).expect("key"),
-    );
-    Some((dir.join("ca.pem"), dir.join("other-ca.pem"), identity))
+    let (ca_path, issuer) = ca("ca");
+    let (other_path, _) = ca("other-ca");
+    let key = KeyPair::generate().expect("server key");
+    let cert = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+        .expect("server params")
+        .signed_by(&key, &issuer)
+        .expect("server certificate");
+    let identity = Identity::from_pem(cert.pem(), key.serialize_pem());
+    (ca_path, other_path, identity)
 }
 
 #[test]
 fn heartbeats_travel_over_tls_verified_with_the_given_ca() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let Some((ca, other_ca, identity)) = certificates(dir.path()) else {
-        return;
-    };
+    let (ca, other_ca, identity) = certificates(dir.path());
     let token = token_file(dir.path()).display().to_string();
     let collector = Collector::start(0, Log::default(), Some(identity));
     let url = format!("https://127.0.0.1:{}", collector.port);
