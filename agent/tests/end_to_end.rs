@@ -22,7 +22,7 @@ use std::{
 
 use common::{AGENT, Agent, Link, NetNs, Stats, privileged, tcp_transfer, veth};
 use sqlx::{PgPool, Row as _};
-use tally_collector::{db, devdb::TempCluster, nodes};
+use tally_collector::{db, devdb, nodes};
 
 const COLLECTOR_PORT: u16 = 50_051;
 
@@ -118,26 +118,6 @@ impl Drop for Collector {
     }
 }
 
-/// A throwaway PostgreSQL, or `None` after saying why there is none (a
-/// failure instead when `TALLY_REQUIRE_PRIVILEGED=1`).
-fn postgres(test: &str) -> Option<TempCluster> {
-    match TempCluster::start() {
-        Ok(cluster) => Some(cluster),
-        Err(e) if e.is_unavailable() => {
-            if std::env::var("TALLY_REQUIRE_PRIVILEGED").is_ok_and(|v| v == "1") {
-                panic!("{test}: needs PostgreSQL ({e}) but TALLY_REQUIRE_PRIVILEGED=1");
-            }
-            use std::io::Write as _;
-            let _ = writeln!(
-                std::io::stderr(),
-                "SKIP {test}: needs PostgreSQL 15 binaries ({e})"
-            );
-            None
-        }
-        Err(e) => panic!("{test}: cannot start PostgreSQL: {e}"),
-    }
-}
-
 async fn totals(pool: &PgPool, node: &str) -> Option<(u64, u64)> {
     let row = sqlx::query(
         r#"SELECT "totalDownload", "totalUpload" FROM "traffic_stats" WHERE "nodeId" = $1"#,
@@ -173,7 +153,7 @@ fn totals_equal_the_kernel_counts_across_kills_of_agent_collector_and_postgres()
     if !privileged(test) {
         return;
     }
-    let Some(mut pg) = postgres(test) else {
+    let Some(mut pg) = devdb::start_or_skip(test) else {
         return;
     };
     let runtime = tokio::runtime::Builder::new_current_thread()

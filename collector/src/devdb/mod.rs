@@ -136,6 +136,28 @@ impl DevDbError {
     }
 }
 
+/// A cluster for the test named `test`, or `None` after saying why this
+/// machine cannot run one (`SKIP <test>: …`, written past the test
+/// harness's capture); a panic instead when `TALLY_REQUIRE_PRIVILEGED=1`
+/// demands the test, or when a cluster that should work fails to start.
+pub fn start_or_skip(test: &str) -> Option<TempCluster> {
+    match TempCluster::start() {
+        Ok(cluster) => Some(cluster),
+        Err(e) if e.is_unavailable() => {
+            if std::env::var("TALLY_REQUIRE_PRIVILEGED").is_ok_and(|v| v == "1") {
+                panic!("{test}: needs PostgreSQL ({e}) but TALLY_REQUIRE_PRIVILEGED=1");
+            }
+            use io::Write as _;
+            let _ = writeln!(
+                io::stderr(),
+                "SKIP {test}: needs PostgreSQL 15 binaries ({e})"
+            );
+            None
+        }
+        Err(e) => panic!("{test}: cannot start a temporary PostgreSQL: {e}"),
+    }
+}
+
 fn io_error(what: impl Into<String>) -> impl FnOnce(io::Error) -> DevDbError {
     let what = what.into();
     move |source| DevDbError::Io { what, source }

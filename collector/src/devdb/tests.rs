@@ -4,25 +4,8 @@ use std::io::Write as _;
 
 use super::*;
 
-/// A cluster, or `None` after saying why when this machine has no
-/// PostgreSQL (a failure instead with `TALLY_REQUIRE_PRIVILEGED=1`), as
-/// in the integration tests' `common::cluster`.
 fn cluster(test: &str) -> Option<TempCluster> {
-    match TempCluster::start() {
-        Ok(cluster) => Some(cluster),
-        Err(e) if e.is_unavailable() => {
-            if std::env::var("TALLY_REQUIRE_PRIVILEGED").is_ok_and(|v| v == "1") {
-                panic!("{test}: cannot run ({e}) but TALLY_REQUIRE_PRIVILEGED=1");
-            }
-            // Past the test harness's capture, so that the skip shows.
-            let _ = writeln!(
-                io::stderr(),
-                "SKIP {test}: needs PostgreSQL 15 binaries ({e})"
-            );
-            None
-        }
-        Err(e) => panic!("{test}: {e}"),
-    }
+    start_or_skip(test)
 }
 
 async fn select_one(url: &str) -> Result<i32, sqlx::Error> {
