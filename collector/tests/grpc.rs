@@ -73,9 +73,7 @@ async fn replies_say_applied_duplicate_stale_and_refuse_backwards_counters() {
     let Some(fleet) = Fleet::start("grpc_replies").await else {
         return;
     };
-    let node = fleet.add_node("n").await;
-    let server = fleet.serve_here().await;
-    let mut client = fleet::client(server.address).await;
+    let (node, _server, mut client) = fleet.served_node("n", None).await;
     let token = Some(node.token.as_str());
 
     let reply = fleet::send(&mut client, token, fleet::heartbeat("e", 5, 1000, 500))
@@ -135,9 +133,7 @@ async fn an_interface_name_reported_twice_counts_both_and_is_stored_once() {
     let Some(fleet) = Fleet::start("grpc_same_name").await else {
         return;
     };
-    let node = fleet.add_node("n").await;
-    let server = fleet.serve_here().await;
-    let mut client = fleet::client(server.address).await;
+    let (node, _server, mut client) = fleet.served_node("n", None).await;
     // eth1 went away (gone) and a new interface took its name.
     let mut heartbeat = fleet::heartbeat("e", 1, 100, 10);
     let mut gone = heartbeat.interfaces[1].clone();
@@ -171,9 +167,7 @@ async fn interface_rows_are_rewritten_on_a_new_epoch_and_at_most_every_ten_secon
     let Some(fleet) = Fleet::start("grpc_interface_refresh").await else {
         return;
     };
-    let node = fleet.add_node("n").await;
-    let server = fleet.serve_here().await;
-    let mut client = fleet::client(server.address).await;
+    let (node, _server, mut client) = fleet.served_node("n", None).await;
     let token = Some(node.token.as_str());
     let rx_rows = || async {
         sqlx::query_scalar::<_, i64>(
@@ -220,11 +214,7 @@ async fn the_reply_carries_the_interval_the_collector_asks_for() {
     let Some(fleet) = Fleet::start("grpc_interval").await else {
         return;
     };
-    let node = fleet.add_node("n").await;
-    let asking = fleet
-        .serve_here_asking(Some(std::time::Duration::from_secs(2)))
-        .await;
-    let mut client = fleet::client(asking.address).await;
+    let (node, _asking, mut client) = fleet.served_node("n", Some(Duration::from_secs(2))).await;
     let reply = fleet::send(
         &mut client,
         Some(&node.token),
@@ -250,9 +240,7 @@ async fn a_stream_answers_each_heartbeat_in_order_and_goes_on_after_a_refusal() 
     let Some(fleet) = Fleet::start("grpc_stream").await else {
         return;
     };
-    let node = fleet.add_node("n").await;
-    let server = fleet.serve_here_asking(Some(Duration::from_secs(2))).await;
-    let mut client = fleet::client(server.address).await;
+    let (node, _server, mut client) = fleet.served_node("n", Some(Duration::from_secs(2))).await;
     let mut stream = Stream::open(&mut client, Some(&node.token))
         .await
         .expect("open");
@@ -311,9 +299,7 @@ async fn a_stream_with_a_missing_or_wrong_token_ends_unauthenticated_and_changes
     let Some(fleet) = Fleet::start("grpc_stream_auth").await else {
         return;
     };
-    let node = fleet.add_node("n").await;
-    let server = fleet.serve_here().await;
-    let mut client = fleet::client(server.address).await;
+    let (node, _server, mut client) = fleet.served_node("n", None).await;
     let mut stream = Stream::open(&mut client, Some(&node.token))
         .await
         .expect("open");
@@ -355,9 +341,7 @@ async fn open_streams_end_when_the_collector_shuts_down() {
     let Some(fleet) = Fleet::start("grpc_stream_shutdown").await else {
         return;
     };
-    let node = fleet.add_node("n").await;
-    let server = fleet.serve_here().await;
-    let mut client = fleet::client(server.address).await;
+    let (node, server, mut client) = fleet.served_node("n", None).await;
     let mut stream = Stream::open(&mut client, Some(&node.token))
         .await
         .expect("open");
@@ -369,4 +353,60 @@ async fn open_streams_end_when_the_collector_shuts_down() {
         matches!(stream.next().await, Ok(None)),
         "the stream ends cleanly"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_keeps_the_deltas_and_the_load_and_is_pruned_after_the_retention() {
+    let Some(fleet) = Fleet::start("grpc_history").await else {
+        return;
+    };
+    let (node, _server, mut client) = fleet.served_node("n", None).await;
+    for (k, rx, tx) in [(1, 100, 10), (2, 250, 30), (2, 250, 30), (3, 400, 35)] {
+        fleet::send(
+            &mut client,
+            Some(&node.token),
+            fleet::heartbeat("e", k, rx, tx),
+        )
+        .await
+        .expect("accepted");
+    }
+    let (download, upload, heartbeats, load): (i64, i64, i64, f64) = sqlx::query_as(
+        r#"SELECT sum("download")::int8, sum("upload")::int8, sum("heartbeats")::int8,
+                  max("load1")
+           FROM "node_history" WHERE "nodeId" = $1"#,
+    )
+    .bind(&node.id)
+    .fetch_one(&fleet.pool)
+    .await
+    .expect("history");
+    // Three applied (the duplicate adds nothing), summing to the totals.
+    assert_eq!((download, upload, heartbeats), (400, 35, 3));
+    assert_eq!(load, 0.5);
+    let (load1, load5, load15): (f64, f64, f64) =
+        sqlx::query_as(r#"SELECT "load1", "load5", "load15" FROM "nodes" WHERE "id" = $1"#)
+            .bind(&node.id)
+            .fetch_one(&fleet.pool)
+            .await
+            .expect("node");
+    assert_eq!((load1, load5, load15), (0.5, 0.25, 0.125));
+
+    // A minute older than the retention goes; the recent ones stay.
+    sqlx::query(
+        r#"INSERT INTO "node_history" ("nodeId", "bucket", "upload", "download", "load1",
+             "load5", "load15", "heartbeats")
+           VALUES ($1, '2020-01-01 00:00:00', 1, 1, 0, 0, 0, 1)"#,
+    )
+    .bind(&node.id)
+    .execute(&fleet.pool)
+    .await
+    .expect("old row");
+    let pruned = tally_collector::serve::prune_history(&fleet.pool, Duration::from_secs(86_400))
+        .await
+        .expect("prune");
+    assert_eq!(pruned, 1);
+    let left: i64 = sqlx::query_scalar(r#"SELECT sum("heartbeats")::int8 FROM "node_history""#)
+        .fetch_one(&fleet.pool)
+        .await
+        .expect("count");
+    assert_eq!(left, 3);
 }

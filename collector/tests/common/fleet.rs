@@ -77,6 +77,19 @@ impl Fleet {
         format!("{} history={history}", row.get::<String, _>("all"))
     }
 
+    /// One node `name`, a collector serving it here (asking agents for
+    /// `interval`), and a client connected to it.
+    pub async fn served_node(
+        &self,
+        name: &str,
+        interval: Option<Duration>,
+    ) -> (nodes::Added, InProcess, HeartbeatClient<Channel>) {
+        let node = self.add_node(name).await;
+        let server = self.serve_here_asking(interval).await;
+        let client = client(server.address).await;
+        (node, server, client)
+    }
+
     /// Serves the database in this process on 127.0.0.1 (plaintext); the
     /// server stops when the returned guard is dropped.
     pub async fn serve_here(&self) -> InProcess {
