@@ -72,13 +72,12 @@ fn hash_secret(secret: &str) -> String {
 }
 
 fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     bytes
         .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
+        .flat_map(|b| [DIGITS[usize::from(b >> 4)], DIGITS[usize::from(b & 0xf)]])
+        .map(char::from)
+        .collect()
 }
 
 #[cfg(test)]
@@ -95,6 +94,14 @@ mod tests {
         assert!(!matches(&credentials, &other.hash));
         assert_ne!(made.token, other.token);
         assert!(!made.token.contains(&made.hash));
+    }
+
+    #[test]
+    fn the_stored_hash_is_sha256_in_lowercase_hex() {
+        assert_eq!(
+            hash_secret("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
     }
 
     #[test]

@@ -187,10 +187,13 @@ fn decide<'a>(
     job: &'a Job,
     time: &BatchTime,
 ) -> Result<Applied, Error> {
-    let refused = Error::Unauthenticated("unknown node or wrong token");
-    let node = nodes.get_mut(&job.credentials.node_id).ok_or(refused)?;
+    // The same answer for an unknown node and a wrong secret.
+    let refused = || Error::Unauthenticated("unknown node or wrong token");
+    let node = nodes
+        .get_mut(&job.credentials.node_id)
+        .ok_or_else(refused)?;
     if !auth::matches(&job.credentials, &node.token_hash) {
-        return Err(Error::Unauthenticated("unknown node or wrong token"));
+        return Err(refused());
     }
     let reading = &job.heartbeat.reading;
     let same_origin = node.position.origin.as_ref() == Some(&reading.origin);
