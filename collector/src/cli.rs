@@ -68,6 +68,27 @@ pub struct ServeArgs {
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub offline_after: Duration,
 
+    /// Bearer token for the HTTP admin endpoints (enrol and remove nodes,
+    /// reset periods). Without it they answer 403. Use at least 32 random
+    /// characters.
+    #[arg(
+        long,
+        env = "TALLY_ADMIN_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub admin_token: Option<String>,
+
+    /// Bearer token required to read the HTTP API, the event stream and
+    /// `/metrics` (the admin token reads too). Without it reading is open.
+    #[arg(
+        long,
+        env = "TALLY_READ_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub read_token: Option<String>,
+
     /// PEM certificate chain for TLS (with --tls-key).
     #[arg(
         long,

@@ -9,6 +9,9 @@ pub enum Error {
     /// No usable credentials, or credentials that do not match.
     #[error("unauthenticated: {0}")]
     Unauthenticated(&'static str),
+    /// The credentials are fine but the operation is not allowed.
+    #[error("forbidden: {0}")]
+    Forbidden(&'static str),
     /// A request that breaks the contract's limits or shape.
     #[error("invalid heartbeat: {0}")]
     Invalid(String),
@@ -57,6 +60,7 @@ impl From<Error> for Status {
         let message = error.to_string();
         match error {
             Error::Unauthenticated(_) => Status::unauthenticated(message),
+            Error::Forbidden(_) => Status::permission_denied(message),
             Error::Invalid(_) => Status::invalid_argument(message),
             Error::Backwards { .. } => Status::failed_precondition(message),
             Error::TotalOverflow(_) => Status::out_of_range(message),
@@ -85,6 +89,7 @@ impl Error {
         use axum::http::StatusCode;
         match self {
             Error::Unauthenticated(_) => (StatusCode::UNAUTHORIZED, "unauthenticated"),
+            Error::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             Error::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid_argument"),
             Error::Backwards { .. } => (StatusCode::CONFLICT, "counter_went_backwards"),
             Error::TotalOverflow(_) => (StatusCode::CONFLICT, "total_overflow"),
@@ -104,7 +109,14 @@ impl axum::response::IntoResponse for Error {
             tracing::warn!(error = %self, "HTTP request failed");
         }
         let body = serde_json::json!({ "error": { "code": code, "message": self.to_string() } });
-        (status, axum::Json(body)).into_response()
+        let mut response = (status, axum::Json(body)).into_response();
+        if status == axum::http::StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer"),
+            );
+        }
+        response
     }
 }
 

@@ -6,7 +6,7 @@ use anyhow::Context as _;
 use clap::Parser as _;
 use sqlx::PgPool;
 use tally_collector::{
-    db, ingest, nodes,
+    db, http, ingest, nodes,
     period::{self, Target},
     serve,
 };
@@ -114,6 +114,10 @@ async fn run_serve(pool: PgPool, args: ServeArgs, tls: TlsFiles) -> anyhow::Resu
         },
         http_listen: args.http_listen,
         offline_after: args.offline_after,
+        tokens: http::Tokens {
+            admin: args.admin_token.filter(|t| !t.is_empty()),
+            read: args.read_token.filter(|t| !t.is_empty()),
+        },
     };
     if let Some(schedule) = args.period_reset {
         tracing::info!(%schedule, "period counters reset on schedule");

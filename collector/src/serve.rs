@@ -36,6 +36,8 @@ pub struct Options {
     pub http_listen: Option<SocketAddr>,
     /// A node not heard from for this long is shown offline.
     pub offline_after: Duration,
+    /// Bearer tokens of the HTTP side.
+    pub tokens: http::Tokens,
 }
 
 /// The bound sockets, so that the caller knows the addresses before serving.
@@ -90,8 +92,20 @@ pub async fn serve(
         shutdown.await;
         stopping.send_replace(true);
     };
+    let events = crate::events::Hub::new();
+    let metrics = Arc::new(crate::metrics::Metrics::default());
     let http = match listeners.http {
-        Some(listener) => Some(spawn_http(&pool, &options, listener, stopping_rx.clone())?),
+        Some(listener) => Some(spawn_http(
+            http::AppState {
+                pool: pool.clone(),
+                offline_after: options.offline_after,
+                tokens: options.tokens.clone(),
+                events,
+                metrics,
+                stopping: stopping_rx.clone(),
+            },
+            listener,
+        )?),
         None => None,
     };
     let upkeep = tokio::spawn(upkeep(
@@ -135,17 +149,18 @@ pub async fn serve(
 
 /// Serves the HTTP side on `listener` until `stopping` turns true.
 fn spawn_http(
-    pool: &PgPool,
-    options: &Options,
+    state: http::AppState,
     listener: TcpListener,
-    mut stopping: watch::Receiver<bool>,
 ) -> anyhow::Result<tokio::task::JoinHandle<std::io::Result<()>>> {
     let address = listener.local_addr().context("no local address")?;
-    tracing::info!(%address, "serving HTTP (health, JSON API)");
-    let router = http::router(http::AppState {
-        pool: pool.clone(),
-        offline_after: options.offline_after,
-    });
+    tracing::info!(
+        %address,
+        admin_api = state.tokens.admin.is_some(),
+        read_token = state.tokens.read.is_some(),
+        "serving HTTP (dashboard, JSON API, events, metrics)"
+    );
+    let mut stopping = state.stopping.clone();
+    let router = http::router(state);
     Ok(tokio::spawn(async move {
         axum::serve(listener, router)
             .with_graceful_shutdown(async move {
@@ -185,9 +200,13 @@ async fn upkeep(pool: PgPool, schedule: Option<Schedule>, retention: Duration) {
 pub async fn prune_history(pool: &PgPool, retention: Duration) -> Result<u64, sqlx::Error> {
     let cutoff = Utc::now().naive_utc()
         - chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
-    let result = sqlx::query(r#"DELETE FROM "node_history" WHERE "bucket" < $1"#)
+    let nodes = sqlx::query(r#"DELETE FROM "node_history" WHERE "bucket" < $1"#)
         .bind(cutoff)
         .execute(pool)
         .await?;
-    Ok(result.rows_affected())
+    let interfaces = sqlx::query(r#"DELETE FROM "interface_history" WHERE "bucket" < $1"#)
+        .bind(cutoff)
+        .execute(pool)
+        .await?;
+    Ok(nodes.rows_affected() + interfaces.rows_affected())
 }

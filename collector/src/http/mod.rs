@@ -3,13 +3,20 @@
 //! `/api/v1` (BIGINT counters as decimal strings, timestamps RFC 3339 UTC,
 //! errors as `{"error": {"code", "message"}}`).
 
+pub mod auth;
+mod dashboard;
+mod events;
+mod metrics;
 mod nodes;
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use axum::{Json, Router, extract::State, http::StatusCode, routing::get};
 use serde_json::json;
 use sqlx::PgPool;
+use tokio::sync::watch;
+
+pub use auth::Tokens;
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -17,6 +24,13 @@ pub struct AppState {
     pub pool: PgPool,
     /// A node not heard from for this long is shown offline.
     pub offline_after: Duration,
+    pub tokens: Tokens,
+    /// Events heard from the database (every replica's updates).
+    pub events: crate::events::Hub,
+    pub metrics: Arc<crate::metrics::Metrics>,
+    /// Turns true when the collector begins to stop: long-lived responses
+    /// (the event stream) end then.
+    pub stopping: watch::Receiver<bool>,
 }
 
 /// Every route.
@@ -25,6 +39,9 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/api/v1/nodes", get(nodes::list))
+        .merge(events::routes())
+        .merge(metrics::routes())
+        .merge(dashboard::routes())
         .with_state(state)
 }
 

@@ -6,7 +6,7 @@ use chrono::{NaiveDateTime, Utc};
 use serde::Serialize;
 use sqlx::Row as _;
 
-use super::AppState;
+use super::{AppState, auth::Reader};
 use crate::error::Error;
 
 #[derive(Debug, Serialize)]
@@ -54,7 +54,7 @@ fn rfc3339(t: NaiveDateTime) -> String {
         .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
-pub async fn list(State(state): State<AppState>) -> Result<Json<NodesResponse>, Error> {
+pub async fn list(_: Reader, State(state): State<AppState>) -> Result<Json<NodesResponse>, Error> {
     let rows = sqlx::query(
         r#"SELECT n."id", n."name", n."hostname", n."lastSeen", n."load1", n."load5",
                   n."load15", n."kernel", n."agentVersion", n."source",

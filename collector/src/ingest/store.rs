@@ -90,6 +90,9 @@ struct Change<'a> {
     reset_period: bool,
     /// Rewrite the node's per-interface rows.
     refresh_interfaces: bool,
+    /// A heartbeat of the batch started a new epoch: the per-interface rows
+    /// hold the previous epoch's counters.
+    new_epoch: bool,
     last: &'a Heartbeat,
 }
 
@@ -252,12 +255,14 @@ fn decide<'a>(
         heartbeats: 0,
         reset_period: due,
         refresh_interfaces: false,
+        new_epoch: false,
         last: &job.heartbeat,
     });
     change.upload += upload;
     change.download += download;
     change.heartbeats += 1;
     change.refresh_interfaces |= refresh;
+    change.new_epoch |= new_origin;
     change.last = &job.heartbeat;
     Ok(Applied {
         outcome: Outcome::Applied,
@@ -420,6 +425,7 @@ async fn write_interfaces(
     }
     let rows: Vec<(&str, &Interface)> = merged.iter().map(|((id, _), i)| (*id, i)).collect();
     let column = |f: fn(&Interface) -> i64| -> Vec<i64> { rows.iter().map(|r| f(r.1)).collect() };
+    write_interface_history(conn, &refreshed, &rows, time).await?;
     sqlx::query(
         r#"INSERT INTO "interface_stats"
              ("nodeId", "name", "ifindex", "state", "rxBytes", "rxPackets", "txBytes",
@@ -452,5 +458,63 @@ async fn write_interfaces(
         .bind(time.now)
         .execute(&mut *conn)
         .await?;
+    Ok(())
+}
+
+/// Adds each refreshed interface's traffic since its previous row to the
+/// minute's `interface_history`: the difference of the raw counters within
+/// an epoch; in a new epoch, the counters in full when they started at
+/// zero (else they are a baseline, and nothing is added).
+async fn write_interface_history(
+    conn: &mut PgConnection,
+    refreshed: &[&(&String, &Node<'_>, &Change<'_>)],
+    rows: &[(&str, &Interface)],
+    time: &BatchTime,
+) -> Result<(), sqlx::Error> {
+    // Per node: (new epoch, its counters start at zero).
+    let fresh: HashMap<&str, (bool, bool)> = refreshed
+        .iter()
+        .map(|c| {
+            let reading = &c.2.last.reading;
+            (c.0.as_str(), (c.2.new_epoch, reading.starts_at_zero))
+        })
+        .collect();
+    let flag = |i: usize| -> Vec<bool> {
+        rows.iter()
+            .map(|r| {
+                fresh
+                    .get(r.0)
+                    .is_some_and(|f| if i == 0 { f.0 } else { f.1 })
+            })
+            .collect()
+    };
+    sqlx::query(
+        r#"INSERT INTO "interface_history" ("nodeId", "name", "bucket", "rxBytes", "txBytes")
+           SELECT d.id, d.name, $1, d.rx, d.tx FROM (
+             SELECT u.id, u.name,
+               CASE WHEN u.fresh OR s."rxBytes" IS NULL
+                      THEN CASE WHEN u.zero OR NOT u.fresh THEN u.rxb ELSE 0 END
+                    ELSE GREATEST(u.rxb - s."rxBytes", 0) END AS rx,
+               CASE WHEN u.fresh OR s."txBytes" IS NULL
+                      THEN CASE WHEN u.zero OR NOT u.fresh THEN u.txb ELSE 0 END
+                    ELSE GREATEST(u.txb - s."txBytes", 0) END AS tx
+             FROM UNNEST($2::text[], $3::text[], $4::int8[], $5::int8[], $6::bool[], $7::bool[])
+               AS u(id, name, rxb, txb, fresh, zero)
+             LEFT JOIN "interface_stats" s ON s."nodeId" = u.id AND s."name" = u.name
+           ) d
+           WHERE d.rx > 0 OR d.tx > 0
+           ON CONFLICT ("nodeId", "bucket", "name") DO UPDATE SET
+             "rxBytes" = "interface_history"."rxBytes" + EXCLUDED."rxBytes",
+             "txBytes" = "interface_history"."txBytes" + EXCLUDED."txBytes""#,
+    )
+    .bind(time.bucket())
+    .bind(rows.iter().map(|r| r.0).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.1.name.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.1.rx_bytes).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.1.tx_bytes).collect::<Vec<_>>())
+    .bind(flag(0))
+    .bind(flag(1))
+    .execute(&mut *conn)
+    .await?;
     Ok(())
 }

@@ -107,6 +107,7 @@ impl Fleet {
             ingest: ingest::Config::default(),
             http_listen: Some("127.0.0.1:0".parse().expect("address")),
             offline_after: Duration::from_secs(30),
+            tokens: Default::default(),
         };
         let listeners = serve::bind(&options).await.expect("bind");
         let address = listeners.grpc.local_addr().expect("address");
