@@ -42,7 +42,7 @@ pub struct DbArgs {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve the node channel (gRPC tally.v1.Heartbeat).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Apply the database migrations (or revert them).
     Migrate(MigrateArgs),
     /// Enrol, list and remove nodes.

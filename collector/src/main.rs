@@ -64,7 +64,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .await
         .context("cannot connect to the database")?;
     match cli.command {
-        Command::Serve(args) => run_serve(pool, args, tls).await,
+        Command::Serve(args) => run_serve(pool, *args, tls).await,
         Command::Migrate(args) => run_migrate(&pool, args).await,
         Command::Node(command) => run_node(&pool, command).await,
         Command::Period(PeriodCommand::Reset { node, all }) => {
