@@ -2,7 +2,11 @@
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use clap::{Args, Parser, Subcommand};
+use clap::{
+    Args, Parser, Subcommand,
+    builder::{PossibleValuesParser, TypedValueParser as _},
+};
+use tally_collector::views::rankings::{self, By, Direction};
 
 use crate::period::Schedule;
 
@@ -51,6 +55,9 @@ pub enum Command {
     /// Period counters.
     #[command(subcommand)]
     Period(PeriodCommand),
+    /// Show the ranking and every node's status, load and traffic, read
+    /// from the database (once, or every --interval with --watch).
+    Top(TopArgs),
 }
 
 #[derive(Debug, Args)]
@@ -191,6 +198,51 @@ pub enum PeriodCommand {
     },
 }
 
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    /// Redraw every --interval until Ctrl-C.
+    #[arg(long)]
+    pub watch: bool,
+
+    /// How often --watch redraws.
+    #[arg(long, default_value = "2s", value_parser = parse_interval, value_name = "DURATION")]
+    pub interval: Duration,
+
+    /// What to rank: the totals, the current period's counters, or the
+    /// history of the last --window.
+    #[arg(long, default_value = "total", value_parser = PossibleValuesParser::new(["total", "period", "window"]).try_map(|s| s.parse::<By>()))]
+    pub by: By,
+
+    /// Which direction to rank: upload (sent), download (received) or both
+    /// together.
+    #[arg(long, default_value = "both", value_parser = PossibleValuesParser::new(["upload", "download", "both"]).try_map(|s| s.parse::<Direction>()))]
+    pub direction: Direction,
+
+    /// How many nodes to rank.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=i64::from(rankings::MAX_LIMIT)), value_name = "N")]
+    pub limit: u32,
+
+    /// With --by window: how far back history counts (1m to 366d).
+    #[arg(long, default_value = "24h", value_parser = parse_window, value_name = "DURATION")]
+    pub window: Duration,
+
+    /// Show exact byte counts instead of KiB, MiB, GiB, …
+    #[arg(long)]
+    pub bytes: bool,
+
+    /// A node not heard from for this long is shown offline.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub offline_after: Duration,
+}
+
+fn parse_window(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if !(rankings::MIN_WINDOW..=rankings::MAX_WINDOW).contains(&d) {
+        return Err("must be from 1m to 366d".into());
+    }
+    Ok(d)
+}
+
 fn parse_interval(s: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
     if d < Duration::from_secs(1) {
@@ -234,5 +286,38 @@ mod tests {
             Cli::try_parse_from(["tally-collector", "serve", "--heartbeat-interval", "500ms"])
                 .expect_err("too short");
         assert!(error.to_string().contains("at least 1s"));
+    }
+
+    #[test]
+    fn top_options_are_checked() {
+        let Cli {
+            command: Command::Top(top),
+            ..
+        } = Cli::try_parse_from(["tally-collector", "top"]).expect("defaults")
+        else {
+            panic!("not top");
+        };
+        assert_eq!(
+            (top.by, top.direction, top.limit, top.window),
+            (By::Total, Direction::Both, 10, Duration::from_secs(86_400))
+        );
+        assert!(!top.watch && !top.bytes);
+        for (flag, value, message) in [
+            ("--by", "bogus", "possible values: total, period, window"),
+            (
+                "--direction",
+                "up",
+                "possible values: upload, download, both",
+            ),
+            ("--limit", "0", "not in 1..=1000"),
+            ("--limit", "1001", "not in 1..=1000"),
+            ("--window", "30s", "from 1m to 366d"),
+            ("--interval", "100ms", "at least 1s"),
+        ] {
+            let error = Cli::try_parse_from(["tally-collector", "top", flag, value])
+                .expect_err(value)
+                .to_string();
+            assert!(error.contains(message), "{flag} {value}: {error}");
+        }
     }
 }

@@ -31,6 +31,13 @@ pub enum Error {
     /// No node of that id or name.
     #[error("no node {0:?}")]
     NoSuchNode(String),
+    /// A request parameter or body of the HTTP API that is malformed or out
+    /// of bounds; the message names the parameter.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// No HTTP endpoint at that path.
+    #[error("no such endpoint: {0}")]
+    NoRoute(String),
     /// A node of that name exists already.
     #[error("a node named {0:?} exists already")]
     NodeExists(String),
@@ -61,10 +68,10 @@ impl From<Error> for Status {
         match error {
             Error::Unauthenticated(_) => Status::unauthenticated(message),
             Error::Forbidden(_) => Status::permission_denied(message),
-            Error::Invalid(_) => Status::invalid_argument(message),
+            Error::Invalid(_) | Error::InvalidArgument(_) => Status::invalid_argument(message),
             Error::Backwards { .. } => Status::failed_precondition(message),
             Error::TotalOverflow(_) => Status::out_of_range(message),
-            Error::NoSuchNode(_) => Status::not_found(message),
+            Error::NoSuchNode(_) | Error::NoRoute(_) => Status::not_found(message),
             Error::NodeExists(_) => Status::already_exists(message),
             Error::Unavailable(_) | Error::BatchFailed(_) | Error::Database(_) => {
                 Status::unavailable(message)
@@ -90,10 +97,12 @@ impl Error {
         match self {
             Error::Unauthenticated(_) => (StatusCode::UNAUTHORIZED, "unauthenticated"),
             Error::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
-            Error::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid_argument"),
+            Error::Invalid(_) | Error::InvalidArgument(_) => {
+                (StatusCode::BAD_REQUEST, "invalid_argument")
+            }
             Error::Backwards { .. } => (StatusCode::CONFLICT, "counter_went_backwards"),
             Error::TotalOverflow(_) => (StatusCode::CONFLICT, "total_overflow"),
-            Error::NoSuchNode(_) => (StatusCode::NOT_FOUND, "not_found"),
+            Error::NoSuchNode(_) | Error::NoRoute(_) => (StatusCode::NOT_FOUND, "not_found"),
             Error::NodeExists(_) => (StatusCode::CONFLICT, "already_exists"),
             Error::Unavailable(_) | Error::BatchFailed(_) | Error::Database(_) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
@@ -102,13 +111,37 @@ impl Error {
     }
 }
 
+/// The JSON body of every HTTP error.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+/// What went wrong.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// Stable, for programs: `unauthenticated` (401), `forbidden` (403),
+    /// `invalid_argument` (400), `not_found` (404), `already_exists` (409),
+    /// `unavailable` (503).
+    #[schema(example = "invalid_argument")]
+    pub code: &'static str,
+    /// For people; names the parameter at fault.
+    #[schema(example = "limit: 0 is not from 1 to 1000")]
+    pub message: String,
+}
+
 impl axum::response::IntoResponse for Error {
     fn into_response(self) -> axum::response::Response {
         let (status, code) = self.http_status();
         if status.is_server_error() {
             tracing::warn!(error = %self, "HTTP request failed");
         }
-        let body = serde_json::json!({ "error": { "code": code, "message": self.to_string() } });
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code,
+                message: self.to_string(),
+            },
+        };
         let mut response = (status, axum::Json(body)).into_response();
         if status == axum::http::StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(

@@ -2,7 +2,10 @@
 
 mod stream;
 
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::{
+    sync::Arc,
+    time::{Instant, SystemTime, UNIX_EPOCH},
+};
 
 use tally_proto::v1::{HeartbeatReply, HeartbeatRequest, heartbeat_server::Heartbeat};
 use tokio::sync::watch;
@@ -12,6 +15,7 @@ use crate::{
     auth::{self, Credentials},
     error::Error,
     ingest::{Ingest, Job},
+    metrics::Metrics,
     validate,
 };
 
@@ -25,17 +29,21 @@ pub struct HeartbeatService {
 impl HeartbeatService {
     /// `stopping` turns true when the server begins to shut down, so that
     /// open `Stream` calls end (a graceful shutdown waits for every call).
+    /// Heartbeats refused before they reach `ingest` are counted in
+    /// `metrics`.
     pub fn new(
         ingest: Ingest,
         interval_ms: u32,
         max_skew_ns: i64,
         stopping: watch::Receiver<bool>,
+        metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             apply: Apply {
                 ingest,
                 interval_ms,
                 max_skew_ns,
+                metrics,
             },
             stopping,
         }
@@ -49,7 +57,7 @@ impl Heartbeat for HeartbeatService {
         request: Request<HeartbeatRequest>,
     ) -> Result<Response<HeartbeatReply>, Status> {
         let received = Instant::now();
-        let credentials = credentials(&request)?;
+        let credentials = credentials(&request).inspect_err(|_| self.apply.metrics.rejected(1))?;
         let reply = self
             .apply
             .heartbeat(credentials, request.into_inner(), received)
@@ -63,7 +71,7 @@ impl Heartbeat for HeartbeatService {
         &self,
         request: Request<Streaming<HeartbeatRequest>>,
     ) -> Result<Response<Self::StreamStream>, Status> {
-        let credentials = credentials(&request)?;
+        let credentials = credentials(&request).inspect_err(|_| self.apply.metrics.rejected(1))?;
         Ok(Response::new(stream::replies(
             self.apply.clone(),
             credentials,
@@ -92,6 +100,8 @@ struct Apply {
     interval_ms: u32,
     /// How far ahead of ours a node's clock may be.
     max_skew_ns: i64,
+    /// Counts refusals before ingestion (ingestion counts the rest).
+    metrics: Arc<Metrics>,
 }
 
 impl Apply {
@@ -104,8 +114,11 @@ impl Apply {
         received: Instant,
     ) -> Result<HeartbeatReply, Error> {
         let node = credentials.node_id.clone();
-        let heartbeat = validate::heartbeat(request, unix_now_ns(), self.max_skew_ns)
-            .inspect_err(|e| tracing::warn!(%node, error = %e, "heartbeat refused"))?;
+        let heartbeat =
+            validate::heartbeat(request, unix_now_ns(), self.max_skew_ns).inspect_err(|e| {
+                self.metrics.rejected(1);
+                tracing::warn!(%node, error = %e, "heartbeat refused");
+            })?;
         let applied = self
             .ingest
             .submit(

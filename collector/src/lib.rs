@@ -16,3 +16,4 @@ pub mod nodes;
 pub mod period;
 pub mod serve;
 pub mod validate;
+pub mod views;

@@ -13,6 +13,7 @@ use tally_collector::{
 use tokio::signal::unix::{SignalKind, signal};
 
 mod cli;
+mod top;
 
 use cli::{Cli, Command, MigrateArgs, NodeCommand, PeriodCommand, ServeArgs};
 
@@ -76,6 +77,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("period reset for {reset} node(s)");
             Ok(())
         }
+        Command::Top(args) => top::run(&pool, &args).await,
     }
 }
 

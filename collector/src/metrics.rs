@@ -1,8 +1,139 @@
-//! The collector's own metrics (heartbeat outcomes, database latency), for
-//! `/metrics` beside the per-node metrics read from the database.
+//! The collector's own metrics (heartbeat outcomes, batch sizes and
+//! database latency of ingestion), kept in one process-wide registry and
+//! exposed on `/metrics` beside the per-node metrics read from the database
+//! at scrape time (`http/metrics.rs`). Every label has a handful of values:
+//! nothing per heartbeat or per connection.
 
-/// The collector's metrics registry.
-#[derive(Default)]
+use prometheus::{
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry, exponential_buckets,
+    proto::MetricFamily,
+};
+use tally_proto::v1::Outcome;
+
+/// The collector's metrics registry and the metrics in it.
 pub struct Metrics {
-    pub registry: prometheus::Registry,
+    pub registry: Registry,
+    applied: IntCounter,
+    duplicate: IntCounter,
+    stale: IntCounter,
+    rejected: IntCounter,
+    batch_duration: Histogram,
+    batch_size: Histogram,
+    batch_failures: IntCounter,
+}
+
+impl Metrics {
+    /// The metrics, registered (fails only if their definitions are wrong).
+    pub fn new() -> prometheus::Result<Self> {
+        let registry = Registry::new();
+        let heartbeats = IntCounterVec::new(
+            Opts::new(
+                "tally_heartbeats_total",
+                "Heartbeats answered, by outcome (rejected: refused for a bad token, \
+                 a malformed heartbeat, a counter going backwards or an overflow).",
+            ),
+            &["outcome"],
+        )?;
+        let batch_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "tally_ingest_batch_duration_seconds",
+                "Time one heartbeat batch spends in its database transaction, \
+                 from its first statement to its commit.",
+            )
+            .buckets(exponential_buckets(0.000_5, 2.0, 14)?),
+        )?;
+        let batch_size = Histogram::with_opts(
+            HistogramOpts::new(
+                "tally_ingest_batch_size",
+                "Heartbeats per committed batch (one transaction).",
+            )
+            .buckets(exponential_buckets(1.0, 2.0, 14)?),
+        )?;
+        let batch_failures = IntCounter::new(
+            "tally_ingest_batch_failures_total",
+            "Heartbeat batches whose transaction failed (nothing of them was stored; \
+             their heartbeats were answered with a retryable error).",
+        )?;
+        registry.register(Box::new(heartbeats.clone()))?;
+        registry.register(Box::new(batch_duration.clone()))?;
+        registry.register(Box::new(batch_size.clone()))?;
+        registry.register(Box::new(batch_failures.clone()))?;
+        let outcome = |o: &str| heartbeats.with_label_values(&[o]);
+        Ok(Self {
+            applied: outcome("applied"),
+            duplicate: outcome("duplicate"),
+            stale: outcome("stale"),
+            rejected: outcome("rejected"),
+            registry,
+            batch_duration,
+            batch_size,
+            batch_failures,
+        })
+    }
+
+    /// Counts `n` heartbeats answered with `outcome`.
+    pub fn heartbeats(&self, outcome: Outcome, n: u64) {
+        match outcome {
+            Outcome::Applied => self.applied.inc_by(n),
+            Outcome::Duplicate => self.duplicate.inc_by(n),
+            Outcome::Stale => self.stale.inc_by(n),
+            Outcome::Unspecified => {}
+        }
+    }
+
+    /// Counts `n` refused heartbeats.
+    pub fn rejected(&self, n: u64) {
+        self.rejected.inc_by(n);
+    }
+
+    /// Records a committed batch of `size` heartbeats that took `seconds`.
+    pub fn batch(&self, size: usize, seconds: f64) {
+        self.batch_size.observe(size as f64);
+        self.batch_duration.observe(seconds);
+    }
+
+    /// Counts a batch whose transaction failed.
+    pub fn batch_failed(&self) {
+        self.batch_failures.inc();
+    }
+
+    /// Every metric of the registry, as of now.
+    pub fn gather(&self) -> Vec<MetricFamily> {
+        self.registry.gather()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_outcomes_and_batches() {
+        let metrics = Metrics::new().expect("metrics");
+        metrics.heartbeats(Outcome::Applied, 3);
+        metrics.heartbeats(Outcome::Stale, 1);
+        metrics.rejected(2);
+        metrics.batch(3, 0.002);
+        metrics.batch_failed();
+        let mut text = Vec::new();
+        prometheus::Encoder::encode(
+            &prometheus::TextEncoder::new(),
+            &metrics.gather(),
+            &mut text,
+        )
+        .expect("encode");
+        let text = String::from_utf8(text).expect("UTF-8");
+        for line in [
+            r#"tally_heartbeats_total{outcome="applied"} 3"#,
+            r#"tally_heartbeats_total{outcome="duplicate"} 0"#,
+            r#"tally_heartbeats_total{outcome="stale"} 1"#,
+            r#"tally_heartbeats_total{outcome="rejected"} 2"#,
+            "tally_ingest_batch_size_count 1",
+            "tally_ingest_batch_size_sum 3",
+            "tally_ingest_batch_duration_seconds_count 1",
+            "tally_ingest_batch_failures_total 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+        }
+    }
 }

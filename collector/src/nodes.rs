@@ -1,10 +1,14 @@
 //! Node enrolment: add (id and a secret token, only its hash stored), list,
-//! remove.
+//! remove. Adding and removing are announced as `nodes` live events.
 
 use chrono::NaiveDateTime;
-use sqlx::{PgPool, Row as _};
+use sqlx::{PgConnection, PgPool, Row as _};
 
-use crate::{auth, error::Error};
+use crate::{
+    auth,
+    error::Error,
+    events::{NodeChange, Notice, Outbox},
+};
 
 /// A node just added: show the token once, it is not stored.
 #[derive(Debug)]
@@ -35,8 +39,8 @@ pub const MAX_NAME: usize = 128;
 pub async fn add(pool: &PgPool, name: &str) -> Result<Added, Error> {
     let name = name.trim();
     if name.is_empty() || name.len() > MAX_NAME || name.chars().any(char::is_control) {
-        return Err(Error::Invalid(format!(
-            "a node name is 1 to {MAX_NAME} bytes without control characters"
+        return Err(Error::InvalidArgument(format!(
+            "name: a node name is 1 to {MAX_NAME} bytes without control characters"
         )));
     }
     let id = cuid::cuid1();
@@ -64,6 +68,7 @@ pub async fn add(pool: &PgPool, name: &str) -> Result<Added, Error> {
     .bind(&id)
     .execute(&mut *tx)
     .await?;
+    announce(&mut tx, &id, NodeChange::Added).await?;
     tx.commit().await?;
     Ok(Added {
         id,
@@ -103,16 +108,31 @@ pub async fn list(pool: &PgPool) -> Result<Vec<Listed>, Error> {
 
 /// Removes the node with this id or name, and everything stored of it.
 pub async fn remove(pool: &PgPool, node: &str) -> Result<String, Error> {
+    let mut tx = pool.begin().await?;
     let row = sqlx::query(
         r#"DELETE FROM "nodes" WHERE "id" = (SELECT "id" FROM "nodes" WHERE "id" = $1 OR "name" = $1
                                              ORDER BY ("id" = $1) DESC LIMIT 1)
            RETURNING "id""#,
     )
     .bind(node)
-    .fetch_optional(pool)
+    .fetch_optional(&mut *tx)
     .await?;
-    match row {
-        Some(row) => Ok(row.try_get("id")?),
-        None => Err(Error::NoSuchNode(node.to_owned())),
-    }
+    let Some(row) = row else {
+        return Err(Error::NoSuchNode(node.to_owned()));
+    };
+    let id: String = row.try_get("id")?;
+    announce(&mut tx, &id, NodeChange::Removed).await?;
+    tx.commit().await?;
+    Ok(id)
+}
+
+/// Sends the `nodes` event of `change` in `conn`'s transaction.
+async fn announce(conn: &mut PgConnection, id: &str, change: NodeChange) -> Result<(), Error> {
+    let mut outbox = Outbox::new();
+    outbox.push(&Notice::Nodes {
+        node_id: id,
+        change,
+    });
+    outbox.send(conn).await?;
+    Ok(())
 }

@@ -3,14 +3,18 @@
 //! latest start: as part of the node's next heartbeat batch (under its row
 //! lock), and by a periodic sweep for nodes that are quiet. Both set
 //! `periodStart` to that start, so the condition is false afterwards and no
-//! replica can reset the same period twice.
+//! replica can reset the same period twice. Every reset is announced as a
+//! `period_reset` live event in its transaction ([`events`]).
 
 use std::{fmt, str::FromStr};
 
 use chrono::{Datelike as _, NaiveDate, NaiveDateTime};
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool, Row as _, postgres::PgRow};
 
-use crate::error::Error;
+use crate::{
+    error::Error,
+    events::{self, Notice, Outbox},
+};
 
 /// When periods start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,54 +87,120 @@ pub enum Target {
     Node(String),
 }
 
+/// A node whose period was reset, with its traffic after the reset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reset {
+    pub id: String,
+    pub traffic: events::Traffic,
+}
+
+/// What a reset returns of each row (for [`announce`]).
+macro_rules! returning {
+    () => {
+        r#"RETURNING "nodeId", "totalUpload", "totalDownload", "periodUpload",
+                     "periodDownload", "periodStart""#
+    };
+}
+
 /// Resets period counters now; returns how many nodes were reset.
 pub async fn reset_now(pool: &PgPool, target: &Target) -> Result<u64, Error> {
-    let result = match target {
+    Ok(reset(pool, target).await?.len() as u64)
+}
+
+/// Resets period counters now and announces each reset (`period_reset`);
+/// returns the nodes reset, by id.
+pub async fn reset(pool: &PgPool, target: &Target) -> Result<Vec<Reset>, Error> {
+    let mut tx = pool.begin().await?;
+    let rows = match target {
         Target::All => {
-            sqlx::query(
+            sqlx::query(concat!(
                 r#"UPDATE "traffic_stats" SET "periodUpload" = 0, "periodDownload" = 0,
                      "periodStart" = date_trunc('milliseconds', now() AT TIME ZONE 'UTC'),
-                     "updatedAt" = date_trunc('milliseconds', now() AT TIME ZONE 'UTC')"#,
-            )
-            .execute(pool)
+                     "updatedAt" = date_trunc('milliseconds', now() AT TIME ZONE 'UTC')
+                   WHERE "nodeId" IN (SELECT "nodeId" FROM "traffic_stats"
+                                      ORDER BY "nodeId" FOR UPDATE)
+                   "#,
+                returning!()
+            ))
+            .fetch_all(&mut *tx)
             .await?
         }
         Target::Node(node) => {
-            let result = sqlx::query(
+            let rows = sqlx::query(concat!(
                 r#"UPDATE "traffic_stats" SET "periodUpload" = 0, "periodDownload" = 0,
                      "periodStart" = date_trunc('milliseconds', now() AT TIME ZONE 'UTC'),
                      "updatedAt" = date_trunc('milliseconds', now() AT TIME ZONE 'UTC')
                    WHERE "nodeId" = (SELECT "id" FROM "nodes" WHERE "id" = $1 OR "name" = $1
-                                     ORDER BY ("id" = $1) DESC LIMIT 1)"#,
-            )
+                                     ORDER BY ("id" = $1) DESC LIMIT 1)
+                   "#,
+                returning!()
+            ))
             .bind(node)
-            .execute(pool)
+            .fetch_all(&mut *tx)
             .await?;
-            if result.rows_affected() == 0 {
+            if rows.is_empty() {
                 return Err(Error::NoSuchNode(node.clone()));
             }
-            result
+            rows
         }
     };
-    Ok(result.rows_affected())
+    let resets = announce(&mut tx, &rows).await?;
+    tx.commit().await?;
+    Ok(resets)
+}
+
+/// Sends a `period_reset` event for each of `rows` (in `conn`'s
+/// transaction) and returns them in id order.
+async fn announce(conn: &mut PgConnection, rows: &[PgRow]) -> Result<Vec<Reset>, Error> {
+    let mut resets = rows
+        .iter()
+        .map(|row| {
+            Ok(Reset {
+                id: row.try_get("nodeId")?,
+                traffic: events::Traffic {
+                    total_upload: row.try_get("totalUpload")?,
+                    total_download: row.try_get("totalDownload")?,
+                    period_upload: row.try_get("periodUpload")?,
+                    period_download: row.try_get("periodDownload")?,
+                    period_start: row.try_get("periodStart")?,
+                },
+            })
+        })
+        .collect::<Result<Vec<_>, sqlx::Error>>()?;
+    resets.sort_by(|a, b| a.id.cmp(&b.id));
+    let mut outbox = Outbox::new();
+    for reset in &resets {
+        outbox.push(&Notice::PeriodReset {
+            node_id: &reset.id,
+            traffic: reset.traffic,
+        });
+    }
+    outbox.send(conn).await?;
+    Ok(resets)
 }
 
 /// Applies the schedule's latest start to every node still in an earlier
-/// period (the quiet ones; active ones are reset with their heartbeats).
-/// Rows are locked in id order, as heartbeat batches lock them.
+/// period (the quiet ones; active ones are reset with their heartbeats),
+/// and announces each reset. Rows are locked in id order, as heartbeat
+/// batches lock them.
 pub async fn sweep(pool: &PgPool, start: NaiveDateTime) -> Result<u64, Error> {
-    let result = sqlx::query(
+    let mut tx = pool.begin().await?;
+    let rows = sqlx::query(concat!(
         r#"UPDATE "traffic_stats" SET "periodUpload" = 0, "periodDownload" = 0,
              "periodStart" = $1,
              "updatedAt" = date_trunc('milliseconds', now() AT TIME ZONE 'UTC')
            WHERE "nodeId" IN (SELECT "nodeId" FROM "traffic_stats" WHERE "periodStart" < $1
                               ORDER BY "nodeId" FOR UPDATE)
-             AND "periodStart" < $1"#,
-    )
+             AND "periodStart" < $1
+           "#,
+        returning!()
+    ))
     .bind(start)
-    .execute(pool)
+    .fetch_all(&mut *tx)
     .await?;
-    Ok(result.rows_affected())
+    let resets = announce(&mut tx, &rows).await?;
+    tx.commit().await?;
+    Ok(resets.len() as u64)
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
-//! `tally-collector serve`: the gRPC node channel (and, in one process, the
-//! HTTP side as it grows), plus the periodic upkeep: scheduled period resets
-//! of quiet nodes and history retention.
+//! `tally-collector serve`: the gRPC node channel and, in one process, the
+//! HTTP side with the live-event listener that feeds its event stream, plus
+//! the periodic upkeep: scheduled period resets of quiet nodes and history
+//! retention.
 
 use std::{future::Future, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
@@ -12,9 +13,11 @@ use tokio::{net::TcpListener, sync::watch};
 use tonic::transport::{Identity, Server, ServerTlsConfig, server::TcpIncoming};
 
 use crate::{
+    events,
     grpc::HeartbeatService,
     http,
     ingest::{self, Ingest, LatencyLog},
+    metrics::Metrics,
     period::{self, Schedule},
 };
 
@@ -92,28 +95,39 @@ pub async fn serve(
         shutdown.await;
         stopping.send_replace(true);
     };
-    let events = crate::events::Hub::new();
-    let metrics = Arc::new(crate::metrics::Metrics::default());
-    let http = match listeners.http {
-        Some(listener) => Some(spawn_http(
-            http::AppState {
-                pool: pool.clone(),
-                offline_after: options.offline_after,
-                tokens: options.tokens.clone(),
-                events,
-                metrics,
-                stopping: stopping_rx.clone(),
-            },
-            listener,
-        )?),
-        None => None,
+    let hub = events::Hub::new();
+    let metrics = Arc::new(Metrics::new().context("cannot set up the collector's metrics")?);
+    // Live events are only for the HTTP side's subscribers: without it,
+    // nothing here listens (heartbeats are announced all the same, for
+    // other replicas).
+    let (http, listener) = match listeners.http {
+        Some(listener) => {
+            let events = tokio::spawn(events::listen(
+                pool.clone(),
+                hub.clone(),
+                stopping_rx.clone(),
+            ));
+            let http = spawn_http(
+                http::AppState {
+                    pool: pool.clone(),
+                    offline_after: options.offline_after,
+                    tokens: options.tokens.clone(),
+                    events: hub,
+                    metrics: metrics.clone(),
+                    stopping: stopping_rx.clone(),
+                },
+                listener,
+            )?;
+            (Some(http), Some(events))
+        }
+        None => (None, None),
     };
     let upkeep = tokio::spawn(upkeep(
         pool.clone(),
         options.ingest.schedule,
         options.history_retention,
     ));
-    let ingest = Ingest::start(pool, options.ingest.clone(), latencies);
+    let ingest = Ingest::start(pool, options.ingest.clone(), latencies, metrics.clone());
     let interval_ms = options
         .heartbeat_interval
         .map_or(0, |d| u32::try_from(d.as_millis()).unwrap_or(u32::MAX));
@@ -123,6 +137,7 @@ pub async fn serve(
         interval_ms,
         max_skew_ns,
         stopping_rx,
+        metrics,
     ))
     .max_decoding_message_size(limits::MAX_MESSAGE_BYTES);
     let address = listeners.grpc.local_addr().context("no local address")?;
@@ -143,6 +158,11 @@ pub async fn serve(
             Err(error) => tracing::warn!(%error, "the HTTP server task failed"),
             Ok(Ok(())) => {}
         }
+    }
+    if let Some(listener) = listener
+        && let Err(error) = listener.await
+    {
+        tracing::warn!(%error, "the live-event listener task failed");
     }
     result
 }

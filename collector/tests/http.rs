@@ -1,33 +1,21 @@
 //! The HTTP side against a real PostgreSQL and real HTTP: health,
 //! readiness, `GET /api/v1/nodes` (seed field names, counters as decimal
-//! strings, exact above 2^53), JSON errors.
+//! strings, exact above 2^53), JSON errors. The rest of the API is in
+//! `api_*.rs`.
 
 mod common;
 
 use std::net::SocketAddr;
 
-use common::fleet::{self, Fleet};
-use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
-    net::TcpStream,
+use common::{
+    fleet::{self, Fleet},
+    http::Client,
 };
 
-/// `GET path` over HTTP/1.1: (status, JSON body).
+/// `GET path`: (status, JSON body).
 async fn get(address: SocketAddr, path: &str) -> (u16, serde_json::Value) {
-    let mut stream = TcpStream::connect(address).await.expect("connect");
-    let request = format!("GET {path} HTTP/1.1\r\nHost: tally\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.expect("write");
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).await.expect("read");
-    let text = String::from_utf8(response).expect("UTF-8");
-    let (head, body) = text.split_once("\r\n\r\n").expect("a head and a body");
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("status");
-    let json = serde_json::from_str(body).unwrap_or(serde_json::Value::Null);
-    (status, json)
+    let response = Client::new(address).get(path).await;
+    (response.status, response.json)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -90,8 +78,18 @@ async fn health_readiness_and_the_node_list() {
             .is_some_and(|s| s.ends_with('Z'))
     );
 
-    // An unknown path: 404.
-    assert_eq!(get(http, "/api/v1/nope").await.0, 404);
+    // An unknown path under /api: our JSON 404.
+    let (status, body) = get(http, "/api/v1/nope").await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("not_found"))
+    );
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("GET /api/v1/nope")),
+        "{body}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

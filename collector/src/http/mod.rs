@@ -1,22 +1,40 @@
 //! The HTTP side of the collector, on its own listener in the same process
 //! as the gRPC node channel: health and readiness, and the JSON API under
 //! `/api/v1` (BIGINT counters as decimal strings, timestamps RFC 3339 UTC,
-//! errors as `{"error": {"code", "message"}}`).
+//! errors as `{"error": {"code", "message"}}`), the event stream, metrics
+//! and the dashboard.
+//!
+//! The JSON API's handlers (`nodes`, `history`, `rankings`, `admin`) read
+//! through [`crate::views`] and only map to JSON; `params` holds the
+//! extractors and value types they share; `openapi` the generated document.
 
+pub mod admin;
 pub mod auth;
 mod dashboard;
 mod events;
+pub mod history;
 mod metrics;
-mod nodes;
+pub mod nodes;
+pub mod openapi;
+pub mod params;
+pub mod rankings;
 
 use std::{sync::Arc, time::Duration};
 
-use axum::{Json, Router, extract::State, http::StatusCode, routing::get};
+use axum::{
+    Json, Router,
+    extract::State,
+    http::{Method, StatusCode, Uri},
+    routing::{any, get},
+};
 use serde_json::json;
 use sqlx::PgPool;
 use tokio::sync::watch;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 pub use auth::Tokens;
+
+use crate::error::Error;
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -33,16 +51,40 @@ pub struct AppState {
     pub stopping: watch::Receiver<bool>,
 }
 
-/// Every route.
+/// Every route, serving `state`.
 pub fn router(state: AppState) -> Router {
+    routes().with_state(state)
+}
+
+/// Every route.
+pub fn routes() -> Router<AppState> {
+    let (api, _) = api().split_for_parts();
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/api/v1/nodes", get(nodes::list))
+        .merge(api)
+        // Anything else under /api: our JSON 404 (axum's is an empty body).
+        .route("/api/{*path}", any(no_route))
         .merge(events::routes())
         .merge(metrics::routes())
         .merge(dashboard::routes())
-        .with_state(state)
+}
+
+/// The JSON API: each route registered with its OpenAPI description, so
+/// that [`openapi::document`] describes exactly what is served.
+pub fn api() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(openapi::base())
+        .routes(routes!(nodes::list, admin::add))
+        .routes(routes!(nodes::get, admin::remove))
+        .routes(routes!(history::get))
+        .routes(routes!(rankings::get))
+        .routes(routes!(admin::reset_node))
+        .routes(routes!(admin::reset_all))
+        .routes(routes!(openapi::serve))
+}
+
+async fn no_route(method: Method, uri: Uri) -> Error {
+    Error::NoRoute(format!("{method} {}", uri.path()))
 }
 
 /// The process is up.

@@ -3,7 +3,8 @@
 //! up while the previous batch was being written, up to `max_batch`), each
 //! batch in one transaction ([`store::apply`]). Under light load a batch is
 //! one heartbeat; under heavy load one commit carries hundreds, which is what
-//! lets one collector keep up with thousands of nodes.
+//! lets one collector keep up with thousands of nodes. Each batch's size,
+//! transaction time and outcomes are counted in [`Metrics`].
 
 pub mod store;
 
@@ -14,9 +15,10 @@ use std::{
 
 use chrono::Utc;
 use sqlx::PgPool;
+use tally_proto::v1::Outcome;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::{error::Error, period::Schedule};
+use crate::{error::Error, metrics::Metrics, period::Schedule};
 pub use store::{Applied, BatchTime, Job};
 
 /// How ingestion runs.
@@ -80,7 +82,12 @@ pub struct Ingest {
 
 impl Ingest {
     /// Starts the writer tasks on the current runtime.
-    pub fn start(pool: PgPool, config: Config, latencies: Option<Arc<LatencyLog>>) -> Self {
+    pub fn start(
+        pool: PgPool,
+        config: Config,
+        latencies: Option<Arc<LatencyLog>>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let (queue, receiver) = mpsc::channel(config.queue.max(1));
         let receiver = Arc::new(tokio::sync::Mutex::new(receiver));
         for writer in 0..config.writers.max(1) {
@@ -90,6 +97,7 @@ impl Ingest {
                 receiver.clone(),
                 config.clone(),
                 latencies.clone(),
+                metrics.clone(),
             ));
         }
         Self { queue }
@@ -122,6 +130,7 @@ async fn write_loop(
     receiver: Arc<tokio::sync::Mutex<mpsc::Receiver<Queued>>>,
     config: Config,
     latencies: Option<Arc<LatencyLog>>,
+    metrics: Arc<Metrics>,
 ) {
     let mut batch = Vec::with_capacity(config.max_batch);
     loop {
@@ -131,7 +140,15 @@ async fn write_loop(
                 return;
             }
         }
-        write_batch(writer, &pool, &mut batch, &config, latencies.as_deref()).await;
+        write_batch(
+            writer,
+            &pool,
+            &mut batch,
+            &config,
+            latencies.as_deref(),
+            &metrics,
+        )
+        .await;
     }
 }
 
@@ -141,6 +158,7 @@ async fn write_batch(
     batch: &mut Vec<Queued>,
     config: &Config,
     latencies: Option<&LatencyLog>,
+    metrics: &Metrics,
 ) {
     let now = Utc::now().naive_utc();
     let time = BatchTime::new(now, config.schedule.map(|s| s.latest_start(now)));
@@ -150,17 +168,24 @@ async fn write_batch(
         .unzip();
     let started = Instant::now();
     let result = match pool.acquire().await {
-        Ok(mut conn) => store::apply(&mut conn, &jobs, time).await,
+        Ok(mut conn) => {
+            let began = Instant::now();
+            store::apply(&mut conn, &jobs, time)
+                .await
+                .map(|results| (results, began.elapsed()))
+        }
         Err(error) => Err(error),
     };
     match result {
-        Ok(results) => {
+        Ok((results, in_database)) => {
             tracing::debug!(
                 writer,
                 heartbeats = jobs.len(),
                 elapsed_ms = started.elapsed().as_millis() as u64,
                 "batch committed"
             );
+            metrics.batch(jobs.len(), in_database.as_secs_f64());
+            count_outcomes(metrics, &results);
             for ((received, reply), result) in waiting.into_iter().zip(results) {
                 if let Some(log) = latencies {
                     log.record(received.elapsed());
@@ -170,10 +195,33 @@ async fn write_batch(
         }
         Err(error) => {
             tracing::warn!(writer, heartbeats = jobs.len(), %error, "batch failed; nothing of it was stored");
+            metrics.batch_failed();
             let message = error.to_string();
             for (_, reply) in waiting {
                 let _ = reply.send(Err(Error::BatchFailed(message.clone())));
             }
         }
     }
+}
+
+/// Counts a committed batch's outcomes (refusals for the heartbeat's own
+/// fault as rejected).
+fn count_outcomes(metrics: &Metrics, results: &[Result<Applied, Error>]) {
+    let (mut applied, mut duplicate, mut stale, mut rejected) = (0, 0, 0, 0);
+    for result in results {
+        match result {
+            Ok(a) => match a.outcome {
+                Outcome::Applied => applied += 1,
+                Outcome::Duplicate => duplicate += 1,
+                Outcome::Stale => stale += 1,
+                Outcome::Unspecified => {}
+            },
+            Err(error) if !error.is_transient() => rejected += 1,
+            Err(_) => {}
+        }
+    }
+    metrics.heartbeats(Outcome::Applied, applied);
+    metrics.heartbeats(Outcome::Duplicate, duplicate);
+    metrics.heartbeats(Outcome::Stale, stale);
+    metrics.rejected(rejected);
 }

@@ -2,9 +2,12 @@
 //! (in id order, so concurrent batches, here or in another collector, never
 //! deadlock), check each heartbeat's token, decide with
 //! [`accounting::decide`] against the locked raw values, then write every
-//! change with one statement per table. A heartbeat's reply is sent only
-//! after the commit; if anything fails, nothing of the batch is stored and
-//! every heartbeat in it gets a retryable error.
+//! change with one statement per table. Each applied heartbeat (and each
+//! scheduled period reset it brings) is announced as a live event with the
+//! node's traffic after it, by one NOTIFY statement in the same transaction
+//! ([`events`]). A heartbeat's reply is sent only after the commit; if
+//! anything fails, nothing of the batch is stored or announced and every
+//! heartbeat in it gets a retryable error.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -19,6 +22,7 @@ use crate::{
     accounting::{self, Decision, Origin, Position},
     auth::{self, Credentials},
     error::Error,
+    events::{self, Notice, Outbox},
     validate::{Heartbeat, Interface},
 };
 
@@ -77,6 +81,8 @@ struct Node<'a> {
     position: Position,
     total_upload: i64,
     total_download: i64,
+    period_upload: i64,
+    period_download: i64,
     period_start: NaiveDateTime,
     interfaces_at: Option<NaiveDateTime>,
     change: Option<Change<'a>>,
@@ -105,9 +111,10 @@ pub async fn apply(
 ) -> Result<Vec<Result<Applied, Error>>, sqlx::Error> {
     let mut tx = sqlx::Connection::begin(conn).await?;
     let mut nodes = lock_nodes(&mut tx, jobs).await?;
+    let mut outbox = Outbox::new();
     let results = jobs
         .iter()
-        .map(|job| decide(&mut nodes, job, &time))
+        .map(|job| decide(&mut nodes, job, &time, &mut outbox))
         .collect();
     let changed: Vec<(&String, &Node, &Change)> = {
         let mut changed: Vec<_> = nodes
@@ -122,6 +129,7 @@ pub async fn apply(
         write_traffic(&mut tx, &changed, &time).await?;
         write_history(&mut tx, &changed, &time).await?;
         write_interfaces(&mut tx, &changed, &time).await?;
+        outbox.send(&mut tx).await?;
     }
     tx.commit().await?;
     Ok(results)
@@ -140,7 +148,8 @@ async fn lock_nodes<'a>(
     let rows = sqlx::query(
         r#"SELECT n."id", n."tokenHash", n."bootId", n."epoch", n."epochCreatedAt",
                   n."lastSequence", t."lastRxBytes", t."lastTxBytes",
-                  t."totalUpload", t."totalDownload", t."periodStart",
+                  t."totalUpload", t."totalDownload", t."periodUpload",
+                  t."periodDownload", t."periodStart",
                   n."interfacesUpdatedAt"
            FROM "nodes" n JOIN "traffic_stats" t ON t."nodeId" = n."id"
            WHERE n."id" = ANY($1)
@@ -174,6 +183,8 @@ async fn lock_nodes<'a>(
                 },
                 total_upload: row.try_get("totalUpload")?,
                 total_download: row.try_get("totalDownload")?,
+                period_upload: row.try_get("periodUpload")?,
+                period_download: row.try_get("periodDownload")?,
                 period_start: row.try_get("periodStart")?,
                 interfaces_at: row.try_get("interfacesUpdatedAt")?,
                 change: None,
@@ -183,12 +194,13 @@ async fn lock_nodes<'a>(
         .collect()
 }
 
-/// Decides one job against its (locked, in-memory) node and records the
-/// change. Refusals change nothing.
+/// Decides one job against its (locked, in-memory) node, records the
+/// change and adds its events to `outbox`. Refusals change nothing.
 fn decide<'a>(
     nodes: &mut HashMap<String, Node<'a>>,
     job: &'a Job,
     time: &BatchTime,
+    outbox: &mut Outbox,
 ) -> Result<Applied, Error> {
     // The same answer for an unknown node and a wrong secret.
     let refused = || Error::Unauthenticated("unknown node or wrong token");
@@ -231,20 +243,44 @@ fn decide<'a>(
             });
         }
     };
-    let total_upload = node
-        .total_upload
-        .checked_add(upload)
-        .ok_or(Error::TotalOverflow("upload"))?;
-    let total_download = node
-        .total_download
-        .checked_add(download)
-        .ok_or(Error::TotalOverflow("download"))?;
+    // A scheduled reset zeroes the period before the batch's deltas, as
+    // `write_traffic` does.
+    let reset_to = time
+        .period_boundary
+        .filter(|boundary| node.period_start < *boundary);
+    let due = reset_to.is_some();
+    let (period_upload, period_download) = if due {
+        (0, 0)
+    } else {
+        (node.period_upload, node.period_download)
+    };
+    let sum = |a: i64, b: i64, what| a.checked_add(b).ok_or(Error::TotalOverflow(what));
+    let total_upload = sum(node.total_upload, upload, "upload")?;
+    let total_download = sum(node.total_download, download, "download")?;
+    let period_upload = sum(period_upload, upload, "period upload")?;
+    let period_download = sum(period_download, download, "period download")?;
+    let node_id = job.credentials.node_id.as_str();
+    if let Some(boundary) = reset_to {
+        node.period_upload = 0;
+        node.period_download = 0;
+        node.period_start = boundary;
+        outbox.push(&Notice::PeriodReset {
+            node_id,
+            traffic: node.traffic(),
+        });
+    }
     node.total_upload = total_upload;
     node.total_download = total_download;
+    node.period_upload = period_upload;
+    node.period_download = period_download;
     node.position.advance(reading);
-    let due = time
-        .period_boundary
-        .is_some_and(|boundary| node.period_start < boundary);
+    let [one, five, fifteen] = job.heartbeat.load;
+    outbox.push(&Notice::Heartbeat {
+        node_id,
+        last_seen: time.now,
+        load: events::Load { one, five, fifteen },
+        traffic: node.traffic(),
+    });
     let refresh = new_origin
         || node
             .interfaces_at
@@ -268,6 +304,19 @@ fn decide<'a>(
         outcome: Outcome::Applied,
         sequence: reading.sequence,
     })
+}
+
+impl Node<'_> {
+    /// The traffic as the batch leaves it so far.
+    fn traffic(&self) -> events::Traffic {
+        events::Traffic {
+            total_upload: self.total_upload,
+            total_download: self.total_download,
+            period_upload: self.period_upload,
+            period_download: self.period_download,
+            period_start: self.period_start,
+        }
+    }
 }
 
 type Changed<'a> = [(&'a String, &'a Node<'a>, &'a Change<'a>)];

@@ -98,10 +98,17 @@ impl Fleet {
 
     /// As [`Fleet::serve_here`], asking agents for `interval`.
     pub async fn serve_here_asking(&self, interval: Option<Duration>) -> InProcess {
-        let options = serve::Options {
+        self.serve_here_with(|options| options.heartbeat_interval = interval)
+            .await
+    }
+
+    /// As [`Fleet::serve_here`], with the options changed by `tweak` (e.g.
+    /// to configure the HTTP tokens).
+    pub async fn serve_here_with(&self, tweak: impl FnOnce(&mut serve::Options)) -> InProcess {
+        let mut options = serve::Options {
             listen: "127.0.0.1:0".parse().expect("address"),
             tls: None,
-            heartbeat_interval: interval,
+            heartbeat_interval: None,
             max_skew: Duration::from_secs(300),
             history_retention: Duration::from_secs(86_400),
             ingest: ingest::Config::default(),
@@ -109,6 +116,7 @@ impl Fleet {
             offline_after: Duration::from_secs(30),
             tokens: Default::default(),
         };
+        tweak(&mut options);
         let listeners = serve::bind(&options).await.expect("bind");
         let address = listeners.grpc.local_addr().expect("address");
         let http_address = listeners

@@ -16,3 +16,4 @@ pub fn cluster(test: &str) -> Option<TempCluster> {
 }
 
 pub mod fleet;
+pub mod http;
