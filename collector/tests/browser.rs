@@ -1,0 +1,509 @@
+//! The dashboard in a real browser (headless Chromium over WebDriver)
+//! against a real collector and PostgreSQL: the node table, exact counters
+//! above 2^53, live updates from the event stream without a reload, and
+//! screenshots for a person to look at (`target/test-artefacts/`).
+
+#[path = "common/browser.rs"]
+mod browser;
+mod common;
+
+use std::time::Duration;
+
+use browser::Browser;
+use common::fleet::{self, Fleet};
+use serde_json::Value;
+use tally_collector::{http::Tokens, nodes};
+
+/// 2^53 + 3: a JavaScript Number would show …996.
+const BIG: i64 = (1 << 53) + 3;
+
+/// A JS expression reading `attribute` of a node's cell.
+fn cell(node: &str, field: &str, attribute: &str) -> String {
+    format!(
+        r#"return document.querySelector('tr[data-node-id="{node}"] [data-field="{field}"]')?.{attribute} ?? null;"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_shows_the_fleet_and_follows_it_live() {
+    let test = "the_dashboard_shows_the_fleet_and_follows_it_live";
+    let Some(browser) = Browser::start(test, 1280, 900).await else {
+        return;
+    };
+    let Some(fleet) = Fleet::start("browser_dashboard").await else {
+        return;
+    };
+    let alpha = fleet.add_node("alpha").await;
+    let bravo = fleet.add_node("bravo").await;
+    let charlie = fleet.add_node("charlie").await;
+    let server = fleet.serve_here().await;
+    let mut client = fleet::client(server.address).await;
+    for (node, rx, tx) in [(&alpha, 5_000_000, 1_200_000), (&bravo, 300_000, 90_000)] {
+        fleet::send(
+            &mut client,
+            Some(&node.token),
+            fleet::heartbeat("e", 1, rx, tx),
+        )
+        .await
+        .expect("applied");
+    }
+    sqlx::query(r#"UPDATE "traffic_stats" SET "totalDownload" = $1 WHERE "nodeId" = $2"#)
+        .bind(BIG)
+        .bind(&charlie.id)
+        .execute(&fleet.pool)
+        .await
+        .expect("set a big counter");
+
+    let url = format!("http://{}/", server.http_address);
+    browser.client.goto(&url).await.expect("open the dashboard");
+
+    // The table lists every node, with its status.
+    let names = browser
+        .wait_for(
+            "three rows",
+            Duration::from_secs(10),
+            r#"return [...document.querySelectorAll('#nodes-body tr')]
+                 .map(r => r.querySelector('[data-field="name"] .node-name').textContent);"#,
+            |v| v.as_array().is_some_and(|a| a.len() == 3),
+        )
+        .await;
+    assert_eq!(names, serde_json::json!(["alpha", "bravo", "charlie"]));
+    for (node, status) in [
+        (&alpha, "online"),
+        (&bravo, "online"),
+        (&charlie, "offline"),
+    ] {
+        assert_eq!(
+            browser.js(&cell(&node.id, "status", "textContent")).await,
+            status,
+            "{}",
+            node.name
+        );
+    }
+    assert_eq!(
+        browser.js(&cell(&alpha.id, "load1", "textContent")).await,
+        "0.50"
+    );
+
+    // Exact above 2^53, in the tooltip and in human units.
+    assert_eq!(
+        browser
+            .js(&cell(&charlie.id, "totalDownload", "title"))
+            .await,
+        "9007199254740995 bytes"
+    );
+    assert_eq!(
+        browser
+            .js(&cell(&charlie.id, "totalDownload", "dataset.bytes"))
+            .await,
+        "9007199254740995"
+    );
+    assert_eq!(
+        browser
+            .js(&cell(&charlie.id, "totalDownload", "textContent"))
+            .await,
+        "8.00 PiB"
+    );
+    assert_eq!(
+        browser.js(&cell(&alpha.id, "totalDownload", "title")).await,
+        "5000000 bytes"
+    );
+    assert_eq!(
+        browser
+            .js(&cell(&alpha.id, "totalDownload", "textContent"))
+            .await,
+        "4.77 MiB"
+    );
+    // The fleet's sum is exact too: 2^53 + 3 + 5 000 000 + 300 000.
+    assert_eq!(
+        browser
+            .js("return document.getElementById('stat-totalDownload').title;")
+            .await,
+        format!("{} bytes", BIG + 5_300_000)
+    );
+    let formatted = browser
+        .js(r#"const f = window.tally.formatBytes;
+               return [f('0'), f('1023'), f('1024'), f('1536'), f('1048575'),
+                       f('18446744073709551615'), f('9223372036854775807'), f('x')];"#)
+        .await;
+    assert_eq!(
+        formatted,
+        serde_json::json!([
+            "0 B", "1023 B", "1.00 KiB", "1.50 KiB", "1.00 MiB", "16.0 EiB", "8.00 EiB", "—"
+        ])
+    );
+
+    // Rounding is exact where a Number is not: 1.005 EiB lies between these
+    // two, which are the same double.
+    let rounded = browser
+        .js(r#"const f = window.tally.formatBytes;
+               return [f('1158686112129881210'), f('1158686112129881211')];"#)
+        .await;
+    assert_eq!(rounded, serde_json::json!(["1.00 EiB", "1.01 EiB"]));
+    // The event-stream parser: CRLF split across chunks, comments, several
+    // data lines, an event without data.
+    let parsed = browser
+        .js(r#"const p = new window.tally.SseParser();
+               const chunks = ['event: heartbeat\r', '\ndata: {"a":', '1}\r\n\r\n: keep-alive\n\n',
+                               'event: nodes\ndata: x\ndata:y\n', '\nevent: empty\n\n', 'data: tail'];
+               return chunks.flatMap(c => p.push(c)).map(e => [e.type, e.data]);"#)
+        .await;
+    assert_eq!(
+        parsed,
+        serde_json::json!([["heartbeat", "{\"a\":1}"], ["nodes", "x\ny"]])
+    );
+
+    // The event stream is up; a heartbeat moves the figures without a reload.
+    browser
+        .wait_for(
+            "the live event stream",
+            Duration::from_secs(10),
+            "return document.getElementById('connection').dataset.state;",
+            |v| v == "live",
+        )
+        .await;
+    browser.js("window.__marker = 1; return null;").await;
+    fleet::send(
+        &mut client,
+        Some(&alpha.token),
+        fleet::heartbeat("e", 2, 7_000_000, 1_500_000),
+    )
+    .await
+    .expect("applied");
+    let shown = browser
+        .wait_for(
+            "alpha's new totals",
+            Duration::from_secs(10),
+            &cell(&alpha.id, "totalDownload", "dataset.bytes"),
+            |v| v.is_string() && v != "5000000",
+        )
+        .await;
+    let (download, upload, _, _) = fleet.totals(&alpha.id).await;
+    assert_eq!(shown, download.to_string());
+    assert_eq!(
+        browser
+            .js(&cell(&alpha.id, "totalUpload", "dataset.bytes"))
+            .await,
+        upload.to_string()
+    );
+    assert_eq!(
+        browser.js("return window.__marker ?? null;").await,
+        1,
+        "the page reloaded"
+    );
+
+    // The ranking: charlie first by total, exactly; alpha's sum follows the
+    // heartbeat within a few seconds.
+    let ranking = r#"return [...document.querySelectorAll('#ranking li')].map(li =>
+        [li.dataset.rank, li.dataset.nodeId, li.querySelector('[data-field="value"]').title]);"#;
+    let alpha_sum = format!("{} bytes", download + upload);
+    let shown = browser
+        .wait_for(
+            "the ranking to follow",
+            Duration::from_secs(10),
+            ranking,
+            |v| v.get(1).and_then(|r| r.get(2)) == Some(&Value::from(alpha_sum.as_str())),
+        )
+        .await;
+    assert_eq!(
+        shown,
+        serde_json::json!([
+            ["1", charlie.id, "9007199254740995 bytes"],
+            ["2", alpha.id, alpha_sum],
+            ["3", bravo.id, "390000 bytes"],
+        ])
+    );
+
+    // The first node's chart is drawn.
+    browser
+        .wait_for(
+            "alpha's chart",
+            Duration::from_secs(10),
+            r#"const c = document.getElementById('chart');
+               return c.dataset.state === 'ready' && c.dataset.nodeId
+                 && !!c.querySelector('svg path.line-download');"#,
+            |v| v == true,
+        )
+        .await;
+    assert_eq!(
+        browser
+            .js("return document.getElementById('chart').dataset.nodeId;")
+            .await,
+        alpha.id.as_str()
+    );
+
+    // Hovering the chart shows the figures of the nearest step.
+    let tip = browser
+        .js(r#"const c = document.getElementById('chart');
+               const r = c.getBoundingClientRect();
+               c.dispatchEvent(new PointerEvent('pointermove',
+                 { clientX: r.right - 20, clientY: r.top + 50, bubbles: true }));
+               const tip = document.getElementById('chart-tooltip');
+               return tip.hidden ? null : tip.textContent;"#)
+        .await;
+    assert!(
+        tip.as_str()
+            .is_some_and(|t| ["↓", "↑", "B/s", "load"].iter().all(|s| t.contains(s))),
+        "{tip}"
+    );
+
+    // A click on a row charts that node.
+    browser
+        .client
+        .find(fantoccini::Locator::Css(&format!(
+            r#"tr[data-node-id="{}"]"#,
+            bravo.id
+        )))
+        .await
+        .expect("bravo's row")
+        .click()
+        .await
+        .expect("click");
+    browser
+        .wait_for(
+            "bravo's chart",
+            Duration::from_secs(10),
+            r#"const c = document.getElementById('chart');
+               return c.dataset.state === 'ready' ? c.dataset.nodeId : null;"#,
+            |v| v == bravo.id.as_str(),
+        )
+        .await;
+    assert_eq!(
+        browser.js("return location.hash;").await,
+        format!("#node={}", bravo.id)
+    );
+
+    // Enrolled and removed nodes come and go without a reload.
+    let delta = fleet.add_node("delta").await;
+    nodes::remove(&fleet.pool, &bravo.id)
+        .await
+        .expect("remove bravo");
+    let rows = browser
+        .wait_for(
+            "delta in, bravo out",
+            Duration::from_secs(10),
+            "return [...document.querySelectorAll('#nodes-body tr')].map(r => r.dataset.nodeId);",
+            |v| {
+                v.as_array()
+                    .is_some_and(|a| a.len() == 3 && a.contains(&Value::from(delta.id.as_str())))
+            },
+        )
+        .await;
+    assert_eq!(rows, serde_json::json!([alpha.id, charlie.id, delta.id]));
+    assert_eq!(
+        browser
+            .js(&format!(
+                r#"return !!document.querySelector('#ranking li[data-node-id="{}"]');"#,
+                bravo.id
+            ))
+            .await,
+        false,
+        "a removed node stays in the ranking"
+    );
+    // The removed node's chart gave way to the first node's.
+    browser
+        .wait_for(
+            "alpha's chart again",
+            Duration::from_secs(10),
+            r#"const c = document.getElementById('chart');
+               return c.dataset.state === 'ready' ? c.dataset.nodeId : null;"#,
+            |v| v == alpha.id.as_str(),
+        )
+        .await;
+    assert_eq!(
+        browser.js("return window.__marker ?? null;").await,
+        1,
+        "the page reloaded"
+    );
+
+    // Nothing went wrong in the page.
+    let diagnostics = browser
+        .js("return [window.tally.diagnostics.errors, window.tally.diagnostics.cspViolations];")
+        .await;
+    assert_eq!(diagnostics, serde_json::json!([[], []]));
+
+    full_page_screenshot(&browser, 1280, "dashboard.png").await;
+    full_page_screenshot(&browser, 412, "dashboard-phone.png").await;
+    // On a phone the table scrolls sideways instead of squeezing the page.
+    let widths = browser
+        .js(r#"const s = document.querySelector('.table-scroll');
+               return [s.scrollWidth > s.clientWidth, document.documentElement.scrollWidth <= window.innerWidth];"#)
+        .await;
+    assert_eq!(widths, serde_json::json!([true, true]));
+
+    browser.finish().await;
+}
+
+/// Resizes the window to a `width` wide viewport as tall as the page, then
+/// saves a screenshot.
+async fn full_page_screenshot(browser: &Browser, width: u32, name: &str) {
+    browser
+        .client
+        .set_window_size(width, 900)
+        .await
+        .expect("resize");
+    // The window is larger than the viewport by the browser's own frame.
+    let sizes = browser
+        .js(r#"return [document.documentElement.scrollHeight,
+                       window.outerHeight - window.innerHeight];"#)
+        .await;
+    let size = |i: usize| sizes[i].as_u64().and_then(|v| u32::try_from(v).ok());
+    let height = size(0).unwrap_or(900).clamp(600, 4000) + size(1).unwrap_or(0);
+    browser
+        .client
+        .set_window_size(width, height)
+        .await
+        .expect("resize");
+    // Let the chart redraw for the new width, and the highlights fade.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let answer: Value = browser
+        .js("return document.getElementById('chart').dataset.state;")
+        .await;
+    assert_eq!(answer, "ready");
+    browser.screenshot(name).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_asks_for_the_read_token() {
+    let test = "the_dashboard_asks_for_the_read_token";
+    let Some(browser) = Browser::start(test, 1280, 900).await else {
+        return;
+    };
+    let Some(fleet) = Fleet::start("browser_token").await else {
+        return;
+    };
+    let solo = fleet.add_node("solo").await;
+    let server = fleet
+        .serve_here_with(|options| {
+            options.tokens = Tokens {
+                admin: None,
+                read: Some(READ_TOKEN.into()),
+            }
+        })
+        .await;
+
+    // The page itself is open, with its policy; the data is not.
+    let http = common::http::Client::new(server.http_address);
+    for (path, kind) in [
+        ("/", "text/html"),
+        ("/dashboard/app.js", "text/javascript"),
+        ("/dashboard/style.css", "text/css"),
+    ] {
+        let response = http.get(path).await;
+        assert_eq!(response.status, 200, "{path}");
+        assert!(
+            response
+                .header("content-type")
+                .is_some_and(|t| t.starts_with(kind))
+        );
+        assert!(
+            response
+                .header("content-security-policy")
+                .is_some_and(|p| p.contains("script-src 'self'") && !p.contains("unsafe")),
+            "{path}"
+        );
+        assert_eq!(response.header("cache-control"), Some("no-cache"));
+        assert!(response.header("etag").is_some(), "{path}");
+    }
+    assert_eq!(http.get("/api/v1/nodes").await.status, 401);
+
+    let url = format!("http://{}/", server.http_address);
+    browser.client.goto(&url).await.expect("open the dashboard");
+    let locked = r#"return [document.getElementById('connection').dataset.state,
+                            document.getElementById('auth').hidden,
+                            document.getElementById('dashboard').hidden];"#;
+    browser
+        .wait_for("the token form", Duration::from_secs(10), locked, |v| {
+            *v == serde_json::json!(["locked", false, true])
+        })
+        .await;
+
+    // A wrong token is refused and asked for again.
+    submit_token(&browser, "not-the-token").await;
+    let message = browser
+        .wait_for(
+            "the refusal",
+            Duration::from_secs(10),
+            r#"return document.getElementById('auth').hidden ? null
+                 : document.getElementById('auth-message').textContent;"#,
+            |v| v.as_str().is_some_and(|m| m.contains("refused")),
+        )
+        .await;
+    assert!(
+        message.as_str().is_some_and(|m| m.contains("wrong token")),
+        "{message}"
+    );
+
+    // The right one opens the dashboard and the (fetch-read) event stream.
+    submit_token(&browser, READ_TOKEN).await;
+    browser
+        .wait_for(
+            "the live dashboard",
+            Duration::from_secs(10),
+            &format!(
+                r#"return document.getElementById('connection').dataset.state === 'live'
+                     && !!document.querySelector('tr[data-node-id="{}"]');"#,
+                solo.id
+            ),
+            |v| v == true,
+        )
+        .await;
+    assert_eq!(
+        browser
+            .js("return sessionStorage.getItem('tally.readToken');")
+            .await,
+        READ_TOKEN
+    );
+    browser.js("window.__marker = 1; return null;").await;
+    let mut client = fleet::client(server.address).await;
+    fleet::send(
+        &mut client,
+        Some(&solo.token),
+        fleet::heartbeat("e", 1, 4096, 2048),
+    )
+    .await
+    .expect("applied");
+    browser
+        .wait_for(
+            "solo's first heartbeat",
+            Duration::from_secs(10),
+            &cell(&solo.id, "totalDownload", "title"),
+            |v| v == "4096 bytes",
+        )
+        .await;
+    assert_eq!(
+        browser.js(&cell(&solo.id, "status", "textContent")).await,
+        "online"
+    );
+    assert_eq!(
+        browser.js("return window.__marker ?? null;").await,
+        1,
+        "the page reloaded"
+    );
+    let diagnostics = browser
+        .js("return [window.tally.diagnostics.errors, window.tally.diagnostics.cspViolations];")
+        .await;
+    assert_eq!(diagnostics, serde_json::json!([[], []]));
+
+    browser.finish().await;
+}
+
+const READ_TOKEN: &str = "reader-secret-0123456789abcdef";
+
+/// Types `token` into the token form and submits it.
+async fn submit_token(browser: &Browser, token: &str) {
+    let input = browser
+        .client
+        .find(fantoccini::Locator::Id("auth-token"))
+        .await
+        .expect("the token field");
+    input.send_keys(token).await.expect("type the token");
+    browser
+        .client
+        .find(fantoccini::Locator::Css("#auth-form button[type=submit]"))
+        .await
+        .expect("the submit button")
+        .click()
+        .await
+        .expect("submit");
+}
