@@ -66,8 +66,9 @@ pub struct ServeArgs {
     #[arg(long, env = "TALLY_LISTEN", default_value = "0.0.0.0:50051")]
     pub listen: SocketAddr,
 
-    /// Address for the HTTP side: health (`/healthz`, `/readyz`) and the
-    /// JSON API under `/api/v1`. Without it, no HTTP is served.
+    /// Address for the HTTP side: the dashboard (`/`), the JSON API and
+    /// its event stream under `/api/v1`, `/metrics`, health (`/healthz`,
+    /// `/readyz`). Without it, no HTTP is served.
     #[arg(long, env = "TALLY_HTTP_LISTEN", value_name = "ADDRESS")]
     pub http_listen: Option<SocketAddr>,
 
