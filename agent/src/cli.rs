@@ -1,10 +1,45 @@
 //! The command line of `tally-agent`.
+//!
+//! # Which options read the environment
+//!
+//! - Every option of `run` (the long-running agent) and the global
+//!   `--pin-dir` and `--log` read a `TALLY_…` environment variable, so that
+//!   a deployment (a systemd unit's environment file, a DaemonSet) can keep
+//!   them out of the command line. The node's token itself is read from
+//!   `TALLY_TOKEN` (never from the command line, where other users could see
+//!   it in the process list), so it is not a clap option; `run --help` names
+//!   it at `--token-file`.
+//! - An option of another command that is the same setting as one of
+//!   those (`status --source`, `--include`, `--exclude`) reads the same
+//!   variable, so that `status` run in the agent's environment reads what
+//!   the agent counts.
+//! - Options that only shape one run of a one-off command (`status
+//!   --json`) read none: a value left over in the environment would
+//!   silently change what was typed. The tests below keep an allow-list
+//!   for those that take a value (none today), each with its reason.
+//!
+//! Switches that read the environment accept `true`/`false`, `1`/`0`,
+//! `yes`/`no` or `on`/`off` there. clap counts such a variable as given
+//! even when it says `false` (clap-rs/clap#5591), so a switch's
+//! requirements are declared for its "on" spellings only ([`ON`]).
+//!
+//! Every option that takes a value shows its default in `--help`, or its
+//! help says what happens without it. The tests below check all of this on
+//! the whole command tree.
 
 use std::{path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 
 use crate::{ebpf::engine::AttachMode, pins::DEFAULT_PIN_DIR, source::SourceKind};
+
+/// The values that turn a switch on in its environment variable, as
+/// [`clap::builder::BoolishValueParser`] reads them, in lower, upper and
+/// title case (a switch on the command line is `true`). A requirement
+/// declared for these only does not fire on `false`.
+const ON: [&str; 14] = [
+    "true", "TRUE", "True", "t", "T", "yes", "YES", "Yes", "y", "Y", "on", "ON", "On", "1",
+];
 
 /// tally's node agent: counts the traffic of every network interface but
 /// loopback in the kernel (eBPF on the TC ingress and egress hooks), keeps the
@@ -14,12 +49,14 @@ use crate::{ebpf::engine::AttachMode, pins::DEFAULT_PIN_DIR, source::SourceKind}
 #[command(name = "tally-agent", version, propagate_version = true)]
 pub struct Cli {
     /// Directory on the bpf filesystem where the counters, their epoch and the
-    /// attachments are pinned. Give each agent its own (one per network
-    /// namespace).
+    /// attachments are pinned; `run` creates it. Give each agent its own (one
+    /// per network namespace).
     #[arg(long, global = true, env = "TALLY_PIN_DIR", default_value = DEFAULT_PIN_DIR, value_name = "DIR")]
     pub pin_dir: PathBuf,
 
-    /// Log filter in tracing's EnvFilter syntax (e.g. `info`, `tally_agent=debug`).
+    /// Which log messages to print on stderr, in tracing's EnvFilter syntax:
+    /// a level (`error`, `warn`, `info`, `debug`, `trace`), or per-module
+    /// directives such as `info,tally_agent=debug`.
     #[arg(
         long,
         global = true,
@@ -73,8 +110,9 @@ pub struct RunArgs {
     #[arg(long, env = "TALLY_FORGET_AFTER", default_value = "1h", value_parser = parse_duration, value_name = "DURATION")]
     pub forget_after: Duration,
 
-    /// How often to re-list the interfaces even without a netlink notification.
-    #[arg(long, default_value = "30s", value_parser = parse_interval, value_name = "DURATION")]
+    /// How often to re-list the interfaces even without a netlink
+    /// notification, as a safety net for missed ones (at least 1s).
+    #[arg(long, env = "TALLY_RESYNC_INTERVAL", default_value = "30s", value_parser = parse_interval, value_name = "DURATION")]
     pub resync_interval: Duration,
 
     #[command(flatten)]
@@ -94,8 +132,8 @@ pub struct CollectorArgs {
 
     /// File holding this node's token, as printed by `tally-collector node
     /// add` (surrounding whitespace is ignored). Sent as `authorization:
-    /// Bearer <token>`. Instead of a file, the token itself may be given in
-    /// the environment variable TALLY_TOKEN (not both).
+    /// Bearer <token>`. Without it, the token is read from the environment
+    /// variable TALLY_TOKEN (give one of the two, not both).
     #[arg(
         long,
         env = "TALLY_TOKEN_FILE",
@@ -105,8 +143,8 @@ pub struct CollectorArgs {
     pub token_file: Option<PathBuf>,
 
     /// PEM file with the CA certificate(s) that signed the collector's
-    /// certificate; required for an https:// collector (the agent trusts no
-    /// built-in roots).
+    /// certificate. Without it, an https:// collector is refused (the agent
+    /// trusts no built-in roots).
     #[arg(long, env = "TALLY_CA", value_name = "PATH", requires = "collector")]
     pub ca: Option<PathBuf>,
 
@@ -115,7 +153,7 @@ pub struct CollectorArgs {
     #[arg(
         long,
         env = "TALLY_INSECURE_PLAINTEXT",
-        requires = "collector",
+        requires_ifs = ON.map(|on| (on, "collector")),
         value_parser = clap::builder::BoolishValueParser::new()
     )]
     pub insecure_plaintext: bool,
@@ -129,8 +167,9 @@ pub struct CollectorArgs {
 
 #[derive(Debug, Args, Clone, Default)]
 pub struct FilterArgs {
-    /// Count only interfaces whose name matches one of these glob patterns
-    /// (repeatable; default: all). Loopback (`lo*`) is never counted.
+    /// Count only interfaces whose name matches one of these glob patterns,
+    /// e.g. `eth*` (repeatable, or comma-separated). Without it, every
+    /// interface is counted but loopback (`lo*`), which never is.
     #[arg(
         long = "include",
         env = "TALLY_INCLUDE",
@@ -140,7 +179,8 @@ pub struct FilterArgs {
     pub include: Vec<String>,
 
     /// Leave out interfaces whose name matches one of these glob patterns,
-    /// e.g. `veth*` or `docker*` (repeatable; wins over --include).
+    /// e.g. `veth*` or `docker*` (repeatable, or comma-separated; wins over
+    /// --include). Without it, only loopback is left out.
     #[arg(
         long = "exclude",
         env = "TALLY_EXCLUDE",
@@ -152,12 +192,13 @@ pub struct FilterArgs {
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
-    /// Print JSON instead of a table.
+    /// Print the counters as JSON (for scripts) instead of a table.
     #[arg(long)]
     pub json: bool,
 
-    /// Read the pinned eBPF counters, or /proc/net/dev.
-    #[arg(long, value_enum, default_value_t = SourceKind::Ebpf)]
+    /// Where to read the counters: those `run` pinned under --pin-dir, or
+    /// /proc/net/dev. The same setting (and variable) as `run --source`.
+    #[arg(long, env = "TALLY_SOURCE", value_enum, default_value_t = SourceKind::Ebpf)]
     pub source: SourceKind,
 
     #[command(flatten)]
@@ -182,11 +223,168 @@ pub fn parse_interval(text: &str) -> Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::CommandFactory as _;
+    use clap::{CommandFactory as _, error::ErrorKind};
+
+    /// Options that take a value and read no environment variable, with
+    /// the reason (see the rule at the top of this module): none today.
+    const NO_ENV: &[(&str, &str, &str)] = &[];
+
+    /// Every command of the tree, built (global options propagated), with
+    /// the words that run it (`["tally-agent", "run"]`).
+    fn commands() -> Vec<(Vec<String>, clap::Command)> {
+        fn walk(
+            path: Vec<String>,
+            command: &clap::Command,
+            out: &mut Vec<(Vec<String>, clap::Command)>,
+        ) {
+            out.push((path.clone(), command.clone()));
+            for sub in command.get_subcommands().filter(|c| c.get_name() != "help") {
+                let mut path = path.clone();
+                path.push(sub.get_name().to_owned());
+                walk(path, sub, out);
+            }
+        }
+        let mut root = Cli::command();
+        root.build();
+        let mut out = Vec::new();
+        walk(vec![root.get_name().to_owned()], &root, &mut out);
+        out
+    }
+
+    fn words(text: &str) -> Vec<String> {
+        text.split(|c: char| !c.is_alphanumeric())
+            .filter(|w| !w.is_empty())
+            .map(str::to_lowercase)
+            .collect()
+    }
+
+    /// What the user sees for `<path> --help`, white space collapsed.
+    fn rendered_help(path: &[String]) -> String {
+        let args = path.iter().map(String::as_str).chain(["--help"]);
+        let error = Cli::command()
+            .try_get_matches_from(args)
+            .expect_err("--help stops parsing");
+        assert_eq!(error.kind(), ErrorKind::DisplayHelp, "{path:?}");
+        // Lines wrap anywhere: compare with single spaces.
+        error
+            .to_string()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
 
     #[test]
     fn cli_is_well_formed() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_option_is_explained() {
+        let mut unused_exceptions: Vec<_> = NO_ENV.iter().map(|(c, a, _)| (*c, *a)).collect();
+        for (path, command) in commands() {
+            let at = path.join(" ");
+            assert!(
+                command
+                    .get_about()
+                    .is_some_and(|a| !a.to_string().trim().is_empty()),
+                "`{at}` has no description"
+            );
+            let help = rendered_help(&path);
+            for arg in command.get_arguments() {
+                let id = arg.get_id().as_str();
+                if matches!(id, "help" | "version") || arg.is_hide_set() {
+                    continue;
+                }
+                let name = arg.get_long().unwrap_or(id);
+                let text = arg
+                    .get_long_help()
+                    .or(arg.get_help())
+                    .map(ToString::to_string)
+                    .unwrap_or_default();
+                // More than the flag's own name: at least three other words.
+                let own = words(name);
+                let other = words(&text)
+                    .into_iter()
+                    .filter(|w| !own.contains(w))
+                    .count();
+                assert!(
+                    other >= 3,
+                    "`{at}` {name}: help {text:?} only restates the name"
+                );
+
+                let takes_value = arg.get_action().takes_values();
+                if !arg.is_positional() && takes_value && arg.get_env().is_none() {
+                    let exception = (path.last().map_or("", String::as_str), name);
+                    assert!(
+                        NO_ENV.iter().any(|(c, a, _)| (*c, *a) == exception),
+                        "`{at}` --{name} takes a value but reads no environment \
+                         variable: give it env = \"TALLY_…\" or explain in NO_ENV why not"
+                    );
+                    unused_exceptions.retain(|e| *e != exception);
+                }
+                if let Some(env) = arg.get_env() {
+                    let env = env.to_string_lossy();
+                    assert!(
+                        env.starts_with("TALLY_"),
+                        "`{at}` --{name}: {env} is not a TALLY_ variable"
+                    );
+                    assert!(
+                        help.contains(&format!("[env: {env}")),
+                        "`{at} --help` does not show [env: {env}]:\n{help}"
+                    );
+                    // No option of the agent is a secret (the token is
+                    // read from TALLY_TOKEN by `run`, not by clap).
+                    assert!(
+                        !arg.is_hide_env_values_set(),
+                        "`{at}` --{name} hides its value"
+                    );
+                }
+                let defaults: Vec<_> = arg
+                    .get_default_values()
+                    .iter()
+                    .map(|v| v.to_string_lossy().into_owned())
+                    .collect();
+                if takes_value && !defaults.is_empty() {
+                    let shown = format!("[default: {}]", defaults.join(", "));
+                    assert!(
+                        help.contains(&shown),
+                        "`{at} --help` does not show {shown}:\n{help}"
+                    );
+                } else if takes_value && !arg.is_positional() {
+                    let lower = text.to_lowercase();
+                    assert!(
+                        lower.contains("without") || lower.contains("default"),
+                        "`{at}` --{name} has no default: its help must say what happens without it"
+                    );
+                }
+            }
+        }
+        assert!(
+            unused_exceptions.is_empty(),
+            "NO_ENV names options that are gone or read a variable now: {unused_exceptions:?}"
+        );
+    }
+
+    #[test]
+    fn on_lists_what_turns_a_switch_on() {
+        use clap::builder::TypedValueParser as _;
+        let boolish = clap::builder::BoolishValueParser::new();
+        let read = |text: &str| {
+            boolish
+                .parse_ref(&Cli::command(), None, std::ffi::OsStr::new(text))
+                .ok()
+        };
+        for on in ON {
+            assert_eq!(read(on), Some(true), "{on}");
+        }
+        for word in ["true", "t", "yes", "y", "on", "1"] {
+            for spelling in [word.to_owned(), word.to_uppercase()] {
+                assert!(ON.contains(&spelling.as_str()), "{spelling}");
+            }
+        }
+        for off in ["false", "f", "no", "n", "off", "0"] {
+            assert_eq!(read(off), Some(false), "{off}");
+        }
     }
 
     #[test]

@@ -222,3 +222,69 @@ fn procfs_source_runs_without_ebpf_and_stops_on_sigterm() {
     );
     assert!(err.contains("stopping"), "{err}");
 }
+
+#[test]
+fn a_wrong_flag_is_a_usage_error() {
+    for args in [
+        &["--bogus", "status"][..],
+        &["run", "--bogus"],
+        &["status", "--jsn"],
+    ] {
+        let out = agent(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
+        let err = stderr(&out);
+        assert!(
+            err.starts_with("error: unexpected argument '--"),
+            "{args:?}: {err}"
+        );
+        assert!(err.contains("Usage: tally-agent"), "{err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    let err = stderr(&agent(&["status", "--jsn"]));
+    assert!(
+        err.contains("tip: a similar argument exists: '--json'"),
+        "{err}"
+    );
+
+    let out = agent(&["--log", "info,[", "status"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = stderr(&out);
+    assert!(err.starts_with("error: invalid --log filter"), "{err}");
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+}
+
+#[test]
+fn a_switch_turned_off_in_the_environment_requires_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pins = dir.path().join("pins").display().to_string();
+    let run = |value: &str| {
+        Command::new(AGENT)
+            .args(["run", "--pin-dir", &pins])
+            .env("TALLY_INSECURE_PLAINTEXT", value)
+            .env_remove("TALLY_COLLECTOR")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run tally-agent")
+    };
+    // Off: the command line is fine; `run` gets as far as the pin
+    // directory (which is not on bpffs here).
+    for off in ["false", "0", "no"] {
+        let out = run(off);
+        assert_eq!(out.status.code(), Some(1), "{off}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("not on a bpf filesystem"),
+            "{off}: {}",
+            stderr(&out)
+        );
+    }
+    // On: plaintext to which collector?
+    for on in ["true", "1", "YES"] {
+        let out = run(on);
+        assert_eq!(out.status.code(), Some(2), "{on}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("--collector"),
+            "{on}: {}",
+            stderr(&out)
+        );
+    }
+}

@@ -1,23 +1,98 @@
 //! The database: connecting, and the embedded migrations (`migrations/`).
 
-use std::time::Duration;
+use std::{io, time::Duration};
 
 use sqlx::{
-    PgPool,
+    Connection as _, PgConnection, PgPool,
     migrate::{MigrateError, Migrator},
-    postgres::PgPoolOptions,
+    postgres::{PgConnectOptions, PgPoolOptions},
 };
+use tokio::time::Instant;
 
 /// The migrations in `migrations/`, embedded at build time.
 pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
 
+/// How long [`connect`] tries to reach the database before it gives up
+/// with the reason: connections that are refused (a server still starting)
+/// are retried within it, and an attempt that gets no answer at all ends
+/// with it.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Connects a pool of at most `max_connections`.
+///
+/// One connection is made first, on its own, so that a database that
+/// cannot be reached fails within [`CONNECT_TIMEOUT`] with its cause (the
+/// pool itself would retry a refused connection for its whole acquire
+/// timeout and then report only that it timed out).
 pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Error> {
+    let options: PgConnectOptions = url.parse()?;
+    let first = first_connection(&options).await?;
+    // Only a probe: whether it closes cleanly does not matter.
+    let _ = first.close().await;
     PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(10))
-        .connect(url)
+        .connect_with(options)
         .await
+}
+
+/// One connection within [`CONNECT_TIMEOUT`]; a refused connection, or a
+/// server that is starting up or full, is retried with a growing pause, and
+/// the last error is returned when time is up.
+async fn first_connection(options: &PgConnectOptions) -> Result<PgConnection, sqlx::Error> {
+    let deadline = Instant::now() + CONNECT_TIMEOUT;
+    let mut pause = Duration::from_millis(50);
+    loop {
+        let attempt = tokio::time::timeout_at(deadline, PgConnection::connect_with(options)).await;
+        let error = match attempt {
+            Ok(Ok(connection)) => return Ok(connection),
+            Ok(Err(error)) if worth_retrying(&error) => error,
+            Ok(Err(error)) => return Err(error),
+            Err(_) => {
+                return Err(sqlx::Error::Io(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("no answer within {}s", CONNECT_TIMEOUT.as_secs()),
+                )));
+            }
+        };
+        if Instant::now() + pause >= deadline {
+            return Err(error);
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(1));
+    }
+}
+
+/// Whether a failed connection may succeed when tried again soon.
+fn worth_retrying(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(error) => error.kind() == io::ErrorKind::ConnectionRefused,
+        // too_many_connections, cannot_connect_now (starting up)
+        sqlx::Error::Database(error) => matches!(error.code().as_deref(), Some("53300" | "57P03")),
+        _ => false,
+    }
+}
+
+/// Names the database a URL points at, for messages, without its password:
+/// `"tally" at db.example:5432 as tally`.
+pub fn describe(url: &str) -> String {
+    let Ok(options) = url.parse::<PgConnectOptions>() else {
+        return "given by --database-url or DATABASE_URL".to_owned();
+    };
+    let user = options.get_username();
+    let name = options.get_database().unwrap_or(user);
+    match options.get_socket() {
+        Some(dir) => format!(
+            "{name:?} on the Unix socket in {} (port {}) as user {user}",
+            dir.display(),
+            options.get_port()
+        ),
+        None => format!(
+            "{name:?} at {}:{} as user {user}",
+            options.get_host(),
+            options.get_port()
+        ),
+    }
 }
 
 /// Applies every migration not applied yet; returns how many there are in
@@ -33,4 +108,25 @@ pub async fn migrate(pool: &PgPool) -> Result<usize, MigrateError> {
 /// Reverts migrations down to `target` (0 reverts all).
 pub async fn revert(pool: &PgPool, target: i64) -> Result<(), MigrateError> {
     MIGRATOR.undo(pool, target).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_database_is_named_without_its_password() {
+        let named = describe("postgres://tally:s3cret@db.example:6543/counts");
+        assert_eq!(named, r#""counts" at db.example:6543 as user tally"#);
+        let socket = describe("postgres://tally:s3cret@localhost/tally?host=/run/postgresql");
+        assert!(
+            socket.starts_with(r#""tally" on the Unix socket in /run/postgresql"#),
+            "{socket}"
+        );
+        assert!(!socket.contains("s3cret"), "{socket}");
+        assert_eq!(
+            describe("not a URL"),
+            "given by --database-url or DATABASE_URL"
+        );
+    }
 }

@@ -3,7 +3,6 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Context as _;
-use clap::Parser as _;
 use sqlx::PgPool;
 use tally_collector::{
     db, http, ingest, nodes,
@@ -18,7 +17,7 @@ mod top;
 use cli::{Cli, Command, MigrateArgs, NodeCommand, PeriodCommand, ServeArgs};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = cli::parse();
     init_logging(&cli.log);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -61,9 +60,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(args) => tls_files(args)?,
         _ => None,
     };
-    let pool = db::connect(url, connections)
-        .await
-        .context("cannot connect to the database")?;
+    // sqlx's message already ends with its cause: print it once.
+    let pool = db::connect(url, connections).await.map_err(|error| {
+        anyhow::anyhow!(
+            "cannot connect to the database {}: {error}",
+            db::describe(url)
+        )
+    })?;
     match cli.command {
         Command::Serve(args) => run_serve(pool, *args, tls).await,
         Command::Migrate(args) => run_migrate(&pool, args).await,

@@ -130,3 +130,107 @@ fn errors_are_one_clear_line() {
         assert!(help.contains(word), "--help mentions {word}:\n{help}");
     }
 }
+
+/// `tally-collector` with none of this environment's `TALLY_…` settings.
+fn collector(args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tally-collector"));
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("TALLY_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.args(args).env_remove("DATABASE_URL");
+    cmd
+}
+
+#[test]
+fn a_wrong_flag_is_a_usage_error() {
+    for args in [
+        &["--bogus", "node", "list"][..],
+        &["node", "list", "--bogus"],
+        &["serve", "--listen-on", "0.0.0.0:1"],
+    ] {
+        let out = collector(args).output().expect("run");
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let first = stderr.lines().next().unwrap_or_default();
+        assert!(
+            first.starts_with("error: unexpected argument '--"),
+            "{args:?}: {stderr}"
+        );
+        assert!(stderr.contains("Usage: tally-collector"), "{stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+    // A near miss is named.
+    let out = collector(&["serve", "--writer", "2"])
+        .output()
+        .expect("run");
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("tip: a similar argument exists: '--writers'"),
+        "{out:?}"
+    );
+}
+
+/// Runs `args` against a database whose port is closed; returns stderr
+/// after checking the exit status and that it took seconds, not minutes.
+fn against_a_closed_port(mut cmd: Command) -> String {
+    let started = std::time::Instant::now();
+    let out = cmd
+        .env("DATABASE_URL", "postgres://tally:s3cret@127.0.0.1:1/counts")
+        .output()
+        .expect("run");
+    let took = started.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        took < tally_collector::db::CONNECT_TIMEOUT + std::time::Duration::from_secs(5),
+        "took {took:?}"
+    );
+    assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr}");
+    assert!(
+        stderr.starts_with(
+            "tally-collector: cannot connect to the database \"counts\" at 127.0.0.1:1 as user tally: "
+        ),
+        "names the database: {stderr}"
+    );
+    assert_eq!(
+        stderr.matches("Connection refused").count(),
+        1,
+        "names the cause, once: {stderr}"
+    );
+    assert!(!stderr.contains("s3cret"), "no password: {stderr}");
+    assert!(!stderr.contains("backtrace"), "{stderr}");
+    stderr
+}
+
+#[test]
+fn an_unreachable_database_is_one_clear_line() {
+    against_a_closed_port(collector(&["node", "list"]));
+}
+
+#[test]
+fn serve_with_an_unreachable_database_is_one_clear_line() {
+    against_a_closed_port(collector(&[
+        "serve",
+        "--insecure-plaintext",
+        "--listen",
+        "127.0.0.1:0",
+    ]));
+    // TLS with TALLY_INSECURE_PLAINTEXT=false in the environment is not a
+    // conflict: the switch is off (it gets as far as the database).
+    let mut tls = collector(&["serve", "--tls-cert", "/c.pem", "--tls-key", "/k.pem"]);
+    tls.env("TALLY_INSECURE_PLAINTEXT", "false");
+    against_a_closed_port(tls);
+    // Set, it is one.
+    let out = collector(&["serve", "--tls-cert", "/c.pem", "--tls-key", "/k.pem"])
+        .env("TALLY_INSECURE_PLAINTEXT", "true")
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .starts_with("error: --insecure-plaintext cannot be used with --tls-cert/--tls-key"),
+        "{out:?}"
+    );
+}
