@@ -1,6 +1,8 @@
 //! `cargo xtask`: tally's developer workflows.
 
 mod bench;
+mod demo;
+mod docs;
 mod testrun;
 mod toolchain;
 
@@ -28,14 +30,23 @@ enum Task {
     /// Build the eBPF object (`target/bpfel-unknown-none/release/tally`).
     BuildEbpf,
     /// Run every test (unit and privileged integration tests; as root, with
-    /// TALLY_REQUIRE_PRIVILEGED=1 a privileged test fails instead of skipping).
+    /// TALLY_REQUIRE_PRIVILEGED=1 a privileged test fails instead of skipping),
+    /// and check that `cargo doc --workspace --no-deps` gives no warning.
     Test {
         /// Extra arguments for `cargo test` (after `--`).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// cargo fmt --check, clippy on the workspace, clippy on the eBPF crate.
+    /// cargo fmt --check, clippy on the workspace, clippy on the eBPF crate,
+    /// and cargo doc (workspace, and the eBPF crate for its target) with
+    /// rustdoc warnings as errors.
     Lint,
+    /// Run tally end to end on this machine (as root): a throwaway
+    /// PostgreSQL, the collector with its dashboard, and three test hosts
+    /// (network namespaces) each with its agent, exchanging traffic. Prints
+    /// the dashboard's URL and a live summary; Ctrl-C (or --duration)
+    /// stops it and removes everything it made.
+    Demo(demo::DemoArgs),
     /// Measure what tally costs (figures are printed, not asserted; `ebpf`
     /// needs root).
     Bench {
@@ -135,7 +146,10 @@ fn run(task: Task) -> anyhow::Result<()> {
             if !args.is_empty() {
                 cmd.arg("--").args(args);
             }
-            testrun::run(&mut cmd).map(drop)
+            // A documentation warning fails the run too, but does not keep
+            // the tests from running (and their summary stays last).
+            let docs = docs::check();
+            testrun::run(&mut cmd).map(drop).and(docs)
         }
         Task::Lint => {
             setup()?;
@@ -158,8 +172,11 @@ fn run(task: Task) -> anyhow::Result<()> {
                         "warnings",
                     ]),
             )?;
-            status_ok(ebpf_cargo("clippy")?.args(["--", "-D", "warnings"]))
+            status_ok(ebpf_cargo("clippy")?.args(["--", "-D", "warnings"]))?;
+            docs::check()?;
+            docs::check_ebpf()
         }
+        Task::Demo(args) => demo::run(&args),
         Task::Bench {
             which: BenchKind::Ebpf,
         } => bench::ebpf(),

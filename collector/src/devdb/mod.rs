@@ -177,6 +177,7 @@ pub struct Builder {
     fsync: bool,
     max_connections: u32,
     settings: Vec<(String, String)>,
+    parent: Option<PathBuf>,
 }
 
 impl Default for Builder {
@@ -185,6 +186,7 @@ impl Default for Builder {
             fsync: false,
             max_connections: 200,
             settings: Vec::new(),
+            parent: None,
         }
     }
 }
@@ -208,6 +210,14 @@ impl Builder {
     /// Any other server setting, passed as `-c name=value`.
     pub fn setting(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         self.settings.push((name.into(), value.into()));
+        self
+    }
+
+    /// Makes the cluster's directory inside `dir` (which must exist and be
+    /// searchable by the server's OS user) instead of the system's temporary
+    /// directory. A `dir` too long for a Unix socket path falls back to `/tmp`.
+    pub fn in_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.parent = Some(dir.into());
         self
     }
 
@@ -321,7 +331,7 @@ impl TempCluster {
         let bin_dir = pg_bin_dir();
         check_binaries(&bin_dir)?;
         let run_as = RunAs::for_current_user()?;
-        let dir = make_temp_dir(run_as)?;
+        let dir = make_temp_dir(run_as, options.parent.as_deref())?;
         let mut cluster = Self {
             id: exit_handler::register(dir.path()),
             port: pick_port(&dir.path().join("sock")),
@@ -469,7 +479,10 @@ impl TempCluster {
             .args(["-p", &self.port.to_string()])
             .args(self.options.server_args())
             .stdout(log)
-            .stderr(log_err);
+            .stderr(log_err)
+            // Its own process group: a Ctrl-C in the terminal reaches the
+            // program that owns the cluster, which stops it in its own time.
+            .process_group(0);
         let postmaster = spawn_postmaster(command).map_err(io_error(format!(
             "cannot run {}",
             self.bin("postgres").display()

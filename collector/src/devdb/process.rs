@@ -22,10 +22,14 @@ pub(super) fn check_binaries(dir: &Path) -> Result<(), DevDbError> {
 
 /// Creates the cluster's temporary directory and its socket directory, both
 /// owned by the server's user and open for others to traverse (so that
-/// clients running as other users can reach the socket).
-pub(super) fn make_temp_dir(run_as: Option<RunAs>) -> Result<tempfile::TempDir, DevDbError> {
-    // A Unix socket path has at most 107 bytes: stay in /tmp if TMPDIR is long.
-    let mut base = std::env::temp_dir();
+/// clients running as other users can reach the socket), in `parent` or
+/// else in the system's temporary directory.
+pub(super) fn make_temp_dir(
+    run_as: Option<RunAs>,
+    parent: Option<&Path>,
+) -> Result<tempfile::TempDir, DevDbError> {
+    // A Unix socket path has at most 107 bytes: stay in /tmp if the base is long.
+    let mut base = parent.map_or_else(std::env::temp_dir, Path::to_path_buf);
     if base.as_os_str().len() > 60 {
         base = PathBuf::from("/tmp");
     }

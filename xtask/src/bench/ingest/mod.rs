@@ -15,7 +15,7 @@
 //!   each (`--unary`: a `Send` call per heartbeat) over a few shared HTTP/2
 //!   channels. After a warm-up, applied replies are counted over the
 //!   measured window, and the collector's receipt-to-commit latencies of that
-//!   window are taken from its [`LatencyLog`](tally_collector::ingest::LatencyLog).
+//!   window are taken from its [`LatencyLog`].
 //!
 //! Then the agents stop and every node's stored counters are checked against
 //! the last heartbeat acknowledged as applied to it ([`check`]): a mismatch

@@ -1,0 +1,402 @@
+//! The demo's test hosts: one network namespace per host and one for the
+//! "hub" (a router, and the internet the hosts talk to), joined by veth
+//! pairs, plus one control veth per host to the root namespace, where the
+//! collector listens.
+//!
+//! ```text
+//!   host alpha ── eth0 ═══ alpha ─┐
+//!   host bravo ── eth0 ═══ bravo ─┤ hub (forwards; 198.51.100.1 on lo)
+//! host charlie ── eth0 ═══ charlie┘
+//!   each host ── ctl0 ═══ tdemo<pid><x> (root namespace, the collector)
+//! ```
+//!
+//! `eth0` is the counted interface; the agent excludes `ctl0`, which carries
+//! only its heartbeats. IPv6 is off and every neighbour on `eth0` is static,
+//! so nothing but the demo's own traffic crosses a counted interface and the
+//! kernel's statistics of `eth0` are the exact figures to check against.
+//!
+//! Every namespace is deleted when its [`Netns`] is dropped (with the veths
+//! in it; a veth's peer goes with it).
+
+use std::{
+    fs::{self, File},
+    io,
+    net::Ipv4Addr,
+    os::fd::{AsRawFd as _, RawFd},
+    path::{Path, PathBuf},
+    process::Command,
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, anyhow, bail};
+
+/// Every namespace, pin directory and run directory of the demo starts
+/// with this, then the pid of the `xtask` process that made it.
+pub const PREFIX: &str = "tally-demo-";
+/// Root-namespace ends of the control veths: this, the pid, a letter.
+pub const LINK_PREFIX: &str = "tdemo";
+/// The interface the agents count, in every host.
+pub const COUNTED_IF: &str = "eth0";
+/// The interface the heartbeats use, excluded from counting.
+pub const CONTROL_IF: &str = "ctl0";
+/// The hub's "internet" address (TEST-NET-2), on its loopback.
+pub const INTERNET: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
+
+/// A network namespace made by the demo, deleted when dropped.
+pub struct Netns {
+    pub name: String,
+    /// Held open to enter the namespace; closed before it is deleted.
+    file: Option<File>,
+}
+
+impl Netns {
+    /// `ip netns add`, IPv6 off (no router solicitations or DAD probes on
+    /// the counted interfaces), `lo` up.
+    fn create(name: String) -> anyhow::Result<Self> {
+        ip(&["netns", "add", &name])?;
+        let mut ns = Self { name, file: None };
+        let path = ns.path();
+        ns.file =
+            Some(File::open(&path).with_context(|| format!("cannot open {}", path.display()))?);
+        ns.enter(|| {
+            for key in ["all", "default"] {
+                let path = format!("/proc/sys/net/ipv6/conf/{key}/disable_ipv6");
+                match fs::write(&path, "1") {
+                    // A kernel without IPv6 has nothing to turn off.
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    other => other.with_context(|| format!("cannot write {path}"))?,
+                }
+            }
+            Ok(())
+        })?;
+        ns.ip(&["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    pub fn path(&self) -> PathBuf {
+        Path::new("/run/netns").join(&self.name)
+    }
+
+    /// A descriptor of the namespace, for `setns` in a child process.
+    pub fn raw_fd(&self) -> anyhow::Result<RawFd> {
+        self.file
+            .as_ref()
+            .map(File::as_raw_fd)
+            .with_context(|| format!("namespace {} is deleted", self.name))
+    }
+
+    /// `ip -n <name> <args>`.
+    pub fn ip(&self, args: &[&str]) -> anyhow::Result<String> {
+        let mut all = vec!["-n", self.name.as_str()];
+        all.extend_from_slice(args);
+        ip(&all)
+    }
+
+    /// Runs `f` on a thread that entered this namespace: sockets it makes
+    /// and `/proc/sys/net` files it opens are this namespace's.
+    pub fn enter<T: Send>(
+        &self,
+        f: impl FnOnce() -> anyhow::Result<T> + Send,
+    ) -> anyhow::Result<T> {
+        let fd = self.raw_fd()?;
+        thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    // SAFETY: a valid namespace descriptor; setns changes
+                    // the network namespace of this short-lived thread only.
+                    if unsafe { libc::setns(fd, libc::CLONE_NEWNET) } != 0 {
+                        return Err(io::Error::last_os_error())
+                            .with_context(|| format!("cannot enter namespace {}", self.name));
+                    }
+                    f()
+                })
+                .join()
+                .map_err(|_| anyhow!("a thread in namespace {} panicked", self.name))?
+        })
+    }
+
+    /// Writes a sysctl of this namespace (`net.ipv4.ip_forward` →
+    /// `/proc/sys/net/ipv4/ip_forward`).
+    fn sysctl(&self, key: &str, value: &str) -> anyhow::Result<()> {
+        let path = format!("/proc/sys/{}", key.replace('.', "/"));
+        self.enter(|| fs::write(&path, value).with_context(|| format!("cannot write {path}")))
+    }
+
+    /// The kernel's statistics of `iface`, read from
+    /// `/sys/class/net/<iface>/statistics` inside the namespace.
+    pub fn kernel_stats(&self, iface: &str) -> anyhow::Result<IfStats> {
+        let dir = format!("/sys/class/net/{iface}/statistics");
+        let files = [
+            "rx_bytes",
+            "tx_bytes",
+            "rx_packets",
+            "tx_packets",
+            "rx_dropped",
+            "tx_dropped",
+        ]
+        .map(|file| format!("{dir}/{file}"));
+        let mut args = vec!["netns", "exec", self.name.as_str(), "cat"];
+        args.extend(files.iter().map(String::as_str));
+        let text = ip(&args)?;
+        let values: Vec<u64> = text
+            .split_whitespace()
+            .map(str::parse)
+            .collect::<Result<_, _>>()
+            .with_context(|| format!("unexpected contents of {dir}: {text:?}"))?;
+        let [
+            rx_bytes,
+            tx_bytes,
+            rx_packets,
+            tx_packets,
+            rx_dropped,
+            tx_dropped,
+        ] = values[..]
+        else {
+            bail!("unexpected contents of {dir}: {text:?}");
+        };
+        Ok(IfStats {
+            rx_bytes,
+            tx_bytes,
+            rx_packets,
+            tx_packets,
+            rx_dropped,
+            tx_dropped,
+        })
+    }
+
+    /// Waits until the kernel reports `iface` operationally up (until then
+    /// its qdisc drops what is sent, after our egress hook counted it).
+    fn wait_oper_up(&self, iface: &str) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let json = self.ip(&["-j", "link", "show", "dev", iface])?;
+            if json.contains("\"operstate\":\"UP\"") {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("{iface} in {} did not come up within 10 s", self.name);
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn delete(&mut self) -> anyhow::Result<()> {
+        // Our descriptor would keep the namespace (and its veths) alive.
+        if self.file.take().is_some() {
+            ip(&["netns", "delete", &self.name])?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        if let Err(error) = self.delete() {
+            eprintln!("demo: {error:#}");
+        }
+    }
+}
+
+/// An interface's counters as the kernel keeps them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IfStats {
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+    pub rx_packets: u64,
+    pub tx_packets: u64,
+    pub rx_dropped: u64,
+    pub tx_dropped: u64,
+}
+
+impl IfStats {
+    /// What was counted since `earlier` (counters only grow).
+    pub fn since(&self, earlier: &Self) -> Self {
+        Self {
+            rx_bytes: self.rx_bytes.saturating_sub(earlier.rx_bytes),
+            tx_bytes: self.tx_bytes.saturating_sub(earlier.tx_bytes),
+            rx_packets: self.rx_packets.saturating_sub(earlier.rx_packets),
+            tx_packets: self.tx_packets.saturating_sub(earlier.tx_packets),
+            rx_dropped: self.rx_dropped.saturating_sub(earlier.rx_dropped),
+            tx_dropped: self.tx_dropped.saturating_sub(earlier.tx_dropped),
+        }
+    }
+}
+
+/// One test host.
+pub struct Host {
+    /// `alpha`, `bravo`, `charlie`.
+    pub name: &'static str,
+    pub ns: Netns,
+    /// The address of its counted interface.
+    pub addr: Ipv4Addr,
+}
+
+/// The hosts, the hub and the collector's address on the control links.
+pub struct Network {
+    pub hosts: Vec<Host>,
+    pub hub: Netns,
+    /// Where the collector listens (on every control veth's root end).
+    pub collector_addr: Ipv4Addr,
+}
+
+impl Network {
+    /// Makes the namespaces and links for hosts `names` of run `run` (the
+    /// pid). Whatever was made is deleted again if a step fails.
+    pub fn create(run: u32, names: &[&'static str]) -> anyhow::Result<Self> {
+        let control = control_subnet(run)?;
+        let hub = Netns::create(format!("{PREFIX}{run}-hub"))?;
+        hub.sysctl("net.ipv4.ip_forward", "1")?;
+        hub.ip(&["addr", "add", &format!("{INTERNET}/32"), "dev", "lo"])?;
+        let collector_addr = Ipv4Addr::new(10, 215, control, 1);
+        let mut hosts = Vec::new();
+        for (index, &name) in names.iter().enumerate() {
+            let ns = Netns::create(format!("{PREFIX}{run}-{name}"))?;
+            let n = u8::try_from(index + 1).context("too many hosts")?;
+            let addr = data_link(&ns, &hub, name, n)?;
+            let letter = name.chars().next().unwrap_or('x');
+            control_link(
+                &ns,
+                &format!("{LINK_PREFIX}{run}{letter}"),
+                collector_addr,
+                n,
+            )?;
+            hosts.push(Host { name, ns, addr });
+        }
+        Ok(Self {
+            hosts,
+            hub,
+            collector_addr,
+        })
+    }
+
+    /// The kernel's statistics of every host's counted interface.
+    pub fn kernel_counts(&self) -> anyhow::Result<Vec<IfStats>> {
+        self.hosts
+            .iter()
+            .map(|host| host.ns.kernel_stats(COUNTED_IF))
+            .collect()
+    }
+
+    /// [`Self::kernel_counts`] once they have not moved for a second (the last
+    /// segments and acknowledgements of the closed streams are through).
+    pub fn settled_counts(&self) -> anyhow::Result<Vec<IfStats>> {
+        let mut last = self.kernel_counts()?;
+        let mut still_since = Instant::now();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            thread::sleep(Duration::from_millis(200));
+            let now = self.kernel_counts()?;
+            if now != last {
+                last = now;
+                still_since = Instant::now();
+            } else if still_since.elapsed() >= Duration::from_secs(1) {
+                return Ok(last);
+            }
+            if Instant::now() > deadline {
+                bail!("the counted interfaces did not go quiet within 15 s of the traffic's end");
+            }
+        }
+    }
+
+    /// Deletes every namespace now, reporting the first failure.
+    pub fn delete(&mut self) -> anyhow::Result<()> {
+        let mut result = Ok(());
+        for host in &mut self.hosts {
+            result = result.and(host.ns.delete());
+        }
+        result.and(self.hub.delete())
+    }
+}
+
+/// The counted link of host number `n`: `eth0` (10.216.n.1/24, default
+/// route through the hub) ═ `<name>` in the hub (10.216.n.2/24), static
+/// neighbours both ways, both up. Returns the host's address.
+fn data_link(host: &Netns, hub: &Netns, name: &str, n: u8) -> anyhow::Result<Ipv4Addr> {
+    let host_mac = format!("02:7a:de:{n:02x}:00:01");
+    let hub_mac = format!("02:7a:de:{n:02x}:00:02");
+    ip(&[
+        "link", "add", COUNTED_IF, "address", &host_mac, "netns", &host.name, "type", "veth",
+        "peer", "name", name, "address", &hub_mac, "netns", &hub.name,
+    ])?;
+    let host_addr = Ipv4Addr::new(10, 216, n, 1);
+    let hub_addr = Ipv4Addr::new(10, 216, n, 2);
+    for (ns, iface, addr, peer, peer_mac) in [
+        (host, COUNTED_IF, host_addr, hub_addr, &hub_mac),
+        (hub, name, hub_addr, host_addr, &host_mac),
+    ] {
+        ns.ip(&["addr", "add", &format!("{addr}/24"), "dev", iface])?;
+        ns.ip(&[
+            "neigh",
+            "replace",
+            &peer.to_string(),
+            "lladdr",
+            peer_mac,
+            "dev",
+            iface,
+            "nud",
+            "permanent",
+        ])?;
+        ns.ip(&["link", "set", iface, "up"])?;
+    }
+    host.wait_oper_up(COUNTED_IF)?;
+    hub.wait_oper_up(name)?;
+    host.ip(&["route", "add", "default", "via", &hub_addr.to_string()])?;
+    Ok(host_addr)
+}
+
+/// The control link of host number `n`: `ctl0` (10.215.c.(n+1)/32) ═
+/// `root_end` in the root namespace, which holds the collector's address
+/// 10.215.c.1/32 (on every host's root end) and a route to the host.
+fn control_link(host: &Netns, root_end: &str, collector: Ipv4Addr, n: u8) -> anyhow::Result<()> {
+    let [a, b, c, _] = collector.octets();
+    let host_addr = Ipv4Addr::new(a, b, c, n + 1);
+    ip(&[
+        "link", "add", root_end, "type", "veth", "peer", "name", CONTROL_IF, "netns", &host.name,
+    ])?;
+    ip(&["addr", "add", &format!("{collector}/32"), "dev", root_end])?;
+    ip(&["link", "set", root_end, "up"])?;
+    ip(&["route", "add", &format!("{host_addr}/32"), "dev", root_end])?;
+    host.ip(&["addr", "add", &format!("{host_addr}/32"), "dev", CONTROL_IF])?;
+    host.ip(&["link", "set", CONTROL_IF, "up"])?;
+    host.ip(&[
+        "route",
+        "add",
+        &format!("{collector}/32"),
+        "dev",
+        CONTROL_IF,
+        "src",
+        &host_addr.to_string(),
+    ])?;
+    Ok(())
+}
+
+/// A third octet c such that no address in 10.215.c.0/24 is configured in
+/// the root namespace (another demo running at the same time uses one).
+fn control_subnet(run: u32) -> anyhow::Result<u8> {
+    let json = ip(&["-j", "-4", "addr", "show"])?;
+    let start = run % 250;
+    (0..250)
+        .map(|i| u8::try_from((start + i) % 250).unwrap_or(0))
+        .find(|c| !json.contains(&format!("\"10.215.{c}.")))
+        .context("no free 10.215.x.0/24 subnet for the control links")
+}
+
+/// Runs `ip <args>`; its stdout, or an error with its stderr.
+pub fn ip(args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new("ip").args(args).output().with_context(|| {
+        format!(
+            "cannot run `ip {}` (is iproute2 installed?)",
+            args.join(" ")
+        )
+    })?;
+    if !out.status.success() {
+        bail!(
+            "`ip {}` failed ({}): {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
