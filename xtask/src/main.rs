@@ -3,6 +3,7 @@
 mod bench;
 mod demo;
 mod docs;
+mod packages;
 mod testrun;
 mod toolchain;
 
@@ -138,6 +139,7 @@ fn run(task: Task) -> anyhow::Result<()> {
             Ok(())
         }
         Task::Test { args } => {
+            packages::ensure(packages::TEST)?;
             setup()?;
             let mut cmd = Command::new("cargo");
             cmd.current_dir(workspace_root())
@@ -176,7 +178,10 @@ fn run(task: Task) -> anyhow::Result<()> {
             docs::check()?;
             docs::check_ebpf()
         }
-        Task::Demo(args) => demo::run(&args),
+        Task::Demo(args) => {
+            packages::ensure(packages::DEMO)?;
+            demo::run(&args)
+        }
         Task::Bench {
             which: BenchKind::Ebpf,
         } => bench::ebpf(),
