@@ -450,50 +450,6 @@ mod tests {
     /// show in `--help`.
     const SECRETS: &[&str] = &["database-url", "admin-token", "read-token"];
 
-    /// Every command of the tree, built (global options propagated), with
-    /// the words that run it (`["tally-collector", "node", "add"]`).
-    fn commands() -> Vec<(Vec<String>, clap::Command)> {
-        fn walk(
-            path: Vec<String>,
-            command: &clap::Command,
-            out: &mut Vec<(Vec<String>, clap::Command)>,
-        ) {
-            out.push((path.clone(), command.clone()));
-            for sub in command.get_subcommands().filter(|c| c.get_name() != "help") {
-                let mut path = path.clone();
-                path.push(sub.get_name().to_owned());
-                walk(path, sub, out);
-            }
-        }
-        let mut root = Cli::command();
-        root.build();
-        let mut out = Vec::new();
-        walk(vec![root.get_name().to_owned()], &root, &mut out);
-        out
-    }
-
-    fn words(text: &str) -> Vec<String> {
-        text.split(|c: char| !c.is_alphanumeric())
-            .filter(|w| !w.is_empty())
-            .map(str::to_lowercase)
-            .collect()
-    }
-
-    /// What the user sees for `<path> --help`, white space collapsed.
-    fn rendered_help(path: &[String]) -> String {
-        let args = path.iter().map(String::as_str).chain(["--help"]);
-        let error = Cli::command()
-            .try_get_matches_from(args)
-            .expect_err("--help stops parsing");
-        assert_eq!(error.kind(), ErrorKind::DisplayHelp, "{path:?}");
-        // Lines wrap anywhere: compare with single spaces.
-        error
-            .to_string()
-            .split_whitespace()
-            .collect::<Vec<_>>()
-            .join(" ")
-    }
-
     #[test]
     fn cli_is_consistent() {
         Cli::command().debug_assert();
@@ -501,99 +457,22 @@ mod tests {
 
     #[test]
     fn every_option_is_explained() {
-        let mut unused_exceptions: Vec<_> = NO_ENV.iter().map(|(c, a, _)| (*c, *a)).collect();
-        for (path, command) in commands() {
-            let at = path.join(" ");
-            assert!(
-                command
-                    .get_about()
-                    .is_some_and(|a| !a.to_string().trim().is_empty()),
-                "`{at}` has no description"
-            );
-            let help = rendered_help(&path);
-            for arg in command.get_arguments() {
-                let id = arg.get_id().as_str();
-                if matches!(id, "help" | "version") || arg.is_hide_set() {
-                    continue;
-                }
-                let name = arg.get_long().unwrap_or(id);
-                let text = arg
-                    .get_long_help()
-                    .or(arg.get_help())
-                    .map(ToString::to_string)
-                    .unwrap_or_default();
-                // More than the flag's own name: at least three other words.
-                let own = words(name);
-                let other = words(&text)
-                    .into_iter()
-                    .filter(|w| !own.contains(w))
-                    .count();
-                assert!(
-                    other >= 3,
-                    "`{at}` {name}: help {text:?} only restates the name"
-                );
-
-                let takes_value = arg.get_action().takes_values();
-                if arg.is_positional() || !takes_value {
-                    // Positionals and switches need no variable, but one
-                    // they have must show.
-                } else if arg.get_env().is_none() {
-                    let exception = (path.last().map_or("", String::as_str), name);
-                    assert!(
-                        unused_exceptions.contains(&exception)
-                            || NO_ENV.iter().any(|(c, a, _)| (*c, *a) == exception),
-                        "`{at}` --{name} takes a value but reads no environment \
-                         variable: give it env = \"TALLY_…\" or explain in NO_ENV why not"
-                    );
-                    unused_exceptions.retain(|e| *e != exception);
-                }
-                if let Some(env) = arg.get_env() {
-                    let env = env.to_string_lossy();
-                    assert!(
-                        env == "DATABASE_URL" || env.starts_with("TALLY_"),
-                        "`{at}` --{name}: {env} is not a TALLY_ variable"
-                    );
-                    assert!(
-                        help.contains(&format!("[env: {env}")),
-                        "`{at} --help` does not show [env: {env}]:\n{help}"
-                    );
-                    assert_eq!(
-                        arg.is_hide_env_values_set(),
-                        SECRETS.contains(&name),
-                        "`{at}` --{name}: only secrets hide their variable's value"
-                    );
-                }
-                let defaults: Vec<_> = arg
-                    .get_default_values()
-                    .iter()
-                    .map(|v| v.to_string_lossy().into_owned())
-                    .collect();
-                if takes_value && !defaults.is_empty() {
-                    let shown = format!("[default: {}]", defaults.join(", "));
-                    assert!(
-                        help.contains(&shown),
-                        "`{at} --help` does not show {shown}:\n{help}"
-                    );
-                } else if takes_value && !arg.is_positional() {
-                    let lower = text.to_lowercase();
-                    assert!(
-                        lower.contains("without")
-                            || lower.contains("default")
-                            || lower.contains("required"),
-                        "`{at}` --{name} has no default: its help must say what happens without it"
-                    );
-                }
-            }
-        }
-        assert!(
-            unused_exceptions.is_empty(),
-            "NO_ENV names options that are gone or read a variable now: {unused_exceptions:?}"
+        tally_collector::cli_check::check(
+            &Cli::command(),
+            &tally_collector::cli_check::Policy {
+                no_env: NO_ENV,
+                secrets: SECRETS,
+                other_env: &["DATABASE_URL"],
+            },
         );
     }
 
     #[test]
     fn the_database_help_states_the_real_timeout() {
-        let help = rendered_help(&["tally-collector".to_owned()]);
+        let help = tally_collector::cli_check::rendered_help(
+            Cli::command(),
+            &["tally-collector".to_owned()],
+        );
         let seconds = tally_collector::db::CONNECT_TIMEOUT.as_secs();
         assert!(
             help.contains(&format!("for up to {seconds} seconds")),

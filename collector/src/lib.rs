@@ -4,6 +4,7 @@
 
 pub mod accounting;
 pub mod auth;
+pub mod cli_check;
 pub mod db;
 pub mod devdb;
 pub mod error;
