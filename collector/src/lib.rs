@@ -4,6 +4,7 @@
 
 pub mod accounting;
 pub mod auth;
+pub mod calendar;
 pub mod cli_check;
 pub mod db;
 pub mod devdb;
