@@ -568,4 +568,5 @@ mod process;
 #[cfg(test)]
 mod tests;
 
+pub use process::tail;
 use process::*;

@@ -316,8 +316,9 @@ pub(super) fn children_of(parent: i32) -> Vec<i32> {
         .collect()
 }
 
-/// The last `lines` lines of a text file (reading at most its last 64 KiB).
-pub(super) fn tail(path: &Path, lines: usize) -> io::Result<String> {
+/// The last `lines` lines of a text file (reading at most its last 64 KiB),
+/// e.g. a server's log for an error message.
+pub fn tail(path: &Path, lines: usize) -> io::Result<String> {
     let mut file = File::open(path)?;
     let len = file.metadata()?.len();
     file.seek(SeekFrom::Start(len.saturating_sub(64 * 1024)))?;

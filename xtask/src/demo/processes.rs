@@ -8,8 +8,7 @@
 //! [`Agent`] also removes its attachments and pins.
 
 use std::{
-    fs,
-    io::{self, Read as _, Seek as _, SeekFrom},
+    fs, io,
     net::SocketAddr,
     os::{fd::RawFd, unix::process::CommandExt as _},
     path::{Path, PathBuf},
@@ -192,7 +191,7 @@ impl Proc {
 
     /// The last lines of the log.
     pub fn log_tail(&self) -> String {
-        tail(&self.log, LOG_TAIL)
+        tally_collector::devdb::tail(&self.log, LOG_TAIL)
             .unwrap_or_else(|e| format!("(cannot read {}: {e})", self.log.display()))
     }
 }
@@ -206,18 +205,6 @@ impl Drop for Proc {
             }
         }
     }
-}
-
-/// The last `lines` lines of a log file (of its last 64 KiB).
-fn tail(path: &Path, lines: usize) -> io::Result<String> {
-    let mut file = fs::File::open(path)?;
-    let len = file.metadata()?.len();
-    file.seek(SeekFrom::Start(len.saturating_sub(64 * 1024)))?;
-    let mut bytes = Vec::new();
-    file.read_to_end(&mut bytes)?;
-    let text = String::from_utf8_lossy(&bytes);
-    let all: Vec<&str> = text.lines().collect();
-    Ok(all[all.len().saturating_sub(lines)..].join("\n"))
 }
 
 /// `tally-collector serve` in the root namespace: gRPC on the control
