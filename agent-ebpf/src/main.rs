@@ -1,7 +1,9 @@
 //! tally's kernel side: TC classifiers on ingress and egress that add each
 //! packet's length (`skb->len` at the hook, link-layer header included) and 1
 //! to the per-CPU counters of the interface it passes, and always let the
-//! packet through.
+//! packet through. An IPv4 or IPv6 packet (`skb->protocol` 0x0800 or 0x86DD
+//! at the hook) is also added to that family's part of the same value; what
+//! is neither (ARP, ...) is only in the totals.
 //!
 //! They return `TC_ACT_UNSPEC` (TCX: "next"), never `TC_ACT_OK`: that lets
 //! the packet on *and* lets any other program or filter on the same hook run,
@@ -70,10 +72,16 @@ mod programs {
         Tx,
     }
 
+    /// `skb->protocol` of an IPv4 and of an IPv6 packet: the EtherType as the
+    /// kernel keeps it, in network byte order (a `__be16` in the low half of
+    /// the u32 field).
+    const PROTOCOL_IPV4: u32 = u16::to_be(0x0800) as u32;
+    const PROTOCOL_IPV6: u32 = u16::to_be(0x86DD) as u32;
+
     #[inline(always)]
     fn count(ctx: &TcContext, direction: Direction) {
         // SAFETY: `skb` points at the context the kernel passed in.
-        let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+        let (ifindex, protocol) = unsafe { ((*ctx.skb.skb).ifindex, (*ctx.skb.skb).protocol) };
         let slot = if is_fast(ifindex) {
             TALLY_FAST.get_ptr_mut(ifindex)
         } else {
@@ -87,15 +95,29 @@ mod programs {
         // program runs. TC programs run with bottom halves disabled, so
         // nothing else on this CPU interleaves with the read-modify-write and
         // plain (non-atomic) additions are exact.
-        unsafe {
-            match direction {
-                Direction::Rx => {
-                    (*counters).rx_bytes += len;
-                    (*counters).rx_packets += 1;
+        let counters = unsafe { &mut *counters };
+        let family = if protocol == PROTOCOL_IPV4 {
+            Some(&mut counters.ipv4)
+        } else if protocol == PROTOCOL_IPV6 {
+            Some(&mut counters.ipv6)
+        } else {
+            None
+        };
+        match direction {
+            Direction::Rx => {
+                counters.rx_bytes += len;
+                counters.rx_packets += 1;
+                if let Some(family) = family {
+                    family.rx_bytes += len;
+                    family.rx_packets += 1;
                 }
-                Direction::Tx => {
-                    (*counters).tx_bytes += len;
-                    (*counters).tx_packets += 1;
+            }
+            Direction::Tx => {
+                counters.tx_bytes += len;
+                counters.tx_packets += 1;
+                if let Some(family) = family {
+                    family.tx_bytes += len;
+                    family.tx_packets += 1;
                 }
             }
         }

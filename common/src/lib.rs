@@ -7,7 +7,10 @@
 #![no_std]
 
 /// Version of the layout of the types below (and of the pinned maps).
-pub const LAYOUT_VERSION: u32 = 1;
+///
+/// 1: the four totals per interface. 2: [`IfCounters`] also has the IPv4
+/// and IPv6 parts ([`FamilyCounters`]), so [`Meta::fold_before`] grew too.
+pub const LAYOUT_VERSION: u32 = 2;
 
 /// `TALLY_META`'s `magic`: "tallyctr" in ASCII.
 pub const META_MAGIC: u64 = u64::from_le_bytes(*b"tallyctr");
@@ -15,7 +18,10 @@ pub const META_MAGIC: u64 = u64::from_le_bytes(*b"tallyctr");
 /// Per-interface traffic counters (one copy per CPU in the kernel map).
 ///
 /// `rx` is what the TC ingress hook saw, `tx` what the TC egress hook saw;
-/// bytes are `skb->len` at the hook, link-layer header included.
+/// bytes are `skb->len` at the hook, link-layer header included. `ipv4` and
+/// `ipv6` are the part of the totals whose packets had the protocol 0x0800
+/// or 0x86DD (`skb->protocol`) at the hook; the rest (ARP, ...) is the
+/// totals minus both.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct IfCounters {
@@ -23,17 +29,41 @@ pub struct IfCounters {
     pub rx_packets: u64,
     pub tx_bytes: u64,
     pub tx_packets: u64,
+    pub ipv4: FamilyCounters,
+    pub ipv6: FamilyCounters,
 }
 
-impl IfCounters {
-    /// Adds `other` to `self`, saturating instead of wrapping (a u64 of bytes
-    /// cannot realistically overflow; if it ever did, a counter that sticks is
-    /// better than one that goes backwards).
+/// The bytes and packets of one address family within [`IfCounters`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FamilyCounters {
+    pub rx_bytes: u64,
+    pub rx_packets: u64,
+    pub tx_bytes: u64,
+    pub tx_packets: u64,
+}
+
+impl FamilyCounters {
+    /// Adds `other` to `self`, saturating (see [`IfCounters::accumulate`]).
     pub fn accumulate(&mut self, other: &Self) {
         self.rx_bytes = self.rx_bytes.saturating_add(other.rx_bytes);
         self.rx_packets = self.rx_packets.saturating_add(other.rx_packets);
         self.tx_bytes = self.tx_bytes.saturating_add(other.tx_bytes);
         self.tx_packets = self.tx_packets.saturating_add(other.tx_packets);
+    }
+}
+
+impl IfCounters {
+    /// Adds `other` to `self` (totals and both families), saturating instead
+    /// of wrapping (a u64 of bytes cannot realistically overflow; if it ever
+    /// did, a counter that sticks is better than one that goes backwards).
+    pub fn accumulate(&mut self, other: &Self) {
+        self.rx_bytes = self.rx_bytes.saturating_add(other.rx_bytes);
+        self.rx_packets = self.rx_packets.saturating_add(other.rx_packets);
+        self.tx_bytes = self.tx_bytes.saturating_add(other.tx_bytes);
+        self.tx_packets = self.tx_packets.saturating_add(other.tx_packets);
+        self.ipv4.accumulate(&other.ipv4);
+        self.ipv6.accumulate(&other.ipv6);
     }
 }
 
@@ -141,9 +171,10 @@ pub const fn is_fast(ifindex: u32) -> bool {
 
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY: all three are `#[repr(C)]`, contain only integers and byte arrays,
+    // SAFETY: all four are `#[repr(C)]`, contain only integers and byte arrays,
     // and have no padding (checked by the layout tests below).
     unsafe impl aya::Pod for super::IfCounters {}
+    unsafe impl aya::Pod for super::FamilyCounters {}
     unsafe impl aya::Pod for super::IfaceInfo {}
     unsafe impl aya::Pod for super::Meta {}
 }
@@ -155,9 +186,19 @@ mod tests {
 
     #[test]
     fn layouts_have_no_padding() {
-        assert_eq!(size_of::<IfCounters>(), 32);
+        assert_eq!(size_of::<FamilyCounters>(), 32);
+        assert_eq!(size_of::<IfCounters>(), 32 + 2 * 32);
         assert_eq!(size_of::<IfaceInfo>(), 16 + 4 + 4 + 8 + 8);
-        assert_eq!(size_of::<Meta>(), 8 + 4 + 4 + 16 + 8 + 8 + 32);
+        assert_eq!(size_of::<Meta>(), 8 + 4 + 4 + 16 + 8 + 8 + 96);
+    }
+
+    fn family(n: u64) -> FamilyCounters {
+        FamilyCounters {
+            rx_bytes: n,
+            rx_packets: n + 1,
+            tx_bytes: n + 2,
+            tx_packets: n + 3,
+        }
     }
 
     #[test]
@@ -167,12 +208,16 @@ mod tests {
             rx_packets: 2,
             tx_bytes: 3,
             tx_packets: 4,
+            ipv4: family(10),
+            ipv6: family(100),
         };
         a.accumulate(&IfCounters {
             rx_bytes: 10,
             rx_packets: 20,
             tx_bytes: 30,
             tx_packets: 40,
+            ipv4: family(1_000),
+            ipv6: family(10_000),
         });
         assert_eq!(
             a,
@@ -180,18 +225,54 @@ mod tests {
                 rx_bytes: 11,
                 rx_packets: 22,
                 tx_bytes: 33,
-                tx_packets: 44
+                tx_packets: 44,
+                ipv4: FamilyCounters {
+                    rx_bytes: 1_010,
+                    rx_packets: 1_012,
+                    tx_bytes: 1_014,
+                    tx_packets: 1_016,
+                },
+                ipv6: FamilyCounters {
+                    rx_bytes: 10_100,
+                    rx_packets: 10_102,
+                    tx_bytes: 10_104,
+                    tx_packets: 10_106,
+                },
             }
         );
         let mut b = IfCounters {
             rx_bytes: u64::MAX - 1,
+            ipv4: family(u64::MAX - 3),
+            ipv6: family(7),
             ..Default::default()
         };
         b.accumulate(&IfCounters {
             rx_bytes: 5,
+            ipv4: family(5),
+            ipv6: family(u64::MAX - 20),
             ..Default::default()
         });
         assert_eq!(b.rx_bytes, u64::MAX);
+        let max = u64::MAX;
+        assert_eq!(
+            b.ipv4,
+            FamilyCounters {
+                rx_bytes: max,
+                rx_packets: max,
+                tx_bytes: max,
+                tx_packets: max,
+            },
+            "each family counter saturates"
+        );
+        assert_eq!(
+            b.ipv6,
+            FamilyCounters {
+                rx_bytes: max - 13,
+                rx_packets: max - 11,
+                tx_bytes: max - 9,
+                tx_packets: max - 7,
+            }
+        );
     }
 
     #[test]

@@ -7,7 +7,7 @@ use tally_common::ATTACH_NETLINK;
 
 use super::{
     hooks::{detach_netlink, remove_link_pin},
-    maps::PinnedMaps,
+    maps::pinned_ifaces,
 };
 use crate::pins::{Hook, PinLayout, PinLock};
 
@@ -44,9 +44,9 @@ pub fn detach_all(layout: &PinLayout) -> io::Result<DetachReport> {
         remove_link_pin(&path);
         report.links_unpinned += 1;
     }
-    if let Ok(maps) = PinnedMaps::open(layout)
-        && let Ok(records) = maps.ifaces()
-    {
+    // Only the interface records are needed: their layout is the same in
+    // every version, so this works on another version's counters too.
+    if let Ok(records) = pinned_ifaces(layout) {
         for (ifindex, info) in records {
             if info.attach_mode != ATTACH_NETLINK {
                 continue;

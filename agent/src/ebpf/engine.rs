@@ -24,8 +24,10 @@ use tally_common::{
 
 use super::maps::{MapsError, PinnedMaps, name_to_bytes};
 use super::{
-    fold,
+    detach::ifname,
+    epoch_hex, fold,
     hooks::{self, Attached},
+    legacy::{OLD_LAYOUT, OldSet, SupersededSet},
 };
 use crate::{
     filter::IfaceFilter,
@@ -140,6 +142,8 @@ pub struct Engine {
     forget_after: Duration,
     /// ifindex → name of the interfaces attached now.
     attached: BTreeMap<u32, String>,
+    /// The final counts of the layout-1 set this start took over.
+    superseded: Option<SupersededSet>,
 }
 
 /// Gone interfaces are folded regardless of age once the counters map holds
@@ -148,7 +152,8 @@ const FOLD_PRESSURE: usize = MAX_INTERFACES as usize - 256;
 
 impl Engine {
     /// Loads the programs, creating the pinned maps or reusing them, and
-    /// makes sure the counter set has an epoch.
+    /// makes sure the counter set has an epoch. Counters of layout 1 (an
+    /// earlier agent's) are taken over: see [`super::legacy`].
     pub fn start(
         layout: PinLayout,
         mode: AttachMode,
@@ -156,6 +161,17 @@ impl Engine {
         forget_after: Duration,
     ) -> Result<Self, EngineError> {
         layout.prepare()?;
+        let old = OldSet::take_over(&layout)?;
+        if let Some(old) = &old {
+            tracing::warn!(
+                pin_dir = %layout.dir().display(),
+                old_epoch = %old.epoch().map(|e| epoch_hex(&e)).unwrap_or_default(),
+                "the pinned counters are of layout {OLD_LAYOUT} (an earlier tally-agent, without \
+                 the IPv4/IPv6 split), which this agent cannot keep counting in: starting a new \
+                 counter set (new epoch); the old set's final counts are reported as its last \
+                 heartbeat"
+            );
+        }
         let partial = layout.has_counters() && !layout.has_complete_counters();
         let fresh = !layout.has_complete_counters();
         let (fast, counters, ifaces, meta) = (
@@ -203,7 +219,7 @@ impl Engine {
             AttachMode::Tcx => false,
             AttachMode::Auto => !has_tcx,
         };
-        Ok(Self {
+        let mut engine = Self {
             ebpf,
             layout,
             maps: pinned,
@@ -212,7 +228,61 @@ impl Engine {
             created: fresh,
             forget_after,
             attached: BTreeMap::new(),
-        })
+            superseded: None,
+        };
+        if let Some(old) = old {
+            engine.superseded = engine.take_over_hooks(old);
+        }
+        Ok(engine)
+    }
+
+    /// Swaps this agent's programs in on every hook the old set's programs
+    /// are on (or removes them), so that nothing writes the old counters any
+    /// more, then reads their final counts. The next [`Self::sync`] applies
+    /// the filter as on any start.
+    fn take_over_hooks(&mut self, old: OldSet) -> Option<SupersededSet> {
+        let mut present = BTreeMap::new();
+        for ifindex in old.attached() {
+            // An interface that is gone took the old hooks with it.
+            let Some(name) = ifname(ifindex) else {
+                continue;
+            };
+            match self.attach(ifindex, &name) {
+                Ok(how) => {
+                    tracing::info!(iface = %name, ifindex, how = ?how, "took over the interface from the old counter set")
+                }
+                Err(error) => {
+                    tracing::error!(iface = %name, ifindex, %error, "cannot count interface")
+                }
+            }
+            present.insert(ifindex, name);
+        }
+        // Old hooks nothing above accounted for (and their records) go.
+        let present: BTreeMap<u32, &String> = present.iter().map(|(i, n)| (*i, n)).collect();
+        self.clean_stale(&present);
+        match old.finish() {
+            Ok(Some(set)) => Some(set),
+            Ok(None) => {
+                tracing::warn!(
+                    "the old counter set never had an epoch: no counts to report from it"
+                );
+                None
+            }
+            Err(error) => {
+                tracing::error!(
+                    %error,
+                    "cannot read the old counter set's final counts: its traffic since its last \
+                     heartbeat is not reported"
+                );
+                None
+            }
+        }
+    }
+
+    /// The final counts of the layout-1 counter set this start took over
+    /// (once; `None` if there was none).
+    pub fn take_superseded(&mut self) -> Option<SupersededSet> {
+        self.superseded.take()
     }
 
     pub fn meta(&self) -> &Meta {

@@ -68,6 +68,8 @@ pub fn recover<S: FoldStore>(store: &mut S) -> Result<Option<u32>, S::Error> {
 mod tests {
     use std::collections::BTreeMap;
 
+    use tally_common::FamilyCounters;
+
     use super::*;
 
     /// An in-memory store that "crashes" (refuses every write) after a given
@@ -126,12 +128,27 @@ mod tests {
         }
     }
 
+    /// Counters whose IPv4 and IPv6 parts differ from each other and from
+    /// the totals (which also hold some rest), so that a fold mixing them up
+    /// shows.
     fn c(n: u64) -> IfCounters {
         IfCounters {
-            rx_bytes: n,
-            rx_packets: n / 100 + 1,
-            tx_bytes: 2 * n,
-            tx_packets: n / 50 + 1,
+            rx_bytes: 10 * n,
+            rx_packets: n / 10 + 5,
+            tx_bytes: 20 * n,
+            tx_packets: n / 5 + 5,
+            ipv4: FamilyCounters {
+                rx_bytes: 6 * n,
+                rx_packets: n / 20 + 1,
+                tx_bytes: 12 * n,
+                tx_packets: n / 10 + 1,
+            },
+            ipv6: FamilyCounters {
+                rx_bytes: 3 * n,
+                rx_packets: n / 40 + 2,
+                tx_bytes: 5 * n,
+                tx_packets: n / 25 + 3,
+            },
         }
     }
 
@@ -156,6 +173,32 @@ mod tests {
         assert_eq!(s.total(), total);
         assert_eq!(s.counters.len(), 1);
         assert_eq!(s.state.0, 0);
+    }
+
+    #[test]
+    fn a_fold_carries_each_family_into_the_retired_entry() {
+        let mut s = store();
+        s.counters.insert(RETIRED_IFINDEX, c(77));
+        fold(&mut s, 7).expect("fold");
+        fold(&mut s, 2).expect("fold");
+        let retired = s.counters[&RETIRED_IFINDEX];
+        for (what, got, want) in [
+            ("ipv4", retired.ipv4, c(77).ipv4),
+            ("ipv6", retired.ipv6, c(77).ipv6),
+        ] {
+            let mut expected = want;
+            for n in [555, 1000] {
+                let part = if what == "ipv4" { c(n).ipv4 } else { c(n).ipv6 };
+                expected.accumulate(&part);
+            }
+            assert_eq!(got, expected, "{what} of the retired entry");
+        }
+        assert_eq!(retired.ipv4.rx_bytes, 6 * (77 + 555 + 1000));
+        assert_eq!(
+            retired.ipv6.tx_packets,
+            (77 / 25 + 3) + (555 / 25 + 3) + (1000 / 25 + 3)
+        );
+        assert_eq!(retired.rx_bytes, 10 * (77 + 555 + 1000));
     }
 
     #[test]

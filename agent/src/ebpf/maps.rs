@@ -26,7 +26,10 @@ pub enum MapsError {
     Open { path: String, source: MapError },
     #[error(
         "the pinned map {path} does not have the layout this agent expects ({source}); it was \
-         made by another version of tally: `tally-agent detach` removes it (its counts are lost)"
+         made by another version of tally. Counters of an earlier version are taken over by \
+         `tally-agent run` of this one (a new epoch; the old counts are reported first); those \
+         of a newer version are read by that version, or removed by `tally-agent detach` (their \
+         counts are lost)"
     )]
     Layout { path: String, source: MapError },
     #[error(
@@ -40,6 +43,11 @@ pub enum MapsError {
     },
     #[error("reading or writing {what} failed: {source}")]
     Access { what: String, source: MapError },
+    #[error("cannot unpin {path}: {source}")]
+    Unpin {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("cannot count the CPUs: {0}")]
     Cpus(String),
 }
@@ -91,6 +99,24 @@ pub fn sum_per_cpu<'a>(values: impl IntoIterator<Item = &'a IfCounters>) -> IfCo
             total.accumulate(cpu);
             total
         })
+}
+
+/// The interface records pinned under `layout`, by ifindex, opening
+/// `TALLY_IFACES` alone (its layout is the same in every version, so this
+/// also works on counters of another layout).
+pub fn pinned_ifaces(layout: &PinLayout) -> Result<Vec<(u32, IfaceInfo)>, MapsError> {
+    let path = layout.ifaces();
+    let ifaces: HashMap<MapData, u32, IfaceInfo> = HashMap::try_from(Map::HashMap(open(&path)?))
+        .map_err(|source| MapsError::Layout {
+            path: path.display().to_string(),
+            source,
+        })?;
+    let mut out = Vec::new();
+    for item in ifaces.iter() {
+        out.push(item.map_err(access("TALLY_IFACES"))?);
+    }
+    out.sort_by_key(|(ifindex, _)| *ifindex);
+    Ok(out)
 }
 
 /// The pinned maps, opened.
@@ -343,7 +369,18 @@ impl FoldStore for PinnedMaps {
 
 #[cfg(test)]
 mod tests {
+    use tally_common::FamilyCounters;
+
     use super::*;
+
+    fn family(rx_bytes: u64, rx_packets: u64, tx_bytes: u64, tx_packets: u64) -> FamilyCounters {
+        FamilyCounters {
+            rx_bytes,
+            rx_packets,
+            tx_bytes,
+            tx_packets,
+        }
+    }
 
     #[test]
     fn per_cpu_values_are_summed() {
@@ -353,23 +390,37 @@ mod tests {
                 rx_packets: 1,
                 tx_bytes: 0,
                 tx_packets: 0,
+                ipv4: family(100, 1, 0, 0),
+                ipv6: FamilyCounters::default(),
             },
             IfCounters {
                 rx_bytes: 1500,
                 rx_packets: 2,
-                tx_bytes: 60,
-                tx_packets: 1,
+                tx_bytes: 102,
+                tx_packets: 2,
+                ipv4: family(1000, 1, 0, 0),
+                ipv6: family(400, 1, 60, 1),
             },
-            IfCounters::default(),
+            IfCounters {
+                rx_bytes: 0,
+                rx_packets: 0,
+                tx_bytes: 90,
+                tx_packets: 1,
+                ipv4: family(0, 0, 90, 1),
+                ipv6: FamilyCounters::default(),
+            },
         ];
         assert_eq!(
             sum_per_cpu(cpus.iter()),
             IfCounters {
                 rx_bytes: 1600,
                 rx_packets: 3,
-                tx_bytes: 60,
-                tx_packets: 1
-            }
+                tx_bytes: 192,
+                tx_packets: 3,
+                ipv4: family(1100, 2, 90, 1),
+                ipv6: family(400, 1, 60, 1),
+            },
+            "totals and each family are summed over the CPUs, each on its own"
         );
         assert_eq!(sum_per_cpu([].iter()), IfCounters::default());
     }

@@ -5,6 +5,7 @@ pub mod detach;
 pub mod engine;
 pub mod fold;
 pub mod hooks;
+pub mod legacy;
 pub mod maps;
 
 /// The counter epoch as text: 32 lowercase hex digits.

@@ -130,6 +130,8 @@ pub(super) fn run_cost(
         rx_packets: after.rx_packets.saturating_sub(counted_before.rx_packets),
         tx_bytes: after.tx_bytes.saturating_sub(counted_before.tx_bytes),
         tx_packets: after.tx_packets.saturating_sub(counted_before.tx_packets),
+        // The report shows the totals only.
+        ..IfCounters::default()
     };
     Ok(RunCost { rounds, counted })
 }
