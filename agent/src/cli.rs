@@ -9,6 +9,9 @@
 //!   `TALLY_TOKEN` (never from the command line, where other users could see
 //!   it in the process list), so it is not a clap option; `run --help` names
 //!   it at `--token-file`.
+//! - `TALLY_BOOT_ID_FILE` is no option either, and deliberately not in any
+//!   help: it is for tests only (a file to read the boot id from instead of
+//!   the kernel's, to play a reboot; see [`crate::system::BOOT_ID_FILE_ENV`]).
 //! - An option of another command that is the same setting as one of
 //!   those (`status --source`, `--include`, `--exclude`) reads the same
 //!   variable, so that `status` run in the agent's environment reads what
@@ -31,7 +34,9 @@ use std::{path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::{ebpf::engine::AttachMode, pins::DEFAULT_PIN_DIR, source::SourceKind};
+use crate::{
+    ebpf::engine::AttachMode, pins::DEFAULT_PIN_DIR, source::SourceKind, state::DEFAULT_STATE_DIR,
+};
 
 /// The values that turn a switch on in its environment variable, as
 /// [`clap::builder::BoolishValueParser`] reads them, in lower, upper and
@@ -159,17 +164,33 @@ pub struct CollectorArgs {
     pub insecure_plaintext: bool,
 
     /// On SIGTERM or SIGINT, how long to try to deliver a last heartbeat
-    /// before exiting (`0s`: exit without one). The kernel keeps counting
-    /// either way; the next heartbeat carries what was not delivered.
+    /// before exiting (`0s`: exit without trying). The kernel keeps counting
+    /// either way, and the last reading stays in the reboot journal (see
+    /// --state-dir) until it is delivered.
     #[arg(long, env = "TALLY_FINAL_HEARTBEAT_TIMEOUT", default_value = "5s", value_parser = parse_duration, value_name = "DURATION")]
     pub final_heartbeat_timeout: Duration,
+
+    /// Directory for what the agent keeps across restarts and reboots: the
+    /// reboot journal (`journal`). On SIGTERM or SIGINT the last reading is
+    /// written there before it is sent, and kept until the collector
+    /// answered it; the next start delivers it before any other heartbeat,
+    /// so the traffic up to a shutdown or reboot is counted even when the
+    /// collector was unreachable then. Created (mode 0700) if missing; give
+    /// each agent its own (it is locked while the agent runs). Only used
+    /// with --collector.
+    #[arg(long, env = "TALLY_STATE_DIR", default_value = DEFAULT_STATE_DIR, value_name = "DIR")]
+    pub state_dir: PathBuf,
 }
 
 #[derive(Debug, Args, Clone, Default)]
 pub struct FilterArgs {
-    /// Count only interfaces whose name matches one of these glob patterns,
-    /// e.g. `eth*` (repeatable, or comma-separated). Without it, every
-    /// interface is counted but loopback (`lo*`), which never is.
+    /// Count only interfaces whose whole name matches one of these glob
+    /// patterns (`*`, `?`, `[...]`; never a substring: `eth` is eth alone,
+    /// `eth*` takes eth0 but not veth0), e.g. `eth*` (repeatable, or
+    /// comma-separated). Without it, every interface is counted but loopback
+    /// (`lo*`), which never is. The collector's counting rule for the node
+    /// (every interface, or only physical ones and those with the default
+    /// route) then applies to what these patterns let through.
     #[arg(
         long = "include",
         env = "TALLY_INCLUDE",
@@ -178,9 +199,10 @@ pub struct FilterArgs {
     )]
     pub include: Vec<String>,
 
-    /// Leave out interfaces whose name matches one of these glob patterns,
-    /// e.g. `veth*` or `docker*` (repeatable, or comma-separated; wins over
-    /// --include). Without it, only loopback is left out.
+    /// Leave out interfaces whose whole name matches one of these glob
+    /// patterns, e.g. `veth*` or `docker*` (repeatable, or comma-separated;
+    /// wins over --include). Without it, only loopback is left out. Like
+    /// --include, it combines with the collector's counting rule.
     #[arg(
         long = "exclude",
         env = "TALLY_EXCLUDE",
@@ -327,6 +349,7 @@ mod tests {
         assert_eq!(c.token_file, Some(PathBuf::from("/etc/tally/token")));
         assert!(!c.insecure_plaintext);
         assert_eq!(c.final_heartbeat_timeout, Duration::from_secs(2));
+        assert_eq!(c.state_dir, PathBuf::from("/var/lib/tally-agent"));
 
         let Command::Run(plain) = Cli::try_parse_from([
             "tally-agent",
@@ -334,6 +357,8 @@ mod tests {
             "--collector",
             "http://127.0.0.1:50051",
             "--insecure-plaintext",
+            "--state-dir",
+            "/srv/tally",
         ])
         .expect("parses")
         .command
@@ -341,6 +366,7 @@ mod tests {
             panic!("run")
         };
         assert!(plain.collector.insecure_plaintext);
+        assert_eq!(plain.collector.state_dir, PathBuf::from("/srv/tally"));
         assert_eq!(
             plain.collector.final_heartbeat_timeout,
             Duration::from_secs(5)

@@ -98,6 +98,24 @@ mod tests {
     }
 
     #[test]
+    fn patterns_match_whole_names_never_substrings() {
+        // A pattern without wildcards is one exact name.
+        let f = filter(&["eth"], &[]);
+        assert!(!f.counts("eth0"));
+        assert!(!f.counts("veth"));
+        assert!(f.counts("eth"));
+        // A wildcard at the end does not float to the middle of a name.
+        let f = filter(&[], &["veth*"]);
+        assert!(f.counts("aveth0"));
+        assert!(f.counts("xveth"));
+        assert!(!f.counts("veth0"));
+        assert!(!f.counts("veth"));
+        let f = filter(&["veth*"], &[]);
+        assert!(!f.counts("aveth0"));
+        assert!(f.counts("vethab12"));
+    }
+
+    #[test]
     fn include_narrows_and_exclude_wins() {
         let f = filter(&["eth*", "wg[0-9]"], &["eth9"]);
         assert!(f.counts("eth0"));

@@ -5,10 +5,13 @@ mod diagnose;
 mod ebpf;
 mod filter;
 mod heartbeat;
+mod journal;
+mod links;
 mod netwatch;
 mod pins;
 mod run;
 mod source;
+mod state;
 mod status;
 mod system;
 
@@ -88,7 +91,17 @@ fn status(args: StatusArgs, layout: &PinLayout) -> anyhow::Result<()> {
             &args.filter.exclude,
         )?)),
     };
-    let snapshot = source.snapshot()?;
+    let mut snapshot = source.snapshot()?;
+    // Link kinds and default routes as they are now (the running agent
+    // follows them itself); without them the counters are still worth
+    // showing.
+    match netwatch::current_classes() {
+        Ok(mut classes) => classes.classify(&mut snapshot.interfaces),
+        Err(error) => tracing::warn!(
+            error = %format!("{error:#}"),
+            "cannot tell the interfaces' kinds and default routes"
+        ),
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&snapshot)?);
     } else {

@@ -5,7 +5,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tokio::{
     signal::unix::{Signal, SignalKind, signal},
-    time::{Instant, Interval, MissedTickBehavior, interval, interval_at},
+    time::{Instant, Interval, MissedTickBehavior, interval_at},
 };
 
 use crate::{
@@ -14,12 +14,15 @@ use crate::{
     ebpf::{
         engine::{AttachMode, Engine},
         epoch_hex,
+        legacy::SupersededSet,
     },
     filter::IfaceFilter,
-    heartbeat::{CollectorConfig, Heartbeats, Reading, Sequencer, TOKEN_ENV},
-    netwatch::NetWatch,
+    heartbeat::{self, CollectorConfig, Heartbeats, Reading, Sequencer, TOKEN_ENV},
+    links::LinkClasses,
+    netwatch::{Changes, NetWatch},
     pins::{PinLayout, PinLock},
-    source::{CounterSource, EbpfSource, ProcfsSource, Rebase, SourceKind},
+    source::{CounterSource, EbpfSource, ProcfsSource, Rebase, SourceKind, superseded_snapshot},
+    state::StateDir,
     system::Probe,
 };
 
@@ -50,7 +53,17 @@ pub async fn run(args: RunArgs, layout: PinLayout) -> anyhow::Result<()> {
     let mut stop = Stop::listen()?;
     let filter = IfaceFilter::new(&args.filter.include, &args.filter.exclude)?;
     // Checked before anything is attached: a bad URL or token stops here.
-    let collector = CollectorConfig::from_args(&args.collector, token_env()?)?;
+    let config = CollectorConfig::from_args(&args.collector, token_env()?)?;
+    // The state directory (the reboot journal) only matters with a
+    // collector; locked until the agent exits.
+    let collector = match config {
+        Some(config) => {
+            let state = StateDir::open(&args.collector.state_dir)?;
+            tracing::info!(state_dir = %state.path().display(), "state directory");
+            Some(Collector { config, state })
+        }
+        None => None,
+    };
     match args.source {
         SourceKind::Ebpf => run_ebpf(&args, layout, filter, collector, &mut stop).await,
         SourceKind::Procfs => {
@@ -59,10 +72,19 @@ pub async fn run(args: RunArgs, layout: PinLayout) -> anyhow::Result<()> {
             // collector cannot take the procfs counters any more.
             let rebase = Rebase::default();
             let mut source = ProcfsSource::new(filter).with_rebase(rebase.clone());
-            let reporting = Reporting::start(collector, args.interval, Some(rebase));
-            report_loop(&mut source, reporting, None, &mut stop).await
+            let mut watching = Watching::open(None, args.resync_interval)?;
+            let mut reporting = Reporting::start(collector, args.interval, Some(rebase));
+            watching.start(&mut reporting.links).await?;
+            report_loop(&mut source, reporting, watching, &mut stop).await
         }
     }
+}
+
+/// Where to report: the checked settings, and the state directory that
+/// keeps the reboot journal.
+struct Collector {
+    config: CollectorConfig,
+    state: StateDir,
 }
 
 /// TALLY_TOKEN, when set and not empty.
@@ -81,7 +103,7 @@ async fn run_ebpf(
     args: &RunArgs,
     layout: PinLayout,
     filter: IfaceFilter,
-    collector: Option<CollectorConfig>,
+    collector: Option<Collector>,
     stop: &mut Stop,
 ) -> anyhow::Result<()> {
     let probe = Probe::current();
@@ -108,6 +130,9 @@ async fn run_ebpf(
             return Err(explain(error));
         }
     };
+    if let Some(old) = engine.take_superseded() {
+        report_superseded(&old, collector.as_ref());
+    }
     let epoch = epoch_hex(&engine.meta().epoch);
     if engine.created_counters() {
         tracing::info!(%epoch, pin_dir = %layout.dir().display(), "created a new counter set");
@@ -123,32 +148,121 @@ async fn run_ebpf(
         "attach mode"
     );
 
-    let mut watch = NetWatch::open().context("cannot open a netlink socket to watch interfaces")?;
-    let links = watch
-        .links()
-        .await
-        .context("cannot list the network interfaces")?;
-    engine.sync(&links, &filter);
-    tracing::info!(interfaces = engine.attached().len(), "attached; counting");
+    let mut watching = Watching::open(Some((&mut engine, &filter)), args.resync_interval)?;
+    let mut reporting = Reporting::start(collector, args.interval, None);
+    watching.start(&mut reporting.links).await?;
+    if let Some((engine, _)) = &watching.engine {
+        tracing::info!(interfaces = engine.attached().len(), "attached; counting");
+    }
 
     let mut source = EbpfSource::new(layout);
-    let reporting = Reporting::start(collector, args.interval, None);
-    report_loop(
-        &mut source,
-        reporting,
-        Some((&mut engine, &mut watch, &filter, args.resync_interval)),
-        stop,
-    )
-    .await
+    report_loop(&mut source, reporting, watching, stop).await
 }
 
-type Watching<'a> = (&'a mut Engine, &'a mut NetWatch, &'a IfaceFilter, Duration);
+/// Hands the final counts of the layout-1 counter set the engine took over
+/// to the reboot journal, which the sender delivers before the new epoch's
+/// first heartbeat (without a collector they are only logged).
+fn report_superseded(old: &SupersededSet, collector: Option<&Collector>) {
+    let epoch = epoch_hex(&old.epoch);
+    let rx_bytes: u64 = old.records.iter().map(|r| r.counters.rx_bytes).sum();
+    let tx_bytes: u64 = old.records.iter().map(|r| r.counters.tx_bytes).sum();
+    let Some(collector) = collector else {
+        tracing::info!(%epoch, rx_bytes, tx_bytes, "final counts of the old counter set (not reported: no --collector)");
+        return;
+    };
+    match superseded_snapshot(old) {
+        Ok(snapshot) => {
+            let reading = Sequencer::default().stamp(snapshot);
+            tracing::info!(%epoch, rx_bytes, tx_bytes, sequence = reading.sequence, "reporting the old counter set's final counts before anything else");
+            heartbeat::journal_last_of_set(&collector.state, &reading);
+        }
+        Err(error) => tracing::error!(
+            %epoch,
+            error = %format!("{error:#}"),
+            "cannot report the old counter set's final counts"
+        ),
+    }
+}
+
+/// What the report loop keeps in step with the namespace: the attachments
+/// (eBPF) and the interfaces' classes, from netlink notifications.
+struct Watching<'a> {
+    watch: NetWatch,
+    /// The engine and the filter of the interfaces it counts (eBPF only).
+    engine: Option<(&'a mut Engine, &'a IfaceFilter)>,
+    /// How often the links are listed without a notification.
+    resync_every: Duration,
+}
+
+impl<'a> Watching<'a> {
+    fn open(
+        engine: Option<(&'a mut Engine, &'a IfaceFilter)>,
+        resync_every: Duration,
+    ) -> anyhow::Result<Self> {
+        let watch = NetWatch::open()
+            .context("cannot open a netlink socket to watch interfaces and routes")?;
+        Ok(Self {
+            watch,
+            engine,
+            resync_every,
+        })
+    }
+
+    /// The first listing of links and default routes, before any reading.
+    async fn start(&mut self, classes: &mut LinkClasses) -> anyhow::Result<()> {
+        let links = self
+            .watch
+            .links()
+            .await
+            .context("cannot list the network interfaces")?;
+        self.sync_engine(&links);
+        classes.set_links(&links);
+        let uplinks = self
+            .watch
+            .default_route_interfaces()
+            .await
+            .context("cannot list the default routes")?;
+        classes.set_uplinks(uplinks);
+        tracing::info!(uplinks = ?classes.uplink_names(), "interfaces with a default route");
+        Ok(())
+    }
+
+    fn sync_engine(&mut self, links: &[crate::netwatch::Link]) {
+        if let Some((engine, filter)) = self.engine.as_mut() {
+            let named: Vec<(u32, String)> =
+                links.iter().map(|l| (l.ifindex, l.name.clone())).collect();
+            engine.sync(&named, filter);
+        }
+    }
+
+    /// Lists again what `changes` call for: the links (attaching to new
+    /// ones, letting go of ones that went), and the default routes when one
+    /// may have changed or the links did.
+    async fn refresh(&mut self, classes: &mut LinkClasses, changes: Changes) {
+        let mut links_changed = false;
+        if changes.links {
+            match self.watch.links().await {
+                Ok(links) => {
+                    self.sync_engine(&links);
+                    links_changed = classes.set_links(&links);
+                }
+                Err(error) => tracing::warn!(%error, "cannot list the network interfaces"),
+            }
+        }
+        if changes.default_routes || links_changed {
+            self.watch.update_uplinks(classes).await;
+        }
+    }
+}
 
 /// Where readings go: the heartbeat sender, or nowhere but the debug log.
 struct Reporting {
     every: Duration,
     sequencer: Sequencer,
     heartbeats: Option<Heartbeats>,
+    /// The interfaces' kinds and default routes, kept current by the report
+    /// loop; every reading gets them.
+    links: LinkClasses,
     /// The procfs source's new-epoch requests (shared with the source and
     /// the sender): a request brings a reading at once, so that the new
     /// epoch's baseline comes as soon as possible.
@@ -156,9 +270,11 @@ struct Reporting {
 }
 
 impl Reporting {
-    fn start(collector: Option<CollectorConfig>, every: Duration, rebase: Option<Rebase>) -> Self {
+    fn start(collector: Option<Collector>, every: Duration, rebase: Option<Rebase>) -> Self {
         let heartbeats = match collector {
-            Some(config) => Some(Heartbeats::start(config, every, rebase.clone())),
+            Some(Collector { config, state }) => {
+                Some(Heartbeats::start(config, every, rebase.clone(), state))
+            }
             None => {
                 tracing::info!("no --collector given: counting locally only");
                 None
@@ -168,6 +284,7 @@ impl Reporting {
             every,
             sequencer: Sequencer::default(),
             heartbeats,
+            links: LinkClasses::default(),
             rebase,
         }
     }
@@ -175,7 +292,8 @@ impl Reporting {
     /// Reads the counters and stamps the reading at once.
     fn read(&mut self, source: &mut dyn CounterSource) -> Option<Reading> {
         match source.snapshot() {
-            Ok(snapshot) => {
+            Ok(mut snapshot) => {
+                self.links.classify(&mut snapshot.interfaces);
                 let reading = self.sequencer.stamp(snapshot);
                 let (rx, tx) = reading.snapshot.totals();
                 tracing::debug!(
@@ -239,21 +357,18 @@ fn report_timer(every: Duration, first: Instant) -> Interval {
 async fn report_loop(
     source: &mut dyn CounterSource,
     mut reporting: Reporting,
-    mut watching: Option<Watching<'_>>,
+    mut watching: Watching<'_>,
     stop: &mut Stop,
 ) -> anyhow::Result<()> {
     let mut report = report_timer(reporting.every, Instant::now());
-    let resync_every = watching.as_ref().map_or(Duration::from_secs(3600), |w| w.3);
-    let mut resync = interval(resync_every);
+    // The first listing was done by `Watching::start`.
+    let mut resync = interval_at(
+        Instant::now() + watching.resync_every,
+        watching.resync_every,
+    );
     resync.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let rebase = reporting.rebase.clone();
     loop {
-        let link_change = async {
-            match watching.as_mut() {
-                Some((_, watch, _, _)) => watch.changed().await,
-                None => std::future::pending().await,
-            }
-        };
         let rebase_requested = async {
             match &rebase {
                 Some(rebase) => rebase.requested().await,
@@ -262,13 +377,16 @@ async fn report_loop(
         };
         tokio::select! {
             signal = stop.requested() => { tracing::info!(signal, "stopping"); break; }
-            changed = link_change => {
-                if changed.is_none() {
-                    anyhow::bail!("the netlink socket watching interfaces closed");
-                }
-                resync_links(&mut watching).await;
+            changed = watching.watch.changed() => {
+                let Some(changes) = changed else {
+                    anyhow::bail!("the netlink socket watching interfaces and routes closed");
+                };
+                watching.refresh(&mut reporting.links, changes).await;
             }
-            _ = resync.tick() => resync_links(&mut watching).await,
+            _ = resync.tick() => {
+                let links_only = Changes { links: true, default_routes: false };
+                watching.refresh(&mut reporting.links, links_only).await;
+            }
             every = reporting.interval_changed() => {
                 report = report_timer(every, Instant::now() + every);
             }
@@ -278,20 +396,10 @@ async fn report_loop(
         }
     }
     reporting.finish(source, stop).await;
-    if watching.is_some() {
+    if watching.engine.is_some() {
         tracing::info!(
             "leaving the programs attached: the kernel keeps counting until the agent is back"
         );
     }
     Ok(())
-}
-
-async fn resync_links(watching: &mut Option<Watching<'_>>) {
-    let Some((engine, watch, filter, _)) = watching.as_mut() else {
-        return;
-    };
-    match watch.links().await {
-        Ok(links) => engine.sync(&links, filter),
-        Err(error) => tracing::warn!(%error, "cannot list the network interfaces"),
-    }
 }

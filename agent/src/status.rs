@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use crate::source::Snapshot;
+use crate::{links::kind_name, source::Snapshot};
 
 /// Bytes in binary units with one decimal (`1.5 MiB`); exact below 1 KiB.
 pub fn human_bytes(bytes: u64) -> String {
@@ -37,27 +37,34 @@ pub fn render_table(snapshot: &Snapshot, pin_dir: Option<&str>) -> String {
     let _ = writeln!(out);
     let _ = writeln!(
         out,
-        "{:<16} {:>7} {:>20} {:>20} {:>14} {:>14}  STATE",
-        "INTERFACE", "IFINDEX", "RX BYTES", "TX BYTES", "RX PACKETS", "TX PACKETS"
+        "{:<16} {:>7} {:<16} {:>20} {:>20} {:>14} {:>14}  STATE",
+        "INTERFACE", "IFINDEX", "KIND", "RX BYTES", "TX BYTES", "RX PACKETS", "TX PACKETS"
     );
     for i in &snapshot.interfaces {
         let _ = writeln!(
             out,
-            "{:<16} {:>7} {:>20} {:>20} {:>14} {:>14}  {}",
+            "{:<16} {:>7} {:<16} {:>20} {:>20} {:>14} {:>14}  {}{}",
             i.name,
             i.ifindex,
+            kind_name(i.kind),
             i.rx_bytes,
             i.tx_bytes,
             i.rx_packets,
             i.tx_packets,
-            if i.attached { "counting" } else { "gone" }
+            if i.attached { "counting" } else { "gone" },
+            if i.default_route {
+                ", default route"
+            } else {
+                ""
+            }
         );
     }
     let (rx, tx) = snapshot.totals();
     let _ = writeln!(
         out,
-        "{:<16} {:>7} {:>20} {:>20}",
+        "{:<16} {:>7} {:<16} {:>20} {:>20}",
         "total",
+        "",
         "",
         human_bytes(rx),
         human_bytes(tx)
@@ -69,6 +76,7 @@ pub fn render_table(snapshot: &Snapshot, pin_dir: Option<&str>) -> String {
 mod tests {
     use super::*;
     use crate::{
+        links::LinkKind,
         source::{InterfaceCounters, SourceKind},
         system::LoadAvg,
     };
@@ -104,6 +112,12 @@ mod tests {
                     rx_packets: 3,
                     tx_packets: 1,
                     attached: true,
+                    kind: LinkKind::Physical,
+                    default_route: true,
+                    master_ifindex: 0,
+                    link_ifindex: 0,
+                    ipv4: None,
+                    ipv6: None,
                 },
                 InterfaceCounters {
                     name: "veth7".into(),
@@ -113,6 +127,12 @@ mod tests {
                     rx_packets: 0,
                     tx_packets: 0,
                     attached: false,
+                    kind: LinkKind::Veth,
+                    default_route: false,
+                    master_ifindex: 0,
+                    link_ifindex: 0,
+                    ipv4: None,
+                    ipv6: None,
                 },
             ],
         };
@@ -120,15 +140,14 @@ mod tests {
         assert!(table.contains("source   ebpf"), "{table}");
         assert!(table.contains(&"ab".repeat(16)));
         assert!(table.contains("load     1.00 2.00 3.00"));
+        assert!(table.lines().any(|l| l.starts_with("eth0")
+            && l.contains(" physical ")
+            && l.contains("2048")
+            && l.ends_with("counting, default route")));
         assert!(
             table
                 .lines()
-                .any(|l| l.starts_with("eth0") && l.contains("2048") && l.ends_with("counting"))
-        );
-        assert!(
-            table
-                .lines()
-                .any(|l| l.starts_with("veth7") && l.ends_with("gone"))
+                .any(|l| l.starts_with("veth7") && l.contains(" veth ") && l.ends_with("gone"))
         );
         assert!(
             table

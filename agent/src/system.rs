@@ -24,10 +24,32 @@ pub fn load_average() -> Result<LoadAvg, procfs::ProcError> {
     })
 }
 
+/// The environment variable naming a file to read the boot id from instead
+/// of the kernel's. **For tests only**: it lets a test play a reboot (a new
+/// boot id) without one. An agent in production must never have it set, or
+/// the collector would take a restart for a reboot or miss one.
+pub const BOOT_ID_FILE_ENV: &str = "TALLY_BOOT_ID_FILE";
+
 /// The kernel's boot id (`/proc/sys/kernel/random/boot_id`): a new value on
-/// every boot.
+/// every boot. Read from the file [`BOOT_ID_FILE_ENV`] names when it is set
+/// (tests only).
 pub fn boot_id() -> Result<String, procfs::ProcError> {
-    Ok(procfs::sys::kernel::random::boot_id()?.trim().to_owned())
+    match std::env::var_os(BOOT_ID_FILE_ENV) {
+        Some(path) if !path.is_empty() => boot_id_from(Path::new(&path)),
+        _ => Ok(procfs::sys::kernel::random::boot_id()?.trim().to_owned()),
+    }
+}
+
+/// The boot id in `path` (surrounding white space ignored; empty is an error).
+fn boot_id_from(path: &Path) -> Result<String, procfs::ProcError> {
+    match fs::read_to_string(path) {
+        Ok(text) if !text.trim().is_empty() => Ok(text.trim().to_owned()),
+        Ok(_) => Err(procfs::ProcError::Other(format!(
+            "{} ({BOOT_ID_FILE_ENV}) is empty",
+            path.display()
+        ))),
+        Err(error) => Err(procfs::ProcError::Io(error, Some(path.to_owned()))),
+    }
 }
 
 /// Linux capability numbers the agent cares about.
@@ -130,6 +152,22 @@ mod tests {
         assert!(probe((7, 0)).has_tcx());
         assert!(!probe((6, 5)).has_tcx());
         assert!(!Probe::default().has_tcx());
+    }
+
+    #[test]
+    fn a_boot_id_file_is_read_trimmed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("boot_id");
+        fs::write(&path, "6a1c0c0e-0000-4000-8000-000000000001\n").expect("write");
+        assert_eq!(
+            boot_id_from(&path).expect("read"),
+            "6a1c0c0e-0000-4000-8000-000000000001"
+        );
+        fs::write(&path, " \n").expect("write");
+        let empty = boot_id_from(&path).expect_err("empty");
+        assert!(empty.to_string().contains("is empty"), "{empty}");
+        let missing = boot_id_from(&dir.path().join("missing")).expect_err("missing");
+        assert!(matches!(missing, procfs::ProcError::Io(..)), "{missing:?}");
     }
 
     #[test]

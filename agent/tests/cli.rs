@@ -39,6 +39,15 @@ fn help_explains_every_run_flag() {
         help.contains("lo*"),
         "help says loopback is never counted:\n{help}"
     );
+    let words = help.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(
+        words.contains("whole name") && words.contains("never a substring"),
+        "help says name patterns are globs on the whole name:\n{help}"
+    );
+    assert!(
+        words.contains("collector's counting rule"),
+        "help says name patterns combine with the collector's counting rule:\n{help}"
+    );
 }
 
 #[test]

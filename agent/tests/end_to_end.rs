@@ -13,122 +13,15 @@ mod common;
 
 use std::{
     fs,
-    net::{SocketAddr, TcpStream},
-    path::PathBuf,
-    process::{Child, Command, Stdio},
+    net::SocketAddr,
     thread,
     time::{Duration, Instant},
 };
 
-use common::{AGENT, Agent, Link, NetNs, Stats, privileged, tcp_transfer, veth};
-use sqlx::{PgPool, Row as _};
+use common::{Agent, Collector, Link, Stats, privileged, tail, tcp_transfer, totals, veth};
 use tally_collector::{db, devdb, nodes};
 
 const COLLECTOR_PORT: u16 = 50_051;
-
-/// `tally-collector serve` inside a namespace.
-struct Collector {
-    ns_path: PathBuf,
-    listen: SocketAddr,
-    database_url: String,
-    log: PathBuf,
-    child: Option<Child>,
-}
-
-impl Collector {
-    fn binary() -> PathBuf {
-        // Built beside the agent by `cargo test --workspace` (the collector
-        // package's own tests need it).
-        let path = PathBuf::from(AGENT).with_file_name("tally-collector");
-        assert!(
-            path.exists(),
-            "{} is missing: build it first (`cargo build -p tally-collector`, or run the whole suite with `cargo xtask test`)",
-            path.display()
-        );
-        path
-    }
-
-    fn start(ns: &NetNs, listen: SocketAddr, database_url: String, log: PathBuf) -> Self {
-        let mut collector = Collector {
-            ns_path: ns.path(),
-            listen,
-            database_url,
-            log,
-            child: None,
-        };
-        collector.spawn(ns);
-        collector
-    }
-
-    fn spawn(&mut self, ns: &NetNs) {
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .expect("collector log");
-        let child = Command::new("nsenter")
-            .arg(format!("--net={}", self.ns_path.display()))
-            .arg("--")
-            .arg(Self::binary())
-            .args([
-                "serve",
-                "--insecure-plaintext",
-                "--log",
-                "info,tally_collector=debug",
-                "--listen",
-            ])
-            .arg(self.listen.to_string())
-            .env("DATABASE_URL", &self.database_url)
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("spawn tally-collector");
-        self.child = Some(child);
-        let listen = self.listen;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !ns
-            .run(move || TcpStream::connect_timeout(&listen, Duration::from_millis(200)).is_ok())
-        {
-            assert!(
-                Instant::now() < deadline,
-                "the collector did not listen within 30 s; log:\n{}",
-                self.log()
-            );
-            thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn kill9(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    fn log(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Collector {
-    fn drop(&mut self) {
-        self.kill9();
-    }
-}
-
-async fn totals(pool: &PgPool, node: &str) -> Option<(u64, u64)> {
-    let row = sqlx::query(
-        r#"SELECT "totalDownload", "totalUpload" FROM "traffic_stats" WHERE "nodeId" = $1"#,
-    )
-    .bind(node)
-    .fetch_one(pool)
-    .await
-    .ok()?;
-    let get = |c: &str| row.try_get::<i64, _>(c).ok().map(|v| v as u64);
-    Some((get("totalDownload")?, get("totalUpload")?))
-}
 
 /// Traffic both ways over the counted link (16 MiB paced over ~4 s, with
 /// its acknowledgements) while `during` runs.
@@ -284,9 +177,4 @@ fn totals_equal_the_kernel_counts_across_kills_of_agent_collector_and_postgres()
         "SIGTERM sends a last heartbeat\n{}",
         context()
     );
-}
-
-fn tail(text: &str, lines: usize) -> String {
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
 }

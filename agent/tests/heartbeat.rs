@@ -54,6 +54,8 @@ enum Verdict {
     Backwards,
     /// Stale without a position: the collector follows a later epoch.
     Behind,
+    /// INVALID_ARGUMENT for the epoch's `last_of_boot` heartbeats only.
+    RefuseLastOfBoot,
 }
 
 /// The epoch the peer does not apply, and its answer to it.
@@ -84,7 +86,8 @@ impl Peer {
             .lock()
             .expect("verdicts")
             .as_ref()
-            .and_then(|(epoch, verdict)| (*epoch == request.epoch).then_some(*verdict));
+            .and_then(|(epoch, verdict)| (*epoch == request.epoch).then_some(*verdict))
+            .filter(|v| *v != Verdict::RefuseLastOfBoot || request.last_of_boot);
         let epoch = request.epoch.clone();
         self.log.lock().expect("log").push(Received {
             at: Instant::now(),
@@ -102,6 +105,9 @@ impl Peer {
                 outcome: Outcome::Stale.into(),
                 ..HeartbeatReply::default()
             }),
+            Some(Verdict::RefuseLastOfBoot) => {
+                Err(Status::invalid_argument("interface name must not be empty"))
+            }
             None => Ok(HeartbeatReply {
                 outcome: Outcome::Applied.into(),
                 applied_sequence: sequence,
@@ -291,6 +297,9 @@ impl ProcfsAgent {
         let child = clean_command()
             .args(["run", "--source", "procfs", "--log", "debug"])
             .args(args)
+            // Its own state directory; a test may name another with
+            // --state-dir.
+            .env("TALLY_STATE_DIR", dir.path().join("state"))
             .stdin(Stdio::null())
             .stdout(file.try_clone().expect("log"))
             .stderr(file)
@@ -527,6 +536,8 @@ fn sigterm_sends_a_last_heartbeat_promptly() {
     );
     assert!(last.request.sequence > first[0].request.sequence);
     assert_eq!(last.request.epoch, first[0].request.epoch);
+    assert!(last.request.last_of_boot, "the last heartbeat says so");
+    assert!(!first[0].request.last_of_boot);
     assert!(
         agent.log().contains("last heartbeat delivered"),
         "{}",
@@ -687,6 +698,145 @@ fn procfs_counters_of_an_epoch_the_collector_left_start_a_new_epoch() {
     starts_a_new_epoch_when(Verdict::Behind, 0);
 }
 
+/// A procfs agent stopped while the collector is away leaves its last
+/// reading in the reboot journal under `state`; returns it.
+fn leave_a_journal(token: &Path, state: &Path) -> JournalFile {
+    let port = StdTcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let mut agent = ProcfsAgent::start(&[
+        "--collector",
+        &format!("http://127.0.0.1:{port}"),
+        "--insecure-plaintext",
+        "--token-file",
+        &token.display().to_string(),
+        "--interval",
+        "1s",
+        "--final-heartbeat-timeout",
+        "1s",
+        "--state-dir",
+        &state.display().to_string(),
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !agent.log().contains("heartbeat not delivered") {
+        assert!(Instant::now() < deadline, "no attempt: {}", agent.log());
+        thread::sleep(Duration::from_millis(50));
+    }
+    agent.terminate();
+    let (status, _) = agent.wait_exit(Duration::from_secs(10));
+    assert!(status.success(), "{status}; log:\n{}", agent.log());
+    let log = agent.log();
+    assert!(log.contains("journal written"), "{log}");
+    let path = state.join("journal");
+    let bytes = fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}\n{log}", path.display()));
+    assert!(bytes.starts_with(b"TALLYJNL"), "a journal: {bytes:?}");
+    JournalFile { path, bytes }
+}
+
+/// A journal file as the agent left it.
+struct JournalFile {
+    path: PathBuf,
+    bytes: Vec<u8>,
+}
+
+#[test]
+fn the_journal_goes_first_and_a_refused_one_is_set_aside() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = token_file(dir.path());
+    let state = dir.path().join("state");
+    let journal = leave_a_journal(&token, &state);
+    let stopped_at = unix_ns();
+
+    // The collector takes the regular heartbeats but refuses the journal's
+    // for good.
+    let collector = Collector::start(0, Log::default(), None);
+    let boot_id = read_trimmed("/proc/sys/kernel/random/boot_id");
+    collector.answer(&format!("procfs-{boot_id}"), Verdict::RefuseLastOfBoot);
+    let agent = ProcfsAgent::start(&[
+        "--collector",
+        &format!("http://127.0.0.1:{}", collector.port),
+        "--insecure-plaintext",
+        "--token-file",
+        &token.display().to_string(),
+        "--interval",
+        "1s",
+        "--state-dir",
+        &state.display().to_string(),
+    ]);
+    let received = collector.wait_for(3, Duration::from_secs(15), || agent.log());
+    assert_increasing(&received);
+    let first = &received[0];
+    assert!(
+        first.request.last_of_boot,
+        "the journal first: {received:#?}"
+    );
+    assert!(
+        first.request.agent_time_unix_ns < stopped_at,
+        "taken before the stop"
+    );
+    assert_eq!(first.verdict, Some(Verdict::RefuseLastOfBoot));
+    assert!(
+        received[1..]
+            .iter()
+            .all(|r| !r.request.last_of_boot && r.verdict.is_none()),
+        "then the regular ones, never the refused one again: {received:#?}"
+    );
+    assert!(!journal.path.exists(), "the journal left its place");
+    assert_eq!(
+        fs::read(state.join("journal.rejected")).expect("set aside"),
+        journal.bytes,
+        "kept aside as it was"
+    );
+    let log = agent.log();
+    assert!(log.contains("ERROR"), "{log}");
+    assert!(
+        log.contains("refused the reboot journal's heartbeat for good"),
+        "{log}"
+    );
+    assert!(
+        log.contains("interface name must not be empty"),
+        "the reason: {log}"
+    );
+}
+
+#[test]
+fn a_corrupt_journal_is_set_aside_and_heartbeats_go_on() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = token_file(dir.path());
+    let state = dir.path().join("state");
+    let journal = leave_a_journal(&token, &state);
+    // Torn: the last bytes never reached the disk.
+    let torn = &journal.bytes[..journal.bytes.len() - 3];
+    fs::write(&journal.path, torn).expect("tear the journal");
+
+    let collector = Collector::start(0, Log::default(), None);
+    let agent = ProcfsAgent::start(&[
+        "--collector",
+        &format!("http://127.0.0.1:{}", collector.port),
+        "--insecure-plaintext",
+        "--token-file",
+        &token.display().to_string(),
+        "--interval",
+        "1s",
+        "--state-dir",
+        &state.display().to_string(),
+    ]);
+    let received = collector.wait_for(2, Duration::from_secs(10), || agent.log());
+    assert!(
+        received.iter().all(|r| !r.request.last_of_boot),
+        "nothing from the torn journal: {received:#?}"
+    );
+    assert!(!journal.path.exists());
+    assert_eq!(
+        fs::read(state.join("journal.corrupt")).expect("moved aside"),
+        torn
+    );
+    let log = agent.log();
+    assert!(log.contains("the reboot journal cannot be read"), "{log}");
+    assert!(log.contains("torn"), "the reason: {log}");
+}
+
 fn run_agent(args: &[&str]) -> Output {
     clean_command()
         .arg("run")
@@ -836,9 +986,21 @@ fn help_documents_the_collector_flags() {
         "--ca",
         "--insecure-plaintext",
         "--final-heartbeat-timeout",
+        "--state-dir",
+        "TALLY_STATE_DIR",
+        "/var/lib/tally-agent",
     ] {
         assert!(help.contains(flag), "run --help lacks {flag}:\n{help}");
     }
+    let words = help.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(
+        words.contains("reboot journal") && words.contains("before any other heartbeat"),
+        "help says what the state directory keeps:\n{help}"
+    );
+    assert!(
+        !help.contains("TALLY_BOOT_ID_FILE"),
+        "the test-only boot id file stays out of the help"
+    );
 }
 
 /// Writes a CA, another CA, and a certificate for 127.0.0.1 and localhost

@@ -90,28 +90,38 @@ impl Client {
         reading: &Reading,
         limit: Option<Duration>,
     ) -> Result<HeartbeatReply, SendError> {
-        let unary = self.unary.load(Ordering::Relaxed);
-        self.deliver(reading, limit, unary).await
+        let request = request::build(reading, &NodeInfo::current());
+        self.send_request(request, limit).await
     }
 
-    /// Sends one reading as its own `Send` call (no stream is left open),
-    /// waiting as [`Client::send`] does.
-    pub async fn send_once(
+    /// Sends a heartbeat built already (one from the reboot journal) as
+    /// [`Client::send`] does.
+    pub async fn send_request(
         &mut self,
-        reading: &Reading,
+        request: HeartbeatRequest,
         limit: Option<Duration>,
     ) -> Result<HeartbeatReply, SendError> {
-        self.deliver(reading, limit, true).await
+        let unary = self.unary.load(Ordering::Relaxed);
+        self.deliver(request, limit, unary).await
+    }
+
+    /// Sends a heartbeat as its own `Send` call (no stream is left open),
+    /// waiting as [`Client::send`] does.
+    pub async fn send_request_once(
+        &mut self,
+        request: HeartbeatRequest,
+        limit: Option<Duration>,
+    ) -> Result<HeartbeatReply, SendError> {
+        self.deliver(request, limit, true).await
     }
 
     async fn deliver(
         &mut self,
-        reading: &Reading,
+        request: HeartbeatRequest,
         limit: Option<Duration>,
         unary: bool,
     ) -> Result<HeartbeatReply, SendError> {
         let deadline = limit.map_or(self.config.rpc_timeout, |l| l.min(self.config.rpc_timeout));
-        let request = request::build(reading, &NodeInfo::current());
         let answer = if unary {
             tokio::time::timeout(deadline, self.call(request, deadline)).await
         } else {
@@ -299,6 +309,20 @@ impl SendError {
         matches!(self, SendError::Status(status) if status.code() == Code::FailedPrecondition)
     }
 
+    /// The collector refused this heartbeat for good: sending it again
+    /// would be refused again (malformed, an unknown token, counters going
+    /// backwards). Used for the reboot journal's heartbeats, which are
+    /// then set aside; a regular heartbeat is superseded by the next one.
+    pub fn is_permanent(&self) -> bool {
+        matches!(
+            self,
+            SendError::Status(status) if matches!(
+                status.code(),
+                Code::InvalidArgument | Code::Unauthenticated | Code::FailedPrecondition
+            )
+        )
+    }
+
     /// rustls refused the collector's certificate (its cause names it).
     fn is_certificate_problem(&self) -> bool {
         matches!(self, SendError::Status(_)) && self.to_string().contains("certificate")
@@ -358,6 +382,11 @@ mod tests {
         assert_eq!(away.severity(), Severity::Warn);
         assert_eq!(away.hint(), None);
         assert!(!away.is_backwards());
+        assert!(!away.is_permanent());
+        assert!(unauth.is_permanent() && backwards.is_permanent());
+        assert!(SendError::Status(Status::invalid_argument("bad")).is_permanent());
+        assert!(!SendError::Status(Status::permission_denied("no")).is_permanent());
+        assert!(!SendError::Timeout(Duration::from_secs(1)).is_permanent());
 
         let tls = SendError::Status(Status::unavailable(
             "invalid peer certificate: UnknownIssuer",

@@ -298,6 +298,7 @@ mod tests {
             ca: None,
             insecure_plaintext: false,
             final_heartbeat_timeout: Duration::from_secs(5),
+            state_dir: "/var/lib/tally-agent".into(),
         }
     }
 

@@ -9,8 +9,10 @@
 //! while the collector is away it backs off (exponential, with jitter) and
 //! retries with whatever is newest then, on a new stream. A refusal in a
 //! stream's reply is handled as the same status from `Send` would be. On
-//! SIGTERM [`Heartbeats::finish`] stops the task and sends one last reading
-//! (as a `Send` call) within a bounded time.
+//! SIGTERM [`Heartbeats::finish`] stops the task, writes one last reading to
+//! the reboot journal and sends it (as a `Send` call) within a bounded time.
+//! At start the sender delivers what the journal holds (the last heartbeat
+//! of an earlier run or boot) before any regular heartbeat; see [`last`].
 //!
 //! The collector may ask for another interval in its reply; the report loop
 //! follows [`Heartbeats::interval_changed`] (never below 1 s, at most 1 h;
@@ -29,6 +31,7 @@
 mod backoff;
 mod client;
 mod config;
+mod last;
 mod reading;
 mod request;
 
@@ -43,11 +46,16 @@ use tally_proto::{
 };
 use tokio::{sync::watch, task::JoinHandle};
 
-use crate::source::{Rebase, SourceKind};
+use crate::{
+    journal::Journal,
+    source::{Rebase, SourceKind},
+    state::StateDir,
+};
 
 use self::{
     backoff::Backoff,
     client::{Client, SendError, Severity},
+    last::Pending,
 };
 pub use self::{
     config::{CollectorConfig, TOKEN_ENV},
@@ -72,13 +80,25 @@ pub struct Heartbeats {
     /// Shares the sender task's connection; used for the last heartbeat.
     client: Client,
     final_timeout: Duration,
+    /// Where the last heartbeat is kept until the collector answered it.
+    journal: Journal,
+    /// The state directory the journal is in, locked until the last
+    /// heartbeat was handled.
+    _state: StateDir,
 }
 
 impl Heartbeats {
     /// Starts the sender task; `interval` is the agent's own (`--interval`).
     /// `rebase`: where to ask the procfs source for a new epoch when the
-    /// collector cannot take its readings any more (`None` for eBPF).
-    pub fn start(config: CollectorConfig, interval: Duration, rebase: Option<Rebase>) -> Self {
+    /// collector cannot take its readings any more (`None` for eBPF). What
+    /// the reboot journal in `state` holds is delivered first.
+    pub fn start(
+        config: CollectorConfig,
+        interval: Duration,
+        rebase: Option<Rebase>,
+        state: StateDir,
+    ) -> Self {
+        let journal = state.journal();
         tracing::info!(collector = %config.url, "sending heartbeats every {}", human(interval));
         let final_timeout = config.final_timeout;
         let (latest, readings) = watch::channel(None);
@@ -100,9 +120,11 @@ impl Heartbeats {
         Self {
             latest,
             interval: interval_rx,
-            task: tokio::spawn(sender.run()),
+            task: tokio::spawn(sender.run(journal.clone())),
             client,
             final_timeout,
+            journal,
+            _state: state,
         }
     }
 
@@ -120,60 +142,30 @@ impl Heartbeats {
         *self.interval.borrow_and_update()
     }
 
-    /// Stops the sender and tries, for at most the final timeout, to deliver
-    /// `last` (or the newest reading published, when the last one could not
-    /// be taken). Returns whether it was delivered.
+    /// Stops the sender, writes `last` (or the newest reading published,
+    /// when the last one could not be taken) to the reboot journal, and
+    /// tries for at most the final timeout to deliver what the journal
+    /// holds. Returns whether all of it was delivered.
     pub async fn finish(mut self, last: Option<Reading>) -> bool {
-        // A call in flight is dropped; the last reading supersedes it.
+        // A call in flight is dropped; the last reading supersedes it. The
+        // task changes the journal only between its awaits, so it is whole.
         self.task.abort();
         let _ = (&mut self.task).await;
         let reading = last.map(Arc::new).or_else(|| self.latest.borrow().clone());
-        send_last(&mut self.client, reading, self.final_timeout).await
+        let mut pending = Pending::load(self.journal.clone());
+        if let Some(reading) = reading {
+            pending.record(last::final_request(&reading));
+        }
+        last::deliver_on_stop(&mut self.client, &mut pending, self.final_timeout).await
     }
 }
 
-/// Sends the last reading, retrying quickly until the deadline.
-async fn send_last(client: &mut Client, reading: Option<Arc<Reading>>, timeout: Duration) -> bool {
-    let Some(reading) = reading else {
-        tracing::warn!("no reading to send as the last heartbeat");
-        return false;
-    };
-    if timeout.is_zero() {
-        tracing::info!("--final-heartbeat-timeout is 0s: exiting without a last heartbeat");
-        return false;
-    }
-    let deadline = Instant::now() + timeout;
-    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
-    let mut last_error = None;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            tracing::warn!(
-                sequence = reading.sequence,
-                error = %last_error.map_or_else(String::new, |e: SendError| e.to_string()),
-                "last heartbeat not delivered within {}; nothing is lost: the kernel keeps \
-                 counting and the next heartbeat, from the next agent, carries it",
-                human(timeout)
-            );
-            return false;
-        }
-        match client.send_once(&reading, Some(left)).await {
-            Ok(reply) => {
-                tracing::info!(
-                    sequence = reading.sequence,
-                    outcome = reply.outcome().as_str_name(),
-                    "last heartbeat delivered"
-                );
-                return true;
-            }
-            Err(error) => {
-                tracing::debug!(error = %error, "last heartbeat failed");
-                last_error = Some(error);
-            }
-        }
-        let left = deadline.saturating_duration_since(Instant::now());
-        tokio::time::sleep(backoff.next_delay().min(left)).await;
-    }
+/// Adds `reading`, the last of a counter set the agent will not read again
+/// (one of an older layout it took over), to the reboot journal in `state`,
+/// so that the sender delivers it before any regular heartbeat.
+pub fn journal_last_of_set(state: &StateDir, reading: &Reading) {
+    let mut pending = Pending::load(state.journal());
+    pending.record(request::build(reading, &request::NodeInfo::current()));
 }
 
 /// A duration for people, to the millisecond.
@@ -204,11 +196,48 @@ struct Sender {
 }
 
 impl Sender {
-    /// Sends every new reading until aborted (or the report side is gone).
-    async fn run(mut self) {
+    /// Delivers the journal, then every new reading until aborted (or the
+    /// report side is gone).
+    async fn run(mut self, journal: Journal) {
+        self.deliver_journal(journal).await;
         while self.readings.changed().await.is_ok() {
             self.deliver_newest().await;
         }
+    }
+
+    /// Delivers what the reboot journal holds, oldest first, retrying with
+    /// the usual backoff while the collector is away. Regular heartbeats
+    /// wait meanwhile (the newest reading is kept; the counters are
+    /// cumulative, so nothing is lost).
+    async fn deliver_journal(&mut self, journal: Journal) {
+        let mut pending = Pending::load(journal);
+        if !pending.is_empty() {
+            tracing::info!(
+                path = %pending.path().display(),
+                heartbeats = pending.len(),
+                "found a reboot journal: delivering it before any other heartbeat"
+            );
+        }
+        while let Some(request) = pending.first().cloned() {
+            match self.client.send_request(request, None).await {
+                Ok(reply) => {
+                    self.reached();
+                    self.follow_interval(&reply);
+                    pending.answered(&reply);
+                }
+                Err(error) if error.is_permanent() => pending.rejected(&error),
+                Err(error) => self.retry_after(&error).await,
+            }
+        }
+    }
+
+    /// Logs a failed attempt and waits for the next one.
+    async fn retry_after(&mut self, error: &SendError) {
+        self.failures = self.failures.saturating_add(1);
+        let delay = self.backoff.next_delay();
+        self.failure_log
+            .log(error, self.failures, delay, self.client.url());
+        tokio::time::sleep(delay).await;
     }
 
     /// Sends the newest reading, backing off and retrying (each time with the
@@ -231,18 +260,33 @@ impl Sender {
                     self.refused_backwards(&reading, &error);
                     return;
                 }
-                Err(error) => {
-                    self.failures = self.failures.saturating_add(1);
-                    let delay = self.backoff.next_delay();
-                    self.failure_log
-                        .log(&error, self.failures, delay, self.client.url());
-                    tokio::time::sleep(delay).await;
-                }
+                Err(error) => self.retry_after(&error).await,
             }
         }
     }
 
     fn delivered(&mut self, reading: &Arc<Reading>, reply: &HeartbeatReply) {
+        self.reached();
+        if reply.outcome() == Outcome::Applied {
+            self.last_applied = Some(Arc::clone(reading));
+        }
+        match reply.outcome() {
+            Outcome::Applied | Outcome::Duplicate | Outcome::Stale => tracing::debug!(
+                sequence = reading.sequence,
+                outcome = reply.outcome().as_str_name(),
+                applied_sequence = reply.applied_sequence,
+                "heartbeat delivered"
+            ),
+            Outcome::Unspecified => tracing::warn!(
+                sequence = reading.sequence,
+                "the collector's reply has no outcome (a newer or broken collector?)"
+            ),
+        }
+        self.follow_interval(reply);
+    }
+
+    /// The collector answered: the outage (if any) is over.
+    fn reached(&mut self) {
         if self.failures > 0 {
             tracing::info!(
                 collector = self.client.url(),
@@ -259,21 +303,10 @@ impl Sender {
         self.delivered_once = true;
         self.backoff.reset();
         self.failure_log = FailureLog::default();
-        if reply.outcome() == Outcome::Applied {
-            self.last_applied = Some(Arc::clone(reading));
-        }
-        match reply.outcome() {
-            Outcome::Applied | Outcome::Duplicate | Outcome::Stale => tracing::debug!(
-                sequence = reading.sequence,
-                outcome = reply.outcome().as_str_name(),
-                applied_sequence = reply.applied_sequence,
-                "heartbeat delivered"
-            ),
-            Outcome::Unspecified => tracing::warn!(
-                sequence = reading.sequence,
-                "the collector's reply has no outcome (a newer or broken collector?)"
-            ),
-        }
+    }
+
+    /// Follows the report interval the reply asks for.
+    fn follow_interval(&mut self, reply: &HeartbeatReply) {
         let wanted = asked_interval(reply.heartbeat_interval_ms, self.own_interval);
         if wanted != *self.interval.borrow() {
             tracing::info!(

@@ -8,7 +8,10 @@ use tally_proto::{
 };
 
 use super::reading::Reading;
-use crate::{ebpf::maps::RETIRED_NAME, source::InterfaceCounters};
+use crate::{
+    ebpf::maps::RETIRED_NAME,
+    source::{FamilyCounters, InterfaceCounters},
+};
 
 /// What a heartbeat says about the node besides its counters.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,10 +65,15 @@ pub fn build(reading: &Reading, node: &NodeInfo) -> HeartbeatRequest {
         kernel_release: clip(&node.kernel_release, limits::MAX_KERNEL_RELEASE),
         agent_version: clip(&node.agent_version, limits::MAX_AGENT_VERSION),
         source: snapshot.source.as_str().to_owned(),
+        last_of_boot: false,
     }
 }
 
 fn interface(counters: &InterfaceCounters) -> v1::InterfaceCounters {
+    let state = state(counters);
+    // The retired entry is no link: it has no kind, carries no route and is
+    // stacked on nothing.
+    let retired = state == InterfaceState::Retired;
     v1::InterfaceCounters {
         name: clip(&counters.name, limits::MAX_INTERFACE_NAME),
         ifindex: counters.ifindex,
@@ -73,7 +81,28 @@ fn interface(counters: &InterfaceCounters) -> v1::InterfaceCounters {
         rx_packets: counters.rx_packets,
         tx_bytes: counters.tx_bytes,
         tx_packets: counters.tx_packets,
-        state: state(counters).into(),
+        state: state.into(),
+        kind: if retired {
+            v1::LinkKind::Unspecified
+        } else {
+            counters.kind
+        }
+        .into(),
+        default_route: counters.default_route && !retired,
+        master_ifindex: if retired { 0 } else { counters.master_ifindex },
+        link_ifindex: if retired { 0 } else { counters.link_ifindex },
+        ipv4: counters.ipv4.as_ref().map(family),
+        ipv6: counters.ipv6.as_ref().map(family),
+    }
+}
+
+/// One address family's part of an interface's counters.
+fn family(counters: &FamilyCounters) -> v1::FamilyCounters {
+    v1::FamilyCounters {
+        rx_bytes: counters.rx_bytes,
+        rx_packets: counters.rx_packets,
+        tx_bytes: counters.tx_bytes,
+        tx_packets: counters.tx_packets,
     }
 }
 
@@ -120,6 +149,23 @@ mod tests {
             rx_packets: 10,
             tx_packets: 20,
             attached,
+            kind: v1::LinkKind::Physical,
+            default_route: ifindex == 2,
+            master_ifindex: if ifindex == 9 { 4 } else { 0 },
+            link_ifindex: if ifindex == 2 { 0 } else { 3 },
+            // eth0 has the split; the others stand for a source without it.
+            ipv4: (ifindex == 2).then_some(FamilyCounters {
+                rx_bytes: 600,
+                tx_bytes: 1_200,
+                rx_packets: 6,
+                tx_packets: 12,
+            }),
+            ipv6: (ifindex == 2).then_some(FamilyCounters {
+                rx_bytes: 300,
+                tx_bytes: 500,
+                rx_packets: 3,
+                tx_packets: 5,
+            }),
         }
     }
 
@@ -187,6 +233,13 @@ mod tests {
             ("eth0", 2, 1_002, 2_002)
         );
         assert_eq!((eth0.rx_packets, eth0.tx_packets), (10, 20));
+        assert_eq!(eth0.kind(), v1::LinkKind::Physical);
+        assert!(eth0.default_route);
+        let veth9 = &request.interfaces[2];
+        assert_eq!(veth9.kind(), v1::LinkKind::Physical);
+        assert!(!veth9.default_route);
+        assert_eq!((eth0.master_ifindex, eth0.link_ifindex), (0, 0));
+        assert_eq!((veth9.master_ifindex, veth9.link_ifindex), (4, 3));
     }
 
     #[test]
@@ -205,6 +258,19 @@ mod tests {
     }
 
     #[test]
+    fn the_retired_entry_has_no_kind_no_route_and_no_stacking() {
+        let mut reading = reading();
+        reading.snapshot.interfaces[0].default_route = true;
+        reading.snapshot.interfaces[0].master_ifindex = 4;
+        let request = build(&reading, &node());
+        let retired = &request.interfaces[0];
+        assert_eq!(retired.state(), InterfaceState::Retired);
+        assert_eq!(retired.kind(), v1::LinkKind::Unspecified);
+        assert!(!retired.default_route);
+        assert_eq!((retired.master_ifindex, retired.link_ifindex), (0, 0));
+    }
+
+    #[test]
     fn procfs_readings_say_so() {
         let mut reading = reading();
         reading.snapshot.source = SourceKind::Procfs;
@@ -212,6 +278,33 @@ mod tests {
         let request = build(&reading, &node());
         assert_eq!(request.source, "procfs");
         assert!(!request.counters_start_at_zero);
+    }
+
+    #[test]
+    fn families_are_carried_or_left_unset() {
+        let request = build(&reading(), &node());
+        let eth0 = &request.interfaces[1];
+        assert_eq!(
+            eth0.ipv4,
+            Some(v1::FamilyCounters {
+                rx_bytes: 600,
+                rx_packets: 6,
+                tx_bytes: 1_200,
+                tx_packets: 12,
+            })
+        );
+        assert_eq!(
+            eth0.ipv6,
+            Some(v1::FamilyCounters {
+                rx_bytes: 300,
+                rx_packets: 3,
+                tx_bytes: 500,
+                tx_packets: 5,
+            })
+        );
+        // A source that cannot tell leaves them unset (not zero).
+        let veth9 = &request.interfaces[2];
+        assert_eq!((veth9.ipv4, veth9.ipv6), (None, None));
     }
 
     #[test]

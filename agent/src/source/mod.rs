@@ -6,11 +6,11 @@
 mod ebpf;
 mod procfs;
 
-pub use ebpf::EbpfSource;
+pub use ebpf::{EbpfSource, superseded_snapshot};
 pub use procfs::{ProcfsSource, Rebase};
 use serde::Serialize;
 
-use crate::system::LoadAvg;
+use crate::{links::LinkKind, system::LoadAvg};
 
 /// Which source a snapshot came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
@@ -44,6 +44,49 @@ pub struct InterfaceCounters {
     /// `false` once the interface is gone or no longer counted (its last
     /// counts are still reported).
     pub attached: bool,
+    /// The link's kind (`"veth"`, `"physical"`, ...; see
+    /// [`crate::links::kind_name`]). The sources leave it `unspecified`; the
+    /// agent fills it from rtnetlink (still `unspecified` for the retired
+    /// entry).
+    #[serde(serialize_with = "crate::links::serialize_kind")]
+    pub kind: LinkKind,
+    /// Whether the interface carries an IPv4 or IPv6 default route of the
+    /// main table (filled like `kind`).
+    pub default_route: bool,
+    /// The ifindex of the interface's master (IFLA_MASTER: the bridge or
+    /// bond it is a port of), 0 for none; filled like `kind` (0 for the
+    /// retired entry and unknown interfaces).
+    pub master_ifindex: u32,
+    /// The ifindex of the device it is stacked on (IFLA_LINK: a vlan's or
+    /// macvlan's parent), 0 for none, for a veth (whose IFLA_LINK is its
+    /// peer), and for a parent in another namespace; filled like `kind`.
+    pub link_ifindex: u32,
+    /// The part of the counters above that were IPv4 packets, and IPv6
+    /// packets; what is in neither (ARP, ...) is the rest. `None` when the
+    /// source cannot tell (procfs, or eBPF counters of layout 1).
+    pub ipv4: Option<FamilyCounters>,
+    pub ipv6: Option<FamilyCounters>,
+}
+
+/// The bytes and packets of one address family on one interface, cumulative
+/// like the totals they are part of.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct FamilyCounters {
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+    pub rx_packets: u64,
+    pub tx_packets: u64,
+}
+
+impl From<tally_common::FamilyCounters> for FamilyCounters {
+    fn from(counters: tally_common::FamilyCounters) -> Self {
+        Self {
+            rx_bytes: counters.rx_bytes,
+            tx_bytes: counters.tx_bytes,
+            rx_packets: counters.rx_packets,
+            tx_packets: counters.tx_packets,
+        }
+    }
 }
 
 /// A reading of every counter, with what identifies where they started.
@@ -102,6 +145,17 @@ mod tests {
                     rx_packets: 1,
                     tx_packets: 2,
                     attached: true,
+                    kind: LinkKind::Physical,
+                    default_route: true,
+                    master_ifindex: 0,
+                    link_ifindex: 0,
+                    ipv4: Some(FamilyCounters {
+                        rx_bytes: 6,
+                        tx_bytes: 12,
+                        rx_packets: 1,
+                        tx_packets: 1,
+                    }),
+                    ipv6: Some(FamilyCounters::default()),
                 },
                 InterfaceCounters {
                     name: "veth9".into(),
@@ -111,6 +165,12 @@ mod tests {
                     rx_packets: 1,
                     tx_packets: 1,
                     attached: false,
+                    kind: LinkKind::Veth,
+                    default_route: false,
+                    master_ifindex: 4,
+                    link_ifindex: 0,
+                    ipv4: None,
+                    ipv6: None,
                 },
             ],
         }
@@ -141,7 +201,50 @@ mod tests {
         ] {
             assert!(iface.get(key).is_some(), "missing {key}");
         }
+        assert_eq!(value["interfaces"][0]["kind"], "physical");
+        assert_eq!(value["interfaces"][0]["default_route"], true);
+        assert_eq!(iface["kind"], "veth");
+        assert_eq!(iface["default_route"], false);
+        assert_eq!(iface["master_ifindex"], 4);
+        assert_eq!(iface["link_ifindex"], 0);
         // u64 counters stay exact integers in the agent's JSON.
         assert_eq!(iface["rx_bytes"].as_u64(), Some(u64::MAX));
+    }
+
+    #[test]
+    fn families_are_in_the_json_or_null() {
+        let value = serde_json::to_value(snapshot()).expect("serialises");
+        let eth0 = &value["interfaces"][0];
+        assert_eq!(
+            eth0["ipv4"],
+            serde_json::json!({"rx_bytes": 6, "tx_bytes": 12, "rx_packets": 1, "tx_packets": 1})
+        );
+        assert_eq!(eth0["ipv6"]["rx_bytes"], 0);
+        // A source that cannot tell says so (null), rather than 0.
+        let veth9 = &value["interfaces"][1];
+        assert!(
+            veth9["ipv4"].is_null() && veth9["ipv6"].is_null(),
+            "{veth9}"
+        );
+        assert!(veth9.get("ipv4").is_some(), "the key is there");
+    }
+
+    #[test]
+    fn family_counters_come_from_the_kernel_layout_field_by_field() {
+        let kernel = tally_common::FamilyCounters {
+            rx_bytes: 1,
+            rx_packets: 2,
+            tx_bytes: 3,
+            tx_packets: 4,
+        };
+        assert_eq!(
+            FamilyCounters::from(kernel),
+            FamilyCounters {
+                rx_bytes: 1,
+                tx_bytes: 3,
+                rx_packets: 2,
+                tx_packets: 4,
+            }
+        );
     }
 }

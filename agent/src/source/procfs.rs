@@ -54,7 +54,7 @@ use std::{
 use tokio::sync::Notify;
 
 use super::{CounterSource, InterfaceCounters, Snapshot, SourceKind};
-use crate::{ebpf::maps::RETIRED_NAME, filter::IfaceFilter, system};
+use crate::{ebpf::maps::RETIRED_NAME, filter::IfaceFilter, links::LinkKind, system};
 
 /// Reads `/proc/net/dev` of the agent's network namespace.
 pub struct ProcfsSource {
@@ -318,6 +318,14 @@ impl Ledger {
                 // Index 0: it vanished while being read (reported as gone).
                 attached: row.ifindex != 0,
                 name: row.name,
+                // Filled by the agent from rtnetlink (crate::links).
+                kind: LinkKind::Unspecified,
+                default_route: false,
+                master_ifindex: 0,
+                link_ifindex: 0,
+                // /proc/net/dev cannot tell the address families apart.
+                ipv4: None,
+                ipv6: None,
             });
         }
         for (name, before) in std::mem::replace(&mut self.last, now) {
@@ -335,6 +343,12 @@ impl Ledger {
                     rx_packets: self.retired.rx_packets,
                     tx_packets: self.retired.tx_packets,
                     attached: false,
+                    kind: LinkKind::Unspecified,
+                    default_route: false,
+                    master_ifindex: 0,
+                    link_ifindex: 0,
+                    ipv4: None,
+                    ipv6: None,
                 },
             );
         }
@@ -399,6 +413,13 @@ mod tests {
                 .all(|i| !i.name.starts_with("lo"))
         );
         assert!(snapshot.epoch_created_unix_ns > 0);
+        // /proc/net/dev has no split by address family: none is claimed.
+        assert!(
+            snapshot
+                .interfaces
+                .iter()
+                .all(|i| i.ipv4.is_none() && i.ipv6.is_none())
+        );
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The real `tally-agent` binary run inside a test namespace (through
-//! `nsenter`) with its own pin directory under /sys/fs/bpf and a debug log: an
+//! `nsenter`) with its own pin directory under /sys/fs/bpf, its own state
+//! directory (`TALLY_STATE_DIR`, in a temporary directory) and a debug log: an
 //! [`Agent`] can be started, stopped, killed and restarted, asked for its
 //! `status --json`, and on drop is killed and detached so no pin is left.
 
@@ -18,7 +19,11 @@ use super::{AGENT, NetNs, Stats, unique};
 pub struct Agent {
     pub ns_path: PathBuf,
     pub pin_dir: PathBuf,
+    /// Where the agent keeps its reboot journal.
+    pub state_dir: PathBuf,
     pub args: Vec<String>,
+    /// Environment variables the agent runs with, besides the state dir.
+    pub env: Vec<(String, String)>,
     child: Option<Child>,
     log: PathBuf,
     _logdir: tempfile::TempDir,
@@ -42,11 +47,21 @@ fn agent_cmd(ns_path: &Path) -> Command {
 
 impl Agent {
     pub fn start(ns: &NetNs, args: &[&str]) -> Self {
+        Self::start_with_env(ns, args, &[])
+    }
+
+    /// Starts the agent with `env` set as well.
+    pub fn start_with_env(ns: &NetNs, args: &[&str], env: &[(&str, &str)]) -> Self {
         let logdir = tempfile::tempdir().expect("tempdir");
         let mut agent = Self {
             ns_path: ns.path(),
             pin_dir: pin_dir(),
+            state_dir: logdir.path().join("state"),
             args: args.iter().map(|s| s.to_string()).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             child: None,
             log: logdir.path().join("agent.log"),
             _logdir: logdir,
@@ -68,6 +83,8 @@ impl Agent {
             .arg("--log")
             .arg("debug")
             .args(&self.args)
+            .env("TALLY_STATE_DIR", &self.state_dir)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)

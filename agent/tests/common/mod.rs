@@ -9,6 +9,7 @@
 #![allow(dead_code, reason = "each test binary uses a different part")]
 
 mod agent;
+mod collector;
 mod kernel;
 mod netns;
 mod traffic;
@@ -22,6 +23,8 @@ use std::{
 
 #[allow(unused_imports, reason = "each test binary uses a different part")]
 pub use agent::{Agent, pin_dir};
+#[allow(unused_imports, reason = "each test binary uses a different part")]
+pub use collector::{Collector, tail, totals};
 #[allow(unused_imports, reason = "each test binary uses a different part")]
 pub use kernel::{assert_exact, program_exists, tcx_programs};
 #[allow(unused_imports, reason = "each test binary uses a different part")]

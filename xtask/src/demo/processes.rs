@@ -294,6 +294,9 @@ impl Agent {
         cmd.arg("run")
             .arg("--pin-dir")
             .arg(&pin_dir)
+            // Its own reboot journal (each agent locks its state directory).
+            .arg("--state-dir")
+            .arg(run_dir.join(format!("state-{}", host.name)))
             .args(["--log", "info", "--interval", "1s", "--exclude", CONTROL_IF])
             .arg("--collector")
             .arg(format!("http://{collector}"))

@@ -282,6 +282,20 @@ fn agent_runs_unprivileged_on_every_node_with_the_bpf_filesystem() {
         .and_then(|m| m.iter().find(|m| m["name"] == bpffs["name"]))
         .expect("the bpffs volume is mounted");
     assert_eq!(mount["mountPath"].as_str(), Some("/sys/fs/bpf"));
+    // The node's state directory, where the reboot journal outlives the pod
+    // and the node's reboots.
+    let state = pod["volumes"]
+        .as_vec()
+        .and_then(|v| {
+            v.iter()
+                .find(|v| v["hostPath"]["path"].as_str() == Some("/var/lib/tally-agent"))
+        })
+        .expect("a hostPath volume for /var/lib/tally-agent");
+    let mount = agent["volumeMounts"]
+        .as_vec()
+        .and_then(|m| m.iter().find(|m| m["name"] == state["name"]))
+        .expect("the state volume is mounted");
+    assert_eq!(mount["mountPath"].as_str(), Some("/var/lib/tally-agent"));
     assert!(
         !agent["resources"]["limits"]["memory"].is_badvalue(),
         "a memory limit"

@@ -234,6 +234,9 @@ fn agent_unit_keeps_only_bpf_and_net_admin_and_its_pins() {
     assert!(values(&d, "After").contains(&PIN_DIR));
     assert_eq!(values(&d, "TemporaryFileSystem"), ["/sys/fs/bpf"]);
     assert_eq!(values(&d, "BindPaths"), ["/sys/fs/bpf/tally"]);
+    // The state directory (the reboot journal), writable and private.
+    assert_eq!(values(&d, "StateDirectory"), ["tally-agent"]);
+    assert_eq!(values(&d, "StateDirectoryMode"), ["0700"]);
     let families = words(&values(&d, "RestrictAddressFamilies"));
     for family in ["AF_INET", "AF_INET6", "AF_NETLINK", "AF_UNIX"] {
         assert!(families.iter().any(|f| f == family), "{family} is refused");

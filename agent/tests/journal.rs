@@ -1,0 +1,314 @@
+//! The reboot journal end to end, in namespaces: the real agent (eBPF, in
+//! host `a`) reports to the real collector (in host `b`), which stores into
+//! a real PostgreSQL. Traffic flows; the collector is killed (SIGKILL); more
+//! traffic flows; the agent is stopped (SIGTERM) and must leave its last
+//! reading in the journal. Then a "reboot": a new boot id (read from the
+//! file `TALLY_BOOT_ID_FILE` names, the agent's hook for tests) and no
+//! pinned counters (a new epoch, counting from zero, as after a real
+//! reboot). The collector and the agent start again (in either order), the
+//! journal is delivered first and removed, the new boot's counters follow,
+//! and the node's stored totals equal the kernel's rx/tx byte counts of the
+//! counted interface over both "boots", exactly.
+//!
+//! Without the journal the bytes of the second transfer (sent while the
+//! collector was dead, before the stop) are lost and the totals fall short.
+//! The heartbeats travel over a second veth pair that is not counted.
+
+mod common;
+
+use std::{
+    fs,
+    net::SocketAddr,
+    path::Path,
+    thread,
+    time::{Duration, Instant},
+};
+
+use common::{Agent, Collector, Link, Stats, privileged, tail, tcp_transfer, totals, veth};
+use tally_collector::{db, devdb, nodes};
+
+const COLLECTOR_PORT: u16 = 50_051;
+const BOOT_1: &str = "6a1c0c0e-0001-4000-8000-000000000001";
+const BOOT_2: &str = "6a1c0c0e-0002-4000-8000-000000000002";
+
+/// 4 MiB from b to a over the counted link (with its acknowledgements).
+fn transfer(link: &Link) {
+    tcp_transfer(
+        &link.b,
+        &link.a,
+        link.ip_a,
+        4 * 1024 * 1024,
+        Duration::from_millis(2),
+    );
+}
+
+/// Polls the node's stored totals until they equal `expected` (or 60 s
+/// pass); returns the last value seen.
+fn wait_for_totals(
+    runtime: &tokio::runtime::Runtime,
+    pool: &sqlx::PgPool,
+    node: &str,
+    expected: (u64, u64),
+) -> Option<(u64, u64)> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut stored = None;
+    while Instant::now() < deadline {
+        stored = runtime.block_on(totals(pool, node));
+        if stored == Some(expected) {
+            break;
+        }
+        thread::sleep(Duration::from_millis(250));
+    }
+    stored
+}
+
+fn files_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// The scenario; `collector_first`: after the "reboot" the collector is up
+/// before the agent starts (else the agent starts first, and must hold its
+/// regular heartbeats back until the journal went through).
+fn journal_survives_a_reboot(test: &str, collector_first: bool) {
+    if !privileged(test) {
+        return;
+    }
+    let Some(pg) = devdb::start_or_skip(test) else {
+        return;
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let url = runtime
+        .block_on(pg.create_database("tally"))
+        .expect("database");
+    let (pool, node) = runtime.block_on(async {
+        let pool = db::connect(&url, 2).await.expect("connect");
+        db::migrate(&pool).await.expect("migrate");
+        let node = nodes::add(&pool, "journal").await.expect("node add");
+        (pool, node)
+    });
+    let dir = tempfile::tempdir().expect("temp dir");
+    let token_file = dir.path().join("token");
+    fs::write(&token_file, format!("{}\n", node.token)).expect("token file");
+    let boot_id_file = dir.path().join("boot_id");
+    fs::write(&boot_id_file, format!("{BOOT_1}\n")).expect("boot id file");
+
+    let link = Link::new();
+    let (_, control_b) = veth(&link.a, &link.b, "tca", "tcb", 2, true);
+    let listen = SocketAddr::from((control_b, COLLECTOR_PORT));
+    let mut collector = Collector::start(
+        &link.b,
+        listen,
+        url.clone(),
+        dir.path().join("collector.log"),
+    );
+
+    let kernel_start = link.a.settle(&link.if_a);
+    let collector_url = format!("http://{listen}");
+    let mut agent = Agent::start_with_env(
+        &link.a,
+        &[
+            "--collector",
+            &collector_url,
+            "--insecure-plaintext",
+            "--token-file",
+            token_file.to_str().expect("utf-8 path"),
+            "--interval",
+            "1s",
+            "--final-heartbeat-timeout",
+            "1s",
+            "--exclude",
+            "tca",
+        ],
+        &[(
+            "TALLY_BOOT_ID_FILE",
+            boot_id_file.to_str().expect("utf-8 path"),
+        )],
+    );
+    let journal = agent.state_dir.join("journal");
+    let context = |agent: &Agent, collector: &Collector| {
+        format!(
+            "agent log:\n{}\ncollector log (tail):\n{}",
+            agent.log(),
+            tail(&collector.log(), 60)
+        )
+    };
+    agent.wait_for(&link.if_a);
+    let first_epoch = agent.epoch();
+
+    // Traffic flows and is stored.
+    transfer(&link);
+    let so_far = link.a.settle(&link.if_a).since(&kernel_start);
+    let stored = wait_for_totals(
+        &runtime,
+        &pool,
+        &node.id,
+        (so_far.rx_bytes, so_far.tx_bytes),
+    );
+    assert_eq!(
+        stored,
+        Some((so_far.rx_bytes, so_far.tx_bytes)),
+        "the first transfer is stored\n{}",
+        context(&agent, &collector)
+    );
+
+    // The collector dies; more traffic; the agent stops and cannot deliver
+    // its last heartbeat: the journal keeps it.
+    collector.kill9();
+    transfer(&link);
+    let kernel_stop = link.a.settle(&link.if_a);
+    agent.stop();
+    assert!(
+        journal.exists(),
+        "the stop left a journal in {}: {:?}\n{}",
+        agent.state_dir.display(),
+        files_in(&agent.state_dir),
+        context(&agent, &collector)
+    );
+    let log = agent.log();
+    assert!(log.contains("journal written"), "{log}");
+    assert!(
+        log.contains("last heartbeat not delivered within 1s"),
+        "{log}"
+    );
+    assert!(
+        log.contains(BOOT_1),
+        "the boot id came from the file: {log}"
+    );
+
+    // "Reboot": a new boot id, and the pinned counters are gone.
+    fs::write(&boot_id_file, format!("{BOOT_2}\n")).expect("boot id file");
+    let detached = agent.detach();
+    assert!(
+        detached.status.success(),
+        "detach: {}",
+        String::from_utf8_lossy(&detached.stderr)
+    );
+    assert!(!agent.pin_dir.exists(), "no pins left, as after a reboot");
+
+    let log_before = agent.log().len();
+    if collector_first {
+        collector.spawn(&link.b);
+        agent.restart();
+    } else {
+        agent.restart();
+        // Readings of the new boot are taken while the journal cannot be
+        // delivered; none may overtake it.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !agent.log()[log_before..].contains("heartbeat not delivered") {
+            assert!(
+                Instant::now() < deadline,
+                "the agent did not try the dead collector\n{}",
+                agent.log()
+            );
+            thread::sleep(Duration::from_millis(100));
+        }
+        thread::sleep(Duration::from_secs(2));
+        collector.spawn(&link.b);
+    }
+    agent.wait_for(&link.if_a);
+    let second_epoch = agent.epoch();
+    assert_ne!(second_epoch, first_epoch, "a new epoch after the reboot");
+    // Nothing crossed the link while no agent counted.
+    let kernel_reboot = link.a.settle(&link.if_a);
+    assert_eq!(
+        kernel_reboot, kernel_stop,
+        "the link was quiet between the two boots"
+    );
+
+    // The new boot counts from zero.
+    transfer(&link);
+    let kernel_end = link.a.settle(&link.if_a);
+    let new_boot = kernel_end.since(&kernel_reboot);
+    assert_eq!(
+        agent.counters(&link.if_a).traffic(),
+        new_boot.traffic(),
+        "the new boot's counters start at zero"
+    );
+
+    let kernel: Stats = kernel_end.since(&kernel_start);
+    let expected = (kernel.rx_bytes, kernel.tx_bytes);
+    let stored = wait_for_totals(&runtime, &pool, &node.id, expected);
+    assert_eq!(
+        stored,
+        Some(expected),
+        "stored (download, upload) must equal the kernel's (rx, tx) of {} over both boots\n{}",
+        link.if_a,
+        context(&agent, &collector)
+    );
+    assert!(
+        !journal.exists(),
+        "the journal is removed once delivered: {:?}",
+        files_in(&agent.state_dir)
+    );
+    assert_eq!(
+        files_in(&agent.state_dir),
+        Vec::<String>::new(),
+        "nothing corrupt or rejected was set aside"
+    );
+
+    // The journal went first: delivered (applied) before any heartbeat of
+    // the new boot.
+    let log = agent.log();
+    let second_run = &log[log_before..];
+    let journal_at = second_run
+        .find("journal delivered")
+        .unwrap_or_else(|| panic!("the journal was delivered\n{second_run}"));
+    let regular_at = second_run
+        .find("tally_agent::heartbeat: heartbeat delivered")
+        .unwrap_or_else(|| panic!("regular heartbeats follow\n{second_run}"));
+    assert!(
+        journal_at < regular_at,
+        "the journal before any regular heartbeat\n{second_run}"
+    );
+    let delivered_line = second_run[journal_at..].lines().next().unwrap_or_default();
+    for field in ["APPLIED", BOOT_1, first_epoch.as_str(), "sequence="] {
+        assert!(
+            delivered_line.contains(field),
+            "{field} in {delivered_line}"
+        );
+    }
+    if !collector_first {
+        assert!(
+            second_run.contains("collector reachable again"),
+            "the journal waited for the collector\n{second_run}"
+        );
+    }
+
+    // A clean stop with the collector up: written, delivered, removed.
+    agent.stop();
+    let log = agent.log();
+    let last_run = &log[log_before..];
+    assert!(last_run.contains("journal written"), "{last_run}");
+    assert!(last_run.contains("last heartbeat delivered"), "{last_run}");
+    assert!(!journal.exists(), "{:?}", files_in(&agent.state_dir));
+    assert_eq!(
+        runtime.block_on(totals(&pool, &node.id)),
+        Some(expected),
+        "nothing more after the stop"
+    );
+}
+
+#[test]
+fn journal_delivers_the_last_counters_after_a_reboot() {
+    journal_survives_a_reboot("journal_delivers_the_last_counters_after_a_reboot", true);
+}
+
+#[test]
+fn journal_goes_before_the_new_boot_when_the_collector_comes_back_later() {
+    journal_survives_a_reboot(
+        "journal_goes_before_the_new_boot_when_the_collector_comes_back_later",
+        false,
+    );
+}
