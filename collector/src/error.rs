@@ -41,6 +41,14 @@ pub enum Error {
     /// A node of that name exists already.
     #[error("a node named {0:?} exists already")]
     NodeExists(String),
+    /// The request is well-formed but the resource's state does not allow
+    /// it (an anomaly decided already, a calibration that would make the
+    /// counters inconsistent).
+    #[error("{0}")]
+    Conflict(String),
+    /// No resource of that kind and id (other than a node).
+    #[error("{0}")]
+    NotFound(String),
     /// The collector is shutting down or overloaded.
     #[error("the collector is not accepting heartbeats now ({0}); retry later")]
     Unavailable(&'static str),
@@ -71,8 +79,11 @@ impl From<Error> for Status {
             Error::Invalid(_) | Error::InvalidArgument(_) => Status::invalid_argument(message),
             Error::Backwards { .. } => Status::failed_precondition(message),
             Error::TotalOverflow(_) => Status::out_of_range(message),
-            Error::NoSuchNode(_) | Error::NoRoute(_) => Status::not_found(message),
+            Error::NoSuchNode(_) | Error::NoRoute(_) | Error::NotFound(_) => {
+                Status::not_found(message)
+            }
             Error::NodeExists(_) => Status::already_exists(message),
+            Error::Conflict(_) => Status::failed_precondition(message),
             Error::Unavailable(_) | Error::BatchFailed(_) | Error::Database(_) => {
                 Status::unavailable(message)
             }
@@ -102,8 +113,11 @@ impl Error {
             }
             Error::Backwards { .. } => (StatusCode::CONFLICT, "counter_went_backwards"),
             Error::TotalOverflow(_) => (StatusCode::CONFLICT, "total_overflow"),
-            Error::NoSuchNode(_) | Error::NoRoute(_) => (StatusCode::NOT_FOUND, "not_found"),
+            Error::NoSuchNode(_) | Error::NoRoute(_) | Error::NotFound(_) => {
+                (StatusCode::NOT_FOUND, "not_found")
+            }
             Error::NodeExists(_) => (StatusCode::CONFLICT, "already_exists"),
+            Error::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             Error::Unavailable(_) | Error::BatchFailed(_) | Error::Database(_) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
             }
@@ -122,6 +136,7 @@ pub struct ErrorBody {
 pub struct ErrorDetail {
     /// Stable, for programs: `unauthenticated` (401), `forbidden` (403),
     /// `invalid_argument` (400), `not_found` (404), `already_exists` (409),
+    /// `conflict` (409),
     /// `unavailable` (503).
     #[schema(example = "invalid_argument")]
     pub code: &'static str,

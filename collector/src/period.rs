@@ -1,22 +1,29 @@
-//! Period counters: reset on request, and on a schedule. A scheduled reset
-//! is applied to a node when its `periodStart` is before the schedule's
-//! latest start: as part of the node's next heartbeat batch (under its row
-//! lock), and by a periodic sweep for nodes that are quiet. Both set
-//! `periodStart` to that start, so the condition is false afterwards and no
-//! replica can reset the same period twice. Every reset is announced as a
-//! `period_reset` live event in its transaction ([`events`]).
+//! Periods end on request, and on each node's anchor day (its billing
+//! settings' calendar, or the collector's `--period-reset monthly:DAY` in
+//! UTC for nodes without one). An ended period is archived in
+//! `billing_periods` with its counters and rates, and the node's period
+//! counters restart. A node's period that ended is closed with its next
+//! heartbeat batch (under its row lock, sharing the heartbeat's bytes by
+//! time: [`crate::ingest::boundary`]) or, if the node is quiet, by the
+//! minute [`sweep`]; both check under the lock that `periodStart` is still
+//! before the boundary, so no replica closes the same period twice. Every
+//! reset is announced as a `period_reset` live event in its transaction
+//! ([`events`]).
 
 use std::{fmt, str::FromStr};
 
-use chrono::{Datelike as _, NaiveDate, NaiveDateTime};
+use chrono::{NaiveDateTime, Timelike as _, Utc};
 use sqlx::{PgConnection, PgPool, Row as _, postgres::PgRow};
 
 use crate::{
+    billing::{self, Mode, Stored, rates},
     error::Error,
     events::{self, Notice, Outbox},
+    ingest::{boundary, store::archive},
 };
 
-/// When periods start.
+/// The collector's `--period-reset`: when periods start for nodes whose
+/// billing settings have no anchor day.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Schedule {
     /// Every month on this day (1–31; in shorter months, the month's last
@@ -25,30 +32,12 @@ pub enum Schedule {
 }
 
 impl Schedule {
-    /// The latest scheduled period start at or before `now` (UTC).
-    pub fn latest_start(self, now: NaiveDateTime) -> NaiveDateTime {
+    /// The anchor day.
+    pub fn day(self) -> u32 {
         match self {
-            Schedule::Monthly { day } => {
-                let this_month = month_day(now.year(), now.month(), day);
-                if this_month <= now {
-                    this_month
-                } else if now.month() == 1 {
-                    month_day(now.year() - 1, 12, day)
-                } else {
-                    month_day(now.year(), now.month() - 1, day)
-                }
-            }
+            Schedule::Monthly { day } => day,
         }
     }
-}
-
-/// `day` of the month at 00:00, or the month's last day when it is shorter.
-fn month_day(year: i32, month: u32, day: u32) -> NaiveDateTime {
-    (1..=day.clamp(1, 31))
-        .rev()
-        .find_map(|d| NaiveDate::from_ymd_opt(year, month, d))
-        .and_then(|date| date.and_hms_opt(0, 0, 0))
-        .unwrap_or_default()
 }
 
 impl FromStr for Schedule {
@@ -94,56 +83,150 @@ pub struct Reset {
     pub traffic: events::Traffic,
 }
 
-/// What a reset returns of each row (for [`announce`]).
-macro_rules! returning {
-    () => {
-        r#"RETURNING "nodeId", "totalUpload", "totalDownload", "periodUpload",
-                     "periodDownload", "periodStart""#
-    };
-}
-
 /// Resets period counters now; returns how many nodes were reset.
 pub async fn reset_now(pool: &PgPool, target: &Target) -> Result<u64, Error> {
     Ok(reset(pool, target).await?.len() as u64)
 }
 
-/// Resets period counters now and announces each reset (`period_reset`);
-/// returns the nodes reset, by id.
+/// A node's period as locked for closing it.
+#[derive(Clone)]
+struct Open {
+    id: String,
+    upload: i64,
+    download: i64,
+    start: NaiveDateTime,
+    stored: Stored,
+}
+
+/// Locks the nodes' rows (`nodes`, then `traffic_stats`, in id order, as
+/// heartbeat batches do) and reads their current periods and settings.
+async fn lock(conn: &mut PgConnection, ids: Option<&[String]>) -> Result<Vec<Open>, Error> {
+    // Only constants are formatted in.
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        r#"SELECT n."id", t."periodUpload", t."periodDownload", t."periodStart", {settings}
+           FROM "nodes" n JOIN "traffic_stats" t ON t."nodeId" = n."id"
+           {join}
+           WHERE $1::text[] IS NULL OR n."id" = ANY($1)
+           ORDER BY n."id"
+           FOR UPDATE OF n, t"#,
+        settings = billing::SETTINGS_COLUMNS,
+        join = billing::SETTINGS_JOIN,
+    )))
+    .bind(ids)
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(Open {
+                id: row.try_get("id")?,
+                upload: row.try_get("periodUpload")?,
+                download: row.try_get("periodDownload")?,
+                start: row.try_get("periodStart")?,
+                stored: Stored::from_row(row)?,
+            })
+        })
+        .collect::<Result<_, sqlx::Error>>()
+        .map_err(Error::from)
+}
+
+/// Archives `[open.start, end)` of a node with `upload`/`download`.
+async fn close(
+    conn: &mut PgConnection,
+    open: &Open,
+    end: NaiveDateTime,
+    bytes: (i64, i64),
+    closed_by: &str,
+    now: NaiveDateTime,
+) -> Result<(), Error> {
+    let mode = open.stored.mode.parse().unwrap_or(Mode::Sum);
+    let rates = rates::of_span(conn, &open.id, open.start, end).await?;
+    archive(
+        conn,
+        &open.id,
+        (open.start, end),
+        bytes,
+        rates,
+        mode,
+        closed_by,
+        now,
+    )
+    .await?;
+    Ok(())
+}
+
+/// Sets the nodes' periods to start at `start` with zero counters.
+async fn restart(
+    conn: &mut PgConnection,
+    starts: &[(String, NaiveDateTime)],
+    now: NaiveDateTime,
+) -> Result<Vec<PgRow>, Error> {
+    Ok(sqlx::query(concat!(
+        r#"UPDATE "traffic_stats" AS t SET "periodUpload" = 0, "periodDownload" = 0,
+             "periodStart" = u.start, "updatedAt" = $1
+           FROM UNNEST($2::text[], $3::timestamp(3)[]) AS u(id, start)
+           WHERE t."nodeId" = u.id
+           "#,
+        returning!()
+    ))
+    .bind(now)
+    .bind(starts.iter().map(|s| s.0.as_str()).collect::<Vec<_>>())
+    .bind(starts.iter().map(|s| s.1).collect::<Vec<_>>())
+    .fetch_all(&mut *conn)
+    .await?)
+}
+
+/// What a reset returns of each row (for [`announce`]).
+macro_rules! returning {
+    () => {
+        r#"RETURNING t."nodeId", t."totalUpload", t."totalDownload", t."periodUpload",
+                     t."periodDownload", t."periodStart""#
+    };
+}
+use returning;
+
+/// The collector's clock, to the millisecond (the seed's precision).
+fn now_ms() -> NaiveDateTime {
+    let now = Utc::now().naive_utc();
+    now.with_nanosecond(now.nanosecond() / 1_000_000 * 1_000_000)
+        .unwrap_or(now)
+}
+
+/// Ends the current periods now (each archived in `billing_periods` as
+/// closed by request), starts new ones and announces each reset
+/// (`period_reset`); returns the nodes reset, by id.
 pub async fn reset(pool: &PgPool, target: &Target) -> Result<Vec<Reset>, Error> {
     let mut tx = pool.begin().await?;
-    let rows = match target {
-        Target::All => {
-            sqlx::query(concat!(
-                r#"UPDATE "traffic_stats" SET "periodUpload" = 0, "periodDownload" = 0,
-                     "periodStart" = date_trunc('milliseconds', now() AT TIME ZONE 'UTC'),
-                     "updatedAt" = date_trunc('milliseconds', now() AT TIME ZONE 'UTC')
-                   WHERE "nodeId" IN (SELECT "nodeId" FROM "traffic_stats"
-                                      ORDER BY "nodeId" FOR UPDATE)
-                   "#,
-                returning!()
-            ))
-            .fetch_all(&mut *tx)
-            .await?
-        }
+    let ids = match target {
+        Target::All => None,
         Target::Node(node) => {
-            let rows = sqlx::query(concat!(
-                r#"UPDATE "traffic_stats" SET "periodUpload" = 0, "periodDownload" = 0,
-                     "periodStart" = date_trunc('milliseconds', now() AT TIME ZONE 'UTC'),
-                     "updatedAt" = date_trunc('milliseconds', now() AT TIME ZONE 'UTC')
-                   WHERE "nodeId" = (SELECT "id" FROM "nodes" WHERE "id" = $1 OR "name" = $1
-                                     ORDER BY ("id" = $1) DESC LIMIT 1)
-                   "#,
-                returning!()
-            ))
+            let id: Option<String> = sqlx::query_scalar(
+                r#"SELECT "id" FROM "nodes" WHERE "id" = $1 OR "name" = $1
+                   ORDER BY ("id" = $1) DESC LIMIT 1"#,
+            )
             .bind(node)
-            .fetch_all(&mut *tx)
+            .fetch_optional(&mut *tx)
             .await?;
-            if rows.is_empty() {
-                return Err(Error::NoSuchNode(node.clone()));
-            }
-            rows
+            Some(vec![id.ok_or_else(|| Error::NoSuchNode(node.clone()))?])
         }
     };
+    let open = lock(&mut tx, ids.as_deref()).await?;
+    if let (Target::Node(node), true) = (target, open.is_empty()) {
+        return Err(Error::NoSuchNode(node.clone()));
+    }
+    let now = now_ms();
+    for node in &open {
+        close(
+            &mut tx,
+            node,
+            now,
+            (node.upload, node.download),
+            "request",
+            now,
+        )
+        .await?;
+    }
+    let starts: Vec<_> = open.iter().map(|o| (o.id.clone(), now)).collect();
+    let rows = restart(&mut tx, &starts, now).await?;
     let resets = announce(&mut tx, &rows).await?;
     tx.commit().await?;
     Ok(resets)
@@ -179,39 +262,87 @@ async fn announce(conn: &mut PgConnection, rows: &[PgRow]) -> Result<Vec<Reset>,
     Ok(resets)
 }
 
-/// Applies the schedule's latest start to every node still in an earlier
-/// period (the quiet ones; active ones are reset with their heartbeats),
-/// and announces each reset. Rows are locked in id order, as heartbeat
-/// batches lock them.
-pub async fn sweep(pool: &PgPool, start: NaiveDateTime) -> Result<u64, Error> {
+/// Ends the periods of quiet nodes whose anchor day came (active ones are
+/// closed with their heartbeats): each ended period is archived (closed by
+/// schedule; the first with the node's period counters, later ones empty),
+/// the node's period restarts at the current period's start, and the reset
+/// is announced. `fallback_day` is the collector's `--period-reset` day.
+pub async fn sweep(pool: &PgPool, fallback_day: Option<u32>) -> Result<u64, Error> {
+    let now = now_ms();
+    // Which nodes are due, without locks (most are not).
+    let due: Vec<String> = lock_free_due(pool, fallback_day, now).await?;
+    if due.is_empty() {
+        return Ok(0);
+    }
     let mut tx = pool.begin().await?;
-    let rows = sqlx::query(concat!(
-        r#"UPDATE "traffic_stats" SET "periodUpload" = 0, "periodDownload" = 0,
-             "periodStart" = $1,
-             "updatedAt" = date_trunc('milliseconds', now() AT TIME ZONE 'UTC')
-           WHERE "nodeId" IN (SELECT "nodeId" FROM "traffic_stats" WHERE "periodStart" < $1
-                              ORDER BY "nodeId" FOR UPDATE)
-             AND "periodStart" < $1
-           "#,
-        returning!()
-    ))
-    .bind(start)
-    .fetch_all(&mut *tx)
-    .await?;
+    let open = lock(&mut tx, Some(&due)).await?;
+    let mut starts = Vec::new();
+    for node in &open {
+        let Ok(Some(anchor)) = node.stored.resolve(fallback_day).map(|s| s.anchor) else {
+            continue;
+        };
+        // Checked again under the lock: a heartbeat may have closed it.
+        let Some((ended, current)) = boundary::ended(&anchor, node.start, now) else {
+            continue;
+        };
+        for (i, period) in ended.iter().enumerate() {
+            let bytes = if i == 0 {
+                (node.upload, node.download)
+            } else {
+                (0, 0)
+            };
+            let open = Open {
+                start: period.start,
+                ..node.clone()
+            };
+            close(&mut tx, &open, period.end, bytes, "schedule", now).await?;
+        }
+        starts.push((node.id.clone(), current));
+    }
+    let rows = restart(&mut tx, &starts, now).await?;
     let resets = announce(&mut tx, &rows).await?;
     tx.commit().await?;
     Ok(resets.len() as u64)
 }
 
+/// The nodes whose current period has ended by `now`, read without locks.
+async fn lock_free_due(
+    pool: &PgPool,
+    fallback_day: Option<u32>,
+    now: NaiveDateTime,
+) -> Result<Vec<String>, Error> {
+    // Only constants are formatted in.
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        r#"SELECT n."id", t."periodStart", {settings}
+           FROM "nodes" n JOIN "traffic_stats" t ON t."nodeId" = n."id"
+           {join}
+           WHERE COALESCE(s."anchorDay", d."anchorDay") IS NOT NULL OR $1
+           ORDER BY n."id""#,
+        settings = billing::SETTINGS_COLUMNS,
+        join = billing::SETTINGS_JOIN,
+    )))
+    .bind(fallback_day.is_some())
+    .fetch_all(pool)
+    .await?;
+    let mut due = Vec::new();
+    for row in &rows {
+        let start: NaiveDateTime = row.try_get("periodStart")?;
+        let Ok(Some(anchor)) = Stored::from_row(row)?
+            .resolve(fallback_day)
+            .map(|s| s.anchor)
+        else {
+            continue;
+        };
+        if boundary::ended(&anchor, start, now).is_some() {
+            due.push(row.try_get("id")?);
+        }
+    }
+    Ok(due)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn at(y: i32, m: u32, d: u32, h: u32) -> NaiveDateTime {
-        NaiveDate::from_ymd_opt(y, m, d)
-            .and_then(|d| d.and_hms_opt(h, 0, 0))
-            .expect("valid date")
-    }
 
     #[test]
     fn parses_and_prints() {
@@ -221,29 +352,5 @@ mod tests {
             let error = bad.parse::<Schedule>().expect_err(bad);
             assert!(error.contains("expected monthly:DAY"), "{error}");
         }
-    }
-
-    #[test]
-    fn latest_start_is_this_or_last_month() {
-        let first = Schedule::Monthly { day: 1 };
-        assert_eq!(first.latest_start(at(2026, 11, 24, 5)), at(2026, 11, 1, 0));
-        assert_eq!(first.latest_start(at(2026, 11, 1, 0)), at(2026, 11, 1, 0));
-        let fifteenth = Schedule::Monthly { day: 15 };
-        assert_eq!(
-            fifteenth.latest_start(at(2026, 11, 14, 23)),
-            at(2026, 10, 15, 0)
-        );
-        assert_eq!(
-            fifteenth.latest_start(at(2026, 1, 3, 0)),
-            at(2025, 12, 15, 0)
-        );
-    }
-
-    #[test]
-    fn short_months_use_their_last_day() {
-        let end = Schedule::Monthly { day: 31 };
-        assert_eq!(end.latest_start(at(2026, 3, 1, 0)), at(2026, 2, 28, 0));
-        assert_eq!(end.latest_start(at(2028, 2, 29, 1)), at(2028, 2, 29, 0));
-        assert_eq!(end.latest_start(at(2026, 5, 30, 0)), at(2026, 4, 30, 0));
     }
 }

@@ -3,7 +3,7 @@
 
 use tally_proto::{
     limits,
-    v1::{HeartbeatRequest, InterfaceState},
+    v1::{FamilyCounters, HeartbeatRequest, InterfaceState, LinkKind},
 };
 
 use crate::{
@@ -21,6 +21,10 @@ pub struct Heartbeat {
     pub agent_version: String,
     pub source: String,
     pub interfaces: Vec<Interface>,
+    /// The node's clock at the reading (Unix ns).
+    pub agent_time_unix_ns: i64,
+    /// The last reading of a boot (on stop, or from the reboot journal).
+    pub last_of_boot: bool,
 }
 
 /// One interface's raw counters, checked.
@@ -33,6 +37,45 @@ pub struct Interface {
     pub rx_packets: i64,
     pub tx_bytes: i64,
     pub tx_packets: i64,
+    /// The link kind's name (`physical`, `veth`, ...; see [`kind_name`]).
+    pub kind: &'static str,
+    /// Carries a default route.
+    pub default_route: bool,
+    /// The IPv4 and IPv6 parts of the counters, when the source tells.
+    pub ipv4: Option<Family>,
+    pub ipv6: Option<Family>,
+    /// The ifindex of its master (bond, bridge) and of the device it is
+    /// stacked on (a vlan's parent); 0 for none.
+    pub master: i64,
+    pub link: i64,
+}
+
+/// The part of an interface's counters of one address family.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Family {
+    pub rx_bytes: i64,
+    pub rx_packets: i64,
+    pub tx_bytes: i64,
+    pub tx_packets: i64,
+}
+
+/// The stored name of a link kind (an unspecified kind is taken as
+/// physical, as agents that do not report kinds count hardware).
+pub fn kind_name(kind: LinkKind) -> &'static str {
+    match kind {
+        LinkKind::Unspecified | LinkKind::Physical => "physical",
+        LinkKind::Vlan => "vlan",
+        LinkKind::Bond => "bond",
+        LinkKind::Bridge => "bridge",
+        LinkKind::ContainerBridge => "container-bridge",
+        LinkKind::Veth => "veth",
+        LinkKind::Tun => "tun",
+        LinkKind::Tap => "tap",
+        LinkKind::Wireguard => "wireguard",
+        LinkKind::Macvlan => "macvlan",
+        LinkKind::Vxlan => "vxlan",
+        LinkKind::Other => "other",
+    }
 }
 
 impl Interface {
@@ -47,7 +90,47 @@ impl Interface {
         self.rx_packets = self.rx_packets.saturating_add(other.rx_packets);
         self.tx_bytes = self.tx_bytes.saturating_add(other.tx_bytes);
         self.tx_packets = self.tx_packets.saturating_add(other.tx_packets);
+        self.default_route |= other.default_route;
+        let add = |a: Option<Family>, b: Option<Family>| match (a, b) {
+            (Some(a), Some(b)) => Some(Family {
+                rx_bytes: a.rx_bytes.saturating_add(b.rx_bytes),
+                rx_packets: a.rx_packets.saturating_add(b.rx_packets),
+                tx_bytes: a.tx_bytes.saturating_add(b.tx_bytes),
+                tx_packets: a.tx_packets.saturating_add(b.tx_packets),
+            }),
+            (a, b) => a.or(b),
+        };
+        self.ipv4 = add(self.ipv4, other.ipv4);
+        self.ipv6 = add(self.ipv6, other.ipv6);
     }
+}
+
+/// Checks one family's counters against the interface's.
+fn family(
+    what: &str,
+    counters: Option<FamilyCounters>,
+    interface: &Interface,
+) -> Result<Option<Family>, Error> {
+    let Some(c) = counters else {
+        return Ok(None);
+    };
+    let family = Family {
+        rx_bytes: counter(what, c.rx_bytes)?,
+        rx_packets: counter(what, c.rx_packets)?,
+        tx_bytes: counter(what, c.tx_bytes)?,
+        tx_packets: counter(what, c.tx_packets)?,
+    };
+    if family.rx_bytes > interface.rx_bytes
+        || family.rx_packets > interface.rx_packets
+        || family.tx_bytes > interface.tx_bytes
+        || family.tx_packets > interface.tx_packets
+    {
+        return Err(invalid(format!(
+            "{what} counters of {:?} exceed the interface's",
+            interface.name
+        )));
+    }
+    Ok(Some(family))
 }
 
 /// Checks `request`; `now_unix_ns` is the collector's clock and `max_skew_ns`
@@ -109,7 +192,7 @@ pub fn heartbeat(
         if entry.name.is_empty() {
             return Err(invalid("an interface has an empty name"));
         }
-        let interface = Interface {
+        let mut interface = Interface {
             state: match InterfaceState::try_from(entry.state) {
                 Ok(InterfaceState::Attached) => "attached",
                 Ok(InterfaceState::Gone) => "gone",
@@ -121,8 +204,31 @@ pub fn heartbeat(
             rx_packets: counter("rx_packets", entry.rx_packets)?,
             tx_bytes: counter("tx_bytes", entry.tx_bytes)?,
             tx_packets: counter("tx_packets", entry.tx_packets)?,
+            kind: kind_name(LinkKind::try_from(entry.kind).unwrap_or(LinkKind::Other)),
+            default_route: entry.default_route,
+            ipv4: None,
+            ipv6: None,
+            master: i64::from(entry.master_ifindex),
+            link: i64::from(entry.link_ifindex),
             name: entry.name,
         };
+        interface.ipv4 = family("ipv4", entry.ipv4, &interface)?;
+        interface.ipv6 = family("ipv6", entry.ipv6, &interface)?;
+        if let (Some(v4), Some(v6)) = (interface.ipv4, interface.ipv6)
+            && (v4
+                .rx_bytes
+                .checked_add(v6.rx_bytes)
+                .is_none_or(|b| b > interface.rx_bytes)
+                || v4
+                    .tx_bytes
+                    .checked_add(v6.tx_bytes)
+                    .is_none_or(|b| b > interface.tx_bytes))
+        {
+            return Err(invalid(format!(
+                "the ipv4 and ipv6 counters of {:?} add up to more than the interface's",
+                interface.name
+            )));
+        }
         rx = rx
             .checked_add(interface.rx_bytes)
             .ok_or_else(|| invalid("the rx_bytes sum exceeds 2^63 - 1"))?;
@@ -149,6 +255,8 @@ pub fn heartbeat(
         agent_version: request.agent_version,
         source: request.source,
         interfaces,
+        agent_time_unix_ns: agent_time,
+        last_of_boot: request.last_of_boot,
     })
 }
 
@@ -197,6 +305,7 @@ mod tests {
             kernel_release: "6.1".into(),
             agent_version: "0.1.0".into(),
             source: "ebpf".into(),
+            ..HeartbeatRequest::default()
         }
     }
 
@@ -209,6 +318,7 @@ mod tests {
             tx_bytes: tx,
             tx_packets: 1,
             state: InterfaceState::Attached as i32,
+            ..InterfaceCounters::default()
         }
     }
 

@@ -182,6 +182,8 @@ fn heartbeat(epochs: &[(EpochPlan, Delivery)], epoch: usize, reading: usize) -> 
         agent_version: "test".into(),
         source: "ebpf".into(),
         interfaces,
+        agent_time_unix_ns: 2_000,
+        last_of_boot: false,
     }
 }
 
@@ -194,6 +196,12 @@ fn interface(name: &str, rx: i64, tx: i64) -> Interface {
         rx_packets: 0,
         tx_bytes: tx,
         tx_packets: 0,
+        kind: "physical",
+        default_route: false,
+        ipv4: None,
+        ipv6: None,
+        master: 0,
+        link: 0,
     }
 }
 

@@ -6,7 +6,7 @@ mod common;
 
 use std::process::Command;
 
-use chrono::{NaiveDate, NaiveDateTime, Utc};
+use chrono::{Datelike as _, NaiveDate, NaiveDateTime, Utc};
 use common::fleet::{self, Fleet};
 use tally_collector::{
     auth, db,
@@ -14,18 +14,25 @@ use tally_collector::{
     period, validate,
 };
 
+/// The collector's `--period-reset monthly:1` in these tests.
+const DAY: Option<u32> = Some(1);
+
+/// The start of this month (UTC): where periods anchored on day 1 began.
 fn boundary() -> NaiveDateTime {
-    NaiveDate::from_ymd_opt(2026, 11, 1)
+    let now = Utc::now().date_naive();
+    NaiveDate::from_ymd_opt(now.year(), now.month(), 1)
         .and_then(|d| d.and_hms_opt(0, 0, 0))
         .expect("date")
 }
 
+/// Moves the node's period back into the previous month.
 async fn age_period(fleet: &Fleet, node: &str) {
     sqlx::query(
-        r#"UPDATE "traffic_stats" SET "periodStart" = '2026-10-01 00:00:00',
+        r#"UPDATE "traffic_stats" SET "periodStart" = $2,
              "periodUpload" = 5, "periodDownload" = 5 WHERE "nodeId" = $1"#,
     )
     .bind(node)
+    .bind(boundary() - chrono::Duration::days(20))
     .execute(&fleet.pool)
     .await
     .expect("age the period");
@@ -66,7 +73,7 @@ async fn a_scheduled_reset_is_applied_once_by_racing_collectors() {
     // at once, in batches: the first to lock the row resets the period,
     // the others see it reset.
     let other = db::connect(&fleet.url, 4).await.expect("second pool");
-    let time = BatchTime::new(Utc::now().naive_utc(), Some(boundary()));
+    let time = BatchTime::new(Utc::now().naive_utc(), DAY);
     let mut tasks = Vec::new();
     for k in 0..40u64 {
         let pool = if k % 2 == 0 {
@@ -104,10 +111,7 @@ async fn the_sweep_resets_quiet_nodes_once() {
     // A node whose period started after the boundary is left alone.
     let fresh = fleet.add_node("fresh").await;
     let other = db::connect(&fleet.url, 4).await.expect("second pool");
-    let (a, b) = tokio::join!(
-        period::sweep(&fleet.pool, boundary()),
-        period::sweep(&other, boundary())
-    );
+    let (a, b) = tokio::join!(period::sweep(&fleet.pool, DAY), period::sweep(&other, DAY));
     let reset = a.expect("sweep a") + b.expect("sweep b");
     assert_eq!(reset, 20, "each quiet node reset exactly once");
     for id in &ids {
@@ -115,7 +119,7 @@ async fn the_sweep_resets_quiet_nodes_once() {
         assert_eq!(period_start(&fleet, id).await, boundary());
     }
     assert!(period_start(&fleet, &fresh.id).await > boundary());
-    let again = period::sweep(&fleet.pool, boundary()).await.expect("sweep");
+    let again = period::sweep(&fleet.pool, DAY).await.expect("sweep");
     assert_eq!(again, 0, "nothing to reset twice");
 }
 

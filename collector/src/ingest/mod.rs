@@ -6,6 +6,8 @@
 //! lets one collector keep up with thousands of nodes. Each batch's size,
 //! transaction time and outcomes are counted in [`Metrics`].
 
+pub mod boundary;
+pub mod entries;
 pub mod store;
 
 use std::{
@@ -18,7 +20,7 @@ use sqlx::PgPool;
 use tally_proto::v1::Outcome;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::{error::Error, metrics::Metrics, period::Schedule};
+use crate::{error::Error, metrics::Metrics, period::Schedule, quota};
 pub use store::{Applied, BatchTime, Job};
 
 /// How ingestion runs.
@@ -30,8 +32,11 @@ pub struct Config {
     pub writers: usize,
     /// Heartbeats waiting beyond this are refused as "unavailable".
     pub queue: usize,
-    /// The period-reset schedule, applied as heartbeats arrive.
+    /// The period-reset schedule: the anchor day of nodes whose billing
+    /// settings have none.
     pub schedule: Option<Schedule>,
+    /// What recording quota events does besides storing them.
+    pub quota: quota::Config,
 }
 
 impl Default for Config {
@@ -41,6 +46,7 @@ impl Default for Config {
             writers: 4,
             queue: 65_536,
             schedule: None,
+            quota: quota::Config::default(),
         }
     }
 }
@@ -161,7 +167,7 @@ async fn write_batch(
     metrics: &Metrics,
 ) {
     let now = Utc::now().naive_utc();
-    let time = BatchTime::new(now, config.schedule.map(|s| s.latest_start(now)));
+    let time = BatchTime::new(now, config.schedule.map(|s| s.day())).with_quota(config.quota);
     let (jobs, waiting): (Vec<Job>, Vec<_>) = batch
         .drain(..)
         .map(|q| (q.job, (q.received, q.reply)))

@@ -115,6 +115,7 @@ impl Fleet {
             http_listen: Some("127.0.0.1:0".parse().expect("address")),
             offline_after: Duration::from_secs(30),
             tokens: Default::default(),
+            webhook: None,
         };
         tweak(&mut options);
         let listeners = serve::bind(&options).await.expect("bind");
@@ -305,6 +306,7 @@ pub fn heartbeat(epoch: &str, sequence: u64, rx: u64, tx: u64) -> HeartbeatReque
         tx_bytes: tx,
         tx_packets: 1,
         state: InterfaceState::Attached as i32,
+        ..InterfaceCounters::default()
     };
     HeartbeatRequest {
         boot_id: "00000000-0000-0000-0000-000000000001".into(),
@@ -326,5 +328,6 @@ pub fn heartbeat(epoch: &str, sequence: u64, rx: u64, tx: u64) -> HeartbeatReque
         kernel_release: "6.1.0".into(),
         agent_version: "test".into(),
         source: "ebpf".into(),
+        ..HeartbeatRequest::default()
     }
 }

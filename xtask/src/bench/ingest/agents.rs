@@ -323,6 +323,7 @@ impl Agent {
                     tx_bytes: c.tx_bytes,
                     tx_packets: c.tx_packets,
                     state: InterfaceState::Attached as i32,
+                    ..InterfaceCounters::default()
                 })
                 .collect(),
             load: Some(LoadAverage {
@@ -334,6 +335,7 @@ impl Agent {
             kernel_release: "6.1.0-bench".to_owned(),
             agent_version: "bench".to_owned(),
             source: "ebpf".to_owned(),
+            ..HeartbeatRequest::default()
         }
     }
 

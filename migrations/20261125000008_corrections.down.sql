@@ -1,0 +1,1 @@
+DROP TABLE "anomalies"; DROP TABLE "calibrations";
