@@ -1,8 +1,9 @@
 //! The collector's own metrics (heartbeat outcomes, batch sizes and
-//! database latency of ingestion), kept in one process-wide registry and
-//! exposed on `/metrics` beside the per-node metrics read from the database
-//! at scrape time (`http/metrics.rs`). Every label has a handful of values:
-//! nothing per heartbeat or per connection.
+//! database latency of ingestion, webhook attempts), kept in one
+//! process-wide registry and exposed on `/metrics` beside the per-node
+//! metrics read from the database at scrape time (`http/metrics.rs`).
+//! Every label has a handful of values: nothing per heartbeat or per
+//! connection.
 
 use prometheus::{
     Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry, exponential_buckets,
@@ -20,6 +21,19 @@ pub struct Metrics {
     batch_duration: Histogram,
     batch_size: Histogram,
     batch_failures: IntCounter,
+    webhook_delivered: IntCounter,
+    webhook_failed: IntCounter,
+    webhook_given_up: IntCounter,
+}
+
+/// What came of one webhook attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    Delivered,
+    /// Failed; it will be retried.
+    Failed,
+    /// The last attempt failed; no more.
+    GivenUp,
 }
 
 impl Metrics {
@@ -58,6 +72,16 @@ impl Metrics {
         registry.register(Box::new(batch_duration.clone()))?;
         registry.register(Box::new(batch_size.clone()))?;
         registry.register(Box::new(batch_failures.clone()))?;
+        let webhooks = IntCounterVec::new(
+            Opts::new(
+                "tally_webhook_deliveries_total",
+                "Webhook attempts made by this collector, by outcome (failed: will be \
+                 retried; given_up: the last attempt failed).",
+            ),
+            &["outcome"],
+        )?;
+        registry.register(Box::new(webhooks.clone()))?;
+        let webhook = |o: &str| webhooks.with_label_values(&[o]);
         let outcome = |o: &str| heartbeats.with_label_values(&[o]);
         Ok(Self {
             applied: outcome("applied"),
@@ -68,6 +92,9 @@ impl Metrics {
             batch_duration,
             batch_size,
             batch_failures,
+            webhook_delivered: webhook("delivered"),
+            webhook_failed: webhook("failed"),
+            webhook_given_up: webhook("given_up"),
         })
     }
 
@@ -97,6 +124,15 @@ impl Metrics {
         self.batch_failures.inc();
     }
 
+    /// Counts a webhook attempt.
+    pub fn webhook(&self, outcome: Delivery) {
+        match outcome {
+            Delivery::Delivered => self.webhook_delivered.inc(),
+            Delivery::Failed => self.webhook_failed.inc(),
+            Delivery::GivenUp => self.webhook_given_up.inc(),
+        }
+    }
+
     /// Every metric of the registry, as of now.
     pub fn gather(&self) -> Vec<MetricFamily> {
         self.registry.gather()
@@ -115,6 +151,9 @@ mod tests {
         metrics.rejected(2);
         metrics.batch(3, 0.002);
         metrics.batch_failed();
+        metrics.webhook(Delivery::Failed);
+        metrics.webhook(Delivery::Failed);
+        metrics.webhook(Delivery::Delivered);
         let mut text = Vec::new();
         prometheus::Encoder::encode(
             &prometheus::TextEncoder::new(),
@@ -132,6 +171,9 @@ mod tests {
             "tally_ingest_batch_size_sum 3",
             "tally_ingest_batch_duration_seconds_count 1",
             "tally_ingest_batch_failures_total 1",
+            r#"tally_webhook_deliveries_total{outcome="delivered"} 1"#,
+            r#"tally_webhook_deliveries_total{outcome="failed"} 2"#,
+            r#"tally_webhook_deliveries_total{outcome="given_up"} 0"#,
         ] {
             assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
         }

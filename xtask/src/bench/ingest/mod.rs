@@ -308,6 +308,7 @@ async fn collector(setup: &Setup<'_>) -> anyhow::Result<IngestRun> {
         http_listen: None,
         offline_after: Duration::from_secs(30),
         tokens: Default::default(),
+        webhook: None,
     };
     let listener = TcpListener::bind(options.listen)
         .await
