@@ -1,6 +1,6 @@
 //! `GET /api/v1/nodes/{id}/history`: a node's traffic, heartbeats and load
 //! over a time range, and each interface's traffic, as dense series (one
-//! point per step).
+//! point per step), with the calibrations of its counters in the range.
 
 use std::time::Duration;
 
@@ -12,6 +12,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::{
     AppState,
     auth::Reader,
+    corrections::Calibration,
     nodes::Load,
     openapi::{ErrorBody, TAG_NODES},
     params::{self, Counter, Path, Query, Time},
@@ -53,6 +54,9 @@ pub struct NodeHistory {
     /// Every interface the node has now or had traffic on in the range, by
     /// name; its points are at the same times as `points`.
     pub interfaces: Vec<InterfaceHistory>,
+    /// The calibrations of the node's counters made in [from, to), oldest
+    /// first.
+    pub calibrations: Vec<Calibration>,
 }
 
 /// The node in one step [time, time + step).
@@ -114,7 +118,8 @@ impl HistoryQuery {
 ///
 /// The node's minute rows added up per step: bytes and heartbeats summed,
 /// the load of the step's last recorded minute. Dense: one point per step,
-/// zeros (and a null load) where nothing was recorded.
+/// zeros (and a null load) where nothing was recorded. With the
+/// calibrations of the node's counters made in the range.
 #[utoipa::path(
     get,
     path = "/api/v1/nodes/{id}/history",
@@ -169,6 +174,11 @@ pub async fn get(
                     })
                     .collect(),
             })
+            .collect(),
+        calibrations: history
+            .calibrations
+            .into_iter()
+            .map(Calibration::from)
             .collect(),
     }))
 }

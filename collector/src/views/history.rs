@@ -8,7 +8,10 @@ use chrono::{DateTime, NaiveDateTime};
 use sqlx::{AssertSqlSafe, PgPool, Row as _};
 
 use super::{BIGINT_MAX, nodes::Load};
-use crate::error::Error;
+use crate::{
+    corrections::calibrate::{self, Calibration},
+    error::Error,
+};
 
 /// Most points in one series.
 pub const MAX_POINTS: i64 = 1440;
@@ -124,6 +127,9 @@ pub struct History {
     /// Every interface the node has now or had traffic on in the range, by
     /// name.
     pub interfaces: Vec<InterfaceSeries>,
+    /// The calibrations of the node's counters made in the range, oldest
+    /// first.
+    pub calibrations: Vec<Calibration>,
 }
 
 /// The node's history over `range`, read from one snapshot.
@@ -227,9 +233,11 @@ pub async fn node(pool: &PgPool, id: &str, range: Range) -> Result<History, Erro
             point.tx = row.try_get("tx")?;
         }
     }
+    let calibrations = calibrate::between(&mut tx, id, range.start, range.end()).await?;
     tx.commit().await?;
     Ok(History {
         range,
+        calibrations,
         points,
         interfaces: interfaces
             .into_iter()
