@@ -29,13 +29,18 @@
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{
-    Args, CommandFactory as _, Parser, Subcommand,
+    ArgAction, Args, CommandFactory as _, Parser, Subcommand,
     builder::{BoolishValueParser, PossibleValuesParser, TypedValueParser as _},
     error::ErrorKind,
 };
-use tally_collector::views::rankings::{self, By, Direction};
+use tally_collector::{
+    billing::{CountRule, Mode, settings::Field, view},
+    corrections::calibrate::Change,
+    views::rankings::{self, By, Direction},
+    webhook,
+};
 
-use crate::period::Schedule;
+use crate::{billing_cli, period::Schedule};
 
 /// tally's collector: receives heartbeats from tally agents over gRPC and
 /// keeps exact, restart-proof traffic counters and load history in
@@ -108,6 +113,41 @@ pub enum Command {
     /// Show the ranking and every node's status, load and traffic, read
     /// from the database (once, or every --interval with --watch).
     Top(TopArgs),
+    /// Show and change billing settings: the fleet's defaults and each
+    /// node's own values (anchor day, time zone, mode, count rule, quota,
+    /// thresholds, max rate).
+    ///
+    /// A node uses its own value of a setting where it has one, else the
+    /// fleet's. A changed anchor day or time zone moves the end of the
+    /// current period, never its start.
+    #[command(subcommand)]
+    Billing(BillingCommand),
+    /// List a node's closed billing periods, newest first, with their
+    /// counters, usage (under the mode each was closed under), and peak and
+    /// 95th percentile rates.
+    Periods(PeriodsArgs),
+    /// Set or offset a node's period or total counters (e.g. to match the
+    /// provider's bill); each change is recorded with who made it and why.
+    ///
+    /// Each counter option takes a CHANGE: `=N` sets the counter to N
+    /// bytes, `+N` adds N bytes, `-N` subtracts N bytes. The period is part
+    /// of the total: changing a period counter moves its total by the same
+    /// amount; setting a total changes only the total. Refused, changing
+    /// nothing, if a counter would go below 0 or above 2^63 - 1, a period
+    /// would exceed its total, or nothing would change. Example:
+    /// `calibrate web-1 --period-download =500000000000 --actor alice
+    /// --reason "provider bill #123"`.
+    Calibrate(CalibrateArgs),
+    /// List a node's calibrations, newest first: who, when, why, and the
+    /// counters before and after.
+    Calibrations {
+        /// The node: its id or its name.
+        node: String,
+    },
+    /// List the deltas held as anomalies (too large for their interface),
+    /// and accept or discard them.
+    #[command(subcommand)]
+    Anomalies(AnomaliesCommand),
 }
 
 #[derive(Debug, Args)]
@@ -218,11 +258,13 @@ pub struct ServeArgs {
     )]
     pub heartbeat_interval: Option<Duration>,
 
-    /// Reset every node's period counters on a schedule: `monthly:DAY`
-    /// (DAY 1 to 31) starts a period on that day of every month at 00:00
-    /// UTC (on the last day of shorter months). Safe with several
-    /// collectors. Without it, periods are only reset by hand (`period
-    /// reset` or the admin API).
+    /// The anchor day of nodes whose billing settings have none (neither
+    /// their own nor the fleet's, see `billing`): `monthly:DAY` (DAY 1 to
+    /// 31) starts a period on that day of every month at 00:00 UTC (on
+    /// the last day of shorter months). Ended periods are archived. Safe
+    /// with several collectors. Without it (and without anchor days in the
+    /// billing settings), periods end only by hand (`period reset` or the
+    /// admin API).
     #[arg(long, env = "TALLY_PERIOD_RESET", value_name = "SCHEDULE")]
     pub period_reset: Option<Schedule>,
 
@@ -272,6 +314,32 @@ pub struct ServeArgs {
         value_name = "N"
     )]
     pub writers: u32,
+
+    /// Where to POST quota events (JSON; each call is signed with
+    /// --webhook-secret and retried with backoff until a 2xx answer, up to
+    /// 12 attempts), e.g. `https://hooks.example.com/tally`. Needs
+    /// --webhook-secret. Without it, no webhook is called.
+    #[arg(
+        long,
+        env = "TALLY_WEBHOOK_URL",
+        requires = "webhook_secret",
+        value_parser = webhook::parse_url,
+        value_name = "URL"
+    )]
+    pub webhook_url: Option<webhook::Url>,
+
+    /// The key of the webhook calls' signature: each call carries
+    /// `x-tally-signature: sha256=<hex HMAC-SHA256 of the body>`. Required
+    /// with --webhook-url; without it, no webhook is called. Meant to be
+    /// set in the environment (TALLY_WEBHOOK_SECRET), not on the command
+    /// line where other users can see it.
+    #[arg(
+        long,
+        env = "TALLY_WEBHOOK_SECRET",
+        hide_env_values = true,
+        value_name = "SECRET"
+    )]
+    pub webhook_secret: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -322,6 +390,193 @@ pub enum PeriodCommand {
         #[arg(long)]
         all: bool,
     },
+}
+
+#[derive(Debug, Args)]
+#[command(group(
+    clap::ArgGroup::new("changes")
+        .required(true)
+        .multiple(true)
+        .args(["period_upload", "period_download", "total_upload", "total_download"])
+))]
+pub struct CalibrateArgs {
+    /// The node to calibrate: its id or its name.
+    pub node: String,
+    /// Change the current period's upload (bytes sent): `=N`, `+N` or
+    /// `-N`; the total upload moves by the same amount. Without it, the
+    /// period upload stays.
+    #[arg(long, value_name = "CHANGE", allow_hyphen_values = true)]
+    pub period_upload: Option<Change>,
+    /// Change the current period's download (bytes received): `=N`, `+N`
+    /// or `-N`; the total download moves by the same amount. Without it,
+    /// the period download stays.
+    #[arg(long, value_name = "CHANGE", allow_hyphen_values = true)]
+    pub period_download: Option<Change>,
+    /// Change the total upload: `=N` sets it (the period stays), `+N`/`-N`
+    /// offsets it (on top of a period change). Without it, it moves only
+    /// with the period upload.
+    #[arg(long, value_name = "CHANGE", allow_hyphen_values = true)]
+    pub total_upload: Option<Change>,
+    /// Change the total download: `=N` sets it (the period stays),
+    /// `+N`/`-N` offsets it (on top of a period change). Without it, it
+    /// moves only with the period download.
+    #[arg(long, value_name = "CHANGE", allow_hyphen_values = true)]
+    pub total_download: Option<Change>,
+    /// Who makes the change (required; recorded), e.g. your name: 1 to 200
+    /// characters.
+    #[arg(long, value_name = "NAME")]
+    pub actor: String,
+    /// Why the change is made (required; recorded), e.g. "provider bill
+    /// #123": 1 to 1000 characters.
+    #[arg(long, value_name = "TEXT")]
+    pub reason: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AnomaliesCommand {
+    /// List every node's anomalies, newest first (at most 1000).
+    List {
+        /// Which anomalies to list: `held` (waiting for a decision),
+        /// `accepted`, `discarded` or `all`.
+        #[arg(long, default_value = "held", value_parser = PossibleValuesParser::new(["held", "accepted", "discarded", "all"]))]
+        status: String,
+    },
+    /// Accept an anomaly: add its bytes to the node's totals and to the
+    /// period it was held in (the current one, or the archived one).
+    Accept(DecideArgs),
+    /// Discard an anomaly: add nothing (it stays listed with the decision).
+    Discard(DecideArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DecideArgs {
+    /// The anomaly's id (as `anomalies list` shows it).
+    pub id: i64,
+    /// Who decides (required; recorded), e.g. your name: 1 to 200
+    /// characters.
+    #[arg(long, value_name = "NAME")]
+    pub actor: String,
+    /// Why (required; recorded), e.g. "a backup really ran at line rate":
+    /// 1 to 1000 characters.
+    #[arg(long, value_name = "TEXT")]
+    pub reason: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BillingCommand {
+    /// Show a node's effective billing settings (each marked as its own or
+    /// the fleet's) and its current period: counters, usage, share of the
+    /// quota, forecast at the period's end, peak and 95th percentile rates.
+    Show {
+        /// The node: its id or its name.
+        node: String,
+        #[command(flatten)]
+        output: BillingOutput,
+    },
+    /// Change a node's own billing settings, then show its billing.
+    ///
+    /// Only the settings given change; --clear FIELD removes the node's own
+    /// value, so that the fleet's applies again. Example: `billing set web-1
+    /// --anchor-day 15 --time-zone Europe/Berlin --quota 2TiB`.
+    Set {
+        /// The node: its id or its name.
+        node: String,
+        #[command(flatten)]
+        settings: SettingsArgs,
+        #[command(flatten)]
+        output: BillingOutput,
+    },
+    /// Show the fleet's default billing settings (what applies to every
+    /// node without its own value), or change them when settings are given.
+    ///
+    /// Only the settings given change; --clear FIELD sets anchor-day or
+    /// quota to none and any other setting to its built-in default (UTC,
+    /// sum, all, 80,100, 100Gbit).
+    Defaults {
+        #[command(flatten)]
+        settings: SettingsArgs,
+        /// Print the JSON that `GET /api/v1/billing/defaults` answers
+        /// instead of text (counters as decimal strings).
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct BillingOutput {
+    /// The same setting (and variable) as `serve --period-reset`: nodes
+    /// whose settings have no anchor day use this schedule's day, in UTC.
+    /// Without it, such nodes' periods are shown as ending only on request.
+    #[arg(long, env = "TALLY_PERIOD_RESET", value_name = "SCHEDULE")]
+    pub period_reset: Option<Schedule>,
+    /// Print the JSON that `GET /api/v1/nodes/{id}/billing` answers instead
+    /// of text (counters as decimal strings).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The settings `billing set` and `billing defaults` change.
+#[derive(Debug, Args)]
+pub struct SettingsArgs {
+    /// The day of the month periods start on, 1 to 31, at local midnight
+    /// in the time zone (in shorter months, on their last day). Without
+    /// it, unchanged.
+    #[arg(long, value_name = "DAY", value_parser = billing_cli::parse_anchor_day)]
+    pub anchor_day: Option<u32>,
+    /// The IANA time zone periods start in, e.g. `Europe/Berlin` or `UTC`.
+    /// Without it, unchanged.
+    #[arg(long, value_name = "ZONE", value_parser = billing_cli::parse_time_zone)]
+    pub time_zone: Option<String>,
+    /// How usage is billed: `sum` (upload + download), `max` (the larger),
+    /// `upload`, `download`, or `p95` (the 95th percentile of 5-minute
+    /// rates, in bytes per second). Without it, unchanged.
+    #[arg(long, value_name = "MODE", value_parser = PossibleValuesParser::new(["sum", "max", "upload", "download", "p95"]).try_map(|s| s.parse::<Mode>()))]
+    pub mode: Option<Mode>,
+    /// Which interfaces count: `all` (every interface but loopback) or
+    /// `uplink` (physical interfaces and those carrying a default route,
+    /// so that container traffic is not counted twice). Without it,
+    /// unchanged.
+    #[arg(long, value_name = "RULE", value_parser = PossibleValuesParser::new(["all", "uplink"]).try_map(|s| s.parse::<CountRule>()))]
+    pub count_rule: Option<CountRule>,
+    /// The traffic limit per period, in bytes (in mode p95, bytes per
+    /// second): a whole number, or a number with a unit (any case): kB,
+    /// MB, GB, TB, PB (powers of 1000), KiB, MiB, GiB, TiB, PiB (powers of
+    /// 1024), or kbit, Mbit, Gbit, Tbit (bits), e.g. `500GiB`, `1.5TB`,
+    /// `100Mbit`; it must come to a whole number of bytes. Without it,
+    /// unchanged.
+    #[arg(long, value_name = "BYTES", value_parser = billing_cli::parse_quota)]
+    pub quota: Option<i64>,
+    /// Percentages of the quota at which a quota event fires (once per
+    /// period each), comma-separated, e.g. `80,100`: at most 10, each 1 to
+    /// 1000; `none` for no events. Without it, unchanged.
+    #[arg(long, value_name = "PERCENTS", value_parser = billing_cli::parse_thresholds)]
+    pub thresholds: Option<billing_cli::Percents>,
+    /// The most bytes per second one interface carries in one direction (a
+    /// larger delta is held as an anomaly), with the units of --quota and
+    /// an optional `/s`, e.g. `10Gbit` (= 1250000000). Without it,
+    /// unchanged.
+    #[arg(long, value_name = "BYTES_PER_S", value_parser = billing_cli::parse_max_rate)]
+    pub max_rate: Option<i64>,
+    /// Settings to clear, repeated or comma-separated: anchor-day,
+    /// time-zone, mode, count-rule, quota, thresholds, max-rate. On a node,
+    /// its own value goes (the fleet's applies); on the fleet, anchor-day
+    /// and quota become none and the others their built-in defaults.
+    /// Without it, nothing is cleared.
+    #[arg(long, value_name = "FIELD", value_delimiter = ',', action = ArgAction::Append, value_parser = PossibleValuesParser::new(Field::ALL.map(Field::flag)).try_map(|s| s.parse::<Field>()))]
+    pub clear: Vec<Field>,
+}
+
+#[derive(Debug, Args)]
+pub struct PeriodsArgs {
+    /// The node: its id or its name.
+    pub node: String,
+    /// How many periods to list, newest first (1 to 1000).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=i64::from(view::MAX_LIMIT)), value_name = "N")]
+    pub limit: u32,
+    /// Print the JSON that `GET /api/v1/nodes/{id}/periods` answers instead
+    /// of a table (counters as decimal strings).
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -398,6 +653,35 @@ impl Cli {
             };
             return Err(error);
         }
+        let billing = match &self.command {
+            Command::Billing(BillingCommand::Set { settings, .. }) => Some(("set", settings)),
+            Command::Billing(BillingCommand::Defaults { settings, .. }) => {
+                Some(("defaults", settings))
+            }
+            _ => None,
+        };
+        if let Some((name, settings)) = billing {
+            let problem = match settings.patch() {
+                Err(conflict) => Some((ErrorKind::ArgumentConflict, conflict)),
+                Ok(patch) if patch.is_empty() && name == "set" => Some((
+                    ErrorKind::MissingRequiredArgument,
+                    "give at least one setting to change, or --clear FIELD".to_owned(),
+                )),
+                Ok(_) => None,
+            };
+            if let Some((kind, message)) = problem {
+                let mut command = Cli::command();
+                command.build();
+                let error = match command
+                    .find_subcommand_mut("billing")
+                    .and_then(|billing| billing.find_subcommand_mut(name))
+                {
+                    Some(sub) => sub.error(kind, message),
+                    None => command.error(kind, message),
+                };
+                return Err(error);
+            }
+        }
         Ok(())
     }
 }
@@ -444,11 +728,44 @@ mod tests {
         ("top", "direction", "shapes one look at the data"),
         ("top", "limit", "shapes one look at the data"),
         ("top", "window", "shapes one look at the data"),
+        ("calibrate", "period-upload", "a one-off correction"),
+        ("calibrate", "period-download", "a one-off correction"),
+        ("calibrate", "total-upload", "a one-off correction"),
+        ("calibrate", "total-download", "a one-off correction"),
+        ("calibrate", "actor", "audited: must be typed"),
+        ("calibrate", "reason", "audited: must be typed"),
+        ("list", "status", "shapes one look at the data"),
+        ("accept", "actor", "audited: must be typed"),
+        ("accept", "reason", "audited: must be typed"),
+        ("discard", "actor", "audited: must be typed"),
+        ("discard", "reason", "audited: must be typed"),
+        ("set", "anchor-day", "changes settings: must be typed"),
+        ("set", "time-zone", "changes settings: must be typed"),
+        ("set", "mode", "changes settings: must be typed"),
+        ("set", "count-rule", "changes settings: must be typed"),
+        ("set", "quota", "changes settings: must be typed"),
+        ("set", "thresholds", "changes settings: must be typed"),
+        ("set", "max-rate", "changes settings: must be typed"),
+        ("set", "clear", "changes settings: must be typed"),
+        ("defaults", "anchor-day", "changes settings: must be typed"),
+        ("defaults", "time-zone", "changes settings: must be typed"),
+        ("defaults", "mode", "changes settings: must be typed"),
+        ("defaults", "count-rule", "changes settings: must be typed"),
+        ("defaults", "quota", "changes settings: must be typed"),
+        ("defaults", "thresholds", "changes settings: must be typed"),
+        ("defaults", "max-rate", "changes settings: must be typed"),
+        ("defaults", "clear", "changes settings: must be typed"),
+        ("periods", "limit", "shapes one look at the data"),
     ];
 
     /// Options whose values are secrets: their variables' values must not
     /// show in `--help`.
-    const SECRETS: &[&str] = &["database-url", "admin-token", "read-token"];
+    const SECRETS: &[&str] = &[
+        "database-url",
+        "admin-token",
+        "read-token",
+        "webhook-secret",
+    ];
 
     #[test]
     fn cli_is_consistent() {
@@ -505,6 +822,33 @@ mod tests {
     }
 
     #[test]
+    fn a_webhook_needs_a_secret_and_an_http_url() {
+        let parse =
+            |args: &[&str]| Cli::try_parse_from([&["tally-collector", "serve"][..], args].concat());
+        let error =
+            parse(&["--webhook-url", "https://hooks.example.invalid/t"]).expect_err("no secret");
+        assert_eq!(error.kind(), ErrorKind::MissingRequiredArgument);
+        assert!(error.to_string().contains("--webhook-secret"), "{error}");
+        let error = parse(&["--webhook-url", "ftp://x.invalid/", "--webhook-secret", "s"])
+            .expect_err("not http");
+        assert!(error.to_string().contains("http://"), "{error}");
+        let cli = parse(&[
+            "--webhook-url",
+            "https://hooks.example.invalid/t",
+            "--webhook-secret",
+            "s",
+        ])
+        .expect("a webhook");
+        let Command::Serve(serve) = cli.command else {
+            panic!("not serve");
+        };
+        assert_eq!(
+            serve.webhook_url.as_ref().map(|u| u.as_str()),
+            Some("https://hooks.example.invalid/t")
+        );
+    }
+
+    #[test]
     fn schedules_and_intervals_are_checked() {
         let error = Cli::try_parse_from(["tally-collector", "serve", "--period-reset", "weekly:1"])
             .expect_err("bad schedule");
@@ -513,6 +857,67 @@ mod tests {
             Cli::try_parse_from(["tally-collector", "serve", "--heartbeat-interval", "500ms"])
                 .expect_err("too short");
         assert!(error.to_string().contains("at least 1s"));
+    }
+
+    #[test]
+    fn calibrations_take_changes_an_actor_and_a_reason() {
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from([&["tally-collector", "calibrate", "web-1"][..], args].concat())
+        };
+        let Cli {
+            command: Command::Calibrate(args),
+            ..
+        } = parse(&[
+            "--period-upload",
+            "-5",
+            "--total-download=+7",
+            "--total-upload",
+            "=9",
+            "--actor",
+            "alice",
+            "--reason",
+            "bill #1",
+        ])
+        .expect("valid")
+        else {
+            panic!("not calibrate");
+        };
+        assert_eq!(
+            (
+                args.period_upload,
+                args.period_download,
+                args.total_upload,
+                args.total_download
+            ),
+            (
+                Some(Change::Offset(-5)),
+                None,
+                Some(Change::Set(9)),
+                Some(Change::Offset(7))
+            )
+        );
+        assert_eq!(
+            (args.actor.as_str(), args.reason.as_str()),
+            ("alice", "bill #1")
+        );
+        let kind = |args: &[&str]| parse(args).expect_err("refused").kind();
+        assert_eq!(
+            kind(&["--actor", "a", "--reason", "r"]),
+            ErrorKind::MissingRequiredArgument,
+            "no change"
+        );
+        assert_eq!(
+            kind(&["--period-upload", "+1", "--reason", "r"]),
+            ErrorKind::MissingRequiredArgument
+        );
+        assert_eq!(
+            kind(&["--period-upload", "+1", "--actor", "a"]),
+            ErrorKind::MissingRequiredArgument
+        );
+        let error = parse(&["--period-upload", "5", "--actor", "a", "--reason", "r"])
+            .expect_err("no sign")
+            .to_string();
+        assert!(error.contains("=N sets the counter to N bytes"), "{error}");
     }
 
     #[test]

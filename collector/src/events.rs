@@ -44,6 +44,14 @@ pub enum Kind {
     Heartbeat,
     PeriodReset,
     Nodes,
+    /// A node's usage crossed a quota threshold.
+    Quota,
+    /// An admin calibrated a node's counters.
+    Calibration,
+    /// A delta too large for its interface was held.
+    AnomalyHeld,
+    /// An anomaly (a held delta) was decided.
+    Anomaly,
     /// Events may have been missed (the database connection was lost, or
     /// the subscriber fell behind): refetch.
     Resync,
@@ -56,6 +64,10 @@ impl Kind {
             Kind::Heartbeat => "heartbeat",
             Kind::PeriodReset => "period_reset",
             Kind::Nodes => "nodes",
+            Kind::Quota => "quota",
+            Kind::Calibration => "calibration",
+            Kind::AnomalyHeld => "anomaly_held",
+            Kind::Anomaly => "anomaly",
             Kind::Resync => "resync",
         }
     }
@@ -65,6 +77,10 @@ impl Kind {
             Kind::Heartbeat,
             Kind::PeriodReset,
             Kind::Nodes,
+            Kind::Quota,
+            Kind::Calibration,
+            Kind::AnomalyHeld,
+            Kind::Anomaly,
             Kind::Resync,
         ]
         .into_iter()
@@ -138,6 +154,58 @@ pub enum Notice<'a> {
     /// The node's period counters were reset; its traffic after the reset.
     #[serde(rename_all = "camelCase")]
     PeriodReset { node_id: &'a str, traffic: Traffic },
+    /// A delta too large for its interface was held (an `anomalies` row)
+    /// instead of counted.
+    #[serde(rename_all = "camelCase")]
+    AnomalyHeld {
+        node_id: &'a str,
+        interface: &'a str,
+        #[serde(serialize_with = "decimal")]
+        upload: i64,
+        #[serde(serialize_with = "decimal")]
+        download: i64,
+    },
+    /// A node's usage crossed a quota threshold (once per period and
+    /// threshold): the `quota_events` row.
+    #[serde(rename_all = "camelCase")]
+    Quota {
+        node_id: &'a str,
+        node_name: &'a str,
+        #[serde(serialize_with = "timestamp")]
+        period_start: NaiveDateTime,
+        /// Percent of the quota.
+        threshold: i32,
+        #[serde(serialize_with = "decimal")]
+        usage: i64,
+        #[serde(serialize_with = "decimal")]
+        quota: i64,
+        mode: crate::billing::Mode,
+        #[serde(serialize_with = "timestamp")]
+        at: NaiveDateTime,
+    },
+    /// An admin calibrated the node's counters (the `calibrations` row
+    /// `calibration_id`); its traffic after.
+    #[serde(rename_all = "camelCase")]
+    Calibration {
+        node_id: &'a str,
+        calibration_id: i64,
+        traffic: Traffic,
+    },
+    /// An admin accepted or discarded a held delta (`status`: `accepted`
+    /// or `discarded`; `credited`: where its bytes were added); the node's
+    /// traffic after.
+    #[serde(rename = "anomaly", rename_all = "camelCase")]
+    AnomalyDecided {
+        node_id: &'a str,
+        anomaly_id: i64,
+        status: &'a str,
+        #[serde(serialize_with = "decimal")]
+        upload: i64,
+        #[serde(serialize_with = "decimal")]
+        download: i64,
+        credited: &'a str,
+        traffic: Traffic,
+    },
     /// A node was enrolled or removed.
     #[serde(rename_all = "camelCase")]
     Nodes {

@@ -4,8 +4,10 @@
 
 pub mod accounting;
 pub mod auth;
+pub mod billing;
 pub mod calendar;
 pub mod cli_check;
+pub mod corrections;
 pub mod db;
 pub mod devdb;
 pub mod error;
@@ -16,6 +18,8 @@ pub mod ingest;
 pub mod metrics;
 pub mod nodes;
 pub mod period;
+pub mod quota;
 pub mod serve;
 pub mod validate;
 pub mod views;
+pub mod webhook;

@@ -7,11 +7,13 @@ use sqlx::PgPool;
 use tally_collector::{
     db, http, ingest, nodes,
     period::{self, Target},
-    serve,
+    serve, webhook,
 };
 use tokio::signal::unix::{SignalKind, signal};
 
+mod billing_cli;
 mod cli;
+mod corrections_cli;
 mod top;
 
 use cli::{Cli, Command, MigrateArgs, NodeCommand, PeriodCommand, ServeArgs};
@@ -82,6 +84,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Top(args) => top::run(&pool, &args).await,
+        Command::Billing(command) => billing_cli::run(&pool, command).await,
+        Command::Periods(args) => billing_cli::periods(&pool, &args).await,
+        Command::Calibrate(args) => corrections_cli::calibrate(&pool, args).await,
+        Command::Calibrations { node } => corrections_cli::list(&pool, &node).await,
+        Command::Anomalies(command) => corrections_cli::anomalies(&pool, command).await,
     }
 }
 
@@ -123,6 +130,12 @@ async fn run_serve(pool: PgPool, args: ServeArgs, tls: TlsFiles) -> anyhow::Resu
         tokens: http::Tokens {
             admin: args.admin_token.filter(|t| !t.is_empty()),
             read: args.read_token.filter(|t| !t.is_empty()),
+        },
+        webhook: match (args.webhook_url, args.webhook_secret) {
+            (Some(url), Some(secret)) => {
+                Some(webhook::Config::new(url, &secret).context("cannot use --webhook-secret")?)
+            }
+            _ => None,
         },
     };
     if let Some(schedule) = args.period_reset {

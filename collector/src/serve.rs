@@ -19,6 +19,7 @@ use crate::{
     ingest::{self, Ingest, LatencyLog},
     metrics::Metrics,
     period::{self, Schedule},
+    quota, webhook,
 };
 
 /// Concurrent HTTP/2 streams per connection (hyper's default is 200).
@@ -41,6 +42,8 @@ pub struct Options {
     pub offline_after: Duration,
     /// Bearer tokens of the HTTP side.
     pub tokens: http::Tokens,
+    /// Where to deliver webhook events; `None`: none are queued.
+    pub webhook: Option<webhook::Config>,
 }
 
 /// The bound sockets, so that the caller knows the addresses before serving.
@@ -97,6 +100,16 @@ pub async fn serve(
     };
     let hub = events::Hub::new();
     let metrics = Arc::new(Metrics::new().context("cannot set up the collector's metrics")?);
+    let deliverer = match options.webhook.clone() {
+        Some(config) => Some(
+            webhook::start(pool.clone(), config, metrics.clone(), stopping_rx.clone())
+                .context("cannot start the webhook deliverer")?,
+        ),
+        None => None,
+    };
+    let quotas = quota::Config {
+        webhook: options.webhook.is_some(),
+    };
     // Live events are only for the HTTP side's subscribers: without it,
     // nothing here listens (heartbeats are announced all the same, for
     // other replicas).
@@ -117,6 +130,7 @@ pub async fn serve(
                     stopping: stopping_rx.clone(),
                 },
                 listener,
+                options.ingest.schedule,
             )?;
             (Some(http), Some(events))
         }
@@ -126,8 +140,13 @@ pub async fn serve(
         pool.clone(),
         options.ingest.schedule,
         options.history_retention,
+        quotas,
     ));
-    let ingest = Ingest::start(pool, options.ingest.clone(), latencies, metrics.clone());
+    let ingest = ingest::Config {
+        quota: quotas,
+        ..options.ingest.clone()
+    };
+    let ingest = Ingest::start(pool, ingest, latencies, metrics.clone());
     let interval_ms = options
         .heartbeat_interval
         .map_or(0, |d| u32::try_from(d.as_millis()).unwrap_or(u32::MAX));
@@ -152,6 +171,11 @@ pub async fn serve(
         .await
         .context("the gRPC server failed");
     upkeep.abort();
+    if let Some(deliverer) = deliverer
+        && let Err(error) = deliverer.await
+    {
+        tracing::warn!(%error, "the webhook deliverer task failed");
+    }
     if let Some(http) = http {
         match http.await {
             Ok(Err(error)) => tracing::warn!(%error, "the HTTP server failed"),
@@ -171,6 +195,7 @@ pub async fn serve(
 fn spawn_http(
     state: http::AppState,
     listener: TcpListener,
+    schedule: Option<Schedule>,
 ) -> anyhow::Result<tokio::task::JoinHandle<std::io::Result<()>>> {
     let address = listener.local_addr().context("no local address")?;
     tracing::info!(
@@ -180,7 +205,10 @@ fn spawn_http(
         "serving HTTP (dashboard, JSON API, events, metrics)"
     );
     let mut stopping = state.stopping.clone();
-    let router = http::router(state);
+    // The billing views need the `--period-reset` fallback day.
+    let router = http::router(state).layer(axum::Extension(http::billing::PeriodReset(
+        schedule.map(Schedule::day),
+    )));
     Ok(tokio::spawn(async move {
         axum::serve(listener, router)
             .with_graceful_shutdown(async move {
@@ -190,20 +218,28 @@ fn spawn_http(
     }))
 }
 
-/// Scheduled period resets for quiet nodes, every minute; history older than
-/// the retention, every ten minutes. Errors are logged and retried.
-async fn upkeep(pool: PgPool, schedule: Option<Schedule>, retention: Duration) {
+/// Periods of quiet nodes that ended by their anchor day, and quotas on
+/// 95th percentile rates, every minute; history older than the retention
+/// (but never of a current period: the 95th percentile needs it), every
+/// ten minutes. Errors are logged and retried.
+async fn upkeep(
+    pool: PgPool,
+    schedule: Option<Schedule>,
+    retention: Duration,
+    quotas: quota::Config,
+) {
     let mut tick = tokio::time::interval(Duration::from_secs(60));
     let mut round: u64 = 0;
     loop {
         tick.tick().await;
-        if let Some(schedule) = schedule {
-            let start = schedule.latest_start(Utc::now().naive_utc());
-            match period::sweep(&pool, start).await {
-                Ok(0) => {}
-                Ok(nodes) => tracing::info!(nodes, %start, "period reset by schedule"),
-                Err(error) => tracing::warn!(%error, "scheduled period reset failed; will retry"),
-            }
+        match period::sweep(&pool, schedule.map(|s| s.day())).await {
+            Ok(0) => {}
+            Ok(nodes) => tracing::info!(nodes, "periods ended by their anchor day"),
+            Err(error) => tracing::warn!(%error, "scheduled period reset failed; will retry"),
+        }
+        let fallback_day = schedule.map(Schedule::day);
+        if let Err(error) = quota::check_p95(&pool, &quotas, fallback_day).await {
+            tracing::warn!(%error, "p95 quota check failed; will retry");
         }
         if round.is_multiple_of(10) {
             match prune_history(&pool, retention).await {
@@ -216,10 +252,20 @@ async fn upkeep(pool: PgPool, schedule: Option<Schedule>, retention: Duration) {
     }
 }
 
-/// Deletes history older than `retention`.
+/// Deletes history older than `retention` and older than every node's
+/// current period (looking back two months at most).
 pub async fn prune_history(pool: &PgPool, retention: Duration) -> Result<u64, sqlx::Error> {
     let cutoff = Utc::now().naive_utc()
         - chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
+    // The current periods' history stays: their 95th percentile needs it.
+    let oldest_period: Option<chrono::NaiveDateTime> =
+        sqlx::query_scalar(r#"SELECT min("periodStart") FROM "traffic_stats""#)
+            .fetch_one(pool)
+            .await?;
+    // (At most two months back: a period without an anchor day may be
+    // open for years.)
+    let floor = Utc::now().naive_utc() - chrono::Duration::days(62);
+    let cutoff = oldest_period.map_or(cutoff, |oldest| cutoff.min(oldest.max(floor)));
     let nodes = sqlx::query(r#"DELETE FROM "node_history" WHERE "bucket" < $1"#)
         .bind(cutoff)
         .execute(pool)

@@ -368,6 +368,9 @@ mod tests {
                 period_start: now,
                 updated_at: now,
             },
+            families: Default::default(),
+            count_rule: tally_collector::billing::CountRule::All,
+            quota_crossed: None,
         };
         let nodes = [node("a", 1536, Some(3)), node("b", 3 << 30, None)];
         let ranking = Ranking {

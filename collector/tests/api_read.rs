@@ -1,7 +1,9 @@
 //! The read side of the JSON API against a real PostgreSQL and real HTTP:
 //! the node list and a node's detail (shape, counters as decimal strings,
-//! exact above 2^53), and a node's history (dense points per step, sums
-//! equal to the totals, step aggregation, interface series, bounds).
+//! exact above 2^53; the IPv4/IPv6 split, the count rule, the quota
+//! threshold crossed this period, each interface's kind, default route and
+//! split), and a node's history (dense points per step, sums equal to the
+//! totals, step aggregation, interface series, bounds).
 
 mod common;
 
@@ -11,8 +13,9 @@ use common::{
     fleet::{self, Fleet},
     http::{Client, Response},
 };
-use serde_json::Value;
+use serde_json::{Value, json};
 use sqlx::PgPool;
+use tally_proto::v1::{FamilyCounters, InterfaceCounters, InterfaceState, LinkKind};
 
 /// `2026-11-25T10:00:00.000Z`: RFC 3339, UTC, milliseconds.
 fn is_timestamp(value: &Value) -> bool {
@@ -75,8 +78,10 @@ async fn snapshot(pool: &PgPool) -> String {
 
 const CENTURY: Duration = Duration::from_secs(100 * 365 * 86_400);
 
-const NODE_KEYS: [&str; 10] = [
+const NODE_KEYS: [&str; 13] = [
     "agentVersion",
+    "countRule",
+    "families",
     "hostname",
     "id",
     "kernel",
@@ -84,8 +89,23 @@ const NODE_KEYS: [&str; 10] = [
     "load",
     "name",
     "online",
+    "quotaCrossed",
     "source",
     "traffic",
+];
+const INTERFACE_KEYS: [&str; 12] = [
+    "defaultRoute",
+    "ifindex",
+    "ipv4",
+    "ipv6",
+    "kind",
+    "name",
+    "rxBytes",
+    "rxPackets",
+    "state",
+    "txBytes",
+    "txPackets",
+    "updatedAt",
 ];
 const TRAFFIC_KEYS: [&str; 6] = [
     "periodDownload",
@@ -149,6 +169,11 @@ async fn nodes_and_a_node_with_its_interfaces() {
         }
         assert!(is_timestamp(&node["traffic"]["periodStart"]), "{node}");
         assert!(is_timestamp(&node["traffic"]["updatedAt"]), "{node}");
+        // Heartbeats without a family split (and none at all) count none.
+        let zero = json!({"upload": "0", "download": "0"});
+        assert_eq!(node["families"], json!({"ipv4": zero, "ipv6": zero}));
+        assert_eq!(node["countRule"], "all", "the fleet's default");
+        assert!(node["quotaCrossed"].is_null(), "{node}");
     }
     let (b, q) = (&nodes[0], &nodes[1]);
     assert_eq!(b["traffic"]["totalUpload"], "9007199254740993");
@@ -180,20 +205,12 @@ async fn nodes_and_a_node_with_its_interfaces() {
     let interfaces = detail.json["interfaces"].as_array().expect("interfaces");
     assert_eq!(interfaces.len(), 2, "{}", detail.body);
     for (interface, name) in interfaces.iter().zip(["eth0", "eth1"]) {
-        assert_eq!(
-            keys(interface),
-            BTreeSet::from([
-                "ifindex",
-                "name",
-                "rxBytes",
-                "rxPackets",
-                "state",
-                "txBytes",
-                "txPackets",
-                "updatedAt"
-            ])
-        );
+        assert_eq!(keys(interface), BTreeSet::from(INTERFACE_KEYS));
         assert_eq!(interface["name"], name);
+        // An agent that does not say: physical, no default route, no split.
+        assert_eq!(interface["kind"], "physical");
+        assert_eq!(interface["defaultRoute"], false);
+        assert!(interface["ipv4"].is_null() && interface["ipv6"].is_null());
         assert_eq!(interface["ifindex"], 2);
         assert_eq!(interface["state"], "attached");
         assert_eq!(
@@ -229,6 +246,164 @@ async fn nodes_and_a_node_with_its_interfaces() {
         (404, Some("not_found"))
     );
     assert_eq!(snapshot(&fleet.pool).await, before);
+}
+
+/// An interface entry of kind `kind` with cumulative `(rx, tx)` bytes and,
+/// when given, IPv4 and IPv6 `(rx, tx)` bytes.
+fn entry(
+    name: &str,
+    ifindex: u32,
+    kind: LinkKind,
+    default_route: bool,
+    (rx, tx): (u64, u64),
+    families: Option<((u64, u64), (u64, u64))>,
+) -> InterfaceCounters {
+    let family = |(rx, tx): (u64, u64)| FamilyCounters {
+        rx_bytes: rx,
+        rx_packets: 1,
+        tx_bytes: tx,
+        tx_packets: 1,
+    };
+    InterfaceCounters {
+        name: name.into(),
+        ifindex,
+        rx_bytes: rx,
+        rx_packets: 3,
+        tx_bytes: tx,
+        tx_packets: 3,
+        state: InterfaceState::Attached as i32,
+        kind: kind as i32,
+        default_route,
+        ipv4: families.map(|(v4, _)| family(v4)),
+        ipv6: families.map(|(_, v6)| family(v6)),
+        ..InterfaceCounters::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn families_kinds_the_count_rule_and_the_quota_crossed() {
+    let Some(fleet) = Fleet::start("api_families").await else {
+        return;
+    };
+    let all = fleet.add_node("all").await;
+    let uplink = fleet.add_node("uplink").await;
+    sqlx::query(r#"INSERT INTO "node_settings" ("nodeId", "countRule") VALUES ($1, 'uplink')"#)
+        .bind(&uplink.id)
+        .execute(&fleet.pool)
+        .await
+        .expect("uplink rule");
+    let server = fleet.serve_here().await;
+    let api = Client::new(server.http_address);
+    let mut client = fleet::client(server.address).await;
+    // A host with a NIC, a container bridge and a WireGuard tunnel that
+    // carries the default route (whose source does not split families).
+    let interfaces = vec![
+        entry(
+            "eth0",
+            2,
+            LinkKind::Physical,
+            false,
+            (1000, 100),
+            Some(((600, 60), (300, 30))),
+        ),
+        entry(
+            "docker0",
+            3,
+            LinkKind::ContainerBridge,
+            false,
+            (400, 40),
+            Some(((400, 40), (0, 0))),
+        ),
+        entry("wg0", 4, LinkKind::Wireguard, true, (50, 5), None),
+    ];
+    for node in [&all, &uplink] {
+        let heartbeat = tally_proto::v1::HeartbeatRequest {
+            interfaces: interfaces.clone(),
+            ..fleet::heartbeat("e", 1, 0, 0)
+        };
+        fleet::send(&mut client, Some(&node.token), heartbeat)
+            .await
+            .expect("applied");
+    }
+    // Thresholds crossed: 80 % in the current period, 100 % in an earlier
+    // one (which the node list does not show).
+    for (days, threshold) in [(0i32, 80i32), (31, 100), (0, 50)] {
+        sqlx::query(
+            r#"INSERT INTO "quota_events" ("nodeId", "periodStart", "threshold", "usage",
+                 "quota", "mode", "at")
+               SELECT "nodeId", "periodStart" - make_interval(days => $2), $3, 1, 1, 'sum', now()
+               FROM "traffic_stats" WHERE "nodeId" = $1"#,
+        )
+        .bind(&uplink.id)
+        .bind(days)
+        .bind(threshold)
+        .execute(&fleet.pool)
+        .await
+        .expect("quota event");
+    }
+
+    let list = api.get("/api/v1/nodes").await;
+    assert_eq!(list.status, 200, "{}", list.body);
+    let nodes = list.json["nodes"].as_array().expect("nodes");
+    let (a, u) = (&nodes[0], &nodes[1]);
+    assert_eq!((&a["name"], &u["name"]), (&json!("all"), &json!("uplink")));
+    // "all": every entry; its families are the split entries' sums.
+    assert_eq!(a["countRule"], "all");
+    assert_eq!(
+        a["families"],
+        json!({"ipv4": {"upload": "100", "download": "1000"},
+               "ipv6": {"upload": "30", "download": "300"}})
+    );
+    assert_eq!(
+        (&a["traffic"]["totalDownload"], &a["traffic"]["totalUpload"]),
+        (&json!("1450"), &json!("145"))
+    );
+    assert!(a["quotaCrossed"].is_null());
+    // "uplink": the NIC and the default route, not the container bridge.
+    assert_eq!(u["countRule"], "uplink");
+    assert_eq!(
+        u["families"],
+        json!({"ipv4": {"upload": "60", "download": "600"},
+               "ipv6": {"upload": "30", "download": "300"}})
+    );
+    assert_eq!(
+        (&u["traffic"]["totalDownload"], &u["traffic"]["totalUpload"]),
+        (&json!("1050"), &json!("105"))
+    );
+    assert_eq!(u["quotaCrossed"], 80, "the highest of this period");
+
+    let detail = api.get(&format!("/api/v1/nodes/{}", uplink.id)).await;
+    assert_eq!(detail.status, 200, "{}", detail.body);
+    assert_eq!(detail.json["countRule"], "uplink");
+    assert_eq!(detail.json["families"], u["families"]);
+    assert_eq!(detail.json["quotaCrossed"], 80);
+    let interfaces = detail.json["interfaces"].as_array().expect("interfaces");
+    for interface in interfaces {
+        assert_eq!(keys(interface), BTreeSet::from(INTERFACE_KEYS));
+    }
+    let shown: Vec<Value> = interfaces
+        .iter()
+        .map(|i| {
+            json!([
+                i["name"],
+                i["kind"],
+                i["defaultRoute"],
+                i["ipv4"],
+                i["ipv6"]
+            ])
+        })
+        .collect();
+    assert_eq!(
+        shown,
+        [
+            json!(["docker0", "container-bridge", false, {"rx": "400", "tx": "40"},
+                   {"rx": "0", "tx": "0"}]),
+            json!(["eth0", "physical", false, {"rx": "600", "tx": "60"},
+                   {"rx": "300", "tx": "30"}]),
+            json!(["wg0", "wireguard", true, null, null]),
+        ]
+    );
+    assert_eq!(interfaces[1]["rxBytes"], "1000");
 }
 
 /// Inserts a minute of history for `node` at `bucket`.
@@ -311,6 +486,7 @@ async fn history_of_heartbeats_adds_up_to_the_totals() {
     assert_eq!(
         keys(history),
         BTreeSet::from([
+            "calibrations",
             "from",
             "interfaces",
             "nodeId",

@@ -1,7 +1,10 @@
 //! The dashboard in a real browser (headless Chromium over WebDriver)
 //! against a real collector and PostgreSQL: the node table, exact counters
-//! above 2^53, live updates from the event stream without a reload, and
-//! screenshots for a person to look at (`target/test-artefacts/`).
+//! above 2^53, live updates from the event stream without a reload; the
+//! selected node's IPv4/IPv6 split, interfaces (kind, uplink), billing
+//! period and quota events, the quota badge, held traffic and calibrations
+//! on the chart; and screenshots for a person to look at
+//! (`target/test-artefacts/`).
 
 #[path = "common/browser.rs"]
 mod browser;
@@ -13,6 +16,9 @@ use browser::Browser;
 use common::fleet::{self, Fleet};
 use serde_json::Value;
 use tally_collector::{http::Tokens, nodes};
+use tally_proto::v1::{
+    FamilyCounters, HeartbeatRequest, InterfaceCounters, InterfaceState, LinkKind,
+};
 
 /// 2^53 + 3: a JavaScript Number would show …996.
 const BIG: i64 = (1 << 53) + 3;
@@ -326,7 +332,7 @@ async fn the_dashboard_shows_the_fleet_and_follows_it_live() {
     full_page_screenshot(&browser, 412, "dashboard-phone.png").await;
     // On a phone the table scrolls sideways instead of squeezing the page.
     let widths = browser
-        .js(r#"const s = document.querySelector('.table-scroll');
+        .js(r#"const s = document.getElementById('nodes').closest('.table-scroll');
                return [s.scrollWidth > s.clientWidth, document.documentElement.scrollWidth <= window.innerWidth];"#)
         .await;
     assert_eq!(widths, serde_json::json!([true, true]));
@@ -489,6 +495,397 @@ async fn the_dashboard_asks_for_the_read_token() {
 }
 
 const READ_TOKEN: &str = "reader-secret-0123456789abcdef";
+const ADMIN_TOKEN: &str = "admin-secret-0123456789abcdef";
+
+/// An interface entry with cumulative `(rx, tx)` bytes and, when given,
+/// IPv4 and IPv6 `(rx, tx)` bytes.
+fn entry(
+    name: &str,
+    ifindex: u32,
+    kind: LinkKind,
+    default_route: bool,
+    (rx, tx): (u64, u64),
+    families: Option<((u64, u64), (u64, u64))>,
+) -> InterfaceCounters {
+    let family = |(rx, tx): (u64, u64)| FamilyCounters {
+        rx_bytes: rx,
+        rx_packets: 1,
+        tx_bytes: tx,
+        tx_packets: 1,
+    };
+    InterfaceCounters {
+        name: name.into(),
+        ifindex,
+        rx_bytes: rx,
+        rx_packets: 2,
+        tx_bytes: tx,
+        tx_packets: 2,
+        state: InterfaceState::Attached as i32,
+        kind: kind as i32,
+        default_route,
+        ipv4: families.map(|(v4, _)| family(v4)),
+        ipv6: families.map(|(_, v6)| family(v6)),
+        ..InterfaceCounters::default()
+    }
+}
+
+/// Heartbeat `sequence` of a host whose uplink eth0 has carried `(rx, tx)`
+/// (a third of it IPv6, the rest IPv4, less 100 bytes of neither), beside
+/// a container bridge and a veth that carried 500 bytes each way.
+fn host(sequence: u64, (rx, tx): (u64, u64)) -> HeartbeatRequest {
+    let v6 = (rx / 3, tx / 3);
+    let v4 = (rx - v6.0 - 100, tx - v6.1 - 100);
+    HeartbeatRequest {
+        interfaces: vec![
+            entry(
+                "docker0",
+                3,
+                LinkKind::ContainerBridge,
+                false,
+                (500, 500),
+                Some(((500, 500), (0, 0))),
+            ),
+            entry(
+                "eth0",
+                2,
+                LinkKind::Physical,
+                true,
+                (rx, tx),
+                Some((v4, v6)),
+            ),
+            entry(
+                "veth1a2b3c",
+                7,
+                LinkKind::Veth,
+                false,
+                (500, 500),
+                Some(((500, 500), (0, 0))),
+            ),
+        ],
+        ..fleet::heartbeat("e", sequence, 0, 0)
+    }
+}
+
+/// Clicks the node's row and waits until its chart is drawn.
+async fn select_node(browser: &Browser, id: &str) {
+    browser
+        .client
+        .find(fantoccini::Locator::Css(&format!(
+            r#"tr[data-node-id="{id}"]"#
+        )))
+        .await
+        .expect("the node's row")
+        .click()
+        .await
+        .expect("click");
+    browser
+        .wait_for(
+            "the node's chart",
+            Duration::from_secs(10),
+            r#"const c = document.getElementById('chart');
+               return c.dataset.state === 'ready' ? c.dataset.nodeId : null;"#,
+            |v| v == id,
+        )
+        .await;
+}
+
+/// Sets `sql` (a SET list) in the node's own billing settings.
+async fn node_settings(fleet: &Fleet, node: &str, sql: &str) {
+    sqlx::query(r#"INSERT INTO "node_settings" ("nodeId") VALUES ($1) ON CONFLICT DO NOTHING"#)
+        .bind(node)
+        .execute(&fleet.pool)
+        .await
+        .expect("settings row");
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        r#"UPDATE "node_settings" SET {sql} WHERE "nodeId" = $1"#
+    )))
+    .bind(node)
+    .execute(&fleet.pool)
+    .await
+    .expect("settings");
+}
+
+/// What the selected node's detail shows, as JSON for the assertions.
+const DETAIL: &str = r#"
+    const text = (id) => document.getElementById(id).textContent;
+    const bytes = (id) => document.getElementById(id).dataset.bytes;
+    return {
+      hidden: document.getElementById('detail').hidden,
+      rule: document.getElementById('count-rule').dataset.rule,
+      families: ['ipv4', 'ipv6'].map(f => [bytes(`family-${f}-download`),
+        bytes(`family-${f}-upload`), text(`family-${f}-share`)]),
+      interfaces: [...document.querySelectorAll('#interfaces-body tr')].map(r => [
+        r.dataset.interface,
+        r.querySelector('[data-field="kind"]').textContent,
+        !!r.querySelector('[data-field="uplink"]'),
+        r.dataset.counted,
+        r.querySelector('[data-field="ipv4"]').dataset.rx ?? null,
+      ]),
+      billing: document.getElementById('billing-card').hidden ? null : {
+        usage: bytes('billing-usage'),
+        quota: bytes('billing-quota'),
+        percent: text('billing-percent'),
+        meter: document.getElementById('billing-fill').className,
+      },
+      quotaEvents: document.getElementById('quota-card').hidden ? null
+        : [...document.querySelectorAll('#quota-events li')]
+            .map(li => [li.dataset.threshold, li.dataset.current]),
+    };"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_shows_families_uplinks_quotas_and_held_traffic() {
+    let test = "the_dashboard_shows_families_uplinks_quotas_and_held_traffic";
+    let Some(browser) = Browser::start(test, 1280, 900).await else {
+        return;
+    };
+    let Some(fleet) = Fleet::start("browser_issue6").await else {
+        return;
+    };
+    let core = fleet.add_node("core").await;
+    let edge = fleet.add_node("edge").await;
+    // edge counts its uplink only, against a quota of 10 000 bytes (sum);
+    // core carries at most 1 byte/s per interface: a real delta is held.
+    node_settings(
+        &fleet,
+        &edge.id,
+        r#""countRule" = 'uplink', "quota" = 10000"#,
+    )
+    .await;
+    node_settings(&fleet, &core.id, r#""maxRate" = 1"#).await;
+    let server = fleet
+        .serve_here_with(|options| {
+            options.tokens = Tokens {
+                admin: Some(ADMIN_TOKEN.into()),
+                read: None,
+            }
+        })
+        .await;
+    let mut client = fleet::client(server.address).await;
+    // 4 000 bytes of the quota: 40 %.
+    fleet::send(&mut client, Some(&edge.token), host(1, (3000, 1000)))
+        .await
+        .expect("applied");
+    fleet::send(
+        &mut client,
+        Some(&core.token),
+        fleet::heartbeat("e", 1, 1000, 10),
+    )
+    .await
+    .expect("applied");
+    // A delta held a while ago, before the page opened.
+    sqlx::query(
+        r#"INSERT INTO "anomalies" ("nodeId", "interface", "ifindex", "detectedAt", "upload",
+             "download", "elapsedMs", "limitBytes", "periodStart")
+           SELECT "nodeId", 'eth1', 3, '2025-01-01 08:00:00', 7, 5000000000000, 1000, 1,
+                  "periodStart"
+           FROM "traffic_stats" WHERE "nodeId" = $1"#,
+    )
+    .bind(&core.id)
+    .execute(&fleet.pool)
+    .await
+    .expect("an anomaly");
+
+    let url = format!("http://{}/#node={}", server.http_address, edge.id);
+    browser.client.goto(&url).await.expect("open the dashboard");
+    browser
+        .wait_for(
+            "the live event stream",
+            Duration::from_secs(10),
+            "return document.getElementById('connection').dataset.state;",
+            |v| v == "live",
+        )
+        .await;
+    browser.js("window.__marker = 1; return null;").await;
+
+    // edge's detail: the IPv4/IPv6 split, its interfaces with their kinds
+    // and the uplink, its billing period at 40 %, no quota event yet.
+    let detail = browser
+        .wait_for("edge's detail", Duration::from_secs(10), DETAIL, |v| {
+            v["interfaces"].as_array().is_some_and(|a| a.len() == 3) && !v["billing"].is_null()
+        })
+        .await;
+    assert_eq!(detail["hidden"], false);
+    assert_eq!(detail["rule"], "uplink");
+    // eth0 only: IPv4 1900 ↓ 567 ↑ (2467), IPv6 1000 ↓ 333 ↑ (1333).
+    assert_eq!(
+        detail["families"],
+        serde_json::json!([["1900", "567", "64.9 %"], ["1000", "333", "35.0 %"]])
+    );
+    assert_eq!(
+        detail["interfaces"],
+        serde_json::json!([
+            ["docker0", "container bridge", false, "false", "500"],
+            ["eth0", "physical", true, "true", "1900"],
+            ["veth1a2b3c", "veth", false, "false", "500"],
+        ])
+    );
+    assert_eq!(
+        detail["billing"],
+        serde_json::json!({
+            "usage": "4000", "quota": "10000", "percent": "40.00 % of the quota",
+            "meter": "meter-fill",
+        })
+    );
+    assert_eq!(detail["quotaEvents"], Value::Null, "hidden without events");
+    let badge = format!(
+        r#"const b = document.querySelector('tr[data-node-id="{}"] [data-field="quota"]');
+           return b.hidden ? null : [b.dataset.threshold, b.textContent];"#,
+        edge.id
+    );
+    assert_eq!(browser.js(&badge).await, Value::Null);
+
+    // The held delta is listed: node, interface, bytes, when.
+    let held = r#"return document.getElementById('anomalies').hidden ? null
+        : [...document.querySelectorAll('#anomalies-body tr')].map(r => [
+            r.querySelector('[data-field="node"]').textContent,
+            r.querySelector('[data-field="interface"]').textContent,
+            r.querySelector('[data-field="download"]').dataset.bytes,
+            r.querySelector('[data-field="upload"]').dataset.bytes,
+            r.querySelector('[data-field="detectedAt"]').textContent !== '',
+          ]);"#;
+    let rows = browser
+        .wait_for("the held traffic", Duration::from_secs(10), held, |v| {
+            v.as_array().is_some_and(|a| a.len() == 1)
+        })
+        .await;
+    assert_eq!(
+        rows,
+        serde_json::json!([["core", "eth1", "5000000000000", "7", true]])
+    );
+    assert_eq!(
+        browser
+            .js(r#"return document.querySelector('#anomalies-body [data-field="download"]').textContent;"#)
+            .await,
+        "4.55 TiB"
+    );
+
+    // Live: edge passes 80 % (9 000 bytes), then 100 % (11 500): the row's
+    // badge, the quota events and the meter follow without a reload.
+    fleet::send(&mut client, Some(&edge.token), host(2, (7000, 2000)))
+        .await
+        .expect("applied");
+    let shown = browser
+        .wait_for("the 80 % badge", Duration::from_secs(10), &badge, |v| {
+            !v.is_null()
+        })
+        .await;
+    assert_eq!(shown, serde_json::json!(["80", "quota 80 %"]));
+    browser
+        .wait_for(
+            "the 80 % event and 90 % usage",
+            Duration::from_secs(15),
+            DETAIL,
+            |v| {
+                v["quotaEvents"] == serde_json::json!([["80", "true"]])
+                    && v["billing"]["percent"] == "90.00 % of the quota"
+            },
+        )
+        .await;
+    // With core selected (no quota, no events: those panels hide), edge
+    // passes 100 % (11 500): its row's badge follows from the live event.
+    select_node(&browser, &core.id).await;
+    let detail = browser
+        .wait_for("core's detail", Duration::from_secs(10), DETAIL, |v| {
+            v["interfaces"].as_array().is_some_and(|a| a.len() == 2)
+                && v["billing"]["usage"] == "1010"
+        })
+        .await;
+    assert_eq!(detail["rule"], "all");
+    assert_eq!(detail["billing"]["quota"], "", "no quota: {detail}");
+    assert_eq!(detail["quotaEvents"], Value::Null);
+    fleet::send(&mut client, Some(&edge.token), host(3, (9000, 2500)))
+        .await
+        .expect("applied");
+    let shown = browser
+        .wait_for("the 100 % badge", Duration::from_secs(10), &badge, |v| {
+            v[0] == "100"
+        })
+        .await;
+    assert_eq!(shown, serde_json::json!(["100", "quota 100 %"]));
+    select_node(&browser, &edge.id).await;
+    let detail = browser
+        .wait_for("the 100 % event", Duration::from_secs(15), DETAIL, |v| {
+            v["quotaEvents"].as_array().is_some_and(|a| a.len() == 2)
+                && v["billing"]["usage"] == "11500"
+        })
+        .await;
+    assert_eq!(
+        detail["quotaEvents"],
+        serde_json::json!([["100", "true"], ["80", "true"]])
+    );
+    assert_eq!(detail["billing"]["percent"], "115.00 % of the quota");
+    assert_eq!(detail["billing"]["meter"], "meter-fill meter-over");
+
+    // Live: core's next delta is more than 1 byte/s could carry: held,
+    // and listed (eth0 and eth1, newest first) beside the older one.
+    fleet::send(
+        &mut client,
+        Some(&core.token),
+        fleet::heartbeat("e", 2, 3000, 30),
+    )
+    .await
+    .expect("applied");
+    let rows = browser
+        .wait_for("the new held deltas", Duration::from_secs(10), held, |v| {
+            v.as_array().is_some_and(|a| a.len() == 3)
+        })
+        .await;
+    assert_eq!(
+        rows,
+        serde_json::json!([
+            ["core", "eth1", "1000", "10", true],
+            ["core", "eth0", "1000", "10", true],
+            ["core", "eth1", "5000000000000", "7", true],
+        ])
+    );
+
+    // A calibration of edge shows on its chart and under it.
+    let admin = common::http::Client::new(server.http_address).with_token(Some(ADMIN_TOKEN));
+    let response = admin
+        .post(
+            &format!("/api/v1/nodes/{}/calibrations", edge.id),
+            Some(
+                r#"{"total": {"download": {"offset": "1048576"}},
+                     "actor": "alice", "reason": "match the provider's bill"}"#,
+            ),
+        )
+        .await;
+    assert_eq!(response.status, 201, "{}", response.body);
+    let calibrations = browser
+        .wait_for(
+            "the calibration on the chart",
+            Duration::from_secs(15),
+            r#"const marks = document.querySelectorAll('#chart svg g.calibration-mark');
+               const list = document.getElementById('calibrations');
+               return list.hidden ? null : [marks.length,
+                 [...list.querySelectorAll('li')].map(li => li.textContent)];"#,
+            |v| !v.is_null() && v[0] == 1,
+        )
+        .await;
+    let text = calibrations[1][0].as_str().unwrap_or("");
+    assert!(
+        text.contains("alice: match the provider's bill") && text.contains("total ↓"),
+        "{calibrations}"
+    );
+
+    assert_eq!(
+        browser.js("return window.__marker ?? null;").await,
+        1,
+        "the page reloaded"
+    );
+    let diagnostics = browser
+        .js("return [window.tally.diagnostics.errors, window.tally.diagnostics.cspViolations];")
+        .await;
+    assert_eq!(diagnostics, serde_json::json!([[], []]));
+    full_page_screenshot(&browser, 1280, "dashboard-issue6.png").await;
+    full_page_screenshot(&browser, 412, "dashboard-issue6-phone.png").await;
+    let widths = browser
+        .js("return document.documentElement.scrollWidth <= window.innerWidth;")
+        .await;
+    assert_eq!(widths, true, "the page does not scroll sideways on a phone");
+
+    browser.finish().await;
+}
 
 /// Types `token` into the token form and submits it.
 async fn submit_token(browser: &Browser, token: &str) {

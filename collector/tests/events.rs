@@ -10,7 +10,7 @@ mod common;
 
 use std::{net::SocketAddr, time::Duration};
 
-use chrono::{NaiveDate, NaiveDateTime, Utc};
+use chrono::{Datelike as _, NaiveDate, NaiveDateTime, Utc};
 use common::fleet::{self, Fleet};
 use sqlx::{PgPool, Row as _};
 use tally_collector::{
@@ -297,20 +297,24 @@ async fn a_scheduled_reset_in_a_batch_is_announced_before_its_heartbeats() {
         stream.expect("heartbeat").await["traffic"]["periodDownload"],
         "1000"
     );
+    // The start of this month: where periods anchored on day 1 (the
+    // collector's --period-reset monthly:1) began.
+    let today = Utc::now().date_naive();
+    let boundary = NaiveDate::from_ymd_opt(today.year(), today.month(), 1)
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .expect("date");
     sqlx::query(
-        r#"UPDATE "traffic_stats" SET "periodStart" = '2026-10-01 00:00:00',
+        r#"UPDATE "traffic_stats" SET "periodStart" = $2,
              "periodUpload" = 5, "periodDownload" = 7 WHERE "nodeId" = $1"#,
     )
     .bind(&node.id)
+    .bind(boundary - chrono::Duration::days(20))
     .execute(&fleet.pool)
     .await
     .expect("age the period");
 
     // One batch: the period ends before it; a zero-traffic heartbeat twice
     // (equal events), a refused one, another node's, then more traffic.
-    let boundary = NaiveDate::from_ymd_opt(2026, 11, 1)
-        .and_then(|d| d.and_hms_opt(0, 0, 0))
-        .expect("date");
     let jobs = [
         job(&node.token, 2, 1000, 100),
         job(&node.token, 3, 1000, 100),
@@ -321,7 +325,7 @@ async fn a_scheduled_reset_in_a_batch_is_announced_before_its_heartbeats() {
     let results = store::apply(
         &mut conn,
         &jobs,
-        BatchTime::new(Utc::now().naive_utc(), Some(boundary)),
+        BatchTime::new(Utc::now().naive_utc(), Some(1)),
     )
     .await
     .expect("commit");
@@ -333,7 +337,7 @@ async fn a_scheduled_reset_in_a_batch_is_announced_before_its_heartbeats() {
         reset["traffic"],
         serde_json::json!({"totalUpload": "100", "totalDownload": "1000",
                            "periodUpload": "0", "periodDownload": "0",
-                           "periodStart": "2026-11-01T00:00:00.000Z"})
+                           "periodStart": boundary.format("%Y-%m-%dT00:00:00.000Z").to_string()})
     );
     let first = stream.expect("heartbeat").await;
     let second = stream.expect("heartbeat").await;

@@ -1,6 +1,6 @@
 //! The HTTP side against a real PostgreSQL and real HTTP: health,
 //! readiness, `GET /api/v1/nodes` (seed field names, counters as decimal
-//! strings, exact above 2^53), JSON errors. The rest of the API is in
+//! strings, exact above 2^53, issue 6's fields beside them), JSON errors. The rest of the API is in
 //! `api_*.rs`.
 
 mod common;
@@ -11,6 +11,7 @@ use common::{
     fleet::{self, Fleet},
     http::Client,
 };
+use tally_proto::v1::FamilyCounters;
 
 /// `GET path`: (status, JSON body).
 async fn get(address: SocketAddr, path: &str) -> (u16, serde_json::Value) {
@@ -33,13 +34,17 @@ async fn health_readiness_and_the_node_list() {
     assert_eq!((status, body["status"].as_str()), (200, Some("ready")));
 
     let mut client = fleet::client(server.address).await;
-    fleet::send(
-        &mut client,
-        Some(&busy.token),
-        fleet::heartbeat("e", 1, 1000, 10),
-    )
-    .await
-    .expect("applied");
+    // 400 of eth0's 500 bytes received (4 of 5 sent) were IPv4.
+    let mut heartbeat = fleet::heartbeat("e", 1, 1000, 10);
+    heartbeat.interfaces[0].ipv4 = Some(FamilyCounters {
+        rx_bytes: 400,
+        rx_packets: 1,
+        tx_bytes: 4,
+        tx_packets: 1,
+    });
+    fleet::send(&mut client, Some(&busy.token), heartbeat)
+        .await
+        .expect("applied");
     // Above 2^53, where a JSON number would lose the last digits.
     let big: i64 = (1 << 53) + 1;
     sqlx::query(r#"UPDATE "traffic_stats" SET "totalUpload" = $1 WHERE "nodeId" = $2"#)
@@ -67,6 +72,20 @@ async fn health_readiness_and_the_node_list() {
     assert_eq!(b["traffic"]["totalUpload"], "10");
     assert_eq!(b["traffic"]["periodDownload"], "1000");
     assert_eq!(q["traffic"]["totalUpload"], "9007199254740993");
+    // Issue 6's fields: the family split (decimal strings, none without a
+    // split), the effective count rule, no quota threshold crossed.
+    for (node, ipv4) in [(b, ("4", "400")), (q, ("0", "0"))] {
+        assert_eq!(
+            node["families"],
+            serde_json::json!({
+                "ipv4": {"upload": ipv4.0, "download": ipv4.1},
+                "ipv6": {"upload": "0", "download": "0"},
+            }),
+            "{node}"
+        );
+        assert_eq!(node["countRule"], "all");
+        assert!(node["quotaCrossed"].is_null(), "{node}");
+    }
     let seen = b["lastSeen"].as_str().expect("lastSeen");
     assert!(
         seen.ends_with('Z') && chrono::DateTime::parse_from_rfc3339(seen).is_ok(),

@@ -1,7 +1,8 @@
 //! `GET /metrics` against a real PostgreSQL and real HTTP: the per-node
-//! values read from the database, the heartbeat outcome counters, the read
-//! token, a database that does not answer, and `promtool check metrics`
-//! (the Prometheus project's own linter) accepting the output.
+//! values read from the database (traffic by address family too), the
+//! heartbeat outcome counters, the read token, a database that does not
+//! answer, and `promtool check metrics` (the Prometheus project's own
+//! linter) accepting the output.
 
 mod common;
 
@@ -16,7 +17,7 @@ use common::{
     fleet::{self, Fleet},
     http::Client,
 };
-use tally_proto::v1::Outcome;
+use tally_proto::v1::{FamilyCounters, HeartbeatRequest, Outcome};
 
 /// One sample: its labels and value.
 #[derive(Debug)]
@@ -105,6 +106,23 @@ fn promtool_accepts(test: &str, text: &str) {
     );
 }
 
+/// `heartbeat` with eth0's IPv4 and IPv6 `(rx, tx)` bytes set.
+fn with_families(
+    mut heartbeat: HeartbeatRequest,
+    ipv4: (u64, u64),
+    ipv6: (u64, u64),
+) -> HeartbeatRequest {
+    let family = |(rx, tx): (u64, u64)| FamilyCounters {
+        rx_bytes: rx,
+        rx_packets: 1,
+        tx_bytes: tx,
+        tx_packets: 1,
+    };
+    heartbeat.interfaces[0].ipv4 = Some(family(ipv4));
+    heartbeat.interfaces[0].ipv6 = Some(family(ipv6));
+    heartbeat
+}
+
 fn unix_now() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -127,12 +145,15 @@ async fn per_node_values_and_outcome_counters() {
         reply.outcome()
     };
     let hb = fleet::heartbeat;
+    // eth0 carries half of each: some of it IPv4, some IPv6.
+    let first = with_families(hb("e", 1, 1000, 10), (400, 4), (100, 1));
     assert_eq!(
-        outcome(fleet::send(&mut client, token, hb("e", 1, 1000, 10)).await),
+        outcome(fleet::send(&mut client, token, first).await),
         Outcome::Applied
     );
+    let third = with_families(hb("e", 3, 3000, 30), (1200, 12), (300, 3));
     assert_eq!(
-        outcome(fleet::send(&mut client, token, hb("e", 3, 3000, 30)).await),
+        outcome(fleet::send(&mut client, token, third).await),
         Outcome::Applied
     );
     assert_eq!(
@@ -185,6 +206,29 @@ async fn per_node_values_and_outcome_counters() {
             "{metric} {name} {direction}\n{text}"
         );
     }
+    let family = "tally_node_family_bytes_total";
+    for (name, direction, address_family, expected) in [
+        ("busy", "download", "ipv4", 1200.0),
+        ("busy", "upload", "ipv4", 12.0),
+        ("busy", "download", "ipv6", 300.0),
+        ("busy", "upload", "ipv6", 3.0),
+        ("quiet", "download", "ipv4", 0.0),
+        ("quiet", "upload", "ipv6", 0.0),
+    ] {
+        assert_eq!(
+            value(
+                text,
+                family,
+                &node(
+                    name,
+                    &[("direction", direction), ("family", address_family)]
+                )
+            ),
+            Some(expected),
+            "{family} {name} {direction} {address_family}\n{text}"
+        );
+    }
+    assert_eq!(samples(text, family).len(), 8, "4 per node\n{text}");
     for (window, expected) in [("1m", 0.5), ("5m", 0.25), ("15m", 0.125)] {
         assert_eq!(
             value(

@@ -3,8 +3,10 @@
 //! Per node (label `node` = its name), read from the database at scrape time
 //! with one query: `tally_node_traffic_bytes_total{direction}` (counter,
 //! since enrolment), `tally_node_period_traffic_bytes{direction}` (gauge,
-//! since the period start), `tally_node_load{window}`, `tally_node_online`
-//! and `tally_node_last_seen_timestamp_seconds` (for nodes heard from). Then
+//! since the period start), `tally_node_family_bytes_total{direction,family}`
+//! (counter, bytes by address family since enrolment, counted by the node's
+//! rule), `tally_node_load{window}`, `tally_node_online` and
+//! `tally_node_last_seen_timestamp_seconds` (for nodes heard from). Then
 //! `tally_database_up` and `tally_scrape_query_duration_seconds` for that
 //! query, and the collector's own metrics ([`crate::metrics`]). When the
 //! database does not answer, the per-node metrics are left out and
@@ -70,6 +72,7 @@ async fn scrape(_: Reader, State(state): State<AppState>) -> impl IntoResponse {
 async fn query(state: &AppState) -> Result<Vec<PgRow>, sqlx::Error> {
     sqlx::query(
         r#"SELECT n."name", n."lastSeen", n."load1", n."load5", n."load15",
+                  n."ipv4Upload", n."ipv4Download", n."ipv6Upload", n."ipv6Download",
                   t."totalUpload", t."totalDownload", t."periodUpload", t."periodDownload"
            FROM "nodes" n JOIN "traffic_stats" t ON t."nodeId" = n."id"
            ORDER BY n."name""#,
@@ -103,6 +106,13 @@ fn node_families(rows: &[PgRow], offline_after: Duration) -> Result<Vec<MetricFa
             "Bytes a node sent (upload) and received (download) in the current period.",
         ),
         &node_direction,
+    )?;
+    let by_family = IntCounterVec::new(
+        Opts::new(
+            "tally_node_family_bytes_total",
+            "Bytes a node sent (upload) and received (download) by address family since it was enrolled, counted by the node's rule.",
+        ),
+        &["node", "direction", "family"],
     )?;
     let load = GaugeVec::new(
         Opts::new(
@@ -144,6 +154,16 @@ fn node_families(rows: &[PgRow], offline_after: Duration) -> Result<Vec<MetricFa
         period
             .with_label_values(&[name, "download"])
             .set(row.try_get("periodDownload")?);
+        for (direction, family, column) in [
+            ("upload", "ipv4", "ipv4Upload"),
+            ("download", "ipv4", "ipv4Download"),
+            ("upload", "ipv6", "ipv6Upload"),
+            ("download", "ipv6", "ipv6Download"),
+        ] {
+            by_family
+                .with_label_values(&[name, direction, family])
+                .inc_by(bytes(column)?);
+        }
         for (window, column) in [("1m", "load1"), ("5m", "load5"), ("15m", "load15")] {
             if let Some(value) = row.try_get::<Option<f64>, _>(column)? {
                 load.with_label_values(&[name, window]).set(value);
@@ -162,6 +182,7 @@ fn node_families(rows: &[PgRow], offline_after: Duration) -> Result<Vec<MetricFa
     Ok([
         total.collect(),
         period.collect(),
+        by_family.collect(),
         load.collect(),
         online.collect(),
         last_seen.collect(),

@@ -10,6 +10,8 @@
 
 pub mod admin;
 pub mod auth;
+pub mod billing;
+pub mod corrections;
 mod dashboard;
 mod events;
 pub mod history;
@@ -17,6 +19,7 @@ mod metrics;
 pub mod nodes;
 pub mod openapi;
 pub mod params;
+pub mod quota;
 pub mod rankings;
 
 use std::{sync::Arc, time::Duration};
@@ -77,9 +80,18 @@ pub fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(nodes::list, admin::add))
         .routes(routes!(nodes::get, admin::remove))
         .routes(routes!(history::get))
+        .routes(routes!(corrections::calibrations, corrections::calibrate))
+        .routes(routes!(corrections::list_anomalies))
+        .routes(routes!(corrections::node_anomalies))
+        .routes(routes!(corrections::accept))
+        .routes(routes!(corrections::discard))
         .routes(routes!(rankings::get))
         .routes(routes!(admin::reset_node))
         .routes(routes!(admin::reset_all))
+        .routes(routes!(billing::get_defaults, billing::put_defaults))
+        .routes(routes!(billing::get_node, billing::put_node))
+        .routes(routes!(billing::periods))
+        .routes(routes!(quota::list))
         .routes(routes!(openapi::serve))
 }
 

@@ -1,6 +1,8 @@
 //! `GET /api/v1/nodes` and `GET /api/v1/nodes/{id}`: every node with its
 //! status, load and traffic (the seed's field names; counters as decimal
-//! strings), and one node with its interfaces.
+//! strings), its traffic by address family, its counting rule and the quota
+//! threshold it reached this period; and one node with its interfaces
+//! (kind, default route, traffic by address family).
 
 use axum::{Json, extract::State};
 use chrono::{NaiveDateTime, Utc};
@@ -13,7 +15,7 @@ use super::{
     openapi::{ErrorBody, TAG_NODES},
     params::{Counter, Path, Time},
 };
-use crate::{error::Error, views};
+use crate::{billing::CountRule, error::Error, views};
 
 /// Every node.
 #[derive(Debug, Serialize, ToSchema)]
@@ -47,6 +49,39 @@ pub struct Node {
     #[schema(required = true)]
     pub source: Option<String>,
     pub traffic: Traffic,
+    /// Bytes by address family since the node was enrolled, counted by
+    /// the node's rule (traffic of other protocols, e.g. ARP, is in
+    /// neither; nor is traffic counted before the node's agent split it).
+    pub families: Families,
+    /// Which interfaces the node's traffic is counted from: its own
+    /// setting, else the fleet's.
+    pub count_rule: CountRule,
+    /// The highest quota threshold (percent of the quota) the node's usage
+    /// crossed in its current period; null when none was.
+    #[schema(required = true, example = 80)]
+    pub quota_crossed: Option<i32>,
+}
+
+/// Bytes sent (upload) and received (download).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Directions {
+    pub upload: Counter,
+    pub download: Counter,
+}
+
+/// A node's traffic by address family.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Families {
+    pub ipv4: Directions,
+    pub ipv6: Directions,
+}
+
+/// Bytes of one address family received (rx) and sent (tx) on an
+/// interface, in the node's current counting epoch.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FamilyBytes {
+    pub rx: Counter,
+    pub tx: Counter,
 }
 
 /// Load averages over 1, 5 and 15 minutes.
@@ -93,6 +128,29 @@ enum InterfaceState {
     Retired,
 }
 
+/// What kind of link an interface is, as the node's kernel reports it.
+#[derive(ToSchema)]
+#[schema(rename_all = "kebab-case")]
+#[allow(dead_code, reason = "only documents the values of `kind`")]
+enum LinkKind {
+    /// No virtual kind (also what an agent that does not tell is taken as).
+    Physical,
+    Vlan,
+    Bond,
+    Bridge,
+    /// A bridge of a container runtime (`docker*`, `br-<12 hex>`,
+    /// `podman*`, `cni*`, `virbr*`).
+    ContainerBridge,
+    Veth,
+    Tun,
+    Tap,
+    Wireguard,
+    Macvlan,
+    Vxlan,
+    /// Any other virtual kind.
+    Other,
+}
+
 /// One interface: the raw counters of the node's current counting epoch
 /// (they restart when the node's agent starts a new epoch).
 #[derive(Debug, Serialize, ToSchema)]
@@ -107,6 +165,17 @@ pub struct Interface {
     pub rx_packets: Counter,
     pub tx_packets: Counter,
     pub updated_at: Time,
+    #[schema(value_type = LinkKind)]
+    pub kind: String,
+    /// Carried an IPv4 or IPv6 default route at the last reading: an
+    /// uplink, counted under the count rule `uplink` whatever its kind.
+    pub default_route: bool,
+    /// Null when the node's agent cannot tell the families apart (its
+    /// procfs source).
+    #[schema(required = true)]
+    pub ipv4: Option<FamilyBytes>,
+    #[schema(required = true)]
+    pub ipv6: Option<FamilyBytes>,
 }
 
 impl From<views::nodes::Load> for Load {
@@ -115,6 +184,24 @@ impl From<views::nodes::Load> for Load {
             one: load.one,
             five: load.five,
             fifteen: load.fifteen,
+        }
+    }
+}
+
+impl From<views::nodes::Directions> for Directions {
+    fn from(d: views::nodes::Directions) -> Self {
+        Directions {
+            upload: d.upload.into(),
+            download: d.download.into(),
+        }
+    }
+}
+
+impl From<views::nodes::FamilyBytes> for FamilyBytes {
+    fn from(f: views::nodes::FamilyBytes) -> Self {
+        FamilyBytes {
+            rx: f.rx.into(),
+            tx: f.tx.into(),
         }
     }
 }
@@ -141,6 +228,12 @@ impl Node {
                 period_start: Time(traffic.period_start),
                 updated_at: Time(traffic.updated_at),
             },
+            families: Families {
+                ipv4: node.families.ipv4.into(),
+                ipv6: node.families.ipv6.into(),
+            },
+            count_rule: node.count_rule,
+            quota_crossed: node.quota_crossed,
         }
     }
 }
@@ -156,6 +249,10 @@ impl From<views::nodes::Interface> for Interface {
             rx_packets: i.rx_packets.into(),
             tx_packets: i.tx_packets.into(),
             updated_at: Time(i.updated_at),
+            kind: i.kind,
+            default_route: i.default_route,
+            ipv4: i.ipv4.map(FamilyBytes::from),
+            ipv6: i.ipv6.map(FamilyBytes::from),
         }
     }
 }

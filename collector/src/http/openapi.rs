@@ -126,6 +126,14 @@ pub fn document() -> OpenApi {
              \"periodStart\"}}`: one per applied heartbeat, with the totals after it;\n\
              * `event: period_reset`, data `{\"nodeId\", \"traffic\": {…the same 5 fields}}`;\n\
              * `event: nodes`, data `{\"nodeId\", \"change\": \"added\"|\"removed\"}`;\n\
+             * `event: quota`, data `{\"nodeId\", \"nodeName\", \"periodStart\", \"threshold\", \
+             \"usage\", \"quota\", \"mode\", \"at\"}`: a threshold (percent) of the node's quota \
+             crossed, once per period;\n\
+             * `event: calibration`, data `{\"nodeId\", \"calibrationId\", \"traffic\": {…the \
+             same 5 fields}}`: an admin calibrated the node's counters;\n\
+             * `event: anomaly`, data `{\"nodeId\", \"anomalyId\", \"status\": \
+             \"accepted\"|\"discarded\", \"upload\", \"download\", \"credited\", \"traffic\"}`: \
+             an admin decided a held anomaly;\n\
              * `event: resync`: events may have been missed, fetch again.\n\n\
              Each event's data is one JSON object that also carries its name as `type`. \
              A `:` comment line every 15 s keeps the connection alive; the stream ends when the \

@@ -1,12 +1,17 @@
-//! Nodes as people see them: identity, status, load and traffic counters,
-//! and per-interface counters.
+//! Nodes as people see them: identity, status, load and traffic counters
+//! (with their split by address family, the counting rule in effect and the
+//! quota threshold reached in the current period), and per-interface
+//! counters with each interface's kind, default route and family split.
 
 use std::time::Duration;
 
 use chrono::NaiveDateTime;
 use sqlx::{AssertSqlSafe, PgPool, Row as _, postgres::PgRow};
 
-use crate::error::Error;
+use crate::{
+    billing::{CountRule, SETTINGS_COLUMNS, SETTINGS_JOIN},
+    error::Error,
+};
 
 /// A node with its traffic counters.
 #[derive(Debug, Clone, PartialEq)]
@@ -21,6 +26,36 @@ pub struct Node {
     pub agent_version: Option<String>,
     pub source: Option<String>,
     pub traffic: Traffic,
+    /// Bytes by address family since enrolment, counted by the node's rule.
+    pub families: Families,
+    /// Which interfaces the node's traffic is counted from (its own
+    /// setting, else the fleet's).
+    pub count_rule: CountRule,
+    /// The highest quota threshold (percent) the node's usage crossed in
+    /// its current period; `None` when none was.
+    pub quota_crossed: Option<i32>,
+}
+
+/// Upload (sent) and download (received) bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Directions {
+    pub upload: i64,
+    pub download: i64,
+}
+
+/// A node's traffic by address family (the rest of its traffic, ARP and
+/// the like, is in neither).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Families {
+    pub ipv4: Directions,
+    pub ipv6: Directions,
+}
+
+/// Received and sent bytes of one address family on one interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FamilyBytes {
+    pub rx: i64,
+    pub tx: i64,
 }
 
 /// Load averages over 1, 5 and 15 minutes.
@@ -55,6 +90,14 @@ pub struct Interface {
     pub rx_packets: i64,
     pub tx_packets: i64,
     pub updated_at: NaiveDateTime,
+    /// `physical`, `vlan`, `bond`, `bridge`, `container-bridge`, `veth`,
+    /// `tun`, `tap`, `wireguard`, `macvlan`, `vxlan` or `other`.
+    pub kind: String,
+    /// Carried an IPv4 or IPv6 default route at the last reading.
+    pub default_route: bool,
+    /// `None` when the agent's source cannot tell the families apart.
+    pub ipv4: Option<FamilyBytes>,
+    pub ipv6: Option<FamilyBytes>,
 }
 
 impl Node {
@@ -67,15 +110,26 @@ impl Node {
     }
 }
 
-/// Put together with constant text only (no values) below.
-const SELECT_NODES: &str = r#"
+/// Put together with constant text only (no values) below: the node, its
+/// traffic, its effective settings ([`SETTINGS_COLUMNS`]) and the highest
+/// threshold crossed in its current period.
+fn select_nodes() -> String {
+    format!(
+        r#"
     SELECT n."id", n."name", n."hostname", n."lastSeen", n."load1", n."load5", n."load15",
            n."kernel", n."agentVersion", n."source",
+           n."ipv4Upload", n."ipv4Download", n."ipv6Upload", n."ipv6Download",
            t."totalUpload", t."totalDownload", t."periodUpload", t."periodDownload",
-           t."periodStart", t."updatedAt"
-    FROM "nodes" n JOIN "traffic_stats" t ON t."nodeId" = n."id""#;
+           t."periodStart", t."updatedAt",
+           (SELECT max(q."threshold") FROM "quota_events" q
+            WHERE q."nodeId" = n."id" AND q."periodStart" = t."periodStart") AS "quotaCrossed",
+           {SETTINGS_COLUMNS}
+    FROM "nodes" n JOIN "traffic_stats" t ON t."nodeId" = n."id"
+    {SETTINGS_JOIN}"#
+    )
+}
 
-fn node(row: &PgRow) -> Result<Node, sqlx::Error> {
+fn node(row: &PgRow) -> Result<Node, Error> {
     let load = match (
         row.try_get::<Option<f64>, _>("load1")?,
         row.try_get::<Option<f64>, _>("load5")?,
@@ -101,6 +155,18 @@ fn node(row: &PgRow) -> Result<Node, sqlx::Error> {
             period_start: row.try_get("periodStart")?,
             updated_at: row.try_get("updatedAt")?,
         },
+        families: Families {
+            ipv4: Directions {
+                upload: row.try_get("ipv4Upload")?,
+                download: row.try_get("ipv4Download")?,
+            },
+            ipv6: Directions {
+                upload: row.try_get("ipv6Upload")?,
+                download: row.try_get("ipv6Download")?,
+            },
+        },
+        count_rule: row.try_get::<&str, _>("countRule")?.parse()?,
+        quota_crossed: row.try_get("quotaCrossed")?,
     })
 }
 
@@ -108,23 +174,25 @@ fn node(row: &PgRow) -> Result<Node, sqlx::Error> {
 /// collation).
 pub async fn list(pool: &PgPool) -> Result<Vec<Node>, Error> {
     let rows = sqlx::query(AssertSqlSafe(format!(
-        r#"{SELECT_NODES} ORDER BY n."name" COLLATE "C", n."id" COLLATE "C""#
+        r#"{} ORDER BY n."name" COLLATE "C", n."id" COLLATE "C""#,
+        select_nodes()
     )))
     .fetch_all(pool)
     .await?;
-    Ok(rows.iter().map(node).collect::<Result<_, _>>()?)
+    rows.iter().map(node).collect()
 }
 
 /// The node with this id.
 pub async fn get(pool: &PgPool, id: &str) -> Result<Node, Error> {
     let row = sqlx::query(AssertSqlSafe(format!(
-        r#"{SELECT_NODES} WHERE n."id" = $1"#
+        r#"{} WHERE n."id" = $1"#,
+        select_nodes()
     )))
     .bind(id)
     .fetch_optional(pool)
     .await?;
     match row {
-        Some(row) => Ok(node(&row)?),
+        Some(row) => node(&row),
         None => Err(Error::NoSuchNode(id.to_owned())),
     }
 }
@@ -142,12 +210,19 @@ pub async fn exists(pool: &PgPool, id: &str) -> Result<bool, Error> {
 pub async fn interfaces(pool: &PgPool, id: &str) -> Result<Vec<Interface>, Error> {
     let rows = sqlx::query(
         r#"SELECT "name", "ifindex", "state", "rxBytes", "txBytes", "rxPackets", "txPackets",
-                  "updatedAt"
+                  "updatedAt", "kind", "defaultRoute",
+                  "ipv4RxBytes", "ipv4TxBytes", "ipv6RxBytes", "ipv6TxBytes"
            FROM "interface_stats" WHERE "nodeId" = $1 ORDER BY "name" COLLATE "C""#,
     )
     .bind(id)
     .fetch_all(pool)
     .await?;
+    let family = |row: &PgRow, rx: &str, tx: &str| -> Result<Option<FamilyBytes>, sqlx::Error> {
+        Ok(match (row.try_get(rx)?, row.try_get(tx)?) {
+            (Some(rx), Some(tx)) => Some(FamilyBytes { rx, tx }),
+            _ => None,
+        })
+    };
     let interface = |row: &PgRow| -> Result<Interface, sqlx::Error> {
         Ok(Interface {
             name: row.try_get("name")?,
@@ -158,6 +233,10 @@ pub async fn interfaces(pool: &PgPool, id: &str) -> Result<Vec<Interface>, Error
             rx_packets: row.try_get("rxPackets")?,
             tx_packets: row.try_get("txPackets")?,
             updated_at: row.try_get("updatedAt")?,
+            kind: row.try_get("kind")?,
+            default_route: row.try_get("defaultRoute")?,
+            ipv4: family(row, "ipv4RxBytes", "ipv4TxBytes")?,
+            ipv6: family(row, "ipv6RxBytes", "ipv6TxBytes")?,
         })
     };
     Ok(rows.iter().map(interface).collect::<Result<_, _>>()?)

@@ -1,5 +1,8 @@
-// tally's dashboard: the node table, the traffic ranking and one node's
-// traffic chart, kept live by the collector's event stream.
+// tally's dashboard: the node table (with a badge when a node crossed a
+// quota threshold this period), held traffic waiting for an admin, the
+// traffic ranking, and the selected node's chart (with its calibrations),
+// interfaces, IPv4/IPv6 split, billing period and quota events, kept live
+// by the collector's event stream.
 //
 // Plain JavaScript, no build step, nothing loaded from elsewhere (the page's
 // Content-Security-Policy forbids it). Counters arrive as decimal strings and
@@ -15,6 +18,13 @@
   const RANKING_INTERVAL_MS = 5000;
   /** Least time between two history requests caused by heartbeats. */
   const CHART_INTERVAL_MS = 5000;
+  /** Least time between two requests for the selected node's details. */
+  const DETAIL_INTERVAL_MS = 5000;
+  /** Least time between two requests for the held traffic. */
+  const ANOMALIES_INTERVAL_MS = 2000;
+  /** Most held anomalies and quota events listed. */
+  const ANOMALIES_LIMIT = 100;
+  const QUOTA_EVENTS_LIMIT = 10;
   /** How often the node list is fetched anew (online/offline status). */
   const NODES_REFRESH_MS = 30000;
   /** A stream silent for this long (keep-alives come every 15 s) is dead. */
@@ -278,6 +288,12 @@
     locked: false,
     /** Ids of nodes removed while the page was open. */
     gone: new Set(),
+    /** The selected node's interfaces and billing: {id, interfaces, billing}. */
+    detail: null,
+    /** The selected node's quota events: {id, events}. */
+    quotaEvents: null,
+    /** Held anomalies of the whole fleet, newest first. */
+    anomalies: [],
   };
 
   function loadPrefs() {
@@ -314,6 +330,30 @@
     }
     if (traffic.periodStart) parsed.periodStart = traffic.periodStart;
     return parsed;
+  }
+
+  const FAMILIES = ['ipv4', 'ipv6'];
+
+  /** The API's `families` object with its counters as BigInt; null without one. */
+  function parseFamilies(families) {
+    if (!families) return null;
+    const parsed = {};
+    for (const family of FAMILIES) {
+      const f = families[family] || {};
+      parsed[family] = { upload: parseCounter(f.upload), download: parseCounter(f.download) };
+    }
+    return parsed;
+  }
+
+  /**
+   * Takes an event's or the API's traffic for `node`; a new period start
+   * means a new period, whose quota no threshold was crossed of yet.
+   */
+  function applyTraffic(node, traffic) {
+    const before = Date.parse(node.traffic.periodStart || '');
+    node.traffic = parseTraffic(traffic, node.traffic);
+    const after = Date.parse(node.traffic.periodStart || '');
+    if (!Number.isNaN(before) && !Number.isNaN(after) && before !== after) node.quotaCrossed = null;
   }
 
   // -------------------------------------------------------------- banner
@@ -397,7 +437,9 @@
     const fresh = new Map();
     for (const node of body.nodes || []) {
       const known = state.nodes.get(node.id);
-      const parsed = { ...node, traffic: parseTraffic(node.traffic) };
+      const parsed = {
+        ...node, traffic: parseTraffic(node.traffic), families: parseFamilies(node.families),
+      };
       // An event may have brought newer figures while the list was on its way.
       if (known && Date.parse(known.lastSeen || '') > Date.parse(node.lastSeen || '')) {
         parsed.lastSeen = known.lastSeen;
@@ -417,7 +459,10 @@
       select(state.order.length ? state.order[0] : null, { scroll: false });
     } else {
       renderChart();
+      renderDetail();
+      renderQuotaEvents();
     }
+    renderAnomalies();
   }, 1000);
 
   /** Rows waiting for their new figures to be drawn. */
@@ -472,7 +517,11 @@
     rowCells.set(row, cells);
     const badge = document.createElement('span');
     badge.className = 'badge';
-    cell(row, 'status').append(badge);
+    const quota = document.createElement('span');
+    quota.className = 'badge badge-quota';
+    quota.dataset.field = 'quota';
+    quota.hidden = true;
+    cell(row, 'status').append(badge, quota);
     row.addEventListener('click', () => select(id, { scroll: true }));
     row.addEventListener('keydown', (e) => {
       if (e.key === 'Enter' || e.key === ' ') {
@@ -507,6 +556,7 @@
     setText(badge, status);
     badge.className = `badge badge-${status}`;
     row.dataset.status = status;
+    updateQuotaBadge(cell(row, 'status').lastChild, node.quotaCrossed);
 
     const lastSeen = cell(row, 'lastSeen');
     setText(lastSeen, ago(node.lastSeen));
@@ -533,6 +583,16 @@
       if (changed) flash(td);
     }
     row.setAttribute('aria-selected', String(row.dataset.nodeId === state.selected));
+  }
+
+  /** The badge of the highest quota threshold crossed this period. */
+  function updateQuotaBadge(badge, crossed) {
+    const threshold = Number.isInteger(crossed) ? crossed : null;
+    badge.hidden = threshold === null;
+    badge.dataset.threshold = threshold === null ? '' : String(threshold);
+    setText(badge, threshold === null ? '' : `quota ${threshold} %`);
+    badge.className = `badge badge-quota${threshold !== null && threshold >= 100 ? ' badge-quota-over' : ''}`;
+    setTitle(badge, threshold === null ? '' : `Usage crossed ${threshold} % of the quota in this period`);
   }
 
   function renderNodes() {
@@ -724,8 +784,14 @@
     }
     if (changed) {
       state.history = null;
+      state.detail = null;
+      state.quotaEvents = null;
       renderChart();
+      renderDetail();
+      renderQuotaEvents();
       chartLoader.now();
+      detailLoader.now();
+      quotaLoader.now();
     }
     if (scroll && window.matchMedia('(max-width: 900px)').matches) {
       $('chart-card').scrollIntoView({ behavior: 'smooth', block: 'start' });
@@ -834,6 +900,7 @@
       placeholder.hidden = false;
       setText($('chart-summary'), '');
       setText($('chart-step'), '');
+      renderCalibrations([]);
       return;
     }
     placeholder.hidden = true;
@@ -886,6 +953,9 @@
       svg('path', { d: areaPath(series, x, y, bottom), class: `area area-${name}` }, traffic);
       svg('path', { d: linePath(series, x, y), class: `line line-${name}` }, traffic);
     }
+    const calibrations = Array.isArray(recorded.body.calibrations) ? recorded.body.calibrations : [];
+    drawCalibrations(traffic, calibrations, x, margin, plotWidth, plotHeight);
+    renderCalibrations(calibrations);
     const cursor = svg('line', { class: 'cursor', y1: margin.top, y2: margin.top + plotHeight, visibility: 'hidden' }, traffic);
     box.append(traffic);
 
@@ -911,6 +981,57 @@
     loadBox.append(load);
 
     chart.geometry = { points, x, y, margin, plotWidth, cursor, loadCursor, stepSeconds, t0, t1 };
+  }
+
+  const CALIBRATED = [
+    ['totalDownload', 'total ↓'], ['totalUpload', 'total ↑'],
+    ['periodDownload', 'period ↓'], ['periodUpload', 'period ↑'],
+  ];
+
+  /** What a calibration changed: "total ↓ 1.00 KiB → 2.00 KiB; …". */
+  function calibrationChanges(calibration) {
+    const changes = [];
+    for (const [field, label] of CALIBRATED) {
+      const before = parseCounter(calibration.before && calibration.before[field]);
+      const after = parseCounter(calibration.after && calibration.after[field]);
+      if (before !== after) changes.push(`${label} ${formatBytes(before)} → ${formatBytes(after)}`);
+    }
+    return changes.join('; ') || 'no change';
+  }
+
+  /** A marker on the traffic chart at each calibration's time. */
+  function drawCalibrations(parent, calibrations, x, margin, plotWidth, plotHeight) {
+    for (const calibration of calibrations) {
+      const at = Date.parse(calibration.at || '');
+      if (Number.isNaN(at)) continue;
+      const cx = Math.min(margin.left + plotWidth, Math.max(margin.left, x(at))).toFixed(1);
+      const mark = svg('g', { class: 'calibration-mark', 'data-calibration-id': calibration.id }, parent);
+      svg('line', { x1: cx, x2: cx, y1: margin.top, y2: margin.top + plotHeight }, mark);
+      svg('path', { d: `M${cx},${margin.top + 7}l-5,-7h10z` }, mark);
+      const title = svg('title', {}, mark);
+      title.textContent = `Calibrated ${formatDateTime(at)} by ${calibration.actor}: ${calibration.reason}\n${calibrationChanges(calibration)}`;
+    }
+  }
+
+  /** The calibrations of the chart's range, newest first, under the chart. */
+  function renderCalibrations(calibrations) {
+    const items = [...calibrations].reverse().map((calibration) => {
+      const item = document.createElement('li');
+      item.dataset.calibrationId = String(calibration.id);
+      const when = document.createElement('span');
+      when.className = 'event-time';
+      when.textContent = formatDateTime(Date.parse(calibration.at || ''));
+      const who = document.createElement('span');
+      who.className = 'event-title';
+      who.textContent = `${calibration.actor}: ${calibration.reason}`;
+      const what = document.createElement('span');
+      what.className = 'event-detail';
+      what.textContent = calibrationChanges(calibration);
+      item.append(when, who, what);
+      return item;
+    });
+    $('calibrations-list').replaceChildren(...items);
+    $('calibrations').hidden = items.length === 0;
   }
 
   function drawGrid(parent, ticks, y, margin, width) {
@@ -984,6 +1105,357 @@
     for (const line of [g.cursor, g.loadCursor]) line.setAttribute('visibility', 'hidden');
   }
 
+  // ---------------------------------------------------------- node detail
+
+  const RULE_LABELS = {
+    all: 'counts every interface but loopback',
+    uplink: 'counts physical interfaces and uplinks only',
+  };
+  const KIND_LABELS = {
+    'container-bridge': 'container bridge', vlan: 'VLAN', vxlan: 'VXLAN',
+    tun: 'TUN', tap: 'TAP', wireguard: 'WireGuard', macvlan: 'macvlan',
+  };
+  const MODE_LABELS = {
+    sum: 'billed on upload + download',
+    max: 'billed on the larger direction',
+    upload: 'billed on upload',
+    download: 'billed on download',
+    p95: 'billed on the 95th percentile rate',
+  };
+
+  /** Whether the node's count rule counts an interface's traffic. */
+  function isCounted(rule, iface) {
+    if (rule !== 'uplink') return true;
+    return iface.state !== 'retired' && (iface.kind === 'physical' || iface.defaultRoute === true);
+  }
+
+  /** The node's interfaces and billing period: one request each, together. */
+  const detailLoader = coalesced(async () => {
+    if (state.locked) return;
+    const id = state.selected;
+    if (!id) {
+      state.detail = null;
+      renderDetail();
+      return;
+    }
+    const path = `/api/v1/nodes/${encodeURIComponent(id)}`;
+    const [detail, billing] = await Promise.allSettled([api(path), api(`${path}/billing`)]);
+    if (detail.status === 'rejected') {
+      if (detail.reason instanceof ApiError && detail.reason.status === 404) {
+        nodesLoader.now();
+        return;
+      }
+      handleFailure('the node’s interfaces', detail.reason);
+      return;
+    }
+    loaded('the node’s interfaces');
+    let period = null;
+    if (billing.status === 'fulfilled') {
+      period = billing.value;
+      loaded('the billing period');
+    } else if (billing.reason instanceof ApiError && billing.reason.status === 404) {
+      // A collector without billing, or a node gone meanwhile: no panel.
+      loaded('the billing period');
+    } else {
+      handleFailure('the billing period', billing.reason);
+    }
+    if (id !== state.selected) return;
+    const body = detail.value;
+    const node = state.nodes.get(id);
+    if (node) {
+      node.families = parseFamilies(body.families);
+      node.countRule = body.countRule;
+      if ('quotaCrossed' in body && Date.parse(body.traffic && body.traffic.periodStart) === Date.parse(node.traffic.periodStart || '')) {
+        node.quotaCrossed = body.quotaCrossed;
+        markDirty(id);
+      }
+    }
+    state.detail = { id, interfaces: body.interfaces || [], billing: period };
+    renderDetail();
+  }, DETAIL_INTERVAL_MS);
+
+  /** The node's latest quota events. */
+  const quotaLoader = coalesced(async () => {
+    if (state.locked) return;
+    const id = state.selected;
+    if (!id) {
+      state.quotaEvents = null;
+      renderQuotaEvents();
+      return;
+    }
+    let events = [];
+    try {
+      const body = await api(`/api/v1/nodes/${encodeURIComponent(id)}/quota-events?limit=${QUOTA_EVENTS_LIMIT}`);
+      events = body.events || [];
+    } catch (error) {
+      if (!(error instanceof ApiError && error.status === 404)) {
+        handleFailure('the quota events', error);
+        return;
+      }
+    }
+    loaded('the quota events');
+    if (id !== state.selected) return;
+    state.quotaEvents = { id, events };
+    renderQuotaEvents();
+  }, 1000);
+
+  /** The fleet's held anomalies. */
+  const anomaliesLoader = coalesced(async () => {
+    if (state.locked) return;
+    let anomalies = [];
+    try {
+      const body = await api(`/api/v1/anomalies?status=held&limit=${ANOMALIES_LIMIT}`);
+      anomalies = body.anomalies || [];
+    } catch (error) {
+      if (!(error instanceof ApiError && error.status === 404)) {
+        handleFailure('the held traffic', error);
+        return;
+      }
+    }
+    loaded('the held traffic');
+    state.anomalies = anomalies;
+    renderAnomalies();
+  }, ANOMALIES_INTERVAL_MS);
+
+  function element(tag, className, text) {
+    const e = document.createElement(tag);
+    if (className) e.className = className;
+    if (text !== undefined) e.textContent = text;
+    return e;
+  }
+
+  /** A table cell with a byte count: human text, exact title and data-bytes. */
+  function bytesCell(field, value) {
+    const td = element('td', 'num', formatBytes(value));
+    td.dataset.field = field;
+    td.dataset.bytes = value === null ? '' : value.toString();
+    td.title = exactBytes(value);
+    return td;
+  }
+
+  /** Shows a byte count (or rate) in `id`: human text, exact title, data-bytes. */
+  function showBytes(id, value, { rate = false, none = '—' } = {}) {
+    const e = $(id);
+    e.dataset.bytes = value === null ? '' : value.toString();
+    setText(e, value === null ? none : `${formatBytes(value)}${rate ? '/s' : ''}`);
+    setTitle(e, value === null ? '' : `${value} ${rate ? 'bytes per second' : 'bytes'}`);
+  }
+
+  /** The selected node's interfaces, address families and billing. */
+  function renderDetail() {
+    const node = state.nodes.get(state.selected);
+    $('detail').hidden = !node;
+    if (!node) return;
+    const detail = state.detail && state.detail.id === state.selected ? state.detail : null;
+    setText($('detail-node'), node.name);
+    const rule = RULE_LABELS[node.countRule] ? node.countRule : null;
+    const ruleLabel = $('count-rule');
+    setText(ruleLabel, rule ? RULE_LABELS[rule] : '');
+    ruleLabel.dataset.rule = rule || '';
+    renderFamilies(node.families);
+    renderInterfaces(detail, rule);
+    renderBilling(detail ? detail.billing : null);
+  }
+
+  function renderFamilies(families) {
+    $('families').hidden = !families;
+    if (!families) return;
+    const sums = {};
+    for (const family of FAMILIES) {
+      const name = family === 'ipv4' ? 'IPv4' : 'IPv6';
+      for (const [direction, arrow] of [['download', '↓'], ['upload', '↑']]) {
+        const value = families[family][direction];
+        const e = $(`family-${family}-${direction}`);
+        e.dataset.bytes = value === null ? '' : value.toString();
+        setText(e, `${arrow} ${formatBytes(value)}`);
+        setTitle(e, `${name} ${direction} ${exactBytes(value)}`);
+      }
+      sums[family] = (families[family].download ?? 0n) + (families[family].upload ?? 0n);
+    }
+    const all = sums.ipv4 + sums.ipv6;
+    setText($('families-note'), all > 0n
+      ? 'Since enrolment, counted by the node’s rule; other protocols (ARP, …) are in neither.'
+      : 'No traffic split by address family yet (an agent counting with procfs cannot split it).');
+    for (const family of FAMILIES) {
+      const share = all > 0n ? Number((sums[family] * 1000n) / all) / 10 : null;
+      setText($(`family-${family}-share`), share === null ? '–' : `${share.toFixed(1)} %`);
+      $(`family-bar-${family}`).style.width = `${share ?? 0}%`;
+    }
+  }
+
+  function renderInterfaces(detail, rule) {
+    const interfaces = detail ? detail.interfaces : [];
+    const rows = interfaces.map((iface) => {
+      const row = document.createElement('tr');
+      row.dataset.interface = iface.name;
+      const counted = isCounted(rule, iface);
+      row.dataset.counted = String(counted);
+      if (!counted) row.title = 'Not counted: this node counts physical interfaces and uplinks only';
+      const name = element('th', 'iface-name');
+      name.scope = 'row';
+      name.dataset.field = 'name';
+      name.append(element('span', '', iface.name));
+      if (iface.defaultRoute) {
+        const uplink = element('span', 'tag tag-uplink', 'uplink');
+        uplink.dataset.field = 'uplink';
+        uplink.title = 'Carries a default route';
+        name.append(uplink);
+      }
+      // Only what is not the usual "attached" is said.
+      if (iface.state !== 'attached') {
+        const status = element('span', 'tag tag-state', iface.state);
+        status.dataset.field = 'state';
+        status.title = iface.state === 'gone'
+          ? 'Went away; its counts are kept'
+          : 'Holds the counts of interfaces gone long ago';
+        name.append(status);
+      }
+      const kind = element('td');
+      kind.dataset.field = 'kind';
+      kind.dataset.kind = iface.kind || '';
+      kind.append(element('span', `tag tag-kind${iface.kind === 'physical' ? ' tag-physical' : ''}`,
+        KIND_LABELS[iface.kind] || iface.kind || '—'));
+      row.append(name, kind,
+        bytesCell('rxBytes', parseCounter(iface.rxBytes)),
+        bytesCell('txBytes', parseCounter(iface.txBytes)));
+      for (const family of FAMILIES) {
+        const split = iface[family];
+        const td = element('td', 'num');
+        td.dataset.field = family;
+        if (split) {
+          const rx = parseCounter(split.rx);
+          const tx = parseCounter(split.tx);
+          td.dataset.rx = rx === null ? '' : rx.toString();
+          td.dataset.tx = tx === null ? '' : tx.toString();
+          td.textContent = `${formatBytes(rx)} / ${formatBytes(tx)}`;
+          td.title = `received ${exactBytes(rx)}\nsent ${exactBytes(tx)}`;
+        } else {
+          td.textContent = '—';
+          td.classList.add('muted');
+          td.title = 'The agent’s counting source does not split by address family';
+        }
+        row.append(td);
+      }
+      return row;
+    });
+    $('interfaces-body').replaceChildren(...rows);
+    $('interfaces-empty').hidden = !detail || rows.length > 0;
+  }
+
+  function renderBilling(billing) {
+    const card = $('billing-card');
+    const period = billing && billing.period;
+    card.hidden = !period;
+    if (!period) return;
+    const settings = billing.settings || {};
+    const rate = settings.mode === 'p95';
+    setText($('billing-mode'), MODE_LABELS[settings.mode] || settings.mode || '');
+    const start = formatDateTime(Date.parse(period.start || ''));
+    setText($('billing-period'), period.end
+      ? `${start} → ${formatDateTime(Date.parse(period.end))}`
+      : `since ${start} (ends on request)`);
+    const usage = parseCounter(period.usage);
+    const quota = parseCounter(period.quota);
+    const forecast = parseCounter(period.forecast);
+    showBytes('billing-usage', usage, { rate });
+    showBytes('billing-quota', quota, { rate, none: 'none' });
+    showBytes('billing-forecast', forecast, { rate });
+    if (forecast === null) setTitle($('billing-forecast'), 'None: the period has no end (it ends on request)');
+    showBytes('billing-download', parseCounter(period.download));
+    showBytes('billing-upload', parseCounter(period.upload));
+    const p95 = parseCounter(period.p95Rate);
+    const peak = parseCounter(period.peakRate);
+    setText($('billing-rates'), `${formatBytes(p95)}/s · ${formatBytes(peak)}/s`);
+    setTitle($('billing-rates'), `95th percentile ${p95} bytes per second\npeak ${peak} bytes per second`);
+
+    const meter = $('billing-meter');
+    const percent = typeof period.percent === 'number' ? period.percent : null;
+    meter.hidden = quota === null || quota <= 0n || percent === null;
+    if (meter.hidden) return;
+    const thresholds = (settings.thresholds || []).filter((t) => Number.isFinite(t) && t > 0 && t <= 100);
+    const fill = $('billing-fill');
+    fill.style.width = `${Math.min(100, Math.max(0, percent))}%`;
+    const reached = thresholds.filter((t) => percent >= t);
+    fill.className = `meter-fill${percent >= 100 ? ' meter-over' : reached.length ? ' meter-warn' : ''}`;
+    const label = $('billing-percent');
+    setText(label, `${percent.toFixed(2)} % of the quota`);
+    label.dataset.percent = String(percent);
+    const track = fill.parentElement;
+    for (const tick of track.querySelectorAll('.meter-tick')) tick.remove();
+    for (const t of thresholds) {
+      const tick = element('span', 'meter-tick');
+      tick.style.left = `${t}%`;
+      tick.title = `${t} % threshold`;
+      track.append(tick);
+    }
+    const mark = $('billing-forecast-mark');
+    mark.hidden = forecast === null;
+    if (forecast !== null) {
+      const share = Number((forecast * 10000n) / quota) / 100;
+      mark.style.left = `${Math.min(100, share)}%`;
+      mark.title = `forecast: ${share.toFixed(2)} % of the quota at the period's end`;
+    }
+  }
+
+  function renderQuotaEvents() {
+    const known = state.quotaEvents && state.quotaEvents.id === state.selected ? state.quotaEvents.events : [];
+    const node = state.nodes.get(state.selected);
+    const current = node ? Date.parse(node.traffic.periodStart || '') : NaN;
+    const items = known.map((event) => {
+      const item = document.createElement('li');
+      item.dataset.threshold = String(event.threshold);
+      const now = Date.parse(event.periodStart || '') === current;
+      item.dataset.current = String(now);
+      const rate = event.mode === 'p95';
+      const unit = (v) => `${formatBytes(parseCounter(v))}${rate ? '/s' : ''}`;
+      const title = element('span', `event-title${Number(event.threshold) >= 100 ? ' event-over' : ''}`,
+        `${event.threshold} % reached`);
+      const when = element('span', 'event-time', formatDateTime(Date.parse(event.at || '')));
+      const detail = element('span', 'event-detail',
+        `${unit(event.usage)} of ${unit(event.quota)}${now ? '' : ' · an earlier period'}`);
+      item.append(when, title, detail);
+      return item;
+    });
+    $('quota-events').replaceChildren(...items);
+    $('quota-card').hidden = items.length === 0;
+  }
+
+  function renderAnomalies() {
+    const anomalies = state.anomalies || [];
+    $('anomalies').hidden = anomalies.length === 0;
+    setText($('anomalies-count'), anomalies.length
+      ? `${anomalies.length}${anomalies.length >= ANOMALIES_LIMIT ? '+' : ''} held, not counted`
+      : '');
+    const rows = anomalies.map((anomaly) => {
+      const row = document.createElement('tr');
+      row.dataset.anomalyId = String(anomaly.id);
+      row.dataset.nodeId = anomaly.nodeId;
+      row.tabIndex = 0;
+      const node = state.nodes.get(anomaly.nodeId);
+      const name = element('th', 'col-name', node ? node.name : anomaly.nodeId);
+      name.scope = 'row';
+      name.dataset.field = 'node';
+      const iface = element('td', '', anomaly.interface);
+      iface.dataset.field = 'interface';
+      const detected = Date.parse(anomaly.detectedAt || '');
+      const when = element('td', 'muted', formatDateTime(detected));
+      when.dataset.field = 'detectedAt';
+      when.title = ago(anomaly.detectedAt);
+      const id = element('td', 'num muted', String(anomaly.id));
+      id.dataset.field = 'id';
+      row.append(name, iface,
+        bytesCell('download', parseCounter(anomaly.download)),
+        bytesCell('upload', parseCounter(anomaly.upload)),
+        when, id);
+      row.addEventListener('click', () => select(anomaly.nodeId, { scroll: true }));
+      row.addEventListener('keydown', (e) => {
+        if (e.key === 'Enter') select(anomaly.nodeId, { scroll: true });
+      });
+      return row;
+    });
+    $('anomalies-body').replaceChildren(...rows);
+  }
+
   // ------------------------------------------------------------ the token
 
   function requireToken(message) {
@@ -1054,6 +1526,9 @@
     nodesLoader.now();
     rankingLoader.now();
     chartLoader.now();
+    detailLoader.now();
+    quotaLoader.now();
+    anomaliesLoader.now();
   }
 
   function onEvent(event) {
@@ -1065,13 +1540,17 @@
     }
     switch (event.type) {
       case 'heartbeat':
-      case 'period_reset': {
+      case 'period_reset':
+      case 'calibration':
+      case 'anomaly': {
+        // An anomaly was decided: it leaves the held list.
+        if (event.type === 'anomaly') anomaliesLoader.schedule();
         const node = state.nodes.get(payload.nodeId);
         if (!node) {
           nodesLoader.schedule();
           return;
         }
-        node.traffic = parseTraffic(payload.traffic, node.traffic);
+        applyTraffic(node, payload.traffic);
         if (event.type === 'heartbeat') {
           node.online = true;
           if (payload.lastSeen) node.lastSeen = payload.lastSeen;
@@ -1079,9 +1558,37 @@
         }
         markDirty(node.id);
         rankingLoader.schedule();
-        if (node.id === state.selected) chartLoader.schedule();
+        if (node.id === state.selected) {
+          chartLoader.schedule();
+          detailLoader.schedule();
+          if (event.type === 'period_reset') quotaLoader.schedule();
+        }
         break;
       }
+      case 'quota': {
+        const node = state.nodes.get(payload.nodeId);
+        if (!node) {
+          nodesLoader.schedule();
+          return;
+        }
+        // Crossed in the node's current period: the row's badge shows it.
+        const threshold = Number(payload.threshold);
+        const start = Date.parse(payload.periodStart || '');
+        if (Number.isInteger(threshold) && !Number.isNaN(start)
+            && start === Date.parse(node.traffic.periodStart || '')
+            && !(node.quotaCrossed >= threshold)) {
+          node.quotaCrossed = threshold;
+          markDirty(node.id);
+        }
+        if (node.id === state.selected) {
+          quotaLoader.now();
+          detailLoader.schedule();
+        }
+        break;
+      }
+      case 'anomaly_held':
+        anomaliesLoader.schedule();
+        break;
       case 'nodes':
         if (payload.change === 'removed') {
           state.nodes.delete(payload.nodeId);
@@ -1227,6 +1734,8 @@
       nodesLoader.schedule();
       rankingLoader.schedule();
       chartLoader.schedule();
+      detailLoader.schedule();
+      anomaliesLoader.schedule();
     }, NODES_REFRESH_MS);
     runStream();
   }
