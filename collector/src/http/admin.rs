@@ -88,7 +88,7 @@ pub async fn add(
 }
 
 /// Refuses an id no node has (the command-line functions also take names).
-async fn known(state: &AppState, id: &str) -> Result<(), Error> {
+pub(super) async fn known(state: &AppState, id: &str) -> Result<(), Error> {
     if views::nodes::exists(&state.pool, id).await? {
         Ok(())
     } else {

@@ -9,6 +9,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::{
     AppState,
+    admin::known,
     auth::{Admin, Reader},
     openapi::{ErrorBody, TAG_ADMIN, TAG_NODES},
     params::{Body, Counter, Path, Query, Time},
@@ -20,7 +21,7 @@ use crate::{
         calibrate::{self, Change, Changes},
     },
     error::Error,
-    events, views,
+    events,
 };
 
 /// How to change one counter: exactly one of `set` and `offset`.
@@ -340,15 +341,6 @@ pub struct DecidedAnomaly {
     pub message: String,
     /// The node's counters after the decision.
     pub traffic: CorrectedTraffic,
-}
-
-/// Refuses an id no node has (the command line also takes names).
-async fn known(state: &AppState, id: &str) -> Result<(), Error> {
-    if views::nodes::exists(&state.pool, id).await? {
-        Ok(())
-    } else {
-        Err(Error::NoSuchNode(id.to_owned()))
-    }
 }
 
 /// Calibrate a node's counters
