@@ -598,6 +598,38 @@ fn missing_defaults() -> Error {
     unreadable("the billing_defaults row is missing (run `tally-collector migrate`)".into())
 }
 
+/// Binds a patch's fields in the order the update statements take them:
+/// for each field, whether it is written, then its value.
+trait BindPatch<'q> {
+    fn bind_patch(self, patch: &'q SettingsPatch) -> Self;
+}
+
+impl<'q> BindPatch<'q> for sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    fn bind_patch(self, patch: &'q SettingsPatch) -> Self {
+        let (anchor_set, anchor) = patch.anchor_day.write();
+        let (zone_set, zone) = patch.time_zone.write();
+        let (mode_set, mode) = patch.mode.write();
+        let (rule_set, rule) = patch.count_rule.write();
+        let (quota_set, quota) = patch.quota.write();
+        let (thresholds_set, thresholds) = patch.thresholds.write();
+        let (rate_set, rate) = patch.max_rate.write();
+        self.bind(anchor_set)
+            .bind(anchor.map(|&d| d as i32))
+            .bind(zone_set)
+            .bind(zone)
+            .bind(mode_set)
+            .bind(mode.map(|m| m.as_str()))
+            .bind(rule_set)
+            .bind(rule.map(|r| r.as_str()))
+            .bind(quota_set)
+            .bind(quota)
+            .bind(thresholds_set)
+            .bind(thresholds)
+            .bind(rate_set)
+            .bind(rate)
+    }
+}
+
 /// The fleet's defaults.
 pub async fn defaults(pool: &PgPool) -> Result<Defaults, Error> {
     let row = sqlx::query(AssertSqlSafe(format!(
@@ -612,13 +644,6 @@ pub async fn defaults(pool: &PgPool) -> Result<Defaults, Error> {
 /// Applies `patch` to the fleet's defaults; returns them as they are now.
 pub async fn update_defaults(pool: &PgPool, patch: &SettingsPatch) -> Result<Defaults, Error> {
     let patch = patch.check()?.for_fleet();
-    let (anchor_set, anchor) = patch.anchor_day.write();
-    let (zone_set, zone) = patch.time_zone.write();
-    let (mode_set, mode) = patch.mode.write();
-    let (rule_set, rule) = patch.count_rule.write();
-    let (quota_set, quota) = patch.quota.write();
-    let (thresholds_set, thresholds) = patch.thresholds.write();
-    let (rate_set, rate) = patch.max_rate.write();
     let row = sqlx::query(AssertSqlSafe(format!(
         r#"UPDATE "billing_defaults" SET
              "anchorDay" = CASE WHEN $1 THEN $2 ELSE "anchorDay" END,
@@ -631,20 +656,7 @@ pub async fn update_defaults(pool: &PgPool, patch: &SettingsPatch) -> Result<Def
              "updatedAt" = date_trunc('milliseconds', now() AT TIME ZONE 'UTC')
            RETURNING {DEFAULTS_COLUMNS}"#
     )))
-    .bind(anchor_set)
-    .bind(anchor.map(|&d| d as i32))
-    .bind(zone_set)
-    .bind(zone)
-    .bind(mode_set)
-    .bind(mode.map(|m| m.as_str()))
-    .bind(rule_set)
-    .bind(rule.map(|r| r.as_str()))
-    .bind(quota_set)
-    .bind(quota)
-    .bind(thresholds_set)
-    .bind(thresholds)
-    .bind(rate_set)
-    .bind(rate)
+    .bind_patch(&patch)
     .fetch_optional(pool)
     .await?
     .ok_or_else(missing_defaults)?;
@@ -750,13 +762,6 @@ pub async fn patch_node(
         return Err(Error::NoSuchNode(node_id.to_owned()));
     }
     if !patch.is_empty() {
-        let (anchor_set, anchor) = patch.anchor_day.write();
-        let (zone_set, zone) = patch.time_zone.write();
-        let (mode_set, mode) = patch.mode.write();
-        let (rule_set, rule) = patch.count_rule.write();
-        let (quota_set, quota) = patch.quota.write();
-        let (thresholds_set, thresholds) = patch.thresholds.write();
-        let (rate_set, rate) = patch.max_rate.write();
         // A node without a row gets one: what the patch does not set is
         // NULL there, i.e. the fleet's.
         sqlx::query(
@@ -775,20 +780,7 @@ pub async fn patch_node(
                  "updatedAt" = EXCLUDED."updatedAt""#,
         )
         .bind(node_id)
-        .bind(anchor_set)
-        .bind(anchor.map(|&d| d as i32))
-        .bind(zone_set)
-        .bind(zone)
-        .bind(mode_set)
-        .bind(mode.map(|m| m.as_str()))
-        .bind(rule_set)
-        .bind(rule.map(|r| r.as_str()))
-        .bind(quota_set)
-        .bind(quota)
-        .bind(thresholds_set)
-        .bind(thresholds)
-        .bind(rate_set)
-        .bind(rate)
+        .bind_patch(&patch)
         .execute(&mut *tx)
         .await?;
     }
