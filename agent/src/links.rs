@@ -32,23 +32,10 @@ const IFLA_TUN_TYPE: u16 = 3;
 const IFF_TUN: u8 = 0x0001;
 const IFF_TAP: u8 = 0x0002;
 
-/// The name of a kind in the agent's JSON and in `status`.
+/// The name of a kind in the agent's JSON and in `status` (the contract's
+/// name, shared with the collector).
 pub fn kind_name(kind: LinkKind) -> &'static str {
-    match kind {
-        LinkKind::Unspecified => "unspecified",
-        LinkKind::Physical => "physical",
-        LinkKind::Vlan => "vlan",
-        LinkKind::Bond => "bond",
-        LinkKind::Bridge => "bridge",
-        LinkKind::ContainerBridge => "container_bridge",
-        LinkKind::Veth => "veth",
-        LinkKind::Tun => "tun",
-        LinkKind::Tap => "tap",
-        LinkKind::Wireguard => "wireguard",
-        LinkKind::Macvlan => "macvlan",
-        LinkKind::Vxlan => "vxlan",
-        LinkKind::Other => "other",
-    }
+    kind.name()
 }
 
 /// `#[serde(serialize_with = "crate::links::serialize_kind")]`: a

@@ -444,21 +444,7 @@ fn expect_first_heartbeat(
 
 /// The JSON name of a kind in `status --json`.
 fn json_name(kind: LinkKind) -> &'static str {
-    match kind {
-        LinkKind::Physical => "physical",
-        LinkKind::Vlan => "vlan",
-        LinkKind::Bond => "bond",
-        LinkKind::Bridge => "bridge",
-        LinkKind::ContainerBridge => "container_bridge",
-        LinkKind::Veth => "veth",
-        LinkKind::Tun => "tun",
-        LinkKind::Tap => "tap",
-        LinkKind::Wireguard => "wireguard",
-        LinkKind::Macvlan => "macvlan",
-        LinkKind::Vxlan => "vxlan",
-        LinkKind::Other => "other",
-        LinkKind::Unspecified => "unspecified",
-    }
+    kind.name()
 }
 
 /// `status --json` gives every interface its kind and exactly `uplinks`

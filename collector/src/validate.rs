@@ -59,22 +59,12 @@ pub struct Family {
     pub tx_packets: i64,
 }
 
-/// The stored name of a link kind (an unspecified kind is taken as
-/// physical, as agents that do not report kinds count hardware).
+/// The stored name of a link kind ([`LinkKind::name`]); an unspecified kind
+/// is taken as physical, as agents that do not report kinds count hardware.
 pub fn kind_name(kind: LinkKind) -> &'static str {
     match kind {
-        LinkKind::Unspecified | LinkKind::Physical => "physical",
-        LinkKind::Vlan => "vlan",
-        LinkKind::Bond => "bond",
-        LinkKind::Bridge => "bridge",
-        LinkKind::ContainerBridge => "container-bridge",
-        LinkKind::Veth => "veth",
-        LinkKind::Tun => "tun",
-        LinkKind::Tap => "tap",
-        LinkKind::Wireguard => "wireguard",
-        LinkKind::Macvlan => "macvlan",
-        LinkKind::Vxlan => "vxlan",
-        LinkKind::Other => "other",
+        LinkKind::Unspecified => LinkKind::Physical.name(),
+        kind => kind.name(),
     }
 }
 

@@ -396,7 +396,7 @@ async fn families_kinds_the_count_rule_and_the_quota_crossed() {
     assert_eq!(
         shown,
         [
-            json!(["docker0", "container-bridge", false, {"rx": "400", "tx": "40"},
+            json!(["docker0", "container_bridge", false, {"rx": "400", "tx": "40"},
                    {"rx": "0", "tx": "0"}]),
             json!(["eth0", "physical", false, {"rx": "600", "tx": "60"},
                    {"rx": "300", "tx": "30"}]),

@@ -322,7 +322,7 @@ async fn the_counting_rule_picks_the_interfaces() {
     assert_eq!(
         kinds,
         vec![
-            ("docker0".into(), "container-bridge".into(), false),
+            ("docker0".into(), "container_bridge".into(), false),
             ("eth1".into(), "physical".into(), false),
             ("uplink0".into(), "veth".into(), true),
             ("veth7".into(), "veth".into(), false),

@@ -7,6 +7,29 @@ pub mod v1 {
     tonic::include_proto!("tally.v1");
 }
 
+impl v1::LinkKind {
+    /// The kind's name in JSON, logs and the database: `physical`, `vlan`,
+    /// `bond`, `bridge`, `container_bridge`, `veth`, `tun`, `tap`,
+    /// `wireguard`, `macvlan`, `vxlan`, `other`, or `unspecified`.
+    pub fn name(self) -> &'static str {
+        match self {
+            v1::LinkKind::Unspecified => "unspecified",
+            v1::LinkKind::Physical => "physical",
+            v1::LinkKind::Vlan => "vlan",
+            v1::LinkKind::Bond => "bond",
+            v1::LinkKind::Bridge => "bridge",
+            v1::LinkKind::ContainerBridge => "container_bridge",
+            v1::LinkKind::Veth => "veth",
+            v1::LinkKind::Tun => "tun",
+            v1::LinkKind::Tap => "tap",
+            v1::LinkKind::Wireguard => "wireguard",
+            v1::LinkKind::Macvlan => "macvlan",
+            v1::LinkKind::Vxlan => "vxlan",
+            v1::LinkKind::Other => "other",
+        }
+    }
+}
+
 /// Limits every heartbeat is checked against (the contract's numbers).
 pub mod limits {
     /// Most interface entries in one heartbeat.

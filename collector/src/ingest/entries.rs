@@ -280,7 +280,7 @@ mod tests {
         uplink.default_route = true;
         vec![
             uplink,
-            entry("docker0", 3, "container-bridge", 80 * scale, 40 * scale),
+            entry("docker0", 3, "container_bridge", 80 * scale, 40 * scale),
             entry("veth1a2b", 7, "veth", 40 * scale, 80 * scale),
             entry("eth1", 4, "physical", 5 * scale, 5 * scale),
         ]

@@ -90,7 +90,7 @@ pub struct Interface {
     pub rx_packets: i64,
     pub tx_packets: i64,
     pub updated_at: NaiveDateTime,
-    /// `physical`, `vlan`, `bond`, `bridge`, `container-bridge`, `veth`,
+    /// `physical`, `vlan`, `bond`, `bridge`, `container_bridge`, `veth`,
     /// `tun`, `tap`, `wireguard`, `macvlan`, `vxlan` or `other`.
     pub kind: String,
     /// Carried an IPv4 or IPv6 default route at the last reading.

@@ -1112,7 +1112,7 @@
     uplink: 'counts physical interfaces and uplinks only',
   };
   const KIND_LABELS = {
-    'container-bridge': 'container bridge', vlan: 'VLAN', vxlan: 'VXLAN',
+    container_bridge: 'container bridge', vlan: 'VLAN', vxlan: 'VXLAN',
     tun: 'TUN', tap: 'TAP', wireguard: 'WireGuard', macvlan: 'macvlan',
   };
   const MODE_LABELS = {
