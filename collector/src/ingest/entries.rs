@@ -58,10 +58,12 @@ impl Positions {
         }
     }
 
-    fn find(&self, name: &str, ifindex: i64) -> Option<&Position> {
+    /// The entries by (name, ifindex): a heartbeat may list thousands.
+    fn index(&self) -> HashMap<(&str, i64), &Position> {
         self.entries
             .iter()
-            .find(|p| p.ifindex == ifindex && p.name == name)
+            .map(|p| ((p.name.as_str(), p.ifindex), p))
+            .collect()
     }
 }
 
@@ -140,13 +142,17 @@ pub fn count(
         CountRule::All => HashSet::new(),
         CountRule::Uplink => uplinks(interfaces),
     };
+    let stored = match previous {
+        Previous::Stored(positions) => positions.index(),
+        _ => HashMap::new(),
+    };
     let (mut rule_down, mut rule_up) = (0i64, 0i64);
     for (index, entry) in interfaces.iter().enumerate() {
         if entry.state == "retired" {
             continue;
         }
         let before = match previous {
-            Previous::Stored(positions) => positions.find(&entry.name, entry.ifindex),
+            Previous::Stored(_) => stored.get(&(entry.name.as_str(), entry.ifindex)).copied(),
             _ => None,
         };
         let known = !matches!(previous, Previous::Unknown);
