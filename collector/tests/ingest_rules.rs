@@ -388,4 +388,25 @@ async fn a_delta_too_large_for_its_interface_is_held() {
     assert_eq!(apply(&fleet, &jobs, now).await, ["Applied"]);
     let (down, up, _, _) = fleet.totals(&node.id).await;
     assert_eq!((down, up), (2_600, 2_060));
+
+    // Positions another collector did not keep up (an older version during
+    // a rolling upgrade: zeroed here, and of an earlier sequence) are not
+    // measured against: no false anomaly, the summed delta counts.
+    sqlx::query(
+        r#"UPDATE "nodes" SET "positions" = '{"e":[{"n":"eth0","i":2,"rx":0,"tx":0},
+             {"n":"eth1","i":2,"rx":0,"tx":0}],"s":1}' WHERE "id" = $1"#,
+    )
+    .bind(&node.id)
+    .execute(&fleet.pool)
+    .await
+    .expect("stale positions");
+    let jobs = [beat(40 * second, 2_000 + 40_000_000 + 700, 4_000 + 70)];
+    assert_eq!(apply(&fleet, &jobs, now).await, ["Applied"]);
+    assert_eq!(fleet.totals(&node.id).await.0, 2_700);
+    let held: i64 = sqlx::query_scalar(r#"SELECT count(*) FROM "anomalies" WHERE "nodeId" = $1"#)
+        .bind(&node.id)
+        .fetch_one(&fleet.pool)
+        .await
+        .expect("count");
+    assert_eq!(held, 2, "no new anomaly");
 }

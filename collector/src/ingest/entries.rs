@@ -38,6 +38,12 @@ pub struct Position {
 pub struct Positions {
     #[serde(rename = "e")]
     pub entries: Vec<Position>,
+    /// The sequence of the heartbeat they are of: positions written by a
+    /// collector that did not keep them up to date (an older version,
+    /// during a rolling upgrade) do not match the node's last sequence and
+    /// are not used.
+    #[serde(rename = "s", default)]
+    pub sequence: i64,
 }
 
 impl Positions {
@@ -55,6 +61,7 @@ impl Positions {
                     v6: i.ipv6.map(|f| [f.rx_bytes, f.tx_bytes]),
                 })
                 .collect(),
+            sequence: 0,
         }
     }
 

@@ -321,6 +321,7 @@ fn decide<'a>(
         let previous = node
             .positions
             .as_ref()
+            .filter(|p| p.sequence == node.position.sequence)
             .map_or(Previous::Unknown, Previous::Stored);
         (previous, reading.sequence - node.position.sequence)
     };
@@ -386,7 +387,10 @@ fn decide<'a>(
     node.period_upload = period_upload;
     node.period_download = period_download;
     node.position.advance(reading);
-    node.positions = Some(Positions::of(&heartbeat.interfaces));
+    node.positions = Some(Positions {
+        sequence: reading.sequence,
+        ..Positions::of(&heartbeat.interfaces)
+    });
     node.last_seen = Some(time.now);
     let crossings = crossings(node, node_id, usage_before, time.now);
     for held in &counted.held {
