@@ -589,22 +589,6 @@ async fn select_node(browser: &Browser, id: &str) {
         .await;
 }
 
-/// Sets `sql` (a SET list) in the node's own billing settings.
-async fn node_settings(fleet: &Fleet, node: &str, sql: &str) {
-    sqlx::query(r#"INSERT INTO "node_settings" ("nodeId") VALUES ($1) ON CONFLICT DO NOTHING"#)
-        .bind(node)
-        .execute(&fleet.pool)
-        .await
-        .expect("settings row");
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        r#"UPDATE "node_settings" SET {sql} WHERE "nodeId" = $1"#
-    )))
-    .bind(node)
-    .execute(&fleet.pool)
-    .await
-    .expect("settings");
-}
-
 /// What the selected node's detail shows, as JSON for the assertions.
 const DETAIL: &str = r#"
     const text = (id) => document.getElementById(id).textContent;
@@ -645,13 +629,10 @@ async fn the_dashboard_shows_families_uplinks_quotas_and_held_traffic() {
     let edge = fleet.add_node("edge").await;
     // edge counts its uplink only, against a quota of 10 000 bytes (sum);
     // core carries at most 1 byte/s per interface: a real delta is held.
-    node_settings(
-        &fleet,
-        &edge.id,
-        r#""countRule" = 'uplink', "quota" = 10000"#,
-    )
-    .await;
-    node_settings(&fleet, &core.id, r#""maxRate" = 1"#).await;
+    fleet
+        .set_node_settings(&edge.id, r#""countRule" = 'uplink', "quota" = 10000"#)
+        .await;
+    fleet.set_node_settings(&core.id, r#""maxRate" = 1"#).await;
     let server = fleet
         .serve_here_with(|options| {
             options.tokens = Tokens {

@@ -44,21 +44,6 @@ async fn apply(fleet: &Fleet, jobs: &[Job], now: NaiveDateTime) -> Vec<String> {
         .collect()
 }
 
-async fn settings(fleet: &Fleet, node: &str, sql: &str) {
-    sqlx::query(r#"INSERT INTO "node_settings" ("nodeId") VALUES ($1) ON CONFLICT DO NOTHING"#)
-        .bind(node)
-        .execute(&fleet.pool)
-        .await
-        .expect("settings row");
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        r#"UPDATE "node_settings" SET {sql} WHERE "nodeId" = $1"#
-    )))
-    .bind(node)
-    .execute(&fleet.pool)
-    .await
-    .expect("settings");
-}
-
 async fn set_period_start(fleet: &Fleet, node: &str, start: NaiveDateTime) {
     sqlx::query(r#"UPDATE "traffic_stats" SET "periodStart" = $2 WHERE "nodeId" = $1"#)
         .bind(node)
@@ -109,12 +94,9 @@ async fn a_heartbeat_straddling_the_boundary_is_shared_by_time() {
     };
     let node = fleet.add_node("berlin").await;
     // Anchored on the 1st in Berlin: November starts at 23:00 UTC on Oct 31.
-    settings(
-        &fleet,
-        &node.id,
-        r#""anchorDay" = 1, "timeZone" = 'Europe/Berlin'"#,
-    )
-    .await;
+    fleet
+        .set_node_settings(&node.id, r#""anchorDay" = 1, "timeZone" = 'Europe/Berlin'"#)
+        .await;
     set_period_start(&fleet, &node.id, at(2026, 9, 30, 22, 0)).await;
     let beat = |seq, rx, tx| job(&node.token, fleet::heartbeat("e", seq, rx, tx));
     assert_eq!(
@@ -199,7 +181,9 @@ async fn resets_and_the_sweep_archive_the_period() {
     assert_eq!(fleet.totals(&node.id).await, (700, 70, 0, 0));
 
     // A quiet node anchored on day 1 whose period began last month.
-    settings(&fleet, &quiet.id, r#""anchorDay" = 1"#).await;
+    fleet
+        .set_node_settings(&quiet.id, r#""anchorDay" = 1"#)
+        .await;
     sqlx::query(
         r#"UPDATE "traffic_stats" SET "periodStart" = $2, "periodUpload" = 3,
              "periodDownload" = 4, "totalUpload" = 3, "totalDownload" = 4 WHERE "nodeId" = $1"#,
@@ -270,7 +254,9 @@ async fn the_counting_rule_picks_the_interfaces() {
     };
     let all = fleet.add_node("all").await;
     let uplink = fleet.add_node("uplink").await;
-    settings(&fleet, &uplink.id, r#""countRule" = 'uplink'"#).await;
+    fleet
+        .set_node_settings(&uplink.id, r#""countRule" = 'uplink'"#)
+        .await;
     let now = chrono::Utc::now().naive_utc();
     let jobs = [
         job(&all.token, host("e", 1, 4, false)),
@@ -337,7 +323,9 @@ async fn a_delta_too_large_for_its_interface_is_held() {
     };
     let node = fleet.add_node("n").await;
     // 1 MB/s per interface and direction.
-    settings(&fleet, &node.id, r#""maxRate" = 1000000"#).await;
+    fleet
+        .set_node_settings(&node.id, r#""maxRate" = 1000000"#)
+        .await;
     let now = chrono::Utc::now().naive_utc();
     let second = 1_000_000_000u64;
     let beat = |seq, rx, tx| job(&node.token, fleet::heartbeat("e", seq, rx, tx));

@@ -56,6 +56,23 @@ impl Fleet {
         )
     }
 
+    /// Sets `sql` (a SET list, e.g. `"countRule" = 'uplink'`) in the
+    /// node's own billing settings (`node_settings`).
+    pub async fn set_node_settings(&self, node: &str, sql: &str) {
+        sqlx::query(r#"INSERT INTO "node_settings" ("nodeId") VALUES ($1) ON CONFLICT DO NOTHING"#)
+            .bind(node)
+            .execute(&self.pool)
+            .await
+            .expect("settings row");
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            r#"UPDATE "node_settings" SET {sql} WHERE "nodeId" = $1"#
+        )))
+        .bind(node)
+        .execute(&self.pool)
+        .await
+        .expect("settings");
+    }
+
     /// Every column of the node's rows in `nodes` and `traffic_stats`, as
     /// text: to show that a refused heartbeat changed nothing.
     pub async fn snapshot(&self, node: &str) -> String {
