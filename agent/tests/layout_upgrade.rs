@@ -13,6 +13,8 @@ use std::{
     fs,
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
     path::Path,
+    thread,
+    time::{Duration, Instant},
 };
 
 use common::{Agent, Link, privileged};
@@ -238,8 +240,17 @@ fn plant(dir: &Path, veth: &str, veth_ifindex: u32) -> Planted {
 
 /// The heartbeats in the reboot journal (format 1: a 20-byte header, then
 /// length-delimited `HeartbeatRequest`s).
+///
+/// The agent attaches to the old set's interfaces (which is what `status`
+/// shows) before it reads the old set's final counts and writes them here,
+/// so this waits for the file (bounded); it appears whole, by a rename.
 fn journal(state_dir: &Path) -> Vec<HeartbeatRequest> {
-    let bytes = fs::read(state_dir.join("journal")).expect("the reboot journal");
+    let path = state_dir.join("journal");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !path.exists() && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(50));
+    }
+    let bytes = fs::read(&path).expect("the reboot journal (within 10 s)");
     assert_eq!(&bytes[..8], b"TALLYJNL");
     let mut rest = &bytes[20..];
     let mut out = Vec::new();
