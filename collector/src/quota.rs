@@ -6,8 +6,10 @@
 //! traffic, so an event exists exactly when its traffic does.
 //!
 //! Byte quotas are checked by ingestion ([`record`], after each batch);
-//! quotas on the 95th percentile rate by the minute upkeep
-//! ([`check_p95`]), since a rate needs whole 5-minute slots.
+//! quotas on the 95th percentile rate by the minute upkeep ([`check`]),
+//! since a rate needs whole 5-minute slots. The upkeep also records byte
+//! quota thresholds that usage reached without a heartbeat crossing them
+//! (a calibration, an accepted anomaly, a lowered quota).
 
 use std::collections::HashMap;
 
@@ -223,14 +225,18 @@ fn timestamp<S: Serializer>(time: &NaiveDateTime, serializer: S) -> Result<S::Ok
     serializer.collect_str(&time.format("%Y-%m-%dT%H:%M:%S%.3fZ"))
 }
 
-/// Checks the quotas of the nodes billed by 95th percentile (the effective
-/// mode is `p95` and there is a quota): the percentile of the current
-/// period so far, from `[periodStart, now)` (or the period's end, if it has
-/// passed and the period is not archived yet), against the thresholds above
-/// the largest one recorded for the period. Records what fired in one
-/// transaction; returns the events recorded. `fallback_day` is the
+/// Checks every node with a quota against the thresholds above the largest
+/// one recorded for its current period, and records what its usage reached
+/// in one transaction; returns the events recorded. `fallback_day` is the
 /// collector's `--period-reset monthly:DAY`.
-pub async fn check_p95(
+///
+/// For nodes billed by 95th percentile this is the only check: the
+/// percentile of the current period so far, from `[periodStart, now)` (or
+/// the period's end, if it has passed and the period is not archived yet).
+/// For byte modes ingestion records crossings as heartbeats make them; this
+/// catches usage that got past a threshold otherwise: a calibration, an
+/// accepted anomaly, a quota or mode changed under usage already there.
+pub async fn check(
     pool: &PgPool,
     config: &Config,
     fallback_day: Option<u32>,
@@ -238,13 +244,13 @@ pub async fn check_p95(
     let now = Utc::now();
     let mut conn = pool.acquire().await?;
     let nodes = sqlx::query(AssertSqlSafe(format!(
-        r#"SELECT n."id", t."periodStart", {SETTINGS_COLUMNS},
+        r#"SELECT n."id", t."periodStart", t."periodUpload", t."periodDownload",
+               {SETTINGS_COLUMNS},
                (SELECT max(q."threshold") FROM "quota_events" q
                 WHERE q."nodeId" = n."id" AND q."periodStart" = t."periodStart") AS "recorded"
            FROM "nodes" n JOIN "traffic_stats" t ON t."nodeId" = n."id"
            {SETTINGS_JOIN}
-           WHERE COALESCE(s."mode", d."mode") = 'p95'
-             AND COALESCE(s."quota", d."quota") IS NOT NULL"#
+           WHERE COALESCE(s."quota", d."quota") IS NOT NULL"#
     )))
     .fetch_all(&mut *conn)
     .await?;
@@ -256,36 +262,48 @@ pub async fn check_p95(
         let settings = match Stored::from_row(row)?.resolve(fallback_day) {
             Ok(settings) => settings,
             Err(error) => {
-                tracing::warn!(node = %node_id, %error, "the node's billing settings are unusable; its p95 quota is not checked");
+                tracing::warn!(node = %node_id, %error, "the node's billing settings are unusable; its quota is not checked");
                 continue;
             }
         };
         let Some(quota) = settings.quota else {
             continue;
         };
-        let end = settings
-            .anchor
-            .map(|anchor| anchor.period_at(period_start.and_utc()).end.min(now))
-            .unwrap_or(now)
-            .naive_utc();
-        let p95 = rates::of_span(&mut conn, &node_id, period_start, end)
-            .await?
-            .p95;
         let above: Vec<i32> = settings
             .thresholds
             .iter()
             .copied()
             .filter(|&t| recorded.is_none_or(|r| t > r))
             .collect();
-        for threshold in billing::crossed(&above, quota, 0, p95) {
+        if above.is_empty() {
+            continue;
+        }
+        let usage = if settings.mode == Mode::P95 {
+            let end = settings
+                .anchor
+                .map(|anchor| anchor.period_at(period_start.and_utc()).end.min(now))
+                .unwrap_or(now)
+                .naive_utc();
+            rates::of_span(&mut conn, &node_id, period_start, end)
+                .await?
+                .p95
+        } else {
+            billing::usage(
+                settings.mode,
+                row.try_get("periodUpload")?,
+                row.try_get("periodDownload")?,
+                0,
+            )
+        };
+        for threshold in billing::crossed(&above, quota, 0, usage) {
             crossings.push(Crossing {
                 node_id: node_id.clone(),
                 node_name: None,
                 period_start,
                 threshold,
-                usage: p95,
+                usage,
                 quota,
-                mode: Mode::P95,
+                mode: settings.mode,
                 at: now.naive_utc(),
             });
         }

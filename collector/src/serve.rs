@@ -238,8 +238,8 @@ async fn upkeep(
             Err(error) => tracing::warn!(%error, "scheduled period reset failed; will retry"),
         }
         let fallback_day = schedule.map(Schedule::day);
-        if let Err(error) = quota::check_p95(&pool, &quotas, fallback_day).await {
-            tracing::warn!(%error, "p95 quota check failed; will retry");
+        if let Err(error) = quota::check(&pool, &quotas, fallback_day).await {
+            tracing::warn!(%error, "quota check failed; will retry");
         }
         if round.is_multiple_of(10) {
             match prune_history(&pool, retention).await {

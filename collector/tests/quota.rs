@@ -2,8 +2,9 @@
 //! fires once per node, period and threshold (live event, webhook row), the
 //! deliverer POSTs signed calls to a test server on 127.0.0.1, retries with
 //! growing pauses, gives up after its last attempt, shares rows between
-//! replicas without delivering one twice, and the p95 check of the upkeep
-//! fires once; the HTTP listing shows the events newest first.
+//! replicas without delivering one twice, and the upkeep's check fires once
+//! what the 95th percentile, a calibration or a lowered quota reached; the
+//! HTTP listing shows the events newest first.
 
 mod common;
 
@@ -27,6 +28,10 @@ use serde_json::json;
 use sqlx::{PgPool, Row as _};
 use tally_collector::{
     billing::Mode,
+    corrections::{
+        Audit,
+        calibrate::{self, Change, Changes},
+    },
     db,
     events::{self, Kind, Outbox},
     metrics::Metrics,
@@ -655,7 +660,7 @@ async fn the_p95_check_fires_once_per_threshold() {
     };
     history(60_000).await;
     let config = quota::Config { webhook: true };
-    let fired = quota::check_p95(&fleet.pool, &config, None)
+    let fired = quota::check(&fleet.pool, &config, None)
         .await
         .expect("check");
     // 1000 B/s of a 1500 B/s quota: 50 % only, and only the p95 node.
@@ -667,14 +672,14 @@ async fn the_p95_check_fires_once_per_threshold() {
         [(node.id.as_str(), 50, 1000, Mode::P95)]
     );
     assert_eq!(fired[0].period_start, start);
-    let again = quota::check_p95(&fleet.pool, &config, None)
+    let again = quota::check(&fleet.pool, &config, None)
         .await
         .expect("check");
     assert!(again.is_empty(), "fired twice: {again:?}");
 
     // Busier: 2000 B/s crosses 100 %, and 50 % does not fire again.
     history(120_000).await;
-    let fired = quota::check_p95(&fleet.pool, &config, None)
+    let fired = quota::check(&fleet.pool, &config, None)
         .await
         .expect("check");
     assert_eq!(
@@ -685,7 +690,7 @@ async fn the_p95_check_fires_once_per_threshold() {
         [(100, 2000)]
     );
     assert!(
-        quota::check_p95(&fleet.pool, &config, None)
+        quota::check(&fleet.pool, &config, None)
             .await
             .expect("check")
             .is_empty()
@@ -697,5 +702,72 @@ async fn the_p95_check_fires_once_per_threshold() {
     assert_eq!(
         count(&fleet.pool, r#"SELECT count(*) FROM "webhook_deliveries""#).await,
         2
+    );
+}
+
+/// Usage that got past a threshold without a heartbeat crossing it — a
+/// calibration, a quota lowered under usage already there — fires at the
+/// upkeep's next check, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_check_fires_what_calibrations_and_lowered_quotas_reached() {
+    let Some(fleet) = Fleet::start("quota_reached").await else {
+        return;
+    };
+    let node = fleet.add_node("calibrated").await;
+    let quiet = fleet.add_node("quiet").await;
+    for id in [&node.id, &quiet.id] {
+        fleet
+            .set_node_settings(
+                id,
+                r#""mode" = 'max', "quota" = 1000, "thresholds" = '{80,100}'"#,
+            )
+            .await;
+    }
+    let config = quota::Config { webhook: true };
+    let check = || quota::check(&fleet.pool, &config, None);
+    assert!(check().await.expect("check").is_empty(), "no usage yet");
+
+    // The provider's bill says 850 bytes were downloaded this period.
+    calibrate::calibrate(
+        &fleet.pool,
+        &node.id,
+        &Changes {
+            period_download: Some(Change::Set(850)),
+            ..Changes::default()
+        },
+        &Audit::new("alice", "match the provider's bill").expect("audit"),
+    )
+    .await
+    .expect("calibrated");
+    let fired = check().await.expect("check");
+    assert_eq!(
+        fired
+            .iter()
+            .map(|e| (e.node_id.as_str(), e.threshold, e.usage, e.quota, e.mode))
+            .collect::<Vec<_>>(),
+        [(node.id.as_str(), 80, 850, 1000, Mode::Max)]
+    );
+    assert_eq!(fired[0].node_name, "calibrated");
+    assert!(check().await.expect("check").is_empty(), "fired twice");
+
+    // A lower quota puts the same usage past 100 %.
+    fleet.set_node_settings(&node.id, r#""quota" = 800"#).await;
+    let fired = check().await.expect("check");
+    assert_eq!(
+        fired
+            .iter()
+            .map(|e| (e.threshold, e.usage, e.quota))
+            .collect::<Vec<_>>(),
+        [(100, 850, 800)]
+    );
+    assert!(check().await.expect("check").is_empty(), "fired twice");
+    assert_eq!(
+        count(&fleet.pool, r#"SELECT count(*) FROM "quota_events""#).await,
+        2
+    );
+    assert_eq!(
+        count(&fleet.pool, r#"SELECT count(*) FROM "webhook_deliveries""#).await,
+        2,
+        "each event queued for the webhook"
     );
 }
