@@ -28,7 +28,6 @@ mod common;
 
 use std::{
     collections::BTreeMap,
-    fs,
     io::Write as _,
     net::{Ipv4Addr, SocketAddr},
     path::Path,
@@ -38,11 +37,10 @@ use std::{
 };
 
 use common::{
-    Agent, Collector, NetNs, Stats, privileged, set_up, sh, tail, tcp_transfer, totals, udp_burst,
-    veth, wait_oper_up,
+    Agent, CONTROL_IFACE, Collector, NetNs, Stats, Store, privileged, reporting_args, set_up, sh,
+    tail, tcp_transfer, udp_burst, veth, wait_oper_up,
 };
-use sqlx::PgPool;
-use tally_collector::{db, devdb, nodes};
+use tally_collector::nodes;
 
 const COLLECTOR_PORT: u16 = 50_061;
 
@@ -91,7 +89,7 @@ impl ContainerHost {
         // The uplink, with the default route; the heartbeat link beside it.
         let (up_ip, inet_ip) = veth(&host, &inet, UPLINK, "wan0", 1, true);
         ip(&["route", "add", "default", "via", &inet_ip.to_string()]);
-        let (_, control_ip) = veth(&host, &inet, "tca", "tcb", 2, true);
+        let (_, control_ip) = veth(&host, &inet, CONTROL_IFACE, "tcb", 2, true);
         host.exec("sysctl", &["-q", "-w", "net.ipv4.ip_forward=1"]);
         inet.exec(
             "ip",
@@ -306,10 +304,8 @@ fn collector_cli(url: &str, args: &[&str]) -> String {
 /// what each rule should have counted.
 struct Run<'a> {
     net: &'a ContainerHost,
-    runtime: &'a tokio::runtime::Runtime,
-    pool: &'a PgPool,
+    store: &'a Store,
     collector: &'a Collector,
-    dir: &'a Path,
 }
 
 /// What a run counted, and what it should have.
@@ -324,28 +320,10 @@ struct Outcome {
 }
 
 impl Run<'_> {
-    fn run(&self, node: &nodes::Added, rule: usize) -> Outcome {
-        let token_file = self.dir.join(format!("token-{}", node.id));
-        fs::write(&token_file, format!("{}\n", node.token)).expect("token file");
-        let url = format!(
-            "http://{}",
-            SocketAddr::from((self.net.control_ip, COLLECTOR_PORT))
-        );
+    fn run(&self, node: &nodes::Added, token_file: &Path, rule: usize) -> Outcome {
+        let url = self.collector.url();
         let start = self.net.settle();
-        let mut agent = Agent::start(
-            &self.net.host,
-            &[
-                "--collector",
-                &url,
-                "--insecure-plaintext",
-                "--token-file",
-                token_file.to_str().expect("utf-8 path"),
-                "--interval",
-                "1s",
-                "--exclude",
-                "tca",
-            ],
-        );
+        let mut agent = Agent::start(&self.net.host, &reporting_args(&url, token_file));
         for name in &self.net.counted {
             agent.wait_for(name);
         }
@@ -356,15 +334,9 @@ impl Run<'_> {
         let rules = expected(&start, &end);
         let want = rules[rule];
 
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let mut stored = None;
-        while Instant::now() < deadline {
-            stored = self.runtime.block_on(totals(self.pool, &node.id));
-            if stored == Some(want) {
-                break;
-            }
-            thread::sleep(Duration::from_millis(250));
-        }
+        let stored = self
+            .store
+            .wait_for_totals(&node.id, want, Duration::from_secs(20));
         let agent_view: Vec<String> = self
             .net
             .counted
@@ -380,7 +352,7 @@ impl Run<'_> {
             })
             .collect();
         agent.stop();
-        let after_stop = self.runtime.block_on(totals(self.pool, &node.id));
+        let after_stop = self.store.totals(&node.id);
         let context = format!(
             "per interface:\n{}\nagent log (tail):\n{}\ncollector log (tail):\n{}",
             agent_view.join("\n"),
@@ -431,49 +403,33 @@ fn uplink_counts_container_traffic_once_and_all_counts_every_interface() {
     if !privileged(test) {
         return;
     }
-    let Some(pg) = devdb::start_or_skip(test) else {
+    let Some(store) = Store::start_or_skip(test) else {
         return;
     };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let url = runtime
-        .block_on(pg.create_database("tally"))
-        .expect("database");
-    let (pool, all_node, uplink_node) = runtime.block_on(async {
-        let pool = db::connect(&url, 2).await.expect("connect");
-        db::migrate(&pool).await.expect("migrate");
-        let all = nodes::add(&pool, "rule-all").await.expect("node add");
-        let uplink = nodes::add(&pool, "rule-uplink").await.expect("node add");
-        (pool, all, uplink)
-    });
+    let url = &store.url;
+    let (all_node, all_token) = store.add_node("rule-all");
+    let (uplink_node, uplink_token) = store.add_node("rule-uplink");
     // `all` is the fleet default; say it anyway, and `uplink` for the other.
-    collector_cli(&url, &["billing", "set", "rule-all", "--count-rule", "all"]);
+    collector_cli(url, &["billing", "set", "rule-all", "--count-rule", "all"]);
     let shown = collector_cli(
-        &url,
+        url,
         &["billing", "set", "rule-uplink", "--count-rule", "uplink"],
     );
     assert!(shown.contains("uplink"), "{shown}");
 
     let net = ContainerHost::build();
-    let dir = tempfile::tempdir().expect("temp dir");
-    let collector = Collector::start(
+    let collector = store.collector(
         &net.inet,
         SocketAddr::from((net.control_ip, COLLECTOR_PORT)),
-        url.clone(),
-        dir.path().join("collector.log"),
     );
     let run = Run {
         net: &net,
-        runtime: &runtime,
-        pool: &pool,
+        store: &store,
         collector: &collector,
-        dir: dir.path(),
     };
 
     // (a) "all but loopback": every counted interface's traffic.
-    let all = run.run(&all_node, 0);
+    let all = run.run(&all_node, &all_token, 0);
     let [every, uplink] = all.rules;
     assert!(
         every.0 > 2 * uplink.0 && every.1 > 2 * uplink.1,
@@ -496,7 +452,7 @@ fn uplink_counts_container_traffic_once_and_all_counts_every_interface() {
 
     // (b) "physical and uplink only", a fresh agent and epoch: the uplink's
     // traffic alone.
-    let up = run.run(&uplink_node, 1);
+    let up = run.run(&uplink_node, &uplink_token, 1);
     let [every, uplink] = up.rules;
     assert!(
         uplink.0 > 2 << 20 && uplink.1 > 3 << 20,
@@ -518,7 +474,7 @@ fn uplink_counts_container_traffic_once_and_all_counts_every_interface() {
     );
 
     // The second run's heartbeats went to its own node only.
-    let first = runtime.block_on(totals(&pool, &all_node.id));
+    let first = store.totals(&all_node.id);
     assert_eq!(
         first, all.after_stop,
         "the first node is untouched by the second run"

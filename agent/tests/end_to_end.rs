@@ -11,15 +11,11 @@
 
 mod common;
 
-use std::{
-    fs,
-    net::SocketAddr,
-    thread,
-    time::{Duration, Instant},
-};
+use std::{thread, time::Duration};
 
-use common::{Agent, Collector, Link, Stats, privileged, tail, tcp_transfer, totals, veth};
-use tally_collector::{db, devdb, nodes};
+use common::{
+    Agent, Link, Stats, Store, control_link, privileged, reporting_args, tail, tcp_transfer,
+};
 
 const COLLECTOR_PORT: u16 = 50_051;
 
@@ -46,54 +42,19 @@ fn totals_equal_the_kernel_counts_across_kills_of_agent_collector_and_postgres()
     if !privileged(test) {
         return;
     }
-    let Some(mut pg) = devdb::start_or_skip(test) else {
+    let Some(mut store) = Store::start_or_skip(test) else {
         return;
     };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let url = runtime
-        .block_on(pg.create_database("tally"))
-        .expect("database");
-    let (pool, node) = runtime.block_on(async {
-        let pool = db::connect(&url, 2).await.expect("connect");
-        db::migrate(&pool).await.expect("migrate");
-        let node = nodes::add(&pool, "e2e").await.expect("node add");
-        (pool, node)
-    });
-    let dir = tempfile::tempdir().expect("temp dir");
-    let token_file = dir.path().join("token");
-    fs::write(&token_file, format!("{}\n", node.token)).expect("token file");
+    let (node, token_file) = store.add_node("e2e");
 
     // Host a (agent) and host b (collector, peer); tva-tvb carries the
     // counted traffic, tca-tcb the heartbeats.
     let link = Link::new();
-    let (_, control_b) = veth(&link.a, &link.b, "tca", "tcb", 2, true);
-    let listen = SocketAddr::from((control_b, COLLECTOR_PORT));
-    let mut collector = Collector::start(
-        &link.b,
-        listen,
-        url.clone(),
-        dir.path().join("collector.log"),
-    );
+    let mut collector = store.collector(&link.b, control_link(&link, COLLECTOR_PORT));
 
     let kernel_start = link.a.settle(&link.if_a);
-    let collector_url = format!("http://{listen}");
-    let mut agent = Agent::start(
-        &link.a,
-        &[
-            "--collector",
-            &collector_url,
-            "--insecure-plaintext",
-            "--token-file",
-            token_file.to_str().expect("utf-8 path"),
-            "--interval",
-            "1s",
-            "--exclude",
-            "tca",
-        ],
-    );
+    let collector_url = collector.url();
+    let mut agent = Agent::start(&link.a, &reporting_args(&collector_url, &token_file));
     agent.wait_for(&link.if_a);
 
     // Each is away for longer than the heartbeat interval, while traffic
@@ -113,9 +74,9 @@ fn totals_equal_the_kernel_counts_across_kills_of_agent_collector_and_postgres()
     });
     with_traffic(&link, || {
         thread::sleep(before);
-        pg.kill9().expect("kill postgres");
+        store.pg.kill9().expect("kill postgres");
         thread::sleep(away);
-        pg.restart().expect("restart postgres");
+        store.pg.restart().expect("restart postgres");
     });
 
     // Traffic has stopped: the kernel's counts are final.
@@ -125,21 +86,10 @@ fn totals_equal_the_kernel_counts_across_kills_of_agent_collector_and_postgres()
 
     // The agent's next heartbeats carry everything; then a clean stop sends
     // the last one.
-    let pool = runtime.block_on(async {
-        pool.close().await;
-        db::connect(&url, 2).await.expect("reconnect")
-    });
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut stored = None;
-    while Instant::now() < deadline {
-        stored = runtime.block_on(totals(&pool, &node.id));
-        if stored == Some(expected) {
-            break;
-        }
-        thread::sleep(Duration::from_millis(250));
-    }
+    store.reconnect();
+    let stored = store.wait_for_totals(&node.id, expected, Duration::from_secs(60));
     agent.stop();
-    let after_stop = runtime.block_on(totals(&pool, &node.id));
+    let after_stop = store.totals(&node.id);
     let context = || {
         format!(
             "agent log:\n{}\ncollector log (tail):\n{}",

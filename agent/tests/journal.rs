@@ -18,16 +18,19 @@ mod common;
 
 use std::{
     fs,
-    net::SocketAddr,
     path::Path,
     thread,
     time::{Duration, Instant},
 };
 
-use common::{Agent, Collector, Link, Stats, privileged, tail, tcp_transfer, totals, veth};
-use tally_collector::{db, devdb, nodes};
+use common::{
+    Agent, Collector, Link, Stats, Store, control_link, privileged, reporting_args, tail,
+    tcp_transfer,
+};
 
 const COLLECTOR_PORT: u16 = 50_051;
+/// How long the stored totals may take to reach the kernel's.
+const WITHIN: Duration = Duration::from_secs(60);
 const BOOT_1: &str = "6a1c0c0e-0001-4000-8000-000000000001";
 const BOOT_2: &str = "6a1c0c0e-0002-4000-8000-000000000002";
 
@@ -40,26 +43,6 @@ fn transfer(link: &Link) {
         4 * 1024 * 1024,
         Duration::from_millis(2),
     );
-}
-
-/// Polls the node's stored totals until they equal `expected` (or 60 s
-/// pass); returns the last value seen.
-fn wait_for_totals(
-    runtime: &tokio::runtime::Runtime,
-    pool: &sqlx::PgPool,
-    node: &str,
-    expected: (u64, u64),
-) -> Option<(u64, u64)> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut stored = None;
-    while Instant::now() < deadline {
-        stored = runtime.block_on(totals(pool, node));
-        if stored == Some(expected) {
-            break;
-        }
-        thread::sleep(Duration::from_millis(250));
-    }
-    stored
 }
 
 fn files_in(dir: &Path) -> Vec<String> {
@@ -82,55 +65,23 @@ fn journal_survives_a_reboot(test: &str, collector_first: bool) {
     if !privileged(test) {
         return;
     }
-    let Some(pg) = devdb::start_or_skip(test) else {
+    let Some(store) = Store::start_or_skip(test) else {
         return;
     };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let url = runtime
-        .block_on(pg.create_database("tally"))
-        .expect("database");
-    let (pool, node) = runtime.block_on(async {
-        let pool = db::connect(&url, 2).await.expect("connect");
-        db::migrate(&pool).await.expect("migrate");
-        let node = nodes::add(&pool, "journal").await.expect("node add");
-        (pool, node)
-    });
-    let dir = tempfile::tempdir().expect("temp dir");
-    let token_file = dir.path().join("token");
-    fs::write(&token_file, format!("{}\n", node.token)).expect("token file");
-    let boot_id_file = dir.path().join("boot_id");
+    let (node, token_file) = store.add_node("journal");
+    let boot_id_file = store.dir.path().join("boot_id");
     fs::write(&boot_id_file, format!("{BOOT_1}\n")).expect("boot id file");
 
     let link = Link::new();
-    let (_, control_b) = veth(&link.a, &link.b, "tca", "tcb", 2, true);
-    let listen = SocketAddr::from((control_b, COLLECTOR_PORT));
-    let mut collector = Collector::start(
-        &link.b,
-        listen,
-        url.clone(),
-        dir.path().join("collector.log"),
-    );
+    let mut collector = store.collector(&link.b, control_link(&link, COLLECTOR_PORT));
 
     let kernel_start = link.a.settle(&link.if_a);
-    let collector_url = format!("http://{listen}");
+    let collector_url = collector.url();
+    let mut args = reporting_args(&collector_url, &token_file);
+    args.extend(["--final-heartbeat-timeout", "1s"]);
     let mut agent = Agent::start_with_env(
         &link.a,
-        &[
-            "--collector",
-            &collector_url,
-            "--insecure-plaintext",
-            "--token-file",
-            token_file.to_str().expect("utf-8 path"),
-            "--interval",
-            "1s",
-            "--final-heartbeat-timeout",
-            "1s",
-            "--exclude",
-            "tca",
-        ],
+        &args,
         &[(
             "TALLY_BOOT_ID_FILE",
             boot_id_file.to_str().expect("utf-8 path"),
@@ -150,12 +101,7 @@ fn journal_survives_a_reboot(test: &str, collector_first: bool) {
     // Traffic flows and is stored.
     transfer(&link);
     let so_far = link.a.settle(&link.if_a).since(&kernel_start);
-    let stored = wait_for_totals(
-        &runtime,
-        &pool,
-        &node.id,
-        (so_far.rx_bytes, so_far.tx_bytes),
-    );
+    let stored = store.wait_for_totals(&node.id, (so_far.rx_bytes, so_far.tx_bytes), WITHIN);
     assert_eq!(
         stored,
         Some((so_far.rx_bytes, so_far.tx_bytes)),
@@ -239,7 +185,7 @@ fn journal_survives_a_reboot(test: &str, collector_first: bool) {
 
     let kernel: Stats = kernel_end.since(&kernel_start);
     let expected = (kernel.rx_bytes, kernel.tx_bytes);
-    let stored = wait_for_totals(&runtime, &pool, &node.id, expected);
+    let stored = store.wait_for_totals(&node.id, expected, WITHIN);
     assert_eq!(
         stored,
         Some(expected),
@@ -294,7 +240,7 @@ fn journal_survives_a_reboot(test: &str, collector_first: bool) {
     assert!(last_run.contains("last heartbeat delivered"), "{last_run}");
     assert!(!journal.exists(), "{:?}", files_in(&agent.state_dir));
     assert_eq!(
-        runtime.block_on(totals(&pool, &node.id)),
+        store.totals(&node.id),
         Some(expected),
         "nothing more after the stop"
     );

@@ -1,20 +1,31 @@
 //! The real `tally-collector serve` binary run inside a test namespace
 //! (through `nsenter`), logging into a file, against a database the test
 //! made: it can be killed with SIGKILL and started again on the same
-//! address, and is killed on drop. [`totals`] reads a node's stored totals.
+//! address, and is killed on drop. [`Store`] is the database such a
+//! collector stores into, with the node tokens the agents report with.
 
 use std::{
     fs,
     net::{SocketAddr, TcpStream},
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     thread,
     time::{Duration, Instant},
 };
 
 use sqlx::{PgPool, Row as _};
+use tally_collector::{
+    db,
+    devdb::{self, TempCluster},
+    nodes,
+};
+use tokio::runtime::Runtime;
 
-use super::{AGENT, NetNs};
+use super::{AGENT, Link, NetNs, veth};
+
+/// The name of the veth (in the agent's namespace) that carries the
+/// heartbeats: the agent is told not to count it.
+pub const CONTROL_IFACE: &str = "tca";
 
 /// `tally-collector serve` inside a namespace.
 pub struct Collector {
@@ -93,6 +104,11 @@ impl Collector {
         }
     }
 
+    /// The URL agents report to.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.listen)
+    }
+
     /// SIGKILL, as a crash would.
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -109,6 +125,120 @@ impl Collector {
 impl Drop for Collector {
     fn drop(&mut self) {
         self.kill9();
+    }
+}
+
+/// A second veth pair between `link`'s hosts (`tca` in a, `tcb` in b) for
+/// the heartbeats, so that the counted link carries only the test's
+/// traffic; returns the address in b a collector there listens on.
+pub fn control_link(link: &Link, port: u16) -> SocketAddr {
+    let (_, in_b) = veth(&link.a, &link.b, CONTROL_IFACE, "tcb", 2, true);
+    SocketAddr::from((in_b, port))
+}
+
+/// The agent's arguments to report to `collector_url` with the token in
+/// `token_file` every second, without counting [`CONTROL_IFACE`].
+pub fn reporting_args<'a>(collector_url: &'a str, token_file: &'a Path) -> Vec<&'a str> {
+    vec![
+        "--collector",
+        collector_url,
+        "--insecure-plaintext",
+        "--token-file",
+        token_file.to_str().expect("utf-8 path"),
+        "--interval",
+        "1s",
+        "--exclude",
+        CONTROL_IFACE,
+    ]
+}
+
+/// A throwaway PostgreSQL cluster with the collector's schema: the runtime
+/// and pool the test reads it with, and a directory for the nodes' token
+/// files and the collector's log.
+pub struct Store {
+    pub pg: TempCluster,
+    pub runtime: Runtime,
+    pub url: String,
+    pub pool: PgPool,
+    pub dir: tempfile::TempDir,
+}
+
+impl Store {
+    /// `None` (having said why) where no PostgreSQL can run.
+    pub fn start_or_skip(test: &str) -> Option<Self> {
+        let pg = devdb::start_or_skip(test)?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let url = runtime
+            .block_on(pg.create_database("tally"))
+            .expect("database");
+        let pool = runtime.block_on(async {
+            let pool = db::connect(&url, 2).await.expect("connect");
+            db::migrate(&pool).await.expect("migrate");
+            pool
+        });
+        let dir = tempfile::tempdir().expect("temp dir");
+        Some(Self {
+            pg,
+            runtime,
+            url,
+            pool,
+            dir,
+        })
+    }
+
+    /// Adds a node, and writes its token into a file for the agent.
+    pub fn add_node(&self, name: &str) -> (nodes::Added, PathBuf) {
+        let node = self
+            .runtime
+            .block_on(nodes::add(&self.pool, name))
+            .expect("node add");
+        let token_file = self.dir.path().join(format!("token-{}", node.id));
+        fs::write(&token_file, format!("{}\n", node.token)).expect("token file");
+        (node, token_file)
+    }
+
+    /// The collector, in `ns` on `listen`, storing here.
+    pub fn collector(&self, ns: &NetNs, listen: SocketAddr) -> Collector {
+        Collector::start(
+            ns,
+            listen,
+            self.url.clone(),
+            self.dir.path().join("collector.log"),
+        )
+    }
+
+    /// The node's stored `(totalDownload, totalUpload)`.
+    pub fn totals(&self, node: &str) -> Option<(u64, u64)> {
+        self.runtime.block_on(totals(&self.pool, node))
+    }
+
+    /// Polls the node's stored totals until they equal `expected` (or
+    /// `within` passed); returns the last value seen.
+    pub fn wait_for_totals(
+        &self,
+        node: &str,
+        expected: (u64, u64),
+        within: Duration,
+    ) -> Option<(u64, u64)> {
+        let deadline = Instant::now() + within;
+        loop {
+            let stored = self.totals(node);
+            if stored == Some(expected) || Instant::now() >= deadline {
+                return stored;
+            }
+            thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    /// A new pool (after PostgreSQL was restarted under the old one).
+    pub fn reconnect(&mut self) {
+        self.pool = self.runtime.block_on(async {
+            self.pool.close().await;
+            db::connect(&self.url, 2).await.expect("reconnect")
+        });
     }
 }
 
