@@ -2,6 +2,7 @@
 
 mod bench;
 mod demo;
+mod disk;
 mod docs;
 mod packages;
 mod testrun;
@@ -85,6 +86,16 @@ fn workspace_root() -> PathBuf {
         .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
 }
 
+/// Disk a clean `cargo xtask test` build takes under `target/`, rounded up
+/// (measured: see the README).
+const TEST_BUILD_GIB: u64 = 5;
+
+/// Where cargo builds: `CARGO_TARGET_DIR`, or the workspace's `target/`.
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| workspace_root().join("target"), PathBuf::from)
+}
+
 fn setup() -> anyhow::Result<toolchain::NightlyInfo> {
     let mut log = |line: &str| eprintln!("setup: {line}");
     let nightly = toolchain::ensure_all(&mut log)?;
@@ -141,6 +152,7 @@ fn run(task: Task) -> anyhow::Result<()> {
         Task::Test { args } => {
             packages::ensure(packages::TEST)?;
             setup()?;
+            disk::warn_if_short(&target_dir(), TEST_BUILD_GIB, "a clean test build");
             let mut cmd = Command::new("cargo");
             cmd.current_dir(workspace_root())
                 .env("PATH", toolchain::path_with_cargo_bin()?)
