@@ -28,14 +28,14 @@
 //! and treated as absent.
 
 use std::{
-    fs,
-    io::{self, Write as _},
-    os::unix::fs::OpenOptionsExt as _,
+    fs, io,
     path::{Path, PathBuf},
 };
 
 use prost::Message as _;
 use tally_proto::{limits, v1::HeartbeatRequest};
+
+use crate::state;
 
 /// The journal's file name in the state directory.
 pub const FILE_NAME: &str = "journal";
@@ -43,8 +43,6 @@ pub const FILE_NAME: &str = "journal";
 pub const CORRUPT_NAME: &str = "journal.corrupt";
 /// Where a heartbeat the collector refused for good is kept.
 pub const REJECTED_NAME: &str = "journal.rejected";
-/// The temporary file a write goes through.
-const TEMP_NAME: &str = "journal.tmp";
 
 const MAGIC: [u8; 8] = *b"TALLYJNL";
 /// The format version this agent writes and reads.
@@ -192,55 +190,26 @@ impl Journal {
         }
     }
 
-    /// Temporary file, write, fsync, rename over `name`, fsync of the
-    /// directory.
+    /// Replaces `name` in the state directory with `entries`, durably.
     fn write_as(&self, name: &str, entries: &[HeartbeatRequest]) -> Result<(), JournalError> {
         let bytes = encode(entries)?;
-        let temp = self.dir.join(TEMP_NAME);
-        let target = self.dir.join(name);
-        let written = write_synced(&temp, &bytes).map_err(|(action, error)| JournalError::Io {
-            action,
-            path: temp.clone(),
-            error,
-        });
-        if let Err(error) = written {
-            let _ = fs::remove_file(&temp);
-            return Err(error);
-        }
-        if let Err(error) = fs::rename(&temp, &target) {
-            let _ = fs::remove_file(&temp);
-            return Err(JournalError::Io {
-                action: "rename the new journal to",
-                path: target,
-                error,
-            });
-        }
-        sync_dir(&self.dir)
+        state::replace_durably(&self.dir, name, &bytes).map_err(JournalError::from)
     }
 }
 
-/// Writes `bytes` to a new file at `path` (mode 0600) and fsyncs it.
-fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), (&'static str, io::Error)> {
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| ("create", e))?;
-    file.write_all(bytes).map_err(|e| ("write", e))?;
-    file.sync_all().map_err(|e| ("fsync", e))
+impl From<state::WriteError> for JournalError {
+    fn from(e: state::WriteError) -> Self {
+        JournalError::Io {
+            action: e.action,
+            path: e.path,
+            error: e.error,
+        }
+    }
 }
 
 /// fsync of a directory, so that a rename or removal in it is durable.
 fn sync_dir(dir: &Path) -> Result<(), JournalError> {
-    fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|error| JournalError::Io {
-            action: "fsync the directory",
-            path: dir.to_owned(),
-            error,
-        })
+    state::sync_dir(dir).map_err(JournalError::from)
 }
 
 /// The journal file for `entries`.
@@ -366,6 +335,7 @@ mod tests {
             boot_id: boot.into(),
             epoch: epoch.into(),
             epoch_created_unix_ns: 1_700_000_000_000_000_000,
+            generation: 1,
             counters_start_at_zero: true,
             sequence,
             agent_time_unix_ns: 1_700_000_001_000_000_000,

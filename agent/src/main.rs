@@ -4,6 +4,7 @@ mod cli;
 mod diagnose;
 mod ebpf;
 mod filter;
+mod generation;
 mod heartbeat;
 mod journal;
 mod links;

@@ -2,12 +2,23 @@
 //! given what the collector stored for a node and one heartbeat's summed raw
 //! counters, what happens. No I/O here; `ingest::store` applies the result
 //! inside the node's row lock.
+//!
+//! Which counter set is current is decided without the node's wall clock
+//! (`tally.v1`, the rule at the top of `heartbeat.proto`): by the sets and
+//! boots the collector followed before ([`Followed`]), by the generation the
+//! agent keeps in its state directory, by the boot clock (`sequence`) within
+//! one boot, and otherwise a boot never followed is a new one.
+
+pub use tally_proto::v1::StaleReason;
 
 /// Where a node's raw counters stand, as stored.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Position {
-    /// `None` until the node's first heartbeat is applied.
+    /// The counter set followed; `None` until the node's first heartbeat is
+    /// applied.
     pub origin: Option<Origin>,
+    /// The generation the followed set was first applied with (0: unknown).
+    pub generation: i64,
     /// The last sequence applied within `origin`.
     pub sequence: i64,
     /// The last raw sums applied within `origin` (download = rx, upload = tx).
@@ -15,25 +26,55 @@ pub struct Position {
     pub tx: i64,
 }
 
-/// What identifies where a set of raw counters started.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What names a counter set: the boot it counts in and its epoch.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Origin {
     pub boot_id: String,
     pub epoch: String,
-    /// When the epoch began (node clock, Unix ns): orders epochs.
-    pub created_unix_ns: i64,
 }
 
 /// One heartbeat, reduced to what the rules need.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reading {
     pub origin: Origin,
+    /// The agent's generation for the counter set (0: not given).
+    pub generation: i64,
     /// `true`: the counters started at zero with the epoch, so a first
     /// reading counts in full; `false`: a first reading is a baseline.
     pub starts_at_zero: bool,
     pub sequence: i64,
     pub rx: i64,
     pub tx: i64,
+}
+
+/// The counter sets the collector followed for a node (the followed one
+/// among them), as far as they are kept (`node_origins`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Followed {
+    origins: Vec<Origin>,
+}
+
+impl Followed {
+    pub fn new(origins: Vec<Origin>) -> Self {
+        Self { origins }
+    }
+
+    /// Whether `origin` was followed.
+    pub fn contains(&self, origin: &Origin) -> bool {
+        self.origins.contains(origin)
+    }
+
+    /// Whether a set of the boot `boot_id` was followed.
+    pub fn has_boot(&self, boot_id: &str) -> bool {
+        self.origins.iter().any(|o| o.boot_id == boot_id)
+    }
+
+    /// Records that `origin` is followed from now on.
+    pub fn add(&mut self, origin: Origin) {
+        if !self.contains(&origin) {
+            self.origins.push(origin);
+        }
+    }
 }
 
 /// What to do with a reading.
@@ -48,8 +89,8 @@ pub enum Decision {
     },
     /// The same sequence was applied before.
     Duplicate,
-    /// Older than what was applied: a lower sequence, or an earlier epoch.
-    Stale,
+    /// Older than what was applied; the reason says which rule decided.
+    Stale(StaleReason),
     /// A raw value went backwards within one epoch: refused.
     Backwards {
         what: &'static str,
@@ -58,29 +99,23 @@ pub enum Decision {
     },
 }
 
-/// Decides what `reading` does to a node at `position`.
-pub fn decide(position: &Position, reading: &Reading) -> Decision {
+/// Decides what `reading` does to a node at `position` that followed the
+/// sets in `followed` before.
+pub fn decide(position: &Position, followed: &Followed, reading: &Reading) -> Decision {
     let Some(current) = &position.origin else {
         return first_of_origin(reading);
     };
-    if current.boot_id != reading.origin.boot_id || current.epoch != reading.origin.epoch {
-        // A different counter set. Only a later one replaces the current
-        // one; a late heartbeat of an earlier one adds nothing. Equal
-        // creation times (two counter sets made in the same nanosecond)
-        // are ordered by their ids, so that every collector decides alike.
-        let later = (reading.origin.created_unix_ns, &reading.origin.epoch)
-            > (current.created_unix_ns, &current.epoch);
-        return if later {
-            first_of_origin(reading)
-        } else {
-            Decision::Stale
+    if *current != reading.origin {
+        return match order(position, current, followed, reading) {
+            Ok(()) => first_of_origin(reading),
+            Err(reason) => Decision::Stale(reason),
         };
     }
     if reading.sequence == position.sequence {
         return Decision::Duplicate;
     }
     if reading.sequence < position.sequence {
-        return Decision::Stale;
+        return Decision::Stale(StaleReason::EarlierReading);
     }
     if reading.rx < position.rx {
         return Decision::Backwards {
@@ -103,6 +138,44 @@ pub fn decide(position: &Position, reading: &Reading) -> Decision {
     }
 }
 
+/// Whether the reading's counter set, another than the followed `current`,
+/// came after it (`Ok`), or why it did not. The rules of `tally.v1`, in
+/// their order; none looks at a wall clock.
+fn order(
+    position: &Position,
+    current: &Origin,
+    followed: &Followed,
+    reading: &Reading,
+) -> Result<(), StaleReason> {
+    let origin = &reading.origin;
+    let same_boot = origin.boot_id == current.boot_id;
+    // 1. A set is followed once; a boot that was left is over.
+    if followed.contains(origin) || (!same_boot && followed.has_boot(&origin.boot_id)) {
+        return Err(StaleReason::Superseded);
+    }
+    // 2. Generations, when both sides have one and they differ.
+    if reading.generation > 0
+        && position.generation > 0
+        && reading.generation != position.generation
+    {
+        return if reading.generation > position.generation {
+            Ok(())
+        } else {
+            Err(StaleReason::OlderGeneration)
+        };
+    }
+    // 3. Within a boot, the boot clock orders the readings of all its sets.
+    if same_boot {
+        return if reading.sequence > position.sequence {
+            Ok(())
+        } else {
+            Err(StaleReason::EarlierInBoot)
+        };
+    }
+    // 4. A boot never followed is a new boot.
+    Ok(())
+}
+
 fn first_of_origin(reading: &Reading) -> Decision {
     let (download, upload) = if reading.starts_at_zero {
         (reading.rx, reading.tx)
@@ -117,9 +190,13 @@ fn first_of_origin(reading: &Reading) -> Decision {
 }
 
 impl Position {
-    /// The position after `reading` was applied.
+    /// The position after `reading` was applied (a new origin takes the
+    /// reading's generation; the followed one keeps its own).
     pub fn advance(&mut self, reading: &Reading) {
-        self.origin = Some(reading.origin.clone());
+        if self.origin.as_ref() != Some(&reading.origin) {
+            self.origin = Some(reading.origin.clone());
+            self.generation = reading.generation;
+        }
         self.sequence = reading.sequence;
         self.rx = reading.rx;
         self.tx = reading.tx;
@@ -130,17 +207,21 @@ impl Position {
 mod tests {
     use super::*;
 
-    fn origin(epoch: &str, created: i64) -> Origin {
+    fn origin_of(boot: &str, epoch: &str) -> Origin {
         Origin {
-            boot_id: "boot-1".into(),
+            boot_id: boot.into(),
             epoch: epoch.into(),
-            created_unix_ns: created,
         }
     }
 
-    fn reading(epoch: &str, created: i64, sequence: i64, rx: i64, tx: i64) -> Reading {
+    fn origin(epoch: &str) -> Origin {
+        origin_of("boot-1", epoch)
+    }
+
+    fn reading(epoch: &str, sequence: i64, rx: i64, tx: i64) -> Reading {
         Reading {
-            origin: origin(epoch, created),
+            origin: origin(epoch),
+            generation: 0,
             starts_at_zero: true,
             sequence,
             rx,
@@ -148,91 +229,82 @@ mod tests {
         }
     }
 
-    fn at(epoch: &str, created: i64, sequence: i64, rx: i64, tx: i64) -> Position {
+    fn at(epoch: &str, sequence: i64, rx: i64, tx: i64) -> Position {
         Position {
-            origin: Some(origin(epoch, created)),
+            origin: Some(origin(epoch)),
+            generation: 0,
             sequence,
             rx,
             tx,
         }
     }
 
+    /// `decide` for a node that followed only its current set.
+    fn decide_now(position: &Position, reading: &Reading) -> Decision {
+        let followed = Followed::new(position.origin.iter().cloned().collect());
+        decide(position, &followed, reading)
+    }
+
+    fn applied(download: i64, upload: i64, new_origin: bool) -> Decision {
+        Decision::Apply {
+            download,
+            upload,
+            new_origin,
+        }
+    }
+
     #[test]
     fn first_heartbeat_counts_in_full() {
-        let d = decide(&Position::default(), &reading("e", 10, 5, 100, 40));
-        assert_eq!(
-            d,
-            Decision::Apply {
-                download: 100,
-                upload: 40,
-                new_origin: true
-            }
-        );
+        let d = decide_now(&Position::default(), &reading("e", 5, 100, 40));
+        assert_eq!(d, applied(100, 40, true));
     }
 
     #[test]
     fn first_reading_of_a_baseline_source_counts_nothing() {
-        let mut r = reading("procfs-b", 10, 5, 100, 40);
+        let mut r = reading("procfs-b", 5, 100, 40);
         r.starts_at_zero = false;
-        assert_eq!(
-            decide(&Position::default(), &r),
-            Decision::Apply {
-                download: 0,
-                upload: 0,
-                new_origin: true
-            }
-        );
+        assert_eq!(decide_now(&Position::default(), &r), applied(0, 0, true));
         // A new boot with a baseline source: again only a baseline.
-        assert_eq!(
-            decide(&at("e", 5, 9, 1, 1), &r),
-            Decision::Apply {
-                download: 0,
-                upload: 0,
-                new_origin: true
-            }
-        );
+        r.origin.boot_id = "boot-2".into();
+        assert_eq!(decide_now(&at("e", 9, 1, 1), &r), applied(0, 0, true));
     }
 
     #[test]
     fn same_epoch_higher_sequence_adds_the_delta() {
-        let d = decide(&at("e", 10, 5, 100, 40), &reading("e", 10, 6, 150, 41));
-        assert_eq!(
-            d,
-            Decision::Apply {
-                download: 50,
-                upload: 1,
-                new_origin: false
-            }
-        );
+        let d = decide_now(&at("e", 5, 100, 40), &reading("e", 6, 150, 41));
+        assert_eq!(d, applied(50, 1, false));
     }
 
     #[test]
     fn same_or_lower_sequence_adds_nothing() {
-        let p = at("e", 10, 5, 100, 40);
+        let p = at("e", 5, 100, 40);
         assert_eq!(
-            decide(&p, &reading("e", 10, 5, 100, 40)),
+            decide_now(&p, &reading("e", 5, 100, 40)),
             Decision::Duplicate
         );
         // Even with other values: a sequence is applied once.
         assert_eq!(
-            decide(&p, &reading("e", 10, 5, 999, 999)),
+            decide_now(&p, &reading("e", 5, 999, 999)),
             Decision::Duplicate
         );
-        assert_eq!(decide(&p, &reading("e", 10, 4, 90, 30)), Decision::Stale);
+        assert_eq!(
+            decide_now(&p, &reading("e", 4, 90, 30)),
+            Decision::Stale(StaleReason::EarlierReading)
+        );
     }
 
     #[test]
     fn backwards_within_an_epoch_is_refused() {
-        let p = at("e", 10, 5, 100, 40);
+        let p = at("e", 5, 100, 40);
         assert!(matches!(
-            decide(&p, &reading("e", 10, 6, 99, 40)),
+            decide_now(&p, &reading("e", 6, 99, 40)),
             Decision::Backwards {
                 what: "rx bytes",
                 ..
             }
         ));
         assert!(matches!(
-            decide(&p, &reading("e", 10, 6, 100, 39)),
+            decide_now(&p, &reading("e", 6, 100, 39)),
             Decision::Backwards {
                 what: "tx bytes",
                 ..
@@ -241,60 +313,113 @@ mod tests {
     }
 
     #[test]
-    fn a_later_epoch_counts_from_zero_and_an_earlier_one_is_stale() {
-        let p = at("e2", 20, 5, 100, 40);
-        // Later epoch, smaller raw values and sequence: counts in full.
+    fn within_a_boot_the_boot_clock_orders_the_epochs() {
+        let p = at("e2", 500, 100, 40);
+        // Read after the followed set's last reading, smaller raw values:
+        // a later set, counted from zero in full.
         assert_eq!(
-            decide(&p, &reading("e3", 30, 1, 7, 3)),
-            Decision::Apply {
-                download: 7,
-                upload: 3,
-                new_origin: true
-            }
+            decide_now(&p, &reading("e3", 501, 7, 3)),
+            applied(7, 3, true)
         );
-        // A late heartbeat of an earlier epoch, however large.
+        // Read before it: an earlier set, however large.
         assert_eq!(
-            decide(&p, &reading("e1", 10, 99, 1000, 1000)),
-            Decision::Stale
+            decide_now(&p, &reading("e1", 499, 1000, 1000)),
+            Decision::Stale(StaleReason::EarlierInBoot)
+        );
+        assert_eq!(
+            decide_now(&p, &reading("e1", 500, 1000, 1000)),
+            Decision::Stale(StaleReason::EarlierInBoot)
         );
     }
 
     #[test]
-    fn a_new_boot_is_a_new_origin() {
-        let p = at("e", 20, 5, 100, 40);
-        let mut r = reading("e", 30, 1, 5, 5);
+    fn a_boot_never_followed_is_a_new_boot() {
+        let p = at("e", 5_000, 100, 40);
+        // The new boot's clock starts again: a small sequence.
+        let mut r = reading("f", 3, 5, 5);
         r.origin.boot_id = "boot-2".into();
+        assert_eq!(decide_now(&p, &r), applied(5, 5, true));
+    }
+
+    #[test]
+    fn a_set_or_boot_followed_before_never_counts_again() {
+        let mut followed = Followed::new(vec![origin("e1"), origin_of("boot-0", "z")]);
+        followed.add(origin("e2"));
+        let p = at("e2", 500, 100, 40);
+        // An earlier set of this boot, even with a later reading and a
+        // higher generation.
+        let mut r = reading("e1", 900, 1, 1);
+        r.generation = 99;
         assert_eq!(
-            decide(&p, &r),
-            Decision::Apply {
-                download: 5,
-                upload: 5,
-                new_origin: true
+            decide(&p, &followed, &r),
+            Decision::Stale(StaleReason::Superseded)
+        );
+        // Any set of a boot that was left, even one never followed itself.
+        let mut r = reading("y", 1, 1, 1);
+        r.origin.boot_id = "boot-0".into();
+        r.generation = 99;
+        assert_eq!(
+            decide(&p, &followed, &r),
+            Decision::Stale(StaleReason::Superseded)
+        );
+    }
+
+    #[test]
+    fn generations_order_sets_when_both_sides_have_one() {
+        let mut p = at("e", 500, 100, 40);
+        p.generation = 7;
+        let mut r = reading("f", 3, 5, 5);
+        r.origin.boot_id = "boot-2".into();
+        // A new boot with a lower or equal generation: older, or an agent
+        // that lost its state.
+        for generation in [1, 6] {
+            r.generation = generation;
+            assert_eq!(
+                decide_now(&p, &r),
+                Decision::Stale(StaleReason::OlderGeneration),
+                "{generation}"
+            );
+        }
+        // Equal: no evidence either way, a boot never followed is new.
+        r.generation = 7;
+        assert_eq!(decide_now(&p, &r), applied(5, 5, true));
+        r.generation = 8;
+        assert_eq!(decide_now(&p, &r), applied(5, 5, true));
+        // Within a boot too, before the boot clock: a set started after the
+        // state directory was lost proves itself by a raised generation.
+        let mut same_boot = reading("g", 900, 5, 5);
+        same_boot.generation = 1;
+        assert_eq!(
+            decide_now(&p, &same_boot),
+            Decision::Stale(StaleReason::OlderGeneration)
+        );
+        same_boot.generation = 8;
+        assert_eq!(decide_now(&p, &same_boot), applied(5, 5, true));
+        // No generation on either side: the other rules decide.
+        p.generation = 0;
+        r.generation = 3;
+        assert_eq!(decide_now(&p, &r), applied(5, 5, true));
+    }
+
+    #[test]
+    fn advance_moves_everything_and_keeps_the_followed_generation() {
+        let mut p = Position::default();
+        let mut r = reading("e", 5, 100, 40);
+        r.generation = 3;
+        p.advance(&r);
+        assert_eq!(
+            p,
+            Position {
+                generation: 3,
+                ..at("e", 5, 100, 40)
             }
         );
-        // The same epoch id on an earlier boot is stale.
-        r.origin.created_unix_ns = 10;
-        assert_eq!(decide(&p, &r), Decision::Stale);
-    }
-
-    #[test]
-    fn equal_creation_times_are_ordered_by_epoch_id() {
-        let p = at("b", 20, 5, 100, 40);
-        assert_eq!(decide(&p, &reading("a", 20, 9, 1, 1)), Decision::Stale);
-        assert!(matches!(
-            decide(&p, &reading("c", 20, 1, 1, 1)),
-            Decision::Apply {
-                new_origin: true,
-                ..
-            }
-        ));
-    }
-
-    #[test]
-    fn advance_moves_everything() {
-        let mut p = Position::default();
-        let r = reading("e", 10, 5, 100, 40);
+        // A later reading of the same set with another generation (its
+        // agent lost its state): the set keeps the one it was followed with.
+        r.generation = 1;
+        r.sequence = 6;
         p.advance(&r);
-        assert_eq!(p, at("e", 10, 5, 100, 40));
+        assert_eq!(p.generation, 3);
+        assert_eq!(p.sequence, 6);
     }
 }

@@ -280,8 +280,11 @@ pub struct ServeArgs {
     )]
     pub history_retention: Duration,
 
-    /// How far ahead of the collector's clock a node's clock may be before
-    /// its heartbeats are refused (e.g. `5m`, `30s`).
+    /// How far a node's clock (its heartbeats' time) may be off the
+    /// collector's, ahead or behind, before the node is shown as having a
+    /// skewed clock and a warning is logged (e.g. `5m`, `30s`). A wrong
+    /// clock never makes a heartbeat count less: counter sets are ordered
+    /// without it.
     #[arg(
         long,
         env = "TALLY_MAX_CLOCK_SKEW",

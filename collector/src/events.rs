@@ -52,6 +52,8 @@ pub enum Kind {
     AnomalyHeld,
     /// An anomaly (a held delta) was decided.
     Anomaly,
+    /// A node's heartbeats were answered STALE several times in a row.
+    Stale,
     /// Events may have been missed (the database connection was lost, or
     /// the subscriber fell behind): refetch.
     Resync,
@@ -68,6 +70,7 @@ impl Kind {
             Kind::Calibration => "calibration",
             Kind::AnomalyHeld => "anomaly_held",
             Kind::Anomaly => "anomaly",
+            Kind::Stale => "stale",
             Kind::Resync => "resync",
         }
     }
@@ -81,6 +84,7 @@ impl Kind {
             Kind::Calibration,
             Kind::AnomalyHeld,
             Kind::Anomaly,
+            Kind::Stale,
             Kind::Resync,
         ]
         .into_iter()
@@ -205,6 +209,19 @@ pub enum Notice<'a> {
         download: i64,
         credited: &'a str,
         traffic: Traffic,
+    },
+    /// The node's last `run` heartbeats in a row were answered STALE
+    /// (announced once per run, when it reaches
+    /// [`crate::ingest::store::STALE_RUN_FLAGGED`]): nothing they carry is
+    /// counted. `reason`: the last one's (`superseded`,
+    /// `older_generation`, `earlier_in_boot`, `earlier_reading`).
+    #[serde(rename_all = "camelCase")]
+    Stale {
+        node_id: &'a str,
+        reason: &'a str,
+        run: i32,
+        #[serde(serialize_with = "decimal")]
+        stale_heartbeats: i64,
     },
     /// A node was enrolled or removed.
     #[serde(rename_all = "camelCase")]

@@ -34,7 +34,6 @@ impl HeartbeatService {
     pub fn new(
         ingest: Ingest,
         interval_ms: u32,
-        max_skew_ns: i64,
         stopping: watch::Receiver<bool>,
         metrics: Arc<Metrics>,
     ) -> Self {
@@ -42,7 +41,6 @@ impl HeartbeatService {
             apply: Apply {
                 ingest,
                 interval_ms,
-                max_skew_ns,
                 metrics,
             },
             stopping,
@@ -98,8 +96,6 @@ struct Apply {
     ingest: Ingest,
     /// The interval to ask agents for (0: let them choose).
     interval_ms: u32,
-    /// How far ahead of ours a node's clock may be.
-    max_skew_ns: i64,
     /// Counts refusals before ingestion (ingestion counts the rest).
     metrics: Arc<Metrics>,
 }
@@ -114,11 +110,10 @@ impl Apply {
         received: Instant,
     ) -> Result<HeartbeatReply, Error> {
         let node = credentials.node_id.clone();
-        let heartbeat =
-            validate::heartbeat(request, unix_now_ns(), self.max_skew_ns).inspect_err(|e| {
-                self.metrics.rejected(1);
-                tracing::warn!(%node, error = %e, "heartbeat refused");
-            })?;
+        let heartbeat = validate::heartbeat(request, unix_now_ns()).inspect_err(|e| {
+            self.metrics.rejected(1);
+            tracing::warn!(%node, error = %e, "heartbeat refused");
+        })?;
         let applied = self
             .ingest
             .submit(
@@ -136,6 +131,8 @@ impl Apply {
             heartbeat_interval_ms: self.interval_ms,
             applied_sequence: u64::try_from(applied.sequence).unwrap_or(0),
             refusal: None,
+            stale_reason: applied.stale_reason.into(),
+            current_generation: u64::try_from(applied.current_generation).unwrap_or(0),
         })
     }
 }

@@ -117,7 +117,7 @@ async fn run_serve(pool: PgPool, args: ServeArgs, tls: TlsFiles) -> anyhow::Resu
         listen: args.listen,
         tls,
         heartbeat_interval: args.heartbeat_interval,
-        max_skew: args.max_clock_skew,
+        max_clock_skew: args.max_clock_skew,
         history_retention: args.history_retention,
         ingest: ingest::Config {
             max_batch: args.max_batch as usize,

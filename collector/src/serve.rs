@@ -33,7 +33,9 @@ pub struct Options {
     pub tls: Option<(PathBuf, PathBuf)>,
     /// The interval to ask agents for.
     pub heartbeat_interval: Option<Duration>,
-    pub max_skew: Duration,
+    /// A node's clock further off ours than this is warned about (never
+    /// refused).
+    pub max_clock_skew: Duration,
     pub history_retention: Duration,
     pub ingest: ingest::Config,
     /// Address of the HTTP side (health, JSON API); `None`: no HTTP.
@@ -124,6 +126,7 @@ pub async fn serve(
                 http::AppState {
                     pool: pool.clone(),
                     offline_after: options.offline_after,
+                    max_clock_skew: options.max_clock_skew,
                     tokens: options.tokens.clone(),
                     events: hub,
                     metrics: metrics.clone(),
@@ -144,17 +147,16 @@ pub async fn serve(
     ));
     let ingest = ingest::Config {
         quota: quotas,
+        max_clock_skew: options.max_clock_skew,
         ..options.ingest.clone()
     };
     let ingest = Ingest::start(pool, ingest, latencies, metrics.clone());
     let interval_ms = options
         .heartbeat_interval
         .map_or(0, |d| u32::try_from(d.as_millis()).unwrap_or(u32::MAX));
-    let max_skew_ns = i64::try_from(options.max_skew.as_nanos()).unwrap_or(i64::MAX);
     let service = HeartbeatServer::new(HeartbeatService::new(
         ingest,
         interval_ms,
-        max_skew_ns,
         stopping_rx,
         metrics,
     ))

@@ -23,6 +23,10 @@ pub struct Heartbeat {
     pub interfaces: Vec<Interface>,
     /// The node's clock at the reading (Unix ns).
     pub agent_time_unix_ns: i64,
+    /// When the epoch began by the node's clock (Unix ns); informational.
+    pub epoch_created_unix_ns: i64,
+    /// The node's clock minus the collector's at receipt, in milliseconds.
+    pub clock_offset_ms: i64,
     /// The last reading of a boot (on stop, or from the reboot journal).
     pub last_of_boot: bool,
 }
@@ -123,13 +127,10 @@ fn family(
     Ok(Some(family))
 }
 
-/// Checks `request`; `now_unix_ns` is the collector's clock and `max_skew_ns`
-/// how far ahead of it a node's clock may be.
-pub fn heartbeat(
-    request: HeartbeatRequest,
-    now_unix_ns: i64,
-    max_skew_ns: i64,
-) -> Result<Heartbeat, Error> {
+/// Checks `request`, received when the collector's clock said
+/// `now_unix_ns`. The node's clock is never a reason to refuse: it is only
+/// compared with ours ([`Heartbeat::clock_offset_ms`]).
+pub fn heartbeat(request: HeartbeatRequest, now_unix_ns: i64) -> Result<Heartbeat, Error> {
     bounded("boot_id", &request.boot_id, limits::MAX_BOOT_ID)?;
     bounded("epoch", &request.epoch, limits::MAX_EPOCH)?;
     bounded("hostname", &request.hostname, limits::MAX_HOSTNAME)?;
@@ -147,19 +148,9 @@ pub fn heartbeat(
     if request.boot_id.is_empty() || request.epoch.is_empty() {
         return Err(invalid("boot_id and epoch must not be empty"));
     }
-    let latest = now_unix_ns.saturating_add(max_skew_ns);
     let created = counter("epoch_created_unix_ns", request.epoch_created_unix_ns)?;
-    if created > latest {
-        return Err(invalid(
-            "epoch_created_unix_ns is in the future (check the node's clock)",
-        ));
-    }
     let agent_time = counter("agent_time_unix_ns", request.agent_time_unix_ns)?;
-    if agent_time > latest {
-        return Err(invalid(
-            "agent_time_unix_ns is in the future (check the node's clock)",
-        ));
-    }
+    let generation = counter("generation", request.generation)?;
     let sequence = counter("sequence", request.sequence)?;
     if request.interfaces.len() > limits::MAX_INTERFACES {
         return Err(invalid(format!(
@@ -232,8 +223,8 @@ pub fn heartbeat(
             origin: Origin {
                 boot_id: request.boot_id,
                 epoch: request.epoch,
-                created_unix_ns: created,
             },
+            generation,
             starts_at_zero: request.counters_start_at_zero,
             sequence,
             rx,
@@ -246,6 +237,8 @@ pub fn heartbeat(
         source: request.source,
         interfaces,
         agent_time_unix_ns: agent_time,
+        epoch_created_unix_ns: created,
+        clock_offset_ms: agent_time.saturating_sub(now_unix_ns) / 1_000_000,
         last_of_boot: request.last_of_boot,
     })
 }
@@ -275,7 +268,6 @@ mod tests {
     use super::*;
 
     const NOW: i64 = 1_800_000_000_000_000_000;
-    const SKEW: i64 = 300_000_000_000;
 
     fn request() -> HeartbeatRequest {
         HeartbeatRequest {
@@ -313,7 +305,7 @@ mod tests {
     }
 
     fn refused(request: HeartbeatRequest) -> String {
-        match heartbeat(request, NOW, SKEW) {
+        match heartbeat(request, NOW) {
             Err(Error::Invalid(message)) => message,
             other => panic!("expected Invalid, got {other:?}"),
         }
@@ -321,7 +313,7 @@ mod tests {
 
     #[test]
     fn sums_the_interfaces() {
-        let hb = heartbeat(request(), NOW, SKEW).expect("valid");
+        let hb = heartbeat(request(), NOW).expect("valid");
         assert_eq!((hb.reading.rx, hb.reading.tx), (15, 26));
         assert_eq!(hb.reading.sequence, 7);
         assert_eq!(hb.interfaces[0].state, "attached");
@@ -348,7 +340,7 @@ mod tests {
         // its name: both count.
         let mut r = request();
         r.interfaces.push(iface("eth0", 1, 1));
-        let hb = heartbeat(r, NOW, SKEW).expect("valid");
+        let hb = heartbeat(r, NOW).expect("valid");
         assert_eq!((hb.reading.rx, hb.reading.tx), (16, 27));
     }
 
@@ -363,13 +355,30 @@ mod tests {
     }
 
     #[test]
-    fn future_clocks_and_bad_loads_are_refused() {
+    fn a_wrong_clock_is_measured_not_refused() {
+        let day = 86_400_000_000_000u64;
         let mut r = request();
-        r.agent_time_unix_ns = (NOW + SKEW + 1) as u64;
-        assert!(refused(r).contains("future"));
+        r.agent_time_unix_ns = NOW as u64 + 2 * day + 5_000_000;
+        r.epoch_created_unix_ns = NOW as u64 + 3 * day;
+        let hb = heartbeat(r, NOW).expect("a clock ahead is no refusal");
+        assert_eq!(hb.clock_offset_ms, 2 * 86_400_000 + 5);
+        assert_eq!(hb.epoch_created_unix_ns, NOW + 3 * day as i64);
+        // A clock at 1970.
         let mut r = request();
-        r.epoch_created_unix_ns = (NOW + SKEW + 1) as u64;
-        assert!(refused(r).contains("future"));
+        r.agent_time_unix_ns = 1_000_000_000;
+        r.epoch_created_unix_ns = 0;
+        let hb = heartbeat(r, NOW).expect("a clock behind is no refusal");
+        assert_eq!(hb.clock_offset_ms, (1_000_000_000 - NOW) / 1_000_000);
+        let mut r = request();
+        r.agent_time_unix_ns = u64::MAX;
+        assert!(refused(r).contains("agent_time_unix_ns exceeds"));
+        let mut r = request();
+        r.generation = u64::MAX;
+        assert!(refused(r).contains("generation exceeds"));
+    }
+
+    #[test]
+    fn bad_loads_and_empty_ids_are_refused() {
         let mut r = request();
         r.load = Some(LoadAverage {
             one: f64::NAN,

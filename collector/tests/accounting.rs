@@ -2,9 +2,14 @@
 //! heartbeat histories (several epochs and boots, counters that start at
 //! zero or only give a baseline) delivered with replays, reordering, late
 //! heartbeats of earlier epochs, in random batches, with period resets in
-//! between. The stored totals must equal the ground truth exactly, never
-//! decrease, and the period counters must hold exactly what was counted
-//! since the last reset.
+//! between. Each epoch's node clock is off at random (equal, two days
+//! behind, ten minutes ahead, at 1970), and its agent keeps a generation
+//! (known, unknown as from an older agent, or lost with its state
+//! directory, when the simulated agent raises it as the contract allows).
+//! With generations known, some counter sets never reach the collector on
+//! time and only one late heartbeat of theirs arrives. The stored totals
+//! must equal the ground truth exactly, never decrease, and the period
+//! counters must hold exactly what was counted since the last reset.
 
 mod common;
 
@@ -14,11 +19,11 @@ use chrono::Utc;
 use proptest::prelude::*;
 use sqlx::{PgPool, Row as _};
 use tally_collector::{
-    accounting::{Origin, Reading},
+    accounting::{Origin, Reading, StaleReason},
     auth::{self, Credentials},
     db,
     devdb::TempCluster,
-    ingest::{BatchTime, Job, store},
+    ingest::{Applied, BatchTime, Job, store},
     nodes,
     period::{self, Target},
     validate::{Heartbeat, Interface},
@@ -34,6 +39,35 @@ struct EpochPlan {
     baseline: (i64, i64),
     /// Increments of (rx, tx) from one reading to the next.
     steps: Vec<(i64, i64)>,
+    /// How far the node's clock is off while this set exists.
+    clock: Clock,
+    /// Its boot clock advances by this much before each reading (ns).
+    gap_ns: i64,
+    /// Never delivered on time (generations known only): one late
+    /// heartbeat of it arrives during a later set.
+    lost: bool,
+}
+
+/// A node's wall clock.
+#[derive(Debug, Clone, Copy)]
+enum Clock {
+    Right,
+    DaysBehind,
+    MinutesAhead,
+    At1970,
+}
+
+/// What the agent knows of generations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Generations {
+    /// Kept in the state directory: every new set gets a higher one.
+    Known,
+    /// An agent that does not send one (0).
+    Unknown,
+    /// Kept, but the state directory is lost before the sets flagged
+    /// `new_boot` (the count starts again at 1); the agent raises a set's
+    /// generation when the collector answers OLDER_GENERATION for it.
+    LostAtBoots,
 }
 
 /// What the network does with one epoch's heartbeats.
@@ -47,10 +81,29 @@ struct Delivery {
     late: Option<usize>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy)]
 enum Op {
-    Send { epoch: usize, reading: usize },
+    Send {
+        epoch: usize,
+        reading: usize,
+        /// A heartbeat of an earlier set (or a lost one), not the agent's
+        /// current one.
+        late: bool,
+    },
     Reset,
+}
+
+const DAY_NS: i64 = 86_400_000_000_000;
+/// The true time at the history's start (2026-11-14).
+const T0_NS: i64 = 1_763_000_000_000_000_000;
+
+fn clock() -> impl Strategy<Value = Clock> {
+    prop_oneof![
+        Just(Clock::Right),
+        Just(Clock::DaysBehind),
+        Just(Clock::MinutesAhead),
+        Just(Clock::At1970),
+    ]
 }
 
 fn epoch_plan() -> impl Strategy<Value = EpochPlan> {
@@ -59,13 +112,21 @@ fn epoch_plan() -> impl Strategy<Value = EpochPlan> {
         prop::bool::weighted(0.8),
         (0i64..1 << 40, 0i64..1 << 40),
         prop::collection::vec((0i64..1_000_000, 0i64..1_000_000), 1..8),
+        clock(),
+        1i64..10_000_000_000,
+        prop::bool::weighted(0.3),
     )
-        .prop_map(|(new_boot, starts_at_zero, baseline, steps)| EpochPlan {
-            new_boot,
-            starts_at_zero,
-            baseline,
-            steps,
-        })
+        .prop_map(
+            |(new_boot, starts_at_zero, baseline, steps, clock, gap_ns, lost)| EpochPlan {
+                new_boot,
+                starts_at_zero,
+                baseline,
+                steps,
+                clock,
+                gap_ns,
+                lost,
+            },
+        )
 }
 
 fn delivery() -> impl Strategy<Value = Delivery> {
@@ -81,14 +142,37 @@ fn delivery() -> impl Strategy<Value = Delivery> {
         })
 }
 
-fn history() -> impl Strategy<Value = (Vec<(EpochPlan, Delivery)>, Vec<usize>, Vec<usize>)> {
+fn generations() -> impl Strategy<Value = Generations> {
+    prop_oneof![
+        Just(Generations::Known),
+        Just(Generations::Unknown),
+        Just(Generations::LostAtBoots),
+    ]
+}
+
+type History = (
+    Vec<(EpochPlan, Delivery)>,
+    Generations,
+    Vec<usize>,
+    Vec<usize>,
+);
+
+fn history() -> impl Strategy<Value = History> {
     (
         prop::collection::vec((epoch_plan(), delivery()), 1..5),
+        generations(),
         // Batch sizes, used in turn.
         prop::collection::vec(1usize..6, 1..6),
         // Positions (mod the op count) where a period reset happens.
         prop::collection::vec(0usize..64, 0..3),
     )
+        .prop_map(|(mut epochs, generations, batches, resets)| {
+            // A set is lost only where generations prove it old.
+            for (plan, _) in &mut epochs {
+                plan.lost &= generations == Generations::Known;
+            }
+            (epochs, generations, batches, resets)
+        })
 }
 
 /// The raw (rx, tx) of reading `i` of `plan`.
@@ -108,8 +192,14 @@ fn raw(plan: &EpochPlan, i: usize) -> (i64, i64) {
 fn schedule(epochs: &[(EpochPlan, Delivery)]) -> (Vec<Op>, (i64, i64)) {
     let mut ops = Vec::new();
     let mut truth = (0i64, 0i64);
+    let mut lost: Vec<usize> = Vec::new();
     for (e, (plan, delivery)) in epochs.iter().enumerate() {
         let n = plan.steps.len();
+        if plan.lost {
+            // One heartbeat of it comes during a later set, if any.
+            lost.push(e);
+            continue;
+        }
         let mut order: Vec<usize> = (0..n).collect();
         for r in &delivery.replays {
             order.push(r % n);
@@ -127,16 +217,33 @@ fn schedule(epochs: &[(EpochPlan, Delivery)]) -> (Vec<Op>, (i64, i64)) {
         let first = order[0];
         let mut sends: Vec<Op> = order
             .into_iter()
-            .map(|reading| Op::Send { epoch: e, reading })
+            .map(|reading| Op::Send {
+                epoch: e,
+                reading,
+                late: false,
+            })
             .collect();
-        if let (Some(late), true) = (delivery.late, e > 0) {
-            let earlier = late % e;
+        let delivered: Vec<usize> = (0..e).filter(|i| !epochs[*i].0.lost).collect();
+        if let (Some(late), false) = (delivery.late, delivered.is_empty()) {
+            let earlier = delivered[late % delivered.len()];
             let reading = late % epochs[earlier].0.steps.len();
             sends.insert(
                 1.min(sends.len()),
                 Op::Send {
                     epoch: earlier,
                     reading,
+                    late: true,
+                },
+            );
+        }
+        for l in lost.drain(..) {
+            let reading = delivery.late.unwrap_or(0) % epochs[l].0.steps.len();
+            sends.insert(
+                1.min(sends.len()),
+                Op::Send {
+                    epoch: l,
+                    reading,
+                    late: true,
                 },
             );
         }
@@ -155,10 +262,111 @@ fn schedule(epochs: &[(EpochPlan, Delivery)]) -> (Vec<Op>, (i64, i64)) {
     (ops, truth)
 }
 
-fn heartbeat(epochs: &[(EpochPlan, Delivery)], epoch: usize, reading: usize) -> Heartbeat {
-    let boot = epochs[..=epoch].iter().filter(|(p, _)| p.new_boot).count();
+/// The simulated agent: the generations it gave its sets, what it knows.
+struct Agent {
+    mode: Generations,
+    /// Per epoch, once the set was created.
+    generation: Vec<Option<i64>>,
+    /// The highest generation it used or saw the collector follow.
+    highest: i64,
+    /// The set it reports now (the newest it created).
+    current: Option<usize>,
+}
+
+impl Agent {
+    fn new(mode: Generations, epochs: usize) -> Self {
+        Self {
+            mode,
+            generation: vec![None; epochs],
+            highest: 0,
+            current: None,
+        }
+    }
+
+    /// The generation of `epoch`, creating the set (in creation order).
+    fn generation(&mut self, epochs: &[(EpochPlan, Delivery)], epoch: usize) -> i64 {
+        if let Some(g) = self.generation[epoch] {
+            return g;
+        }
+        let g = match self.mode {
+            Generations::Unknown => 0,
+            Generations::Known => epoch as i64 + 1,
+            Generations::LostAtBoots => {
+                if epochs[epoch].0.new_boot {
+                    self.highest = 0;
+                }
+                self.highest += 1;
+                self.highest
+            }
+        };
+        self.generation[epoch] = Some(g);
+        self.current = Some(self.current.map_or(epoch, |c| c.max(epoch)));
+        g
+    }
+
+    /// Learns from a reply; returns whether the heartbeat must be sent
+    /// again (its own current set, answered OLDER_GENERATION: raised).
+    fn answered(&mut self, epoch: usize, late: bool, applied: &Applied) -> bool {
+        self.highest = self.highest.max(applied.current_generation);
+        let raise = self.mode == Generations::LostAtBoots
+            && !late
+            && self.current == Some(epoch)
+            && applied.outcome == Outcome::Stale
+            && applied.stale_reason == StaleReason::OlderGeneration;
+        if raise {
+            self.highest = self.highest.max(applied.current_generation) + 1;
+            self.generation[epoch] = Some(self.highest);
+        }
+        raise
+    }
+}
+
+fn boot_of(epochs: &[(EpochPlan, Delivery)], epoch: usize) -> usize {
+    epochs[..=epoch].iter().filter(|(p, _)| p.new_boot).count()
+}
+
+/// The boot clock at reading `reading` of `epoch`: it starts again with
+/// every boot and runs on across the epochs of one boot.
+fn boot_clock(epochs: &[(EpochPlan, Delivery)], epoch: usize, reading: usize) -> i64 {
+    let boot = boot_of(epochs, epoch);
+    let mut clock = 1_000_000_000;
+    for (e, (plan, _)) in epochs.iter().enumerate().take(epoch + 1) {
+        if boot_of(epochs, e) != boot {
+            continue;
+        }
+        let readings = if e == epoch {
+            reading + 1
+        } else {
+            plan.steps.len()
+        };
+        clock += plan.gap_ns * readings as i64;
+    }
+    clock
+}
+
+/// The node's wall clock for a true time.
+fn wall_clock(clock: Clock, true_ns: i64) -> i64 {
+    match clock {
+        Clock::Right => true_ns,
+        Clock::DaysBehind => true_ns - 2 * DAY_NS,
+        Clock::MinutesAhead => true_ns + 600_000_000_000,
+        Clock::At1970 => true_ns - T0_NS + 3_000_000_000,
+    }
+}
+
+fn heartbeat(
+    epochs: &[(EpochPlan, Delivery)],
+    epoch: usize,
+    reading: usize,
+    generation: i64,
+) -> Heartbeat {
+    let boot = boot_of(epochs, epoch);
     let plan = &epochs[epoch].0;
     let (rx, tx) = raw(plan, reading);
+    let sequence = boot_clock(epochs, epoch, reading);
+    // Each epoch lives an hour of true time after the one before.
+    let began = T0_NS + epoch as i64 * 3_600_000_000_000;
+    let taken = began + sequence % 3_600_000_000_000;
     // Two interfaces whose sums are (rx, tx).
     let interfaces = vec![
         interface("eth0", rx / 3, tx / 2),
@@ -169,10 +377,10 @@ fn heartbeat(epochs: &[(EpochPlan, Delivery)], epoch: usize, reading: usize) -> 
             origin: Origin {
                 boot_id: format!("boot-{boot}"),
                 epoch: format!("epoch-{epoch}"),
-                created_unix_ns: 1_000 + epoch as i64,
             },
+            generation,
             starts_at_zero: plan.starts_at_zero,
-            sequence: 10 + reading as i64,
+            sequence,
             rx,
             tx,
         },
@@ -182,7 +390,9 @@ fn heartbeat(epochs: &[(EpochPlan, Delivery)], epoch: usize, reading: usize) -> 
         agent_version: "test".into(),
         source: "ebpf".into(),
         interfaces,
-        agent_time_unix_ns: 2_000,
+        agent_time_unix_ns: wall_clock(plan.clock, taken),
+        epoch_created_unix_ns: wall_clock(plan.clock, began),
+        clock_offset_ms: (wall_clock(plan.clock, taken) - taken) / 1_000_000,
         last_of_boot: false,
     }
 }
@@ -259,6 +469,7 @@ async fn stored(pool: &PgPool, node: &str) -> Stored {
 async fn check_history(
     pool: &PgPool,
     epochs: &[(EpochPlan, Delivery)],
+    generations: Generations,
     batch_sizes: &[usize],
     resets: &[usize],
 ) -> Result<(), TestCaseError> {
@@ -268,53 +479,79 @@ async fn check_history(
     let credentials: Credentials =
         auth::from_bearer(Some(&format!("Bearer {}", added.token))).expect("token");
     let (ops, truth) = schedule(epochs);
-    let mut ops_with_resets: Vec<Op> = Vec::new();
+    let mut queue: std::collections::VecDeque<Op> = std::collections::VecDeque::new();
     for (i, op) in ops.into_iter().enumerate() {
         if resets.contains(&i) {
-            ops_with_resets.push(Op::Reset);
+            queue.push_back(Op::Reset);
         }
-        ops_with_resets.push(op);
+        queue.push_back(op);
     }
+    let mut agent = Agent::new(generations, epochs.len());
     let mut last = stored(pool, &added.id).await;
     let mut total_at_reset = (0i64, 0i64);
     let mut sizes = batch_sizes.iter().cycle();
-    let mut pending: Vec<Job> = Vec::new();
-    let mut ops = ops_with_resets.into_iter().peekable();
-    while ops.peek().is_some() {
+    let mut raised = 0usize;
+    while !queue.is_empty() {
         let size = *sizes.next().unwrap_or(&1);
-        while pending.len() < size {
-            match ops.peek() {
-                Some(Op::Send { epoch, reading }) => {
-                    pending.push(Job {
-                        credentials: credentials.clone(),
-                        heartbeat: heartbeat(epochs, *epoch, *reading),
-                    });
-                    ops.next();
-                }
-                Some(Op::Reset) => break,
-                None => break,
+        let mut batch: Vec<Op> = Vec::new();
+        while batch.len() < size {
+            let Some(Op::Send { epoch, late, .. }) = queue.front().copied() else {
+                break;
+            };
+            // The agent sends a new set's first heartbeat only after the
+            // one before was answered (what it raises is sent again first).
+            let starts_a_set = !late && agent.current.is_none_or(|c| epoch > c);
+            if starts_a_set && !batch.is_empty() && generations == Generations::LostAtBoots {
+                break;
             }
+            agent.generation(epochs, epoch);
+            batch.extend(queue.pop_front());
         }
-        if !pending.is_empty() {
+        if !batch.is_empty() {
+            let jobs: Vec<Job> = batch
+                .iter()
+                .filter_map(|op| match *op {
+                    Op::Send { epoch, reading, .. } => Some(Job {
+                        credentials: credentials.clone(),
+                        heartbeat: heartbeat(
+                            epochs,
+                            epoch,
+                            reading,
+                            agent.generation(epochs, epoch),
+                        ),
+                    }),
+                    Op::Reset => None,
+                })
+                .collect();
             let mut conn = pool.acquire().await.expect("connection");
             let time = BatchTime::new(Utc::now().naive_utc(), None);
-            let results = store::apply(&mut conn, &pending, time)
+            let results = store::apply(&mut conn, &jobs, time)
                 .await
                 .expect("batch commits");
-            for result in &results {
+            let mut again = Vec::new();
+            for (op, result) in batch.iter().zip(&results) {
                 let applied = result.as_ref().expect("no heartbeat is refused");
                 prop_assert!(matches!(
                     applied.outcome,
                     Outcome::Applied | Outcome::Duplicate | Outcome::Stale
                 ));
+                if let Op::Send { epoch, late, .. } = *op
+                    && agent.answered(epoch, late, applied)
+                {
+                    again.push(*op);
+                }
             }
-            pending.clear();
+            raised += again.len();
+            prop_assert!(raised < 1000, "raising never ends");
+            for op in again.into_iter().rev() {
+                queue.push_front(op);
+            }
             let now = stored(pool, &added.id).await;
             prop_assert!(now.total.0 >= last.total.0 && now.total.1 >= last.total.1);
             last = now;
         }
-        if matches!(ops.peek(), Some(Op::Reset)) {
-            ops.next();
+        if matches!(queue.front(), Some(Op::Reset)) {
+            queue.pop_front();
             period::reset_now(pool, &Target::Node(added.id.clone()))
                 .await
                 .expect("reset");
@@ -338,12 +575,14 @@ async fn check_history(
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
     #[test]
-    fn stored_totals_equal_the_ground_truth((epochs, batches, resets) in history()) {
+    fn stored_totals_equal_the_ground_truth(
+        (epochs, generations, batches, resets) in history()
+    ) {
         let Some(db) = db() else { return Ok(()) };
-        db.runtime.block_on(check_history(&db.pool, &epochs, &batches, &resets))?;
+        db.runtime.block_on(check_history(&db.pool, &epochs, generations, &batches, &resets))?;
     }
 }
 
@@ -355,6 +594,9 @@ fn schedule_truth_for_a_known_history() {
         starts_at_zero,
         baseline: (1000, 2000),
         steps,
+        clock: Clock::Right,
+        gap_ns: 1,
+        lost: false,
     };
     let none = Delivery {
         replays: vec![],
@@ -369,4 +611,24 @@ fn schedule_truth_for_a_known_history() {
     // Epoch 0 counts its last value (10, 2); epoch 1 its growth after the
     // baseline reading (3, 3).
     assert_eq!(truth, (13, 5));
+
+    // A set lost between them counts nothing; one heartbeat of it arrives
+    // late, during the next set.
+    let mut lost = plan(true, vec![(100, 100)]);
+    lost.lost = true;
+    let mut with_lost = epochs.clone();
+    with_lost.insert(1, (lost, with_lost[1].1.clone()));
+    let (ops, truth) = schedule(&with_lost);
+    assert_eq!(truth, (13, 5));
+    assert!(ops.iter().any(|op| matches!(
+        op,
+        Op::Send {
+            epoch: 1,
+            late: true,
+            ..
+        }
+    )));
+    // The boot clock runs on across the sets of a boot.
+    assert!(boot_clock(&with_lost, 2, 0) > boot_clock(&with_lost, 1, 0));
+    assert!(boot_clock(&with_lost, 1, 0) > boot_clock(&with_lost, 0, 1));
 }

@@ -270,7 +270,7 @@ async fn a_heartbeat_on_one_replica_reaches_the_stream_of_another() {
 fn job(token: &str, sequence: u64, rx: u64, tx: u64) -> Job {
     Job {
         credentials: auth::from_bearer(Some(&format!("Bearer {token}"))).expect("token"),
-        heartbeat: validate::heartbeat(fleet::heartbeat("e", sequence, rx, tx), i64::MAX / 2, 0)
+        heartbeat: validate::heartbeat(fleet::heartbeat("e", sequence, rx, tx), i64::MAX / 2)
             .expect("valid"),
     }
 }

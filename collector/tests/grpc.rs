@@ -119,8 +119,7 @@ async fn replies_say_applied_duplicate_stale_and_refuse_backwards_counters() {
     assert_eq!(fleet.snapshot(&node.id).await, before);
 
     // A new, later epoch counts from zero in full.
-    let mut next = fleet::heartbeat("f", 1, 10, 20);
-    next.epoch_created_unix_ns += 1;
+    let next = fleet::heartbeat_of("f", 1, 10, 20);
     let reply = fleet::send(&mut client, token, next)
         .await
         .expect("new epoch");
@@ -189,8 +188,7 @@ async fn interface_rows_are_rewritten_on_a_new_epoch_and_at_most_every_ten_secon
     assert_eq!(fleet.totals(&node.id).await.0, 300);
     assert_eq!(rx_rows().await, 100);
     // A new epoch rewrites them at once.
-    let mut next = fleet::heartbeat("f", 1, 7, 1);
-    next.epoch_created_unix_ns += 1;
+    let next = fleet::heartbeat_of("f", 1, 7, 1);
     fleet::send(&mut client, token, next)
         .await
         .expect("new epoch");

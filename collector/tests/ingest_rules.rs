@@ -27,7 +27,7 @@ fn at(y: i32, m: u32, d: u32, h: u32, min: u32) -> NaiveDateTime {
 fn job(token: &str, request: HeartbeatRequest) -> Job {
     Job {
         credentials: auth::from_bearer(Some(&format!("Bearer {token}"))).expect("token"),
-        heartbeat: validate::heartbeat(request, i64::MAX / 2, 0).expect("valid"),
+        heartbeat: validate::heartbeat(request, i64::MAX / 2).expect("valid"),
     }
 }
 

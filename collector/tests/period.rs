@@ -50,7 +50,7 @@ fn job(token: &str, sequence: u64, rx: u64, tx: u64) -> Job {
     let request = fleet::heartbeat("e", sequence, rx, tx);
     Job {
         credentials: auth::from_bearer(Some(&format!("Bearer {token}"))).expect("token"),
-        heartbeat: validate::heartbeat(request, i64::MAX / 2, 0).expect("valid"),
+        heartbeat: validate::heartbeat(request, i64::MAX / 2).expect("valid"),
     }
 }
 

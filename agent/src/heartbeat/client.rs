@@ -20,11 +20,7 @@ use tally_proto::v1::{
 };
 use tonic::{Code, Request, Status, Streaming, transport::Channel};
 
-use super::{
-    config::CollectorConfig,
-    reading::Reading,
-    request::{self, NodeInfo},
-};
+use super::config::CollectorConfig;
 
 /// The collector's Heartbeat service, with this node's token. Clones share
 /// the connection, but each opens its own stream.
@@ -82,20 +78,9 @@ impl Client {
         &self.config.url
     }
 
-    /// Sends one reading on the stream (or as a `Send` call, when the
+    /// Sends one heartbeat on the stream (or as a `Send` call, when the
     /// collector has no stream), waiting at most the RPC timeout (or
     /// `limit`, when shorter).
-    pub async fn send(
-        &mut self,
-        reading: &Reading,
-        limit: Option<Duration>,
-    ) -> Result<HeartbeatReply, SendError> {
-        let request = request::build(reading, &NodeInfo::current());
-        self.send_request(request, limit).await
-    }
-
-    /// Sends a heartbeat built already (one from the reboot journal) as
-    /// [`Client::send`] does.
     pub async fn send_request(
         &mut self,
         request: HeartbeatRequest,
@@ -106,7 +91,7 @@ impl Client {
     }
 
     /// Sends a heartbeat as its own `Send` call (no stream is left open),
-    /// waiting as [`Client::send`] does.
+    /// waiting as [`Client::send_request`] does.
     pub async fn send_request_once(
         &mut self,
         request: HeartbeatRequest,

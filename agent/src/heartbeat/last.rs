@@ -27,9 +27,9 @@ use super::{
 };
 use crate::journal::{self, Journal};
 
-/// The heartbeat for the final reading of a run.
-pub fn final_request(reading: &Reading) -> HeartbeatRequest {
-    let mut request = request::build(reading, &NodeInfo::current());
+/// The heartbeat for the final reading of a run (of a set of `generation`).
+pub fn final_request(reading: &Reading, generation: u64) -> HeartbeatRequest {
+    let mut request = request::build(reading, &NodeInfo::current(), generation);
     request.last_of_boot = true;
     request
 }

@@ -14,6 +14,17 @@
 //! At start the sender delivers what the journal holds (the last heartbeat
 //! of an earlier run or boot) before any regular heartbeat; see [`last`].
 //!
+//! Every heartbeat carries its counter set's generation ([`Generations`],
+//! kept in the state directory), so that the collector orders the sets of
+//! different boots without the node's wall clock. Every reply tells the
+//! generation the collector follows; the next set starts above it. When
+//! the collector answers STALE with OLDER_GENERATION for the current set
+//! (the state directory was lost), the sender raises the set's generation
+//! above the followed one and sends at once again: the collector never
+//! followed that set, so it counts it in full, once. Any other run of STALE
+//! answers for the current set means nothing of it is counted: that is
+//! logged as an error saying what to do.
+//!
 //! The collector may ask for another interval in its reply; the report loop
 //! follows [`Heartbeats::interval_changed`] (never below 1 s, at most 1 h;
 //! `0` means the agent's own `--interval`).
@@ -36,17 +47,18 @@ mod reading;
 mod request;
 
 use std::{
-    sync::Arc,
+    sync::{Arc, Mutex, PoisonError},
     time::{Duration, Instant},
 };
 
 use tally_proto::{
     limits,
-    v1::{HeartbeatReply, Outcome},
+    v1::{HeartbeatReply, Outcome, StaleReason},
 };
 use tokio::{sync::watch, task::JoinHandle};
 
 use crate::{
+    generation::Generations,
     journal::Journal,
     source::{Rebase, SourceKind},
     state::StateDir,
@@ -56,6 +68,7 @@ use self::{
     backoff::Backoff,
     client::{Client, SendError, Severity},
     last::Pending,
+    request::NodeInfo,
 };
 pub use self::{
     config::{CollectorConfig, TOKEN_ENV},
@@ -71,6 +84,24 @@ const MAX_ASKED_INTERVAL: Duration = Duration::from_secs(3600);
 /// A repeated, unchanged failure is logged at warn/error at most this often
 /// (and at debug in between).
 const REPEAT_LOG_EVERY: Duration = Duration::from_secs(60);
+/// STALE answers in a row for the current counter set before it is logged
+/// as an error.
+const STALE_RUN_LOGGED: u32 = 3;
+/// Raises of one reading's generation (each after an OLDER_GENERATION
+/// answer) before it is taken as stale: one is enough unless the collector
+/// follows other sets meanwhile.
+const MAX_RAISES: u32 = 3;
+
+/// The generations, shared by the sender task and the last heartbeat.
+type SharedGenerations = Arc<Mutex<Generations>>;
+
+/// The generation of the counter set `reading` is of.
+fn generation_of(generations: &SharedGenerations, reading: &Reading) -> u64 {
+    generations
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .of(&reading.snapshot.boot_id, &reading.snapshot.epoch)
+}
 
 /// The running heartbeat sender.
 pub struct Heartbeats {
@@ -82,6 +113,7 @@ pub struct Heartbeats {
     final_timeout: Duration,
     /// Where the last heartbeat is kept until the collector answered it.
     journal: Journal,
+    generations: SharedGenerations,
     /// The state directory the journal is in, locked until the last
     /// heartbeat was handled.
     _state: StateDir,
@@ -99,6 +131,7 @@ impl Heartbeats {
         state: StateDir,
     ) -> Self {
         let journal = state.journal();
+        let generations = Arc::new(Mutex::new(state.generations()));
         tracing::info!(collector = %config.url, "sending heartbeats every {}", human(interval));
         let final_timeout = config.final_timeout;
         let (latest, readings) = watch::channel(None);
@@ -116,6 +149,8 @@ impl Heartbeats {
             rebase,
             rebased_from: None,
             last_applied: None,
+            generations: Arc::clone(&generations),
+            stale_run: StaleRun::default(),
         };
         Self {
             latest,
@@ -124,6 +159,7 @@ impl Heartbeats {
             client,
             final_timeout,
             journal,
+            generations,
             _state: state,
         }
     }
@@ -154,7 +190,8 @@ impl Heartbeats {
         let reading = last.map(Arc::new).or_else(|| self.latest.borrow().clone());
         let mut pending = Pending::load(self.journal.clone());
         if let Some(reading) = reading {
-            pending.record(last::final_request(&reading));
+            let generation = generation_of(&self.generations, &reading);
+            pending.record(last::final_request(&reading, generation));
         }
         last::deliver_on_stop(&mut self.client, &mut pending, self.final_timeout).await
     }
@@ -164,8 +201,10 @@ impl Heartbeats {
 /// (one of an older layout it took over), to the reboot journal in `state`,
 /// so that the sender delivers it before any regular heartbeat.
 pub fn journal_last_of_set(state: &StateDir, reading: &Reading) {
+    let snapshot = &reading.snapshot;
+    let generation = state.generations().of(&snapshot.boot_id, &snapshot.epoch);
     let mut pending = Pending::load(state.journal());
-    pending.record(request::build(reading, &request::NodeInfo::current()));
+    pending.record(request::build(reading, &NodeInfo::current(), generation));
 }
 
 /// A duration for people, to the millisecond.
@@ -193,6 +232,9 @@ struct Sender {
     /// The last reading the collector applied, for the log when counts are
     /// lost.
     last_applied: Option<Arc<Reading>>,
+    generations: SharedGenerations,
+    /// STALE answers in a row for the current counter set.
+    stale_run: StaleRun,
 }
 
 impl Sender {
@@ -223,6 +265,7 @@ impl Sender {
                 Ok(reply) => {
                     self.reached();
                     self.follow_interval(&reply);
+                    self.learn(&reply);
                     pending.answered(&reply);
                 }
                 Err(error) if error.is_permanent() => pending.rejected(&error),
@@ -243,14 +286,27 @@ impl Sender {
     /// Sends the newest reading, backing off and retrying (each time with the
     /// newest reading) until one is delivered.
     async fn deliver_newest(&mut self) {
+        let mut raises = 0;
         loop {
             let Some(reading) = self.readings.borrow_and_update().clone() else {
                 return;
             };
-            match self.client.send(&reading, None).await {
+            let generation = generation_of(&self.generations, &reading);
+            let request = request::build(&reading, &NodeInfo::current(), generation);
+            match self.client.send_request(request, None).await {
                 Ok(reply) => {
                     self.delivered(&reading, &reply);
-                    if reply.outcome() == Outcome::Stale && reply.applied_sequence == 0 {
+                    if reply.outcome() != Outcome::Stale {
+                        return;
+                    }
+                    if reply.stale_reason() == StaleReason::OlderGeneration && raises < MAX_RAISES {
+                        raises += 1;
+                        self.raise(&reading, generation, &reply);
+                        continue;
+                    }
+                    self.stale_run
+                        .stale(&reading, generation, &reply, self.client.url());
+                    if reply.applied_sequence == 0 {
                         self.behind(&reading);
                     }
                     return;
@@ -267,8 +323,12 @@ impl Sender {
 
     fn delivered(&mut self, reading: &Arc<Reading>, reply: &HeartbeatReply) {
         self.reached();
+        self.learn(reply);
         if reply.outcome() == Outcome::Applied {
             self.last_applied = Some(Arc::clone(reading));
+        }
+        if matches!(reply.outcome(), Outcome::Applied | Outcome::Duplicate) {
+            self.stale_run.over(self.client.url());
         }
         match reply.outcome() {
             Outcome::Applied | Outcome::Duplicate | Outcome::Stale => tracing::debug!(
@@ -303,6 +363,38 @@ impl Sender {
         self.delivered_once = true;
         self.backoff.reset();
         self.failure_log = FailureLog::default();
+    }
+
+    /// Remembers the generation the collector follows: the next counter
+    /// set starts above it.
+    fn learn(&self, reply: &HeartbeatReply) {
+        self.generations
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .seen(reply.current_generation);
+    }
+
+    /// The collector never followed the reading's counter set and follows
+    /// one of a generation not below ours: our state directory was lost
+    /// (or is new). Raise the set above it; it then counts in full, once.
+    fn raise(&self, reading: &Reading, generation: u64, reply: &HeartbeatReply) {
+        let snapshot = &reading.snapshot;
+        let raised = self
+            .generations
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .raise(&snapshot.boot_id, &snapshot.epoch, reply.current_generation);
+        tracing::warn!(
+            collector = self.client.url(),
+            boot_id = %snapshot.boot_id,
+            epoch = %snapshot.epoch,
+            generation,
+            collector_generation = reply.current_generation,
+            raised_to = raised,
+            "the collector follows a counter set of a higher generation than ours (was this \
+             node's state directory lost or new?); this counter set was never counted, so its \
+             generation is raised and it is sent again: it counts in full"
+        );
     }
 
     /// Follows the report interval the reply asks for.
@@ -403,6 +495,94 @@ impl Sender {
              first heartbeat is only a baseline: the bytes counted since the last heartbeat \
              the collector applied are lost"
         );
+    }
+}
+
+/// STALE answers in a row for the agent's own current counter set: nothing
+/// of it is counted. Logged as an error from the [`STALE_RUN_LOGGED`]th,
+/// then at most every [`REPEAT_LOG_EVERY`].
+#[derive(Debug, Default)]
+struct StaleRun {
+    answers: u32,
+    logged: Option<Instant>,
+}
+
+impl StaleRun {
+    fn stale(&mut self, reading: &Reading, generation: u64, reply: &HeartbeatReply, url: &str) {
+        self.answers = self.answers.saturating_add(1);
+        let reason = reply.stale_reason();
+        let snapshot = &reading.snapshot;
+        let quiet = self.answers < STALE_RUN_LOGGED
+            || self
+                .logged
+                .is_some_and(|at| at.elapsed() < REPEAT_LOG_EVERY);
+        if quiet {
+            tracing::debug!(
+                epoch = %snapshot.epoch,
+                sequence = reading.sequence,
+                reason = reason.as_str_name(),
+                "heartbeat answered STALE"
+            );
+            return;
+        }
+        self.logged = Some(Instant::now());
+        tracing::error!(
+            collector = url,
+            boot_id = %snapshot.boot_id,
+            epoch = %snapshot.epoch,
+            generation,
+            collector_generation = reply.current_generation,
+            sequence = reading.sequence,
+            reason = reason.as_str_name(),
+            stale_answers = self.answers,
+            "the collector answers this node's heartbeats STALE: nothing this agent counts now \
+             is stored. {}",
+            stale_advice(reason)
+        );
+    }
+
+    /// A heartbeat of the current set was applied again.
+    fn over(&mut self, url: &str) {
+        if self.answers >= STALE_RUN_LOGGED {
+            tracing::info!(
+                collector = url,
+                stale_answers = self.answers,
+                "the collector counts this node's heartbeats again"
+            );
+        }
+        *self = Self::default();
+    }
+}
+
+/// What to do about STALE answers for the current counter set, by reason.
+fn stale_advice(reason: StaleReason) -> &'static str {
+    match reason {
+        StaleReason::Superseded => {
+            "It follows a later counter set for this node, so this one never counts again. Is \
+             another agent sending with this node's token (each node needs its own)? Once that \
+             is fixed, start a new counter set here: `tally-agent detach`, then start the \
+             agent again."
+        }
+        StaleReason::EarlierInBoot => {
+            "It follows a counter set of this boot that was read later than this one: another \
+             agent on this host sends with this node's token? Stop it, then start a new counter \
+             set here: `tally-agent detach`, then start the agent again."
+        }
+        StaleReason::EarlierReading => {
+            "It applied a later reading of this very counter set than the one sent: another \
+             agent reads the same pinned counters with this node's token? Stop it."
+        }
+        StaleReason::OlderGeneration => {
+            "It follows a counter set of a higher generation, and raising ours did not help: \
+             another agent sends with this node's token? Stop it, then start a new counter set \
+             here: `tally-agent detach`, then start the agent again."
+        }
+        StaleReason::Unspecified => {
+            "The collector gives no reason (an older version, which orders counter sets by the \
+             node's clock): if this node's clock was behind when its counters started, upgrade \
+             the collector, or start a new counter set with the clock right: `tally-agent \
+             detach`, then start the agent again."
+        }
     }
 }
 

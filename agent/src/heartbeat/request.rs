@@ -45,8 +45,8 @@ impl NodeInfo {
     }
 }
 
-/// The heartbeat for one reading.
-pub fn build(reading: &Reading, node: &NodeInfo) -> HeartbeatRequest {
+/// The heartbeat for one reading of the counter set of `generation`.
+pub fn build(reading: &Reading, node: &NodeInfo, generation: u64) -> HeartbeatRequest {
     let snapshot = &reading.snapshot;
     HeartbeatRequest {
         boot_id: clip(&snapshot.boot_id, limits::MAX_BOOT_ID),
@@ -66,6 +66,7 @@ pub fn build(reading: &Reading, node: &NodeInfo) -> HeartbeatRequest {
         agent_version: clip(&node.agent_version, limits::MAX_AGENT_VERSION),
         source: snapshot.source.as_str().to_owned(),
         last_of_boot: false,
+        generation,
     }
 }
 
@@ -203,7 +204,8 @@ mod tests {
 
     #[test]
     fn every_field_is_carried() {
-        let request = build(&reading(), &node());
+        let request = build(&reading(), &node(), 7);
+        assert_eq!(request.generation, 7);
         assert_eq!(request.boot_id, "6a1c0c0e-0000-4000-8000-000000000000");
         assert_eq!(request.epoch, "00112233445566778899aabbccddeeff");
         assert_eq!(request.epoch_created_unix_ns, 1_700_000_000_000_000_000);
@@ -244,7 +246,7 @@ mod tests {
 
     #[test]
     fn interface_states() {
-        let request = build(&reading(), &node());
+        let request = build(&reading(), &node(), 1);
         let states: Vec<InterfaceState> = request.interfaces.iter().map(|i| i.state()).collect();
         assert_eq!(
             states,
@@ -262,7 +264,7 @@ mod tests {
         let mut reading = reading();
         reading.snapshot.interfaces[0].default_route = true;
         reading.snapshot.interfaces[0].master_ifindex = 4;
-        let request = build(&reading, &node());
+        let request = build(&reading, &node(), 1);
         let retired = &request.interfaces[0];
         assert_eq!(retired.state(), InterfaceState::Retired);
         assert_eq!(retired.kind(), v1::LinkKind::Unspecified);
@@ -275,14 +277,14 @@ mod tests {
         let mut reading = reading();
         reading.snapshot.source = SourceKind::Procfs;
         reading.snapshot.starts_at_zero = false;
-        let request = build(&reading, &node());
+        let request = build(&reading, &node(), 1);
         assert_eq!(request.source, "procfs");
         assert!(!request.counters_start_at_zero);
     }
 
     #[test]
     fn families_are_carried_or_left_unset() {
-        let request = build(&reading(), &node());
+        let request = build(&reading(), &node(), 1);
         let eth0 = &request.interfaces[1];
         assert_eq!(
             eth0.ipv4,
@@ -311,7 +313,7 @@ mod tests {
     fn long_texts_are_clipped_to_the_limits() {
         let mut node = node();
         node.hostname = "é".repeat(200); // 400 bytes
-        let request = build(&reading(), &node);
+        let request = build(&reading(), &node, 1);
         assert!(request.hostname.len() <= limits::MAX_HOSTNAME);
         assert_eq!(request.hostname.len(), 252, "cut at a character boundary");
         assert_eq!(clip("eth0", 16), "eth0");

@@ -45,6 +45,8 @@ pub struct AppState {
     pub pool: PgPool,
     /// A node not heard from for this long is shown offline.
     pub offline_after: Duration,
+    /// A node's clock further off than this is shown as skewed.
+    pub max_clock_skew: Duration,
     pub tokens: Tokens,
     /// Events heard from the database (every replica's updates).
     pub events: crate::events::Hub,

@@ -37,6 +37,8 @@ pub struct Config {
     pub schedule: Option<Schedule>,
     /// What recording quota events does besides storing them.
     pub quota: quota::Config,
+    /// A node's clock further off than this is warned about.
+    pub max_clock_skew: Duration,
 }
 
 impl Default for Config {
@@ -47,6 +49,7 @@ impl Default for Config {
             queue: 65_536,
             schedule: None,
             quota: quota::Config::default(),
+            max_clock_skew: Duration::from_millis(store::DEFAULT_MAX_CLOCK_SKEW_MS as u64),
         }
     }
 }
@@ -167,7 +170,10 @@ async fn write_batch(
     metrics: &Metrics,
 ) {
     let now = Utc::now().naive_utc();
-    let time = BatchTime::new(now, config.schedule.map(|s| s.day())).with_quota(config.quota);
+    let max_clock_skew_ms = i64::try_from(config.max_clock_skew.as_millis()).unwrap_or(i64::MAX);
+    let time = BatchTime::new(now, config.schedule.map(|s| s.day()))
+        .with_quota(config.quota)
+        .with_max_clock_skew_ms(max_clock_skew_ms);
     let (jobs, waiting): (Vec<Job>, Vec<_>) = batch
         .drain(..)
         .map(|q| (q.job, (q.received, q.reply)))

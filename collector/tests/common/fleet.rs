@@ -126,7 +126,7 @@ impl Fleet {
             listen: "127.0.0.1:0".parse().expect("address"),
             tls: None,
             heartbeat_interval: None,
-            max_skew: Duration::from_secs(300),
+            max_clock_skew: Duration::from_secs(300),
             history_retention: Duration::from_secs(86_400),
             ingest: ingest::Config::default(),
             http_listen: Some("127.0.0.1:0".parse().expect("address")),
@@ -300,16 +300,18 @@ impl Stream {
     }
 }
 
-/// A heartbeat of the epoch `epoch` created one nanosecond after the
-/// default one (as a later epoch is).
+/// A heartbeat of the epoch `epoch` started after the default one (one
+/// nanosecond later, generation 2), so that it replaces a set of
+/// generation 1 whatever its sequence.
 pub fn heartbeat_of(epoch: &str, sequence: u64, rx: u64, tx: u64) -> HeartbeatRequest {
     let mut heartbeat = heartbeat(epoch, sequence, rx, tx);
     heartbeat.epoch_created_unix_ns += 1;
+    heartbeat.generation = 2;
     heartbeat
 }
 
-/// A heartbeat of epoch `epoch` with cumulative (rx, tx) over two
-/// interfaces.
+/// A heartbeat of epoch `epoch` (generation 1) with cumulative (rx, tx)
+/// over two interfaces.
 pub fn heartbeat(epoch: &str, sequence: u64, rx: u64, tx: u64) -> HeartbeatRequest {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -345,6 +347,7 @@ pub fn heartbeat(epoch: &str, sequence: u64, rx: u64, tx: u64) -> HeartbeatReque
         kernel_release: "6.1.0".into(),
         agent_version: "test".into(),
         source: "ebpf".into(),
+        generation: 1,
         ..HeartbeatRequest::default()
     }
 }

@@ -12,22 +12,27 @@
 //! nothing of the batch is stored or announced and every heartbeat in it
 //! gets a retryable error.
 
+mod origins;
+mod signals;
 mod write;
 
+pub use origins::KEPT_PER_NODE;
+pub use signals::{STALE_RUN_FLAGGED, reason_name};
 pub use write::archive;
 
 use std::{collections::HashMap, time::Duration};
 
 use chrono::{NaiveDateTime, Timelike as _};
 use sqlx::{PgConnection, Row as _};
-use tally_proto::v1::Outcome;
+use tally_proto::v1::{Outcome, StaleReason};
 
+use self::{origins::Adopted, signals::Signals};
 use super::{
     boundary,
     entries::{self, Guard, Held, Positions, Previous},
 };
 use crate::{
-    accounting::{self, Decision, Origin, Position},
+    accounting::{self, Decision, Followed, Origin, Position},
     auth::{self, Credentials},
     billing::{self, Mode, Settings, Stored},
     error::Error,
@@ -49,6 +54,10 @@ pub struct Applied {
     pub outcome: Outcome,
     /// The last sequence applied for the heartbeat's epoch (0 when none).
     pub sequence: i64,
+    /// Why it was stale (`Unspecified` for other outcomes).
+    pub stale_reason: StaleReason,
+    /// The generation of the counter set followed after it (0: unknown).
+    pub current_generation: i64,
 }
 
 /// The clock the batch is written with (truncated to the millisecond, the
@@ -60,6 +69,9 @@ pub struct BatchTime {
     pub now: NaiveDateTime,
     pub fallback_day: Option<u32>,
     pub quota: quota::Config,
+    /// How far off a node's clock may be before it is warned about
+    /// (`--max-clock-skew`), in milliseconds.
+    pub max_clock_skew_ms: i64,
 }
 
 impl BatchTime {
@@ -71,12 +83,21 @@ impl BatchTime {
             now,
             fallback_day,
             quota: quota::Config::default(),
+            max_clock_skew_ms: DEFAULT_MAX_CLOCK_SKEW_MS,
         }
     }
 
     /// The same, queueing webhook deliveries as `quota` says.
     pub fn with_quota(self, quota: quota::Config) -> Self {
         Self { quota, ..self }
+    }
+
+    /// The same, warning about clocks further off than `max` (ms).
+    pub fn with_max_clock_skew_ms(self, max: i64) -> Self {
+        Self {
+            max_clock_skew_ms: max,
+            ..self
+        }
     }
 
     fn bucket(&self) -> NaiveDateTime {
@@ -93,11 +114,18 @@ impl BatchTime {
 /// heartbeat was a third of the database's work per batch.
 pub const INTERFACE_REFRESH: Duration = Duration::from_secs(10);
 
+/// `--max-clock-skew`'s default, in milliseconds (five minutes).
+pub const DEFAULT_MAX_CLOCK_SKEW_MS: i64 = 300_000;
+
 /// A node as locked for the batch, and what the batch does to it.
 struct Node<'a> {
     token_hash: String,
     settings: Settings,
     position: Position,
+    /// The counter sets followed before (loaded only for nodes with a
+    /// heartbeat of another set than the followed one).
+    followed: Followed,
+    signals: Signals,
     positions: Option<Positions>,
     last_seen: Option<NaiveDateTime>,
     total_upload: i64,
@@ -142,6 +170,8 @@ struct Change<'a> {
     closed: Vec<Closed>,
     held: Vec<Hold>,
     crossings: Vec<Crossing>,
+    /// Counter sets first applied, in order.
+    adopted: Vec<Adopted<'a>>,
     last: &'a Heartbeat,
 }
 
@@ -154,6 +184,7 @@ pub async fn apply(
 ) -> Result<Vec<Result<Applied, Error>>, sqlx::Error> {
     let mut tx = sqlx::Connection::begin(conn).await?;
     let mut nodes = lock_nodes(&mut tx, jobs, &time).await?;
+    load_followed(&mut tx, jobs, &mut nodes).await?;
     let mut outbox = Outbox::new();
     let results = jobs
         .iter()
@@ -167,8 +198,19 @@ pub async fn apply(
         changed.sort_by(|a, b| a.0.cmp(b.0));
         changed
     };
+    let signalled: Vec<(&str, &Signals)> = nodes
+        .iter()
+        .filter(|(_, node)| node.change.is_none() && node.signals.changed)
+        .map(|(id, node)| (id.as_str(), &node.signals))
+        .collect();
+    signals::write(&mut tx, &signalled).await?;
     if !changed.is_empty() {
         write::nodes(&mut tx, &changed, &time).await?;
+        let adopted: Vec<(&str, &Adopted)> = changed
+            .iter()
+            .flat_map(|(id, _, change)| change.adopted.iter().map(|a| (id.as_str(), a)))
+            .collect();
+        origins::record(&mut tx, &adopted, time.now).await?;
         write::traffic(&mut tx, &changed, &time).await?;
         write::history(&mut tx, &changed, &time).await?;
         write::interfaces(&mut tx, &changed, &time).await?;
@@ -194,8 +236,10 @@ async fn lock_nodes<'a>(
     ids.dedup();
     // Only constants are formatted in.
     let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-        r#"SELECT n."id", n."tokenHash", n."bootId", n."epoch", n."epochCreatedAt",
+        r#"SELECT n."id", n."tokenHash", n."bootId", n."epoch", n."generation",
                   n."lastSequence", n."lastSeen", n."positions"::text AS "positions",
+                  n."clockOffsetMs", n."staleHeartbeats", n."staleRun", n."lastStaleAt",
+                  n."lastStaleReason",
                   t."lastRxBytes", t."lastTxBytes",
                   t."totalUpload", t."totalDownload", t."periodUpload",
                   t."periodDownload", t."periodStart",
@@ -216,13 +260,8 @@ async fn lock_nodes<'a>(
             let origin = match (
                 row.try_get::<Option<String>, _>("bootId")?,
                 row.try_get::<Option<String>, _>("epoch")?,
-                row.try_get::<Option<i64>, _>("epochCreatedAt")?,
             ) {
-                (Some(boot_id), Some(epoch), Some(created_unix_ns)) => Some(Origin {
-                    boot_id,
-                    epoch,
-                    created_unix_ns,
-                }),
+                (Some(boot_id), Some(epoch)) => Some(Origin { boot_id, epoch }),
                 _ => None,
             };
             let id: String = row.try_get("id")?;
@@ -240,9 +279,19 @@ async fn lock_nodes<'a>(
                 settings,
                 position: Position {
                     origin,
+                    generation: row.try_get("generation")?,
                     sequence: row.try_get::<Option<i64>, _>("lastSequence")?.unwrap_or(0),
                     rx: row.try_get::<Option<i64>, _>("lastRxBytes")?.unwrap_or(0),
                     tx: row.try_get::<Option<i64>, _>("lastTxBytes")?.unwrap_or(0),
+                },
+                followed: Followed::default(),
+                signals: Signals {
+                    clock_offset_ms: row.try_get("clockOffsetMs")?,
+                    stale_heartbeats: row.try_get("staleHeartbeats")?,
+                    stale_run: row.try_get("staleRun")?,
+                    last_stale_at: row.try_get("lastStaleAt")?,
+                    last_stale_reason: row.try_get("lastStaleReason")?,
+                    changed: false,
                 },
                 positions,
                 last_seen: row.try_get("lastSeen")?,
@@ -257,6 +306,35 @@ async fn lock_nodes<'a>(
             Ok((id, node))
         })
         .collect()
+}
+
+/// Loads the counter sets followed before for the nodes that have a
+/// heartbeat in `jobs` of another set than the one they follow.
+async fn load_followed(
+    conn: &mut PgConnection,
+    jobs: &[Job],
+    nodes: &mut HashMap<String, Node<'_>>,
+) -> Result<(), sqlx::Error> {
+    let mut ids: Vec<&str> = jobs
+        .iter()
+        .filter(|job| {
+            nodes.get(&job.credentials.node_id).is_some_and(|node| {
+                node.position.origin.as_ref() != Some(&job.heartbeat.reading.origin)
+            })
+        })
+        .map(|job| job.credentials.node_id.as_str())
+        .collect();
+    if ids.is_empty() {
+        return Ok(());
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    for (id, followed) in origins::load(conn, &ids).await? {
+        if let Some(node) = nodes.get_mut(&id) {
+            node.followed = Followed::new(followed);
+        }
+    }
+    Ok(())
 }
 
 /// Decides one job against its (locked, in-memory) node, records the
@@ -277,28 +355,44 @@ fn decide<'a>(
     }
     let heartbeat = &job.heartbeat;
     let reading = &heartbeat.reading;
+    let node_id = job.credentials.node_id.as_str();
     let same_origin = node.position.origin.as_ref() == Some(&reading.origin);
-    let (download, upload, new_origin) = match accounting::decide(&node.position, reading) {
+    let decision = accounting::decide(&node.position, &node.followed, reading);
+    if !matches!(decision, Decision::Backwards { .. }) {
+        node.signals.clock(node_id, heartbeat, time);
+    }
+    let answer = |node: &Node, outcome, sequence, stale_reason| Applied {
+        outcome,
+        sequence,
+        stale_reason,
+        current_generation: node.position.generation,
+    };
+    let (download, upload, new_origin) = match decision {
         Decision::Apply {
             download,
             upload,
             new_origin,
         } => (download, upload, new_origin),
         Decision::Duplicate => {
-            return Ok(Applied {
-                outcome: Outcome::Duplicate,
-                sequence: node.position.sequence,
-            });
+            node.signals.followed();
+            let sequence = node.position.sequence;
+            return Ok(answer(
+                node,
+                Outcome::Duplicate,
+                sequence,
+                StaleReason::Unspecified,
+            ));
         }
-        Decision::Stale => {
-            return Ok(Applied {
-                outcome: Outcome::Stale,
-                sequence: if same_origin {
-                    node.position.sequence
-                } else {
-                    0
-                },
-            });
+        Decision::Stale(reason) => {
+            if node.signals.stale(reason, time.now) {
+                stale_run(node_id, node, reading, outbox);
+            }
+            let sequence = if same_origin {
+                node.position.sequence
+            } else {
+                0
+            };
+            return Ok(answer(node, Outcome::Stale, sequence, reason));
         }
         Decision::Backwards { what, last, now } => {
             return Err(Error::Backwards {
@@ -309,14 +403,14 @@ fn decide<'a>(
             });
         }
     };
+    node.signals.followed();
     let (previous, elapsed_ns) = if new_origin {
         let previous = if reading.starts_at_zero {
             Previous::Zero
         } else {
             Previous::Baseline
         };
-        let since_epoch = heartbeat.agent_time_unix_ns - reading.origin.created_unix_ns;
-        (previous, since_epoch)
+        (previous, since_epoch_began(heartbeat))
     } else {
         let previous = node
             .positions
@@ -372,7 +466,6 @@ fn decide<'a>(
     let usage_before = billing::usage(node.settings.mode, period_upload, period_download, 0);
     let period_upload = sum(period_upload, rest.0, "period upload")?;
     let period_download = sum(period_download, rest.1, "period download")?;
-    let node_id = job.credentials.node_id.as_str();
     if ended.is_some() {
         node.period_upload = 0;
         node.period_download = 0;
@@ -387,6 +480,9 @@ fn decide<'a>(
     node.period_upload = period_upload;
     node.period_download = period_download;
     node.position.advance(reading);
+    if new_origin {
+        node.followed.add(reading.origin.clone());
+    }
     node.positions = Some(Positions {
         sequence: reading.sequence,
         ..Positions::of(&heartbeat.interfaces)
@@ -424,8 +520,16 @@ fn decide<'a>(
         closed: Vec::new(),
         held: Vec::new(),
         crossings: Vec::new(),
+        adopted: Vec::new(),
         last: heartbeat,
     });
+    if new_origin {
+        change.adopted.push(Adopted {
+            origin: &reading.origin,
+            generation: reading.generation,
+            created_unix_ns: heartbeat.epoch_created_unix_ns,
+        });
+    }
     change.upload += counted.upload;
     change.download += counted.download;
     change.ipv4 = add_pair(change.ipv4, counted.ipv4);
@@ -443,10 +547,51 @@ fn decide<'a>(
             period_start: period_now,
         }));
     change.last = heartbeat;
-    Ok(Applied {
-        outcome: Outcome::Applied,
-        sequence: reading.sequence,
-    })
+    Ok(answer(
+        node,
+        Outcome::Applied,
+        reading.sequence,
+        StaleReason::Unspecified,
+    ))
+}
+
+/// How long an epoch's counters had been counting at its first reading, at
+/// most: the boot clock (the sequence; no counter set is older than its
+/// boot), or the node's wall clock since the epoch began when that is more
+/// (agents whose sequence is no boot clock). A wall clock stepped back
+/// since the epoch began cannot make it too short.
+fn since_epoch_began(heartbeat: &Heartbeat) -> i64 {
+    let by_wall_clock = heartbeat
+        .agent_time_unix_ns
+        .saturating_sub(heartbeat.epoch_created_unix_ns);
+    heartbeat.reading.sequence.max(by_wall_clock)
+}
+
+/// A node's heartbeats were answered STALE [`STALE_RUN_FLAGGED`] times in a
+/// row: say so in the log and as a live event.
+fn stale_run(node_id: &str, node: &Node, reading: &accounting::Reading, outbox: &mut Outbox) {
+    let reason = node
+        .signals
+        .last_stale_reason
+        .as_deref()
+        .unwrap_or_default();
+    tracing::warn!(
+        node = %node_id,
+        boot_id = %reading.origin.boot_id,
+        epoch = %reading.origin.epoch,
+        generation = reading.generation,
+        sequence = reading.sequence,
+        reason,
+        stale_heartbeats = node.signals.stale_heartbeats,
+        "the node's heartbeats are answered STALE again and again: nothing they carry is \
+         counted (see the agent's log; two agents with one token?)"
+    );
+    outbox.push(&Notice::Stale {
+        node_id,
+        reason,
+        run: node.signals.stale_run,
+        stale_heartbeats: node.signals.stale_heartbeats,
+    });
 }
 
 fn add_pair(a: (i64, i64), b: (i64, i64)) -> (i64, i64) {

@@ -26,6 +26,7 @@ pub(super) async fn nodes(
         |f: fn(&Heartbeat) -> &str| -> Vec<&str> { changed.iter().map(|c| f(c.2.last)).collect() };
     let load = |i: usize| -> Vec<f64> { changed.iter().map(|c| c.2.last.load[i]).collect() };
     let origins: Vec<&Origin> = changed.iter().map(|c| &c.2.last.reading.origin).collect();
+    let column = |f: fn(&Node) -> i64| -> Vec<i64> { changed.iter().map(|c| f(c.1)).collect() };
     sqlx::query(
         r#"UPDATE "nodes" AS n SET
              "hostname" = u.hostname, "kernel" = u.kernel,
@@ -36,14 +37,20 @@ pub(super) async fn nodes(
              "interfacesUpdatedAt" = CASE WHEN u.refresh THEN $1 ELSE n."interfacesUpdatedAt" END,
              "positions" = u.positions::jsonb,
              "ipv4Upload" = n."ipv4Upload" + u.v4up, "ipv4Download" = n."ipv4Download" + u.v4down,
-             "ipv6Upload" = n."ipv6Upload" + u.v6up, "ipv6Download" = n."ipv6Download" + u.v6down
+             "ipv6Upload" = n."ipv6Upload" + u.v6up, "ipv6Download" = n."ipv6Download" + u.v6down,
+             "generation" = u.generation, "clockOffsetMs" = u.clock,
+             "staleHeartbeats" = u.stale, "staleRun" = u.run, "lastStaleAt" = u.stale_at,
+             "lastStaleReason" = u.reason
            FROM UNNEST($2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
                        $7::float8[], $8::float8[], $9::float8[],
                        $10::text[], $11::text[], $12::int8[], $13::int8[], $14::bool[],
-                       $15::text[], $16::int8[], $17::int8[], $18::int8[], $19::int8[])
+                       $15::text[], $16::int8[], $17::int8[], $18::int8[], $19::int8[],
+                       $20::int8[], $21::int8[], $22::int8[], $23::int4[],
+                       $24::timestamp(3)[], $25::text[])
              AS u(id, hostname, kernel, agent_version, source, load1, load5, load15,
                   boot_id, epoch, created, seq, refresh,
-                  positions, v4up, v4down, v6up, v6down)
+                  positions, v4up, v4down, v6up, v6down,
+                  generation, clock, stale, run, stale_at, reason)
            WHERE n."id" = u.id"#,
     )
     .bind(time.now)
@@ -63,9 +70,9 @@ pub(super) async fn nodes(
     )
     .bind(origins.iter().map(|o| o.epoch.as_str()).collect::<Vec<_>>())
     .bind(
-        origins
+        changed
             .iter()
-            .map(|o| o.created_unix_ns)
+            .map(|c| c.2.last.epoch_created_unix_ns)
             .collect::<Vec<_>>(),
     )
     .bind(
@@ -94,6 +101,32 @@ pub(super) async fn nodes(
     .bind(changed.iter().map(|c| c.2.ipv4.1).collect::<Vec<_>>())
     .bind(changed.iter().map(|c| c.2.ipv6.0).collect::<Vec<_>>())
     .bind(changed.iter().map(|c| c.2.ipv6.1).collect::<Vec<_>>())
+    .bind(column(|n| n.position.generation))
+    .bind(
+        changed
+            .iter()
+            .map(|c| c.1.signals.clock_offset_ms)
+            .collect::<Vec<_>>(),
+    )
+    .bind(column(|n| n.signals.stale_heartbeats))
+    .bind(
+        changed
+            .iter()
+            .map(|c| c.1.signals.stale_run)
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        changed
+            .iter()
+            .map(|c| c.1.signals.last_stale_at)
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        changed
+            .iter()
+            .map(|c| c.1.signals.last_stale_reason.as_deref())
+            .collect::<Vec<_>>(),
+    )
     .execute(&mut *conn)
     .await?;
     Ok(())

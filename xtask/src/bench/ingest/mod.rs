@@ -298,7 +298,7 @@ async fn collector(setup: &Setup<'_>) -> anyhow::Result<IngestRun> {
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         tls: None,
         heartbeat_interval: None,
-        max_skew: Duration::from_secs(300),
+        max_clock_skew: Duration::from_secs(300),
         history_retention: Duration::from_secs(30 * 86_400),
         ingest: ingest::Config {
             writers: args.writers as usize,

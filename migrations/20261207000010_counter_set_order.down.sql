@@ -1,0 +1,4 @@
+DROP TABLE "node_origins";
+ALTER TABLE "nodes" DROP COLUMN "lastStaleReason", DROP COLUMN "lastStaleAt",
+    DROP COLUMN "staleRun", DROP COLUMN "staleHeartbeats", DROP COLUMN "clockOffsetMs",
+    DROP COLUMN "generation";
