@@ -164,6 +164,8 @@ pub fn render(args: &TopArgs, now: NaiveDateTime, ranking: &Ranking, nodes: &[No
         .iter()
         .map(|n| {
             let status = match n.last_seen {
+                // Heard from, but nothing it sends is counted.
+                _ if n.stale.flagged() => "STALE",
                 None => "never",
                 Some(_) if n.online(now, args.offline_after) => "online",
                 Some(_) => "offline",
@@ -371,8 +373,13 @@ mod tests {
             families: Default::default(),
             count_rule: tally_collector::billing::CountRule::All,
             quota_crossed: None,
+            counter_set: None,
+            clock_offset_ms: None,
+            stale: Default::default(),
         };
-        let nodes = [node("a", 1536, Some(3)), node("b", 3 << 30, None)];
+        let mut stale = node("c", 0, Some(120));
+        stale.stale.run = 3;
+        let nodes = [node("a", 1536, Some(3)), node("b", 3 << 30, None), stale];
         let ranking = Ranking {
             since: None,
             nodes: vec![Ranked {
@@ -389,7 +396,7 @@ mod tests {
         assert_eq!(
             lines,
             [
-                "tally top · 2026-11-25 10:00:00 UTC · 2 nodes, 1 online",
+                "tally top · 2026-11-25 10:00:00 UTC · 3 nodes, 1 online",
                 "",
                 "TOP 10 BY TOTAL, UPLOAD + DOWNLOAD",
                 "RANK  NAME   UPLOAD  DOWNLOAD     BOTH",
@@ -399,6 +406,7 @@ mod tests {
                 "NAME  STATUS  LOAD 1/5/15     TOTAL UP  TOTAL DOWN  PERIOD UP  PERIOD DOWN  LAST SEEN",
                 "a     online  0.50 0.25 0.12   1.5 KiB     2.0 KiB        0 B          1 B     3s ago",
                 "b     never   -                3.0 GiB     2.0 KiB        0 B          1 B      never",
+                "c     STALE   0.50 0.25 0.12       0 B     2.0 KiB        0 B          1 B     2m ago",
             ]
         );
         let text = render(&args(true, Direction::Upload), now, &ranking, &nodes);

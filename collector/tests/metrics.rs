@@ -164,7 +164,8 @@ async fn per_node_values_and_outcome_counters() {
         outcome(fleet::send(&mut client, token, hb("e", 2, 2000, 20)).await),
         Outcome::Stale
     );
-    // Refused: a wrong secret (by the batch), no token, a clock far ahead.
+    // Refused: a wrong secret (by the batch), no token, a load that is no
+    // number.
     let wrong = format!("{}.{}", busy.id, "0".repeat(64));
     fleet::send(&mut client, Some(&wrong), hb("e", 4, 4000, 40))
         .await
@@ -172,11 +173,15 @@ async fn per_node_values_and_outcome_counters() {
     fleet::send(&mut client, None, hb("e", 4, 4000, 40))
         .await
         .expect_err("no token");
-    let mut ahead = hb("e", 4, 4000, 40);
-    ahead.agent_time_unix_ns += 3_600_000_000_000;
-    fleet::send(&mut client, token, ahead)
+    let mut broken = hb("e", 4, 4000, 40);
+    broken.load = Some(tally_proto::v1::LoadAverage {
+        one: f64::NAN,
+        five: 0.0,
+        fifteen: 0.0,
+    });
+    fleet::send(&mut client, token, broken)
         .await
-        .expect_err("clock far ahead");
+        .expect_err("no load");
 
     let response = Client::new(server.http_address).get("/metrics").await;
     assert_eq!(response.status, 200, "{}", response.body);
@@ -267,6 +272,23 @@ async fn per_node_values_and_outcome_counters() {
             "tally_node_last_seen_timestamp_seconds",
             &node("quiet", &[])
         ),
+        None
+    );
+
+    // The one stale heartbeat, not (yet) a run; the clock of a node heard
+    // from.
+    let stale = "tally_node_stale_heartbeats_total";
+    assert_eq!(value(text, stale, &node("busy", &[])), Some(1.0), "{text}");
+    assert_eq!(value(text, stale, &node("quiet", &[])), Some(0.0));
+    assert_eq!(
+        value(text, "tally_node_stale", &node("busy", &[])),
+        Some(0.0)
+    );
+    let offset = value(text, "tally_node_clock_offset_seconds", &node("busy", &[]))
+        .expect("busy's clock offset");
+    assert!(offset.abs() < 60.0, "{offset}");
+    assert_eq!(
+        value(text, "tally_node_clock_offset_seconds", &node("quiet", &[])),
         None
     );
 

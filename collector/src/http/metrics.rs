@@ -5,8 +5,12 @@
 //! since enrolment), `tally_node_period_traffic_bytes{direction}` (gauge,
 //! since the period start), `tally_node_family_bytes_total{direction,family}`
 //! (counter, bytes by address family since enrolment, counted by the node's
-//! rule), `tally_node_load{window}`, `tally_node_online` and
-//! `tally_node_last_seen_timestamp_seconds` (for nodes heard from). Then
+//! rule), `tally_node_load{window}`, `tally_node_online`,
+//! `tally_node_last_seen_timestamp_seconds` (for nodes heard from),
+//! `tally_node_stale_heartbeats_total` (heartbeats answered STALE: nothing
+//! of them counted), `tally_node_stale` (1 while the last 3 or more in a
+//! row were stale) and `tally_node_clock_offset_seconds` (the node's clock
+//! minus the collector's, for nodes heard from). Then
 //! `tally_database_up` and `tally_scrape_query_duration_seconds` for that
 //! query, and the collector's own metrics ([`crate::metrics`]). When the
 //! database does not answer, the per-node metrics are left out and
@@ -73,6 +77,7 @@ async fn query(state: &AppState) -> Result<Vec<PgRow>, sqlx::Error> {
     sqlx::query(
         r#"SELECT n."name", n."lastSeen", n."load1", n."load5", n."load15",
                   n."ipv4Upload", n."ipv4Download", n."ipv6Upload", n."ipv6Download",
+                  n."staleHeartbeats", n."staleRun", n."clockOffsetMs",
                   t."totalUpload", t."totalDownload", t."periodUpload", t."periodDownload"
            FROM "nodes" n JOIN "traffic_stats" t ON t."nodeId" = n."id"
            ORDER BY n."name""#,
@@ -135,6 +140,27 @@ fn node_families(rows: &[PgRow], offline_after: Duration) -> Result<Vec<MetricFa
         ),
         &["node"],
     )?;
+    let stale_total = IntCounterVec::new(
+        Opts::new(
+            "tally_node_stale_heartbeats_total",
+            "Heartbeats of a node answered STALE (older than what was counted: nothing of them counted).",
+        ),
+        &["node"],
+    )?;
+    let stale = IntGaugeVec::new(
+        Opts::new(
+            "tally_node_stale",
+            "1 while a node's last 3 or more heartbeats in a row were answered STALE (nothing it sends is counted), else 0.",
+        ),
+        &["node"],
+    )?;
+    let clock_offset = GaugeVec::new(
+        Opts::new(
+            "tally_node_clock_offset_seconds",
+            "A node's clock minus the collector's at receipt of its last heartbeat (positive: ahead).",
+        ),
+        &["node"],
+    )?;
     let now = Utc::now().naive_utc();
     let offline_after = chrono::Duration::from_std(offline_after).unwrap_or(chrono::Duration::MAX);
     for row in rows {
@@ -178,6 +204,17 @@ fn node_families(rows: &[PgRow], offline_after: Duration) -> Result<Vec<MetricFa
                 .with_label_values(&[name])
                 .set(seen.and_utc().timestamp_millis() as f64 / 1000.0);
         }
+        stale_total
+            .with_label_values(&[name])
+            .inc_by(bytes("staleHeartbeats")?);
+        stale.with_label_values(&[name]).set(i64::from(
+            row.try_get::<i32, _>("staleRun")? >= crate::ingest::store::STALE_RUN_FLAGGED,
+        ));
+        if let Some(offset) = row.try_get::<Option<i64>, _>("clockOffsetMs")? {
+            clock_offset
+                .with_label_values(&[name])
+                .set(offset as f64 / 1000.0);
+        }
     }
     Ok([
         total.collect(),
@@ -186,6 +223,9 @@ fn node_families(rows: &[PgRow], offline_after: Duration) -> Result<Vec<MetricFa
         load.collect(),
         online.collect(),
         last_seen.collect(),
+        stale_total.collect(),
+        stale.collect(),
+        clock_offset.collect(),
     ]
     .into_iter()
     .flatten()

@@ -1,7 +1,8 @@
 //! `GET /api/v1/nodes` and `GET /api/v1/nodes/{id}`: every node with its
 //! status, load and traffic (the seed's field names; counters as decimal
 //! strings), its traffic by address family, its counting rule and the quota
-//! threshold it reached this period; and one node with its interfaces
+//! threshold it reached this period, the counter set followed, its clock
+//! offset and its stale heartbeats; and one node with its interfaces
 //! (kind, default route, traffic by address family).
 
 use axum::{Json, extract::State};
@@ -60,6 +61,74 @@ pub struct Node {
     /// crossed in its current period; null when none was.
     #[schema(required = true, example = 80)]
     pub quota_crossed: Option<i32>,
+    /// The counter set the collector follows for the node; null before its
+    /// first heartbeat.
+    #[schema(required = true)]
+    pub counter_set: Option<CounterSet>,
+    /// The node's clock as its heartbeats show it.
+    pub clock: Clock,
+    /// Heartbeats answered STALE: nothing they carried was counted.
+    pub stale: Stale,
+}
+
+/// A counter set: the boot it counts in, its epoch and generation.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CounterSet {
+    pub boot_id: String,
+    pub epoch: String,
+    /// The generation its agent gave it ("0": the agent did not say). The
+    /// order of counter sets never depends on the node's clock.
+    pub generation: Counter,
+    /// When it began, by the node's clock (informational: the clock may
+    /// have been wrong then).
+    pub created_at: Time,
+}
+
+/// The node's clock at its last heartbeat, against the collector's.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Clock {
+    /// The node's clock minus the collector's at receipt, in milliseconds
+    /// (positive: ahead); null before its first heartbeat.
+    #[schema(required = true, example = -172_800_000)]
+    pub offset_ms: Option<i64>,
+    /// Further off than the collector's `--max-clock-skew`: check the
+    /// node's time synchronisation. Its heartbeats count all the same.
+    pub skewed: bool,
+}
+
+/// A node's heartbeats answered STALE.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Stale {
+    /// In all, since the node was enrolled (or the collector upgraded).
+    pub heartbeats: Counter,
+    /// In a row up to now (0 once one is counted again).
+    pub run: i32,
+    /// The last 3 or more in a row were stale: nothing the node sends is
+    /// counted now (see `lastReason`, and the agent's log).
+    pub flagged: bool,
+    #[schema(required = true)]
+    pub last_at: Option<Time>,
+    /// Why the last one was stale.
+    #[schema(required = true, value_type = Option<StaleReason>)]
+    pub last_reason: Option<String>,
+}
+
+/// Why a heartbeat was stale (tally.v1 `StaleReason`).
+#[derive(ToSchema)]
+#[schema(rename_all = "snake_case")]
+#[allow(dead_code, reason = "only documents the values of `lastReason`")]
+enum StaleReason {
+    /// A later reading of the same counter set was counted already.
+    EarlierReading,
+    /// Its counter set (or boot) was followed before and replaced.
+    Superseded,
+    /// Never followed; its generation is not above the followed set's.
+    OlderGeneration,
+    /// Never followed; read, in the same boot, before the followed set.
+    EarlierInBoot,
 }
 
 /// Bytes sent (upload) and received (download).
@@ -209,6 +278,17 @@ impl From<views::nodes::FamilyBytes> for FamilyBytes {
 impl Node {
     pub fn new(node: views::nodes::Node, now: NaiveDateTime, state: &AppState) -> Node {
         let online = node.online(now, state.offline_after);
+        let clock = Clock {
+            offset_ms: node.clock_offset_ms,
+            skewed: node.clock_skewed(state.max_clock_skew),
+        };
+        let stale = Stale {
+            heartbeats: node.stale.heartbeats.into(),
+            run: node.stale.run,
+            flagged: node.stale.flagged(),
+            last_at: node.stale.last_at.map(Time),
+            last_reason: node.stale.last_reason.clone(),
+        };
         let traffic = node.traffic;
         Node {
             id: node.id,
@@ -234,6 +314,16 @@ impl Node {
             },
             count_rule: node.count_rule,
             quota_crossed: node.quota_crossed,
+            counter_set: node.counter_set.map(|set| CounterSet {
+                boot_id: set.boot_id,
+                epoch: set.epoch,
+                generation: set.generation.into(),
+                created_at: Time(
+                    chrono::DateTime::from_timestamp_nanos(set.created_unix_ns).naive_utc(),
+                ),
+            }),
+            clock,
+            stale,
         }
     }
 }

@@ -1,7 +1,9 @@
 //! Nodes as people see them: identity, status, load and traffic counters
 //! (with their split by address family, the counting rule in effect and the
-//! quota threshold reached in the current period), and per-interface
-//! counters with each interface's kind, default route and family split.
+//! quota threshold reached in the current period), the counter set the
+//! collector follows, the node's clock offset and its stale heartbeats, and
+//! per-interface counters with each interface's kind, default route and
+//! family split.
 
 use std::time::Duration;
 
@@ -34,6 +36,44 @@ pub struct Node {
     /// The highest quota threshold (percent) the node's usage crossed in
     /// its current period; `None` when none was.
     pub quota_crossed: Option<i32>,
+    /// The counter set the collector follows; `None` before the first
+    /// heartbeat.
+    pub counter_set: Option<CounterSet>,
+    /// The node's clock minus the collector's at receipt of its last
+    /// heartbeat, in milliseconds (`None` before one came).
+    pub clock_offset_ms: Option<i64>,
+    pub stale: Stale,
+}
+
+/// The counter set the collector follows for a node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CounterSet {
+    pub boot_id: String,
+    pub epoch: String,
+    /// 0: the agent did not say.
+    pub generation: i64,
+    /// When it began by the node's clock (Unix ns; informational).
+    pub created_unix_ns: i64,
+}
+
+/// A node's heartbeats answered STALE (nothing of them was counted).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stale {
+    pub heartbeats: i64,
+    /// In a row, up to now (0 once one is applied again).
+    pub run: i32,
+    pub last_at: Option<NaiveDateTime>,
+    /// `superseded`, `older_generation`, `earlier_in_boot` or
+    /// `earlier_reading`.
+    pub last_reason: Option<String>,
+}
+
+impl Stale {
+    /// Whether the node's heartbeats are being thrown away: the last
+    /// [`crate::ingest::store::STALE_RUN_FLAGGED`] or more were stale.
+    pub fn flagged(&self) -> bool {
+        self.run >= crate::ingest::store::STALE_RUN_FLAGGED
+    }
 }
 
 /// Upload (sent) and download (received) bytes.
@@ -108,6 +148,17 @@ impl Node {
         self.last_seen
             .is_some_and(|seen| now.signed_duration_since(seen) <= offline_after)
     }
+
+    /// Whether the node's clock was further off than `max` at its last
+    /// heartbeat.
+    pub fn clock_skewed(&self, max: Duration) -> bool {
+        clock_skewed(self.clock_offset_ms, max)
+    }
+}
+
+/// Whether a clock `offset_ms` off is further off than `max`.
+pub fn clock_skewed(offset_ms: Option<i64>, max: Duration) -> bool {
+    offset_ms.is_some_and(|offset| u128::from(offset.unsigned_abs()) > max.as_millis())
 }
 
 /// Put together with constant text only (no values) below: the node, its
@@ -119,6 +170,9 @@ fn select_nodes() -> String {
     SELECT n."id", n."name", n."hostname", n."lastSeen", n."load1", n."load5", n."load15",
            n."kernel", n."agentVersion", n."source",
            n."ipv4Upload", n."ipv4Download", n."ipv6Upload", n."ipv6Download",
+           n."bootId", n."epoch", n."generation", n."epochCreatedAt",
+           n."clockOffsetMs", n."staleHeartbeats", n."staleRun", n."lastStaleAt",
+           n."lastStaleReason",
            t."totalUpload", t."totalDownload", t."periodUpload", t."periodDownload",
            t."periodStart", t."updatedAt",
            (SELECT max(q."threshold") FROM "quota_events" q
@@ -167,6 +221,24 @@ fn node(row: &PgRow) -> Result<Node, Error> {
         },
         count_rule: row.try_get::<&str, _>("countRule")?.parse()?,
         quota_crossed: row.try_get("quotaCrossed")?,
+        counter_set: match (row.try_get("bootId")?, row.try_get("epoch")?) {
+            (Some(boot_id), Some(epoch)) => Some(CounterSet {
+                boot_id,
+                epoch,
+                generation: row.try_get("generation")?,
+                created_unix_ns: row
+                    .try_get::<Option<i64>, _>("epochCreatedAt")?
+                    .unwrap_or(0),
+            }),
+            _ => None,
+        },
+        clock_offset_ms: row.try_get("clockOffsetMs")?,
+        stale: Stale {
+            heartbeats: row.try_get("staleHeartbeats")?,
+            run: row.try_get("staleRun")?,
+            last_at: row.try_get("lastStaleAt")?,
+            last_reason: row.try_get("lastStaleReason")?,
+        },
     })
 }
 

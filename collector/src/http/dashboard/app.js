@@ -1,5 +1,6 @@
 // tally's dashboard: the node table (with a badge when a node crossed a
-// quota threshold this period), held traffic waiting for an admin, the
+// quota threshold this period, when its heartbeats are answered STALE and
+// nothing it sends counts, and when its clock is off), held traffic waiting for an admin, the
 // traffic ranking, and the selected node's chart (with its calibrations),
 // interfaces, IPv4/IPv6 split, billing period and quota events, kept live
 // by the collector's event stream.
@@ -521,7 +522,15 @@
     quota.className = 'badge badge-quota';
     quota.dataset.field = 'quota';
     quota.hidden = true;
-    cell(row, 'status').append(badge, quota);
+    const stale = document.createElement('span');
+    stale.className = 'badge badge-stale';
+    stale.dataset.field = 'stale';
+    stale.hidden = true;
+    const clock = document.createElement('span');
+    clock.className = 'badge badge-clock';
+    clock.dataset.field = 'clock';
+    clock.hidden = true;
+    cell(row, 'status').append(badge, quota, stale, clock);
     row.addEventListener('click', () => select(id, { scroll: true }));
     row.addEventListener('keydown', (e) => {
       if (e.key === 'Enter' || e.key === ' ') {
@@ -556,7 +565,10 @@
     setText(badge, status);
     badge.className = `badge badge-${status}`;
     row.dataset.status = status;
-    updateQuotaBadge(cell(row, 'status').lastChild, node.quotaCrossed);
+    const [, quota, stale, clock] = cell(row, 'status').children;
+    updateQuotaBadge(quota, node.quotaCrossed);
+    updateStaleBadge(stale, node.stale);
+    updateClockBadge(clock, node.clock);
 
     const lastSeen = cell(row, 'lastSeen');
     setText(lastSeen, ago(node.lastSeen));
@@ -593,6 +605,38 @@
     setText(badge, threshold === null ? '' : `quota ${threshold} %`);
     badge.className = `badge badge-quota${threshold !== null && threshold >= 100 ? ' badge-quota-over' : ''}`;
     setTitle(badge, threshold === null ? '' : `Usage crossed ${threshold} % of the quota in this period`);
+  }
+
+  /** The badge of a node whose heartbeats are thrown away (STALE in a row). */
+  function updateStaleBadge(badge, stale) {
+    const flagged = Boolean(stale && stale.flagged);
+    badge.hidden = !flagged;
+    setText(badge, flagged ? `stale ×${stale.run}` : '');
+    const reason = flagged && stale.lastReason ? ` (${stale.lastReason.replaceAll('_', ' ')})` : '';
+    setTitle(badge, flagged
+      ? `Its last ${stale.run} heartbeats were answered STALE${reason}: nothing it sends is counted. See the agent's log.`
+      : '');
+  }
+
+  /** The badge of a node whose clock is further off than the collector allows. */
+  function updateClockBadge(badge, clock) {
+    const skewed = Boolean(clock && clock.skewed && Number.isFinite(clock.offsetMs));
+    badge.hidden = !skewed;
+    setText(badge, skewed ? `clock ${formatOffset(clock.offsetMs)}` : '');
+    setTitle(badge, skewed
+      ? `The node's clock is ${formatOffset(clock.offsetMs)} off the collector's (${clock.offsetMs > 0 ? 'ahead' : 'behind'}). Its traffic counts all the same; check its time synchronisation.`
+      : '');
+  }
+
+  /** A clock offset in ms, as a signed duration in its largest unit. */
+  function formatOffset(ms) {
+    const sign = ms < 0 ? '−' : '+';
+    const abs = Math.abs(ms);
+    const units = [[86400000, 'd'], [3600000, 'h'], [60000, 'min'], [1000, 's']];
+    for (const [size, unit] of units) {
+      if (abs >= size) return `${sign}${Math.round(abs / size)} ${unit}`;
+    }
+    return `${sign}${abs} ms`;
   }
 
   function renderNodes() {
@@ -1253,8 +1297,27 @@
     setText(ruleLabel, rule ? RULE_LABELS[rule] : '');
     ruleLabel.dataset.rule = rule || '';
     renderFamilies(node.families);
+    renderCounterSet(node);
     renderInterfaces(detail, rule);
     renderBilling(detail ? detail.billing : null);
+  }
+
+  /** Which counter set is followed, the node's clock, its stale heartbeats. */
+  function renderCounterSet(node) {
+    const parts = [];
+    const set = node.counterSet;
+    if (set) {
+      parts.push(`Counter set ${set.epoch.slice(0, 12)} of boot ${set.bootId.slice(0, 8)}, generation ${set.generation === '0' ? 'unknown' : set.generation}`);
+    }
+    if (node.clock && Number.isFinite(node.clock.offsetMs)) {
+      parts.push(`clock ${formatOffset(node.clock.offsetMs)}${node.clock.skewed ? ' (skewed: check NTP)' : ''}`);
+    }
+    if (node.stale && node.stale.heartbeats && node.stale.heartbeats !== '0') {
+      parts.push(`${node.stale.heartbeats} stale heartbeat${node.stale.heartbeats === '1' ? '' : 's'}${node.stale.flagged ? ', nothing counted now' : ''}`);
+    }
+    const note = $('counter-set');
+    note.hidden = parts.length === 0;
+    setText(note, parts.join(' · '));
   }
 
   function renderFamilies(families) {
@@ -1555,6 +1618,8 @@
           node.online = true;
           if (payload.lastSeen) node.lastSeen = payload.lastSeen;
           if (payload.load) node.load = payload.load;
+          // Counted again: a run of stale heartbeats is over.
+          if (node.stale) node.stale = { ...node.stale, run: 0, flagged: false };
         }
         markDirty(node.id);
         rankingLoader.schedule();
@@ -1589,6 +1654,22 @@
       case 'anomaly_held':
         anomaliesLoader.schedule();
         break;
+      case 'stale': {
+        const node = state.nodes.get(payload.nodeId);
+        if (!node) {
+          nodesLoader.schedule();
+          return;
+        }
+        node.stale = {
+          ...(node.stale || {}),
+          run: Number(payload.run),
+          flagged: true,
+          heartbeats: payload.staleHeartbeats,
+          lastReason: payload.reason,
+        };
+        markDirty(node.id);
+        break;
+      }
       case 'nodes':
         if (payload.change === 'removed') {
           state.nodes.delete(payload.nodeId);
