@@ -13,6 +13,14 @@
 //! Without the journal the bytes of the second transfer (sent while the
 //! collector was dead, before the stop) are lost and the totals fall short.
 //! The heartbeats travel over a second veth pair that is not counted.
+//!
+//! The state directory's other part, the generations of the counter sets:
+//! a reboot that loses the state directory starts the count again at 1,
+//! the collector answers OLDER_GENERATION, and the agent raises its set and
+//! counts it in full. And when another agent takes over the node's token,
+//! the agent's heartbeats are answered STALE again and again: the agent
+//! logs the error with what to do, the collector's API and `/metrics` show
+//! it, and doing what the log says (a new counter set) counts again.
 
 mod common;
 
@@ -24,9 +32,10 @@ use std::{
 };
 
 use common::{
-    Agent, Collector, Link, Stats, Store, control_link, privileged, reporting_args, tail,
+    Agent, Collector, Link, Stats, Store, control_link, privileged, reporting_args, send_as, tail,
     tcp_transfer,
 };
+use tally_proto::v1::{HeartbeatRequest, InterfaceCounters, InterfaceState, LoadAverage, Outcome};
 
 const COLLECTOR_PORT: u16 = 50_051;
 /// How long the stored totals may take to reach the kernel's.
@@ -200,7 +209,7 @@ fn journal_survives_a_reboot(test: &str, collector_first: bool) {
     );
     assert_eq!(
         files_in(&agent.state_dir),
-        Vec::<String>::new(),
+        ["generation"],
         "nothing corrupt or rejected was set aside"
     );
 
@@ -257,4 +266,259 @@ fn journal_goes_before_the_new_boot_when_the_collector_comes_back_later() {
         "journal_goes_before_the_new_boot_when_the_collector_comes_back_later",
         false,
     );
+}
+
+/// The agent's (download, upload) totals as the kernel counted them on
+/// `link`'s counted interface between `from` and now.
+fn kernel_since(link: &Link, from: &Stats) -> (u64, u64) {
+    let now = link.a.settle(&link.if_a).since(from);
+    (now.rx_bytes, now.tx_bytes)
+}
+
+fn add((a, b): (u64, u64), (c, d): (u64, u64)) -> (u64, u64) {
+    (a + c, b + d)
+}
+
+/// The generation file the agent keeps, as JSON.
+fn generation_file(agent: &Agent) -> serde_json::Value {
+    let text = fs::read_to_string(agent.state_dir.join("generation")).expect("generation file");
+    serde_json::from_str(&text).expect("JSON")
+}
+
+#[test]
+fn a_reboot_that_lost_the_state_directory_still_counts_the_new_boot() {
+    let test = "a_reboot_that_lost_the_state_directory_still_counts_the_new_boot";
+    if !privileged(test) {
+        return;
+    }
+    let Some(store) = Store::start_or_skip(test) else {
+        return;
+    };
+    let (node, token_file) = store.add_node("lost-state");
+    let boot_id_file = store.dir.path().join("boot_id");
+    fs::write(&boot_id_file, format!("{BOOT_1}\n")).expect("boot id file");
+    let link = Link::new();
+    let collector = store.collector(&link.b, control_link(&link, COLLECTOR_PORT));
+    let collector_url = collector.url();
+    let args = reporting_args(&collector_url, &token_file);
+    let env = [(
+        "TALLY_BOOT_ID_FILE",
+        boot_id_file.to_str().expect("utf-8 path"),
+    )];
+    let start = link.a.settle(&link.if_a);
+    let mut agent = Agent::start_with_env(&link.a, &args, &env);
+    let context = |agent: &Agent| {
+        format!(
+            "agent log:\n{}\ncollector log (tail):\n{}",
+            agent.log(),
+            tail(&collector.log(), 40)
+        )
+    };
+    agent.wait_for(&link.if_a);
+    transfer(&link);
+    let expected = kernel_since(&link, &start);
+    assert_eq!(
+        store.wait_for_totals(&node.id, expected, WITHIN),
+        Some(expected),
+        "the first set counts\n{}",
+        context(&agent)
+    );
+    assert_eq!(generation_file(&agent)["highest"], 1);
+
+    // A second counter set in the same boot (detach, run): generation 2.
+    agent.stop();
+    assert!(agent.detach().status.success());
+    agent.restart();
+    agent.wait_for(&link.if_a);
+    transfer(&link);
+    let expected = kernel_since(&link, &start);
+    assert_eq!(
+        store.wait_for_totals(&node.id, expected, WITHIN),
+        Some(expected),
+        "the second set counts\n{}",
+        context(&agent)
+    );
+    assert_eq!(generation_file(&agent)["highest"], 2);
+
+    // A reboot that loses the state directory: the count starts at 1.
+    agent.stop();
+    fs::write(&boot_id_file, format!("{BOOT_2}\n")).expect("boot id file");
+    assert!(agent.detach().status.success());
+    fs::remove_dir_all(&agent.state_dir).expect("lose the state directory");
+    let before_reboot = store.totals(&node.id).expect("totals");
+    let log_before = agent.log().len();
+    let reboot = link.a.settle(&link.if_a);
+    agent.restart();
+    agent.wait_for(&link.if_a);
+    transfer(&link);
+    let expected = add(before_reboot, kernel_since(&link, &reboot));
+    assert_eq!(
+        store.wait_for_totals(&node.id, expected, WITHIN),
+        Some(expected),
+        "the new boot counts in full after the raise\n{}",
+        context(&agent)
+    );
+    let second_run = agent.log()[log_before..].to_owned();
+    assert!(
+        second_run.contains("raised_to=3"),
+        "raised above the followed generation 2\n{second_run}"
+    );
+    assert!(
+        !second_run.contains("answers this node's heartbeats STALE"),
+        "no stale run: raised at the first answer\n{second_run}"
+    );
+    assert_eq!(generation_file(&agent)["highest"], 3);
+    agent.stop();
+}
+
+/// A heartbeat of counter set `epoch` of boot `boot` with `(rx, tx)` on
+/// one interface, as another agent would send.
+fn intruder(boot: &str, epoch: &str, generation: u64, rx: u64, tx: u64) -> HeartbeatRequest {
+    HeartbeatRequest {
+        boot_id: boot.into(),
+        epoch: epoch.into(),
+        epoch_created_unix_ns: 1_700_000_000_000_000_000,
+        counters_start_at_zero: true,
+        // Far later in the boot than anything the agent read.
+        sequence: 1 << 62,
+        agent_time_unix_ns: 1_700_000_000_000_000_000,
+        interfaces: vec![InterfaceCounters {
+            name: "eth9".into(),
+            ifindex: 9,
+            rx_bytes: rx,
+            rx_packets: 1,
+            tx_bytes: tx,
+            tx_packets: 1,
+            state: InterfaceState::Attached as i32,
+            ..InterfaceCounters::default()
+        }],
+        load: Some(LoadAverage::default()),
+        hostname: "intruder".into(),
+        source: "ebpf".into(),
+        generation,
+        ..HeartbeatRequest::default()
+    }
+}
+
+#[test]
+fn an_agent_whose_heartbeats_are_stale_says_so_and_is_shown() {
+    let test = "an_agent_whose_heartbeats_are_stale_says_so_and_is_shown";
+    if !privileged(test) {
+        return;
+    }
+    let Some(store) = Store::start_or_skip(test) else {
+        return;
+    };
+    let (node, token_file) = store.add_node("shared-token");
+    let boot_id_file = store.dir.path().join("boot_id");
+    fs::write(&boot_id_file, format!("{BOOT_1}\n")).expect("boot id file");
+    let link = Link::new();
+    let listen = control_link(&link, COLLECTOR_PORT);
+    let http = std::net::SocketAddr::new(listen.ip(), COLLECTOR_PORT + 1);
+    let collector = store.collector_serving(&link.b, listen, http);
+    let collector_url = collector.url();
+    let args = reporting_args(&collector_url, &token_file);
+    let env = [(
+        "TALLY_BOOT_ID_FILE",
+        boot_id_file.to_str().expect("utf-8 path"),
+    )];
+    let start = link.a.settle(&link.if_a);
+    let mut agent = Agent::start_with_env(&link.a, &args, &env);
+    let context = |agent: &Agent| {
+        format!(
+            "agent log:\n{}\ncollector log (tail):\n{}",
+            agent.log(),
+            tail(&collector.log(), 40)
+        )
+    };
+    agent.wait_for(&link.if_a);
+    transfer(&link);
+    let counted = kernel_since(&link, &start);
+    assert_eq!(
+        store.wait_for_totals(&node.id, counted, WITHIN),
+        Some(counted),
+        "{}",
+        context(&agent)
+    );
+
+    // Another agent with this node's token starts a later counter set.
+    let token = fs::read_to_string(&token_file).expect("token");
+    let reply = send_as(
+        &link.a,
+        &collector_url,
+        token.trim(),
+        intruder(BOOT_1, "intruder", 5, 1000, 10),
+    )
+    .expect("answered");
+    assert_eq!(reply.outcome(), Outcome::Applied, "{reply:?}");
+    let counted = add(counted, (1000, 10));
+
+    // From now on this agent's heartbeats are thrown away; it says so.
+    let deadline = Instant::now() + WITHIN;
+    while !agent.log().contains("answers this node's heartbeats STALE") {
+        assert!(
+            Instant::now() < deadline,
+            "no error about the stale run\n{}",
+            context(&agent)
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+    let log = agent.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("answers this node's heartbeats STALE"))
+        .unwrap_or_default();
+    for part in [
+        "ERROR",
+        "reason=\"STALE_REASON_SUPERSEDED\"",
+        "another agent",
+        "tally-agent detach",
+    ] {
+        assert!(line.contains(part), "{part} in {line}");
+    }
+    // The collector shows it: the API and /metrics.
+    let (status, body) = collector.get(&link.b, &format!("/api/v1/nodes/{}", node.id));
+    assert_eq!(status, 200, "{body}");
+    let shown: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(shown["stale"]["flagged"], true, "{body}");
+    assert_eq!(shown["stale"]["lastReason"], "superseded", "{body}");
+    assert!(
+        shown["stale"]["run"].as_i64().is_some_and(|run| run >= 3),
+        "{body}"
+    );
+    assert_eq!(shown["counterSet"]["epoch"], "intruder", "{body}");
+    let (status, metrics) = collector.get(&link.b, "/metrics");
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains("tally_node_stale{node=\"shared-token\"} 1"),
+        "{metrics}"
+    );
+    // What it counted meanwhile is lost (another set is followed).
+    transfer(&link);
+    thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        store.totals(&node.id),
+        Some(counted),
+        "nothing of it counted"
+    );
+
+    // What the log says to do: a new counter set. It counts again.
+    agent.stop();
+    assert!(agent.detach().status.success());
+    let restart = link.a.settle(&link.if_a);
+    agent.restart();
+    agent.wait_for(&link.if_a);
+    transfer(&link);
+    let expected = add(counted, kernel_since(&link, &restart));
+    assert_eq!(
+        store.wait_for_totals(&node.id, expected, WITHIN),
+        Some(expected),
+        "the new set (above the followed generation) counts\n{}",
+        context(&agent)
+    );
+    let (_, body) = collector.get(&link.b, &format!("/api/v1/nodes/{}", node.id));
+    let shown: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(shown["stale"]["flagged"], false, "{body}");
+    assert_eq!(shown["counterSet"]["generation"], "6", "{body}");
+    agent.stop();
 }

@@ -78,9 +78,11 @@ async fn snapshot(pool: &PgPool) -> String {
 
 const CENTURY: Duration = Duration::from_secs(100 * 365 * 86_400);
 
-const NODE_KEYS: [&str; 13] = [
+const NODE_KEYS: [&str; 16] = [
     "agentVersion",
+    "clock",
     "countRule",
+    "counterSet",
     "families",
     "hostname",
     "id",
@@ -91,6 +93,7 @@ const NODE_KEYS: [&str; 13] = [
     "online",
     "quotaCrossed",
     "source",
+    "stale",
     "traffic",
 ];
 const INTERFACE_KEYS: [&str; 12] = [

@@ -3,7 +3,8 @@
 //! above 2^53, live updates from the event stream without a reload; the
 //! selected node's IPv4/IPv6 split, interfaces (kind, uplink), billing
 //! period and quota events, the quota badge, held traffic and calibrations
-//! on the chart; and screenshots for a person to look at
+//! on the chart; a node whose heartbeats are stale and one whose clock is
+//! days off; and screenshots for a person to look at
 //! (`target/test-artefacts/`).
 
 #[path = "common/browser.rs"]
@@ -884,4 +885,122 @@ async fn submit_token(browser: &Browser, token: &str) {
         .click()
         .await
         .expect("submit");
+}
+
+/// A node's heartbeat of counter set `epoch` (boot clock `sequence`,
+/// `generation`), with the node's clock `offset_ns` off.
+fn of_set(
+    epoch: &str,
+    generation: u64,
+    sequence: u64,
+    offset_ns: i64,
+    rx: u64,
+) -> HeartbeatRequest {
+    let mut heartbeat = fleet::heartbeat(epoch, sequence, rx, rx / 10);
+    heartbeat.generation = generation;
+    heartbeat.agent_time_unix_ns = heartbeat
+        .agent_time_unix_ns
+        .saturating_add_signed(offset_ns);
+    heartbeat
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_shows_stale_heartbeats_and_skewed_clocks() {
+    let test = "the_dashboard_shows_stale_heartbeats_and_skewed_clocks";
+    let Some(browser) = Browser::start(test, 1280, 900).await else {
+        return;
+    };
+    let Some(fleet) = Fleet::start("browser_stale").await else {
+        return;
+    };
+    let locked = fleet.add_node("locked").await;
+    let behind = fleet.add_node("behind").await;
+    let server = fleet.serve_here().await;
+    let client = fleet::client(server.address).await;
+    let send = |token: String, heartbeat: HeartbeatRequest| {
+        let mut client = client.clone();
+        async move {
+            fleet::send(&mut client, Some(&token), heartbeat)
+                .await
+                .expect("answered")
+        }
+    };
+    let two_days = 2 * 86_400 * 1_000_000_000i64;
+    send(behind.token.clone(), of_set("b", 1, 10, -two_days, 640)).await;
+    send(locked.token.clone(), of_set("mine", 1, 10, 0, 1000)).await;
+
+    let url = format!("http://{}/", server.http_address);
+    browser.client.goto(&url).await.expect("open the dashboard");
+    let badge = |id: &str, field: &str| {
+        format!(
+            r#"const b = document.querySelector('tr[data-node-id="{id}"] [data-field="{field}"]');
+               return b && !b.hidden ? b.textContent : null;"#
+        )
+    };
+    // A clock two days behind: a badge, and the node counts all the same.
+    let clock = browser
+        .wait_for(
+            "the clock badge",
+            Duration::from_secs(10),
+            &badge(&behind.id, "clock"),
+            Value::is_string,
+        )
+        .await;
+    assert_eq!(clock, "clock −2 d");
+    assert_eq!(browser.js(&badge(&locked.id, "clock")).await, Value::Null);
+    assert_eq!(browser.js(&badge(&locked.id, "stale")).await, Value::Null);
+
+    // Another agent takes the node's token over with a later counter set;
+    // the node's own heartbeats are stale from then on: the badge comes
+    // live, with the third in a row.
+    send(locked.token.clone(), of_set("other", 2, 20, 0, 5)).await;
+    for sequence in [30, 40, 50] {
+        let reply = send(locked.token.clone(), of_set("mine", 1, sequence, 0, 2000)).await;
+        assert_eq!(reply.outcome(), tally_proto::v1::Outcome::Stale);
+    }
+    let stale = browser
+        .wait_for(
+            "the stale badge",
+            Duration::from_secs(10),
+            &badge(&locked.id, "stale"),
+            Value::is_string,
+        )
+        .await;
+    assert_eq!(stale, "stale ×3");
+    let title = browser.js(&cell(&locked.id, "stale", "title")).await;
+    assert!(
+        title.as_str().is_some_and(|t| t.contains("superseded")),
+        "{title}"
+    );
+    select_node(&browser, &locked.id).await;
+    let note = browser
+        .wait_for(
+            "the counter set note",
+            Duration::from_secs(10),
+            "return document.getElementById('counter-set').textContent;",
+            |v| {
+                v.as_str().is_some_and(|t| {
+                    t.contains("nothing counted now") && t.contains("generation 2")
+                })
+            },
+        )
+        .await;
+    assert!(
+        note.as_str()
+            .is_some_and(|t| t.contains("generation 2") && t.contains("3 stale heartbeats")),
+        "{note}"
+    );
+    browser.screenshot("dashboard-stale.png").await;
+
+    // The followed set counts: the run is over, the badge goes, live.
+    send(locked.token.clone(), of_set("other", 2, 60, 0, 50)).await;
+    browser
+        .wait_for(
+            "the stale badge to go",
+            Duration::from_secs(10),
+            &badge(&locked.id, "stale"),
+            Value::is_null,
+        )
+        .await;
+    browser.finish().await;
 }

@@ -76,10 +76,11 @@ async fn migrate_applies_and_reverts() {
         .iter()
         .filter(|m| m.migration_type.is_up_migration())
         .count() as i64;
-    // The twelve tables the migrations make (five of the seed's era, then
-    // billing 3, quotas 2, corrections 2; the ninth only adds columns).
+    // The thirteen tables the migrations make (five of the seed's era, then
+    // billing 3, quotas 2, corrections 2; the ninth only adds columns; the
+    // tenth the followed counter sets).
     let all = tables().await;
-    assert_eq!(all, 12);
+    assert_eq!(all, 13);
     let out = run(&fleet.url, &["migrate", "--revert-to", "0"]);
     assert!(out.status.success(), "{out:?}");
     assert_eq!(tables().await, 0);

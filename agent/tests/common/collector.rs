@@ -1,11 +1,14 @@
 //! The real `tally-collector serve` binary run inside a test namespace
 //! (through `nsenter`), logging into a file, against a database the test
 //! made: it can be killed with SIGKILL and started again on the same
-//! address, and is killed on drop. [`Store`] is the database such a
-//! collector stores into, with the node tokens the agents report with.
+//! address, and is killed on drop; its HTTP side (API, `/metrics`) too when
+//! asked for. [`Store`] is the database such a collector stores into, with
+//! the node tokens the agents report with. [`send_as`] sends one heartbeat
+//! from a namespace, as another agent with a node's token would.
 
 use std::{
     fs,
+    io::{Read as _, Write as _},
     net::{SocketAddr, TcpStream},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -19,6 +22,7 @@ use tally_collector::{
     devdb::{self, TempCluster},
     nodes,
 };
+use tally_proto::v1::{HeartbeatReply, HeartbeatRequest, heartbeat_client::HeartbeatClient};
 use tokio::runtime::Runtime;
 
 use super::{AGENT, Link, NetNs, veth};
@@ -31,6 +35,8 @@ pub const CONTROL_IFACE: &str = "tca";
 pub struct Collector {
     ns_path: PathBuf,
     listen: SocketAddr,
+    /// Where its HTTP side listens, when it has one.
+    http: Option<SocketAddr>,
     database_url: String,
     log: PathBuf,
     child: Option<Child>,
@@ -52,9 +58,21 @@ impl Collector {
     /// Starts it in `ns`, listening for plaintext gRPC on `listen`, and
     /// waits until it listens.
     pub fn start(ns: &NetNs, listen: SocketAddr, database_url: String, log: PathBuf) -> Self {
+        Self::start_serving(ns, listen, None, database_url, log)
+    }
+
+    /// As [`Collector::start`], serving the HTTP side on `http` too.
+    pub fn start_serving(
+        ns: &NetNs,
+        listen: SocketAddr,
+        http: Option<SocketAddr>,
+        database_url: String,
+        log: PathBuf,
+    ) -> Self {
         let mut collector = Collector {
             ns_path: ns.path(),
             listen,
+            http,
             database_url,
             log,
             child: None,
@@ -82,6 +100,11 @@ impl Collector {
                 "--listen",
             ])
             .arg(self.listen.to_string())
+            .args(
+                self.http
+                    .iter()
+                    .flat_map(|http| ["--http-listen".to_owned(), http.to_string()]),
+            )
             .env("DATABASE_URL", &self.database_url)
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
@@ -120,6 +143,56 @@ impl Collector {
     pub fn log(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// `GET path` on its HTTP side, from `ns`: the status and the body.
+    pub fn get(&self, ns: &NetNs, path: &str) -> (u16, String) {
+        let address = self.http.expect("started with an HTTP side");
+        let request = format!("GET {path} HTTP/1.0\r\nHost: tally\r\n\r\n");
+        let raw = ns.run(move || {
+            let mut stream =
+                TcpStream::connect_timeout(&address, Duration::from_secs(5)).expect("connect");
+            stream
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .expect("timeout");
+            stream.write_all(request.as_bytes()).expect("request");
+            let mut raw = String::new();
+            stream.read_to_string(&mut raw).expect("response");
+            raw
+        });
+        let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        (status, body.to_owned())
+    }
+}
+
+/// Sends `heartbeat` with `token` to the collector at `url`, from `ns`, as
+/// another agent would: the reply, or the refusal.
+pub fn send_as(
+    ns: &NetNs,
+    url: &str,
+    token: &str,
+    heartbeat: HeartbeatRequest,
+) -> Result<HeartbeatReply, tonic::Status> {
+    let (url, token) = (url.to_owned(), token.to_owned());
+    ns.run(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async move {
+            let mut client = HeartbeatClient::connect(url).await.expect("connect");
+            let mut request = tonic::Request::new(heartbeat);
+            request.metadata_mut().insert(
+                "authorization",
+                format!("Bearer {token}").parse().expect("metadata"),
+            );
+            client.send(request).await.map(tonic::Response::into_inner)
+        })
+    })
 }
 
 impl Drop for Collector {
@@ -205,6 +278,17 @@ impl Store {
         Collector::start(
             ns,
             listen,
+            self.url.clone(),
+            self.dir.path().join("collector.log"),
+        )
+    }
+
+    /// As [`Store::collector`], with its HTTP side on `http`.
+    pub fn collector_serving(&self, ns: &NetNs, listen: SocketAddr, http: SocketAddr) -> Collector {
+        Collector::start_serving(
+            ns,
+            listen,
+            Some(http),
             self.url.clone(),
             self.dir.path().join("collector.log"),
         )

@@ -24,7 +24,9 @@ use std::{
 #[allow(unused_imports, reason = "each test binary uses a different part")]
 pub use agent::{Agent, pin_dir};
 #[allow(unused_imports, reason = "each test binary uses a different part")]
-pub use collector::{CONTROL_IFACE, Collector, Store, control_link, reporting_args, tail, totals};
+pub use collector::{
+    CONTROL_IFACE, Collector, Store, control_link, reporting_args, send_as, tail, totals,
+};
 #[allow(unused_imports, reason = "each test binary uses a different part")]
 pub use kernel::{assert_exact, program_exists, tcx_programs};
 #[allow(unused_imports, reason = "each test binary uses a different part")]

@@ -1309,7 +1309,7 @@
     if (set) {
       parts.push(`Counter set ${set.epoch.slice(0, 12)} of boot ${set.bootId.slice(0, 8)}, generation ${set.generation === '0' ? 'unknown' : set.generation}`);
     }
-    if (node.clock && Number.isFinite(node.clock.offsetMs)) {
+    if (node.clock && Number.isFinite(node.clock.offsetMs) && Math.abs(node.clock.offsetMs) >= 1000) {
       parts.push(`clock ${formatOffset(node.clock.offsetMs)}${node.clock.skewed ? ' (skewed: check NTP)' : ''}`);
     }
     if (node.stale && node.stale.heartbeats && node.stale.heartbeats !== '0') {
@@ -1668,6 +1668,8 @@
           lastReason: payload.reason,
         };
         markDirty(node.id);
+        // Another counter set is followed: fetch it (and the rest) anew.
+        nodesLoader.schedule();
         break;
       }
       case 'nodes':

@@ -217,8 +217,9 @@ pub async fn apply(
         write::closed_periods(&mut tx, &changed, &time).await?;
         write::anomalies(&mut tx, &changed, &time).await?;
         write::quota_crossings(&mut tx, &changed, &time, &mut outbox).await?;
-        outbox.send(&mut tx).await?;
     }
+    // Also the events of batches that changed no traffic (a stale run).
+    outbox.send(&mut tx).await?;
     tx.commit().await?;
     Ok(results)
 }
