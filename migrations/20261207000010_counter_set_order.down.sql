@@ -1,4 +1,4 @@
-DROP TABLE "node_origins";
+DROP TABLE "counter_sets";
 ALTER TABLE "nodes" DROP COLUMN "lastStaleReason", DROP COLUMN "lastStaleAt",
     DROP COLUMN "staleRun", DROP COLUMN "staleHeartbeats", DROP COLUMN "clockOffsetMs",
     DROP COLUMN "generation";

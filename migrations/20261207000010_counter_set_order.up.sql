@@ -17,7 +17,7 @@ ALTER TABLE "nodes" ADD COLUMN "lastStaleReason" TEXT;
 
 -- The counter sets the collector followed for each node (the newest 64 are
 -- kept): a set, or a boot, followed before never counts again.
-CREATE TABLE "node_origins" (
+CREATE TABLE "counter_sets" (
     "id" BIGSERIAL NOT NULL,
     "nodeId" TEXT NOT NULL,
     "bootId" TEXT NOT NULL,
@@ -28,16 +28,16 @@ CREATE TABLE "node_origins" (
     -- When the collector applied its first heartbeat.
     "followedAt" TIMESTAMP(3) NOT NULL,
 
-    CONSTRAINT "node_origins_pkey" PRIMARY KEY ("id"),
-    CONSTRAINT "node_origins_nodeId_fkey" FOREIGN KEY ("nodeId")
+    CONSTRAINT "counter_sets_pkey" PRIMARY KEY ("id"),
+    CONSTRAINT "counter_sets_nodeId_fkey" FOREIGN KEY ("nodeId")
         REFERENCES "nodes"("id") ON DELETE CASCADE ON UPDATE CASCADE
 );
 
-CREATE UNIQUE INDEX "node_origins_nodeId_bootId_epoch_key"
-    ON "node_origins"("nodeId", "bootId", "epoch");
+CREATE UNIQUE INDEX "counter_sets_nodeId_bootId_epoch_key"
+    ON "counter_sets"("nodeId", "bootId", "epoch");
 
 -- The sets followed now.
-INSERT INTO "node_origins" ("nodeId", "bootId", "epoch", "generation", "epochCreatedAt", "followedAt")
+INSERT INTO "counter_sets" ("nodeId", "bootId", "epoch", "generation", "epochCreatedAt", "followedAt")
 SELECT "id", "bootId", "epoch", 0, COALESCE("epochCreatedAt", 0), COALESCE("lastSeen", "updatedAt")
 FROM "nodes"
 WHERE "bootId" IS NOT NULL AND "epoch" IS NOT NULL;

@@ -58,27 +58,20 @@ impl Generations {
     /// file, or one that cannot be read: logged).
     pub fn load(dir: &Path) -> Self {
         let path = dir.join(FILE_NAME);
-        let record = match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|error| {
-                tracing::error!(
-                    path = %path.display(),
-                    %error,
-                    "cannot read the counter sets' generations; counting them again from the \
-                     collector's answers"
-                );
-                Record::default()
-            }),
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Record::default(),
-            Err(error) => {
-                tracing::error!(
-                    path = %path.display(),
-                    %error,
-                    "cannot read the counter sets' generations; counting them again from the \
-                     collector's answers"
-                );
-                Record::default()
-            }
+        let read = match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| e.to_string()),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(Record::default()),
+            Err(error) => Err(error.to_string()),
         };
+        let record = read.unwrap_or_else(|error| {
+            tracing::error!(
+                path = %path.display(),
+                %error,
+                "cannot read the counter sets' generations; counting them again from the \
+                 collector's answers"
+            );
+            Record::default()
+        });
         Self {
             dir: dir.to_owned(),
             record,

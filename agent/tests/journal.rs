@@ -214,14 +214,20 @@ fn journal_survives_a_reboot(test: &str, collector_first: bool) {
     );
 
     // The journal went first: delivered (applied) before any heartbeat of
-    // the new boot.
+    // the new boot. (The agent logs a delivery when the reply is in, a
+    // moment after the totals can be read: wait for the line.)
+    let regular = "tally_agent::heartbeat: heartbeat delivered";
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !agent.log()[log_before..].contains(regular) && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(50));
+    }
     let log = agent.log();
     let second_run = &log[log_before..];
     let journal_at = second_run
         .find("journal delivered")
         .unwrap_or_else(|| panic!("the journal was delivered\n{second_run}"));
     let regular_at = second_run
-        .find("tally_agent::heartbeat: heartbeat delivered")
+        .find(regular)
         .unwrap_or_else(|| panic!("regular heartbeats follow\n{second_run}"));
     assert!(
         journal_at < regular_at,
@@ -285,80 +291,132 @@ fn generation_file(agent: &Agent) -> serde_json::Value {
     serde_json::from_str(&text).expect("JSON")
 }
 
-#[test]
-fn a_reboot_that_lost_the_state_directory_still_counts_the_new_boot() {
-    let test = "a_reboot_that_lost_the_state_directory_still_counts_the_new_boot";
-    if !privileged(test) {
-        return;
+/// A node's agent (eBPF, in host a, its boot id read from a file) that
+/// reports to a collector in host b (with its HTTP side when asked for),
+/// counting since `start`. Fields drop in order: the agent first, the
+/// database last.
+struct Scene {
+    agent: Agent,
+    collector: Collector,
+    link: Link,
+    node: tally_collector::nodes::Added,
+    token_file: std::path::PathBuf,
+    start: Stats,
+    store: Store,
+}
+
+impl Scene {
+    fn start(test: &str, name: &str, http: bool) -> Option<Scene> {
+        if !privileged(test) {
+            return None;
+        }
+        let store = Store::start_or_skip(test)?;
+        let (node, token_file) = store.add_node(name);
+        let boot_id_file = store.dir.path().join("boot_id");
+        fs::write(&boot_id_file, format!("{BOOT_1}\n")).expect("boot id file");
+        let link = Link::new();
+        let listen = control_link(&link, COLLECTOR_PORT);
+        let collector = if http {
+            let http = std::net::SocketAddr::new(listen.ip(), COLLECTOR_PORT + 1);
+            store.collector_serving(&link.b, listen, http)
+        } else {
+            store.collector(&link.b, listen)
+        };
+        let collector_url = collector.url();
+        let args = reporting_args(&collector_url, &token_file);
+        let env = [(
+            "TALLY_BOOT_ID_FILE",
+            boot_id_file.to_str().expect("utf-8 path"),
+        )];
+        let start = link.a.settle(&link.if_a);
+        let mut agent = Agent::start_with_env(&link.a, &args, &env);
+        agent.wait_for(&link.if_a);
+        Some(Scene {
+            agent,
+            collector,
+            link,
+            node,
+            token_file,
+            start,
+            store,
+        })
     }
-    let Some(store) = Store::start_or_skip(test) else {
-        return;
-    };
-    let (node, token_file) = store.add_node("lost-state");
-    let boot_id_file = store.dir.path().join("boot_id");
-    fs::write(&boot_id_file, format!("{BOOT_1}\n")).expect("boot id file");
-    let link = Link::new();
-    let collector = store.collector(&link.b, control_link(&link, COLLECTOR_PORT));
-    let collector_url = collector.url();
-    let args = reporting_args(&collector_url, &token_file);
-    let env = [(
-        "TALLY_BOOT_ID_FILE",
-        boot_id_file.to_str().expect("utf-8 path"),
-    )];
-    let start = link.a.settle(&link.if_a);
-    let mut agent = Agent::start_with_env(&link.a, &args, &env);
-    let context = |agent: &Agent| {
+
+    /// A "reboot" to come: the next start reads `boot_id`.
+    fn boot(&self, boot_id: &str) {
+        let file = self.store.dir.path().join("boot_id");
+        fs::write(file, format!("{boot_id}\n")).expect("boot id file");
+    }
+
+    fn context(&self) -> String {
         format!(
             "agent log:\n{}\ncollector log (tail):\n{}",
-            agent.log(),
-            tail(&collector.log(), 40)
+            self.agent.log(),
+            tail(&self.collector.log(), 40)
         )
+    }
+
+    /// Waits until the node's stored totals are `expected`, else fails
+    /// saying `what`.
+    fn counts(&self, expected: (u64, u64), what: &str) {
+        assert_eq!(
+            self.store.wait_for_totals(&self.node.id, expected, WITHIN),
+            Some(expected),
+            "{what}\n{}",
+            self.context()
+        );
+    }
+
+    /// Stops the agent and starts it again with a new counter set.
+    fn new_counter_set(&mut self) {
+        self.agent.stop();
+        assert!(self.agent.detach().status.success());
+        self.agent.restart();
+        self.agent.wait_for(&self.link.if_a);
+    }
+}
+
+#[test]
+fn a_reboot_that_lost_the_state_directory_still_counts_the_new_boot() {
+    let Some(mut scene) = Scene::start(
+        "a_reboot_that_lost_the_state_directory_still_counts_the_new_boot",
+        "lost-state",
+        false,
+    ) else {
+        return;
     };
-    agent.wait_for(&link.if_a);
-    transfer(&link);
-    let expected = kernel_since(&link, &start);
-    assert_eq!(
-        store.wait_for_totals(&node.id, expected, WITHIN),
-        Some(expected),
-        "the first set counts\n{}",
-        context(&agent)
+    transfer(&scene.link);
+    scene.counts(
+        kernel_since(&scene.link, &scene.start),
+        "the first set counts",
     );
-    assert_eq!(generation_file(&agent)["highest"], 1);
+    assert_eq!(generation_file(&scene.agent)["highest"], 1);
 
     // A second counter set in the same boot (detach, run): generation 2.
-    agent.stop();
-    assert!(agent.detach().status.success());
-    agent.restart();
-    agent.wait_for(&link.if_a);
-    transfer(&link);
-    let expected = kernel_since(&link, &start);
-    assert_eq!(
-        store.wait_for_totals(&node.id, expected, WITHIN),
-        Some(expected),
-        "the second set counts\n{}",
-        context(&agent)
+    scene.new_counter_set();
+    transfer(&scene.link);
+    scene.counts(
+        kernel_since(&scene.link, &scene.start),
+        "the second set counts",
     );
-    assert_eq!(generation_file(&agent)["highest"], 2);
+    assert_eq!(generation_file(&scene.agent)["highest"], 2);
 
     // A reboot that loses the state directory: the count starts at 1.
-    agent.stop();
-    fs::write(&boot_id_file, format!("{BOOT_2}\n")).expect("boot id file");
-    assert!(agent.detach().status.success());
-    fs::remove_dir_all(&agent.state_dir).expect("lose the state directory");
-    let before_reboot = store.totals(&node.id).expect("totals");
-    let log_before = agent.log().len();
-    let reboot = link.a.settle(&link.if_a);
-    agent.restart();
-    agent.wait_for(&link.if_a);
-    transfer(&link);
-    let expected = add(before_reboot, kernel_since(&link, &reboot));
-    assert_eq!(
-        store.wait_for_totals(&node.id, expected, WITHIN),
-        Some(expected),
-        "the new boot counts in full after the raise\n{}",
-        context(&agent)
+    scene.agent.stop();
+    scene.boot(BOOT_2);
+    assert!(scene.agent.detach().status.success());
+    fs::remove_dir_all(&scene.agent.state_dir).expect("lose the state directory");
+    let before_reboot = scene.store.totals(&scene.node.id).expect("totals");
+    let log_before = scene.agent.log().len();
+    let reboot = scene.link.a.settle(&scene.link.if_a);
+    scene.agent.restart();
+    scene.agent.wait_for(&scene.link.if_a);
+    transfer(&scene.link);
+    scene.counts(
+        add(before_reboot, kernel_since(&scene.link, &reboot)),
+        "the new boot counts in full after the raise",
     );
-    let second_run = agent.log()[log_before..].to_owned();
+    let second_run = scene.agent.log()[log_before..].to_owned();
     assert!(
         second_run.contains("raised_to=3"),
         "raised above the followed generation 2\n{second_run}"
@@ -367,8 +425,8 @@ fn a_reboot_that_lost_the_state_directory_still_counts_the_new_boot() {
         !second_run.contains("answers this node's heartbeats STALE"),
         "no stale run: raised at the first answer\n{second_run}"
     );
-    assert_eq!(generation_file(&agent)["highest"], 3);
-    agent.stop();
+    assert_eq!(generation_file(&scene.agent)["highest"], 3);
+    scene.agent.stop();
 }
 
 /// A heartbeat of counter set `epoch` of boot `boot` with `(rx, tx)` on
@@ -402,50 +460,22 @@ fn intruder(boot: &str, epoch: &str, generation: u64, rx: u64, tx: u64) -> Heart
 
 #[test]
 fn an_agent_whose_heartbeats_are_stale_says_so_and_is_shown() {
-    let test = "an_agent_whose_heartbeats_are_stale_says_so_and_is_shown";
-    if !privileged(test) {
-        return;
-    }
-    let Some(store) = Store::start_or_skip(test) else {
+    let Some(mut scene) = Scene::start(
+        "an_agent_whose_heartbeats_are_stale_says_so_and_is_shown",
+        "shared-token",
+        true,
+    ) else {
         return;
     };
-    let (node, token_file) = store.add_node("shared-token");
-    let boot_id_file = store.dir.path().join("boot_id");
-    fs::write(&boot_id_file, format!("{BOOT_1}\n")).expect("boot id file");
-    let link = Link::new();
-    let listen = control_link(&link, COLLECTOR_PORT);
-    let http = std::net::SocketAddr::new(listen.ip(), COLLECTOR_PORT + 1);
-    let collector = store.collector_serving(&link.b, listen, http);
-    let collector_url = collector.url();
-    let args = reporting_args(&collector_url, &token_file);
-    let env = [(
-        "TALLY_BOOT_ID_FILE",
-        boot_id_file.to_str().expect("utf-8 path"),
-    )];
-    let start = link.a.settle(&link.if_a);
-    let mut agent = Agent::start_with_env(&link.a, &args, &env);
-    let context = |agent: &Agent| {
-        format!(
-            "agent log:\n{}\ncollector log (tail):\n{}",
-            agent.log(),
-            tail(&collector.log(), 40)
-        )
-    };
-    agent.wait_for(&link.if_a);
-    transfer(&link);
-    let counted = kernel_since(&link, &start);
-    assert_eq!(
-        store.wait_for_totals(&node.id, counted, WITHIN),
-        Some(counted),
-        "{}",
-        context(&agent)
-    );
+    transfer(&scene.link);
+    let counted = kernel_since(&scene.link, &scene.start);
+    scene.counts(counted, "the agent's set counts");
 
     // Another agent with this node's token starts a later counter set.
-    let token = fs::read_to_string(&token_file).expect("token");
+    let token = fs::read_to_string(&scene.token_file).expect("token");
     let reply = send_as(
-        &link.a,
-        &collector_url,
+        &scene.link.a,
+        &scene.collector.url(),
         token.trim(),
         intruder(BOOT_1, "intruder", 5, 1000, 10),
     )
@@ -454,20 +484,18 @@ fn an_agent_whose_heartbeats_are_stale_says_so_and_is_shown() {
     let counted = add(counted, (1000, 10));
 
     // From now on this agent's heartbeats are thrown away; it says so.
+    let error = "answers this node's heartbeats STALE";
     let deadline = Instant::now() + WITHIN;
-    while !agent.log().contains("answers this node's heartbeats STALE") {
+    while !scene.agent.log().contains(error) {
         assert!(
             Instant::now() < deadline,
             "no error about the stale run\n{}",
-            context(&agent)
+            scene.context()
         );
         thread::sleep(Duration::from_millis(200));
     }
-    let log = agent.log();
-    let line = log
-        .lines()
-        .find(|l| l.contains("answers this node's heartbeats STALE"))
-        .unwrap_or_default();
+    let log = scene.agent.log();
+    let line = log.lines().find(|l| l.contains(error)).unwrap_or_default();
     for part in [
         "ERROR",
         "reason=\"STALE_REASON_SUPERSEDED\"",
@@ -477,7 +505,8 @@ fn an_agent_whose_heartbeats_are_stale_says_so_and_is_shown() {
         assert!(line.contains(part), "{part} in {line}");
     }
     // The collector shows it: the API and /metrics.
-    let (status, body) = collector.get(&link.b, &format!("/api/v1/nodes/{}", node.id));
+    let node_path = format!("/api/v1/nodes/{}", scene.node.id);
+    let (status, body) = scene.collector.get(&scene.link.b, &node_path);
     assert_eq!(status, 200, "{body}");
     let shown: serde_json::Value = serde_json::from_str(&body).expect("JSON");
     assert_eq!(shown["stale"]["flagged"], true, "{body}");
@@ -487,38 +516,32 @@ fn an_agent_whose_heartbeats_are_stale_says_so_and_is_shown() {
         "{body}"
     );
     assert_eq!(shown["counterSet"]["epoch"], "intruder", "{body}");
-    let (status, metrics) = collector.get(&link.b, "/metrics");
+    let (status, metrics) = scene.collector.get(&scene.link.b, "/metrics");
     assert_eq!(status, 200);
     assert!(
         metrics.contains("tally_node_stale{node=\"shared-token\"} 1"),
         "{metrics}"
     );
     // What it counted meanwhile is lost (another set is followed).
-    transfer(&link);
+    transfer(&scene.link);
     thread::sleep(Duration::from_secs(3));
     assert_eq!(
-        store.totals(&node.id),
+        scene.store.totals(&scene.node.id),
         Some(counted),
         "nothing of it counted"
     );
 
     // What the log says to do: a new counter set. It counts again.
-    agent.stop();
-    assert!(agent.detach().status.success());
-    let restart = link.a.settle(&link.if_a);
-    agent.restart();
-    agent.wait_for(&link.if_a);
-    transfer(&link);
-    let expected = add(counted, kernel_since(&link, &restart));
-    assert_eq!(
-        store.wait_for_totals(&node.id, expected, WITHIN),
-        Some(expected),
-        "the new set (above the followed generation) counts\n{}",
-        context(&agent)
+    let restart = scene.link.a.settle(&scene.link.if_a);
+    scene.new_counter_set();
+    transfer(&scene.link);
+    scene.counts(
+        add(counted, kernel_since(&scene.link, &restart)),
+        "the new set (above the followed generation) counts",
     );
-    let (_, body) = collector.get(&link.b, &format!("/api/v1/nodes/{}", node.id));
+    let (_, body) = scene.collector.get(&scene.link.b, &node_path);
     let shown: serde_json::Value = serde_json::from_str(&body).expect("JSON");
     assert_eq!(shown["stale"]["flagged"], false, "{body}");
     assert_eq!(shown["counterSet"]["generation"], "6", "{body}");
-    agent.stop();
+    scene.agent.stop();
 }

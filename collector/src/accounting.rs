@@ -16,19 +16,19 @@ pub use tally_proto::v1::StaleReason;
 pub struct Position {
     /// The counter set followed; `None` until the node's first heartbeat is
     /// applied.
-    pub origin: Option<Origin>,
+    pub set: Option<CounterSet>,
     /// The generation the followed set was first applied with (0: unknown).
     pub generation: i64,
-    /// The last sequence applied within `origin`.
+    /// The last sequence applied within `set`.
     pub sequence: i64,
-    /// The last raw sums applied within `origin` (download = rx, upload = tx).
+    /// The last raw sums applied within `set` (download = rx, upload = tx).
     pub rx: i64,
     pub tx: i64,
 }
 
 /// What names a counter set: the boot it counts in and its epoch.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Origin {
+pub struct CounterSet {
     pub boot_id: String,
     pub epoch: String,
 }
@@ -36,7 +36,7 @@ pub struct Origin {
 /// One heartbeat, reduced to what the rules need.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reading {
-    pub origin: Origin,
+    pub set: CounterSet,
     /// The agent's generation for the counter set (0: not given).
     pub generation: i64,
     /// `true`: the counters started at zero with the epoch, so a first
@@ -48,31 +48,31 @@ pub struct Reading {
 }
 
 /// The counter sets the collector followed for a node (the followed one
-/// among them), as far as they are kept (`node_origins`).
+/// among them), as far as they are kept (`counter_sets`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Followed {
-    origins: Vec<Origin>,
+    sets: Vec<CounterSet>,
 }
 
 impl Followed {
-    pub fn new(origins: Vec<Origin>) -> Self {
-        Self { origins }
+    pub fn new(sets: Vec<CounterSet>) -> Self {
+        Self { sets }
     }
 
-    /// Whether `origin` was followed.
-    pub fn contains(&self, origin: &Origin) -> bool {
-        self.origins.contains(origin)
+    /// Whether `set` was followed.
+    pub fn contains(&self, set: &CounterSet) -> bool {
+        self.sets.contains(set)
     }
 
     /// Whether a set of the boot `boot_id` was followed.
     pub fn has_boot(&self, boot_id: &str) -> bool {
-        self.origins.iter().any(|o| o.boot_id == boot_id)
+        self.sets.iter().any(|o| o.boot_id == boot_id)
     }
 
-    /// Records that `origin` is followed from now on.
-    pub fn add(&mut self, origin: Origin) {
-        if !self.contains(&origin) {
-            self.origins.push(origin);
+    /// Records that `set` is followed from now on.
+    pub fn add(&mut self, set: CounterSet) {
+        if !self.contains(&set) {
+            self.sets.push(set);
         }
     }
 }
@@ -85,7 +85,7 @@ pub enum Decision {
         download: i64,
         upload: i64,
         /// The reading starts a new epoch (or is the node's first).
-        new_origin: bool,
+        new_set: bool,
     },
     /// The same sequence was applied before.
     Duplicate,
@@ -102,12 +102,12 @@ pub enum Decision {
 /// Decides what `reading` does to a node at `position` that followed the
 /// sets in `followed` before.
 pub fn decide(position: &Position, followed: &Followed, reading: &Reading) -> Decision {
-    let Some(current) = &position.origin else {
-        return first_of_origin(reading);
+    let Some(current) = &position.set else {
+        return first_of_set(reading);
     };
-    if *current != reading.origin {
+    if *current != reading.set {
         return match order(position, current, followed, reading) {
-            Ok(()) => first_of_origin(reading),
+            Ok(()) => first_of_set(reading),
             Err(reason) => Decision::Stale(reason),
         };
     }
@@ -134,7 +134,7 @@ pub fn decide(position: &Position, followed: &Followed, reading: &Reading) -> De
     Decision::Apply {
         download: reading.rx - position.rx,
         upload: reading.tx - position.tx,
-        new_origin: false,
+        new_set: false,
     }
 }
 
@@ -143,14 +143,14 @@ pub fn decide(position: &Position, followed: &Followed, reading: &Reading) -> De
 /// their order; none looks at a wall clock.
 fn order(
     position: &Position,
-    current: &Origin,
+    current: &CounterSet,
     followed: &Followed,
     reading: &Reading,
 ) -> Result<(), StaleReason> {
-    let origin = &reading.origin;
-    let same_boot = origin.boot_id == current.boot_id;
+    let set = &reading.set;
+    let same_boot = set.boot_id == current.boot_id;
     // 1. A set is followed once; a boot that was left is over.
-    if followed.contains(origin) || (!same_boot && followed.has_boot(&origin.boot_id)) {
+    if followed.contains(set) || (!same_boot && followed.has_boot(&set.boot_id)) {
         return Err(StaleReason::Superseded);
     }
     // 2. Generations, when both sides have one and they differ.
@@ -176,7 +176,7 @@ fn order(
     Ok(())
 }
 
-fn first_of_origin(reading: &Reading) -> Decision {
+fn first_of_set(reading: &Reading) -> Decision {
     let (download, upload) = if reading.starts_at_zero {
         (reading.rx, reading.tx)
     } else {
@@ -185,16 +185,16 @@ fn first_of_origin(reading: &Reading) -> Decision {
     Decision::Apply {
         download,
         upload,
-        new_origin: true,
+        new_set: true,
     }
 }
 
 impl Position {
-    /// The position after `reading` was applied (a new origin takes the
+    /// The position after `reading` was applied (a new set takes the
     /// reading's generation; the followed one keeps its own).
     pub fn advance(&mut self, reading: &Reading) {
-        if self.origin.as_ref() != Some(&reading.origin) {
-            self.origin = Some(reading.origin.clone());
+        if self.set.as_ref() != Some(&reading.set) {
+            self.set = Some(reading.set.clone());
             self.generation = reading.generation;
         }
         self.sequence = reading.sequence;
@@ -207,20 +207,20 @@ impl Position {
 mod tests {
     use super::*;
 
-    fn origin_of(boot: &str, epoch: &str) -> Origin {
-        Origin {
+    fn set_of(boot: &str, epoch: &str) -> CounterSet {
+        CounterSet {
             boot_id: boot.into(),
             epoch: epoch.into(),
         }
     }
 
-    fn origin(epoch: &str) -> Origin {
-        origin_of("boot-1", epoch)
+    fn set_in_boot_1(epoch: &str) -> CounterSet {
+        set_of("boot-1", epoch)
     }
 
     fn reading(epoch: &str, sequence: i64, rx: i64, tx: i64) -> Reading {
         Reading {
-            origin: origin(epoch),
+            set: set_in_boot_1(epoch),
             generation: 0,
             starts_at_zero: true,
             sequence,
@@ -231,7 +231,7 @@ mod tests {
 
     fn at(epoch: &str, sequence: i64, rx: i64, tx: i64) -> Position {
         Position {
-            origin: Some(origin(epoch)),
+            set: Some(set_in_boot_1(epoch)),
             generation: 0,
             sequence,
             rx,
@@ -241,15 +241,15 @@ mod tests {
 
     /// `decide` for a node that followed only its current set.
     fn decide_now(position: &Position, reading: &Reading) -> Decision {
-        let followed = Followed::new(position.origin.iter().cloned().collect());
+        let followed = Followed::new(position.set.iter().cloned().collect());
         decide(position, &followed, reading)
     }
 
-    fn applied(download: i64, upload: i64, new_origin: bool) -> Decision {
+    fn applied(download: i64, upload: i64, new_set: bool) -> Decision {
         Decision::Apply {
             download,
             upload,
-            new_origin,
+            new_set,
         }
     }
 
@@ -265,7 +265,7 @@ mod tests {
         r.starts_at_zero = false;
         assert_eq!(decide_now(&Position::default(), &r), applied(0, 0, true));
         // A new boot with a baseline source: again only a baseline.
-        r.origin.boot_id = "boot-2".into();
+        r.set.boot_id = "boot-2".into();
         assert_eq!(decide_now(&at("e", 9, 1, 1), &r), applied(0, 0, true));
     }
 
@@ -337,14 +337,14 @@ mod tests {
         let p = at("e", 5_000, 100, 40);
         // The new boot's clock starts again: a small sequence.
         let mut r = reading("f", 3, 5, 5);
-        r.origin.boot_id = "boot-2".into();
+        r.set.boot_id = "boot-2".into();
         assert_eq!(decide_now(&p, &r), applied(5, 5, true));
     }
 
     #[test]
     fn a_set_or_boot_followed_before_never_counts_again() {
-        let mut followed = Followed::new(vec![origin("e1"), origin_of("boot-0", "z")]);
-        followed.add(origin("e2"));
+        let mut followed = Followed::new(vec![set_in_boot_1("e1"), set_of("boot-0", "z")]);
+        followed.add(set_in_boot_1("e2"));
         let p = at("e2", 500, 100, 40);
         // An earlier set of this boot, even with a later reading and a
         // higher generation.
@@ -356,7 +356,7 @@ mod tests {
         );
         // Any set of a boot that was left, even one never followed itself.
         let mut r = reading("y", 1, 1, 1);
-        r.origin.boot_id = "boot-0".into();
+        r.set.boot_id = "boot-0".into();
         r.generation = 99;
         assert_eq!(
             decide(&p, &followed, &r),
@@ -369,7 +369,7 @@ mod tests {
         let mut p = at("e", 500, 100, 40);
         p.generation = 7;
         let mut r = reading("f", 3, 5, 5);
-        r.origin.boot_id = "boot-2".into();
+        r.set.boot_id = "boot-2".into();
         // A new boot with a lower or equal generation: older, or an agent
         // that lost its state.
         for generation in [1, 6] {

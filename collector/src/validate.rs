@@ -7,7 +7,7 @@ use tally_proto::{
 };
 
 use crate::{
-    accounting::{Origin, Reading},
+    accounting::{CounterSet, Reading},
     error::Error,
 };
 
@@ -220,7 +220,7 @@ pub fn heartbeat(request: HeartbeatRequest, now_unix_ns: i64) -> Result<Heartbea
     }
     Ok(Heartbeat {
         reading: Reading {
-            origin: Origin {
+            set: CounterSet {
                 boot_id: request.boot_id,
                 epoch: request.epoch,
             },

@@ -19,7 +19,7 @@ use chrono::Utc;
 use proptest::prelude::*;
 use sqlx::{PgPool, Row as _};
 use tally_collector::{
-    accounting::{Origin, Reading, StaleReason},
+    accounting::{CounterSet, Reading, StaleReason},
     auth::{self, Credentials},
     db,
     devdb::TempCluster,
@@ -374,7 +374,7 @@ fn heartbeat(
     ];
     Heartbeat {
         reading: Reading {
-            origin: Origin {
+            set: CounterSet {
                 boot_id: format!("boot-{boot}"),
                 epoch: format!("epoch-{epoch}"),
             },

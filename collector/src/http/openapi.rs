@@ -134,6 +134,12 @@ pub fn document() -> OpenApi {
              * `event: anomaly`, data `{\"nodeId\", \"anomalyId\", \"status\": \
              \"accepted\"|\"discarded\", \"upload\", \"download\", \"credited\", \"traffic\"}`: \
              an admin decided a held anomaly;\n\
+             * `event: anomaly_held`, data `{\"nodeId\", \"interface\", \"upload\", \
+             \"download\"}`: a delta too large for its interface was held, not counted;\n\
+             * `event: stale`, data `{\"nodeId\", \"reason\", \"run\", \
+             \"staleHeartbeats\"}`: the node's last `run` (3) heartbeats in a row were \
+             answered STALE: nothing they carry is counted (sent once per run; the next applied \
+             heartbeat ends the run);\n\
              * `event: resync`: events may have been missed, fetch again.\n\n\
              Each event's data is one JSON object that also carries its name as `type`. \
              A `:` comment line every 15 s keeps the connection alive; the stream ends when the \

@@ -12,11 +12,11 @@
 //! nothing of the batch is stored or announced and every heartbeat in it
 //! gets a retryable error.
 
-mod origins;
+mod counter_sets;
 mod signals;
 mod write;
 
-pub use origins::KEPT_PER_NODE;
+pub use counter_sets::KEPT_PER_NODE;
 pub use signals::{STALE_RUN_FLAGGED, reason_name};
 pub use write::archive;
 
@@ -26,13 +26,13 @@ use chrono::{NaiveDateTime, Timelike as _};
 use sqlx::{PgConnection, Row as _};
 use tally_proto::v1::{Outcome, StaleReason};
 
-use self::{origins::Adopted, signals::Signals};
+use self::{counter_sets::Adopted, signals::Signals};
 use super::{
     boundary,
     entries::{self, Guard, Held, Positions, Previous},
 };
 use crate::{
-    accounting::{self, Decision, Followed, Origin, Position},
+    accounting::{self, CounterSet, Decision, Followed, Position},
     auth::{self, Credentials},
     billing::{self, Mode, Settings, Stored},
     error::Error,
@@ -210,7 +210,7 @@ pub async fn apply(
             .iter()
             .flat_map(|(id, _, change)| change.adopted.iter().map(|a| (id.as_str(), a)))
             .collect();
-        origins::record(&mut tx, &adopted, time.now).await?;
+        counter_sets::record(&mut tx, &adopted, time.now).await?;
         write::traffic(&mut tx, &changed, &time).await?;
         write::history(&mut tx, &changed, &time).await?;
         write::interfaces(&mut tx, &changed, &time).await?;
@@ -258,11 +258,11 @@ async fn lock_nodes<'a>(
     .await?;
     rows.into_iter()
         .map(|row| {
-            let origin = match (
+            let set = match (
                 row.try_get::<Option<String>, _>("bootId")?,
                 row.try_get::<Option<String>, _>("epoch")?,
             ) {
-                (Some(boot_id), Some(epoch)) => Some(Origin { boot_id, epoch }),
+                (Some(boot_id), Some(epoch)) => Some(CounterSet { boot_id, epoch }),
                 _ => None,
             };
             let id: String = row.try_get("id")?;
@@ -279,7 +279,7 @@ async fn lock_nodes<'a>(
                 token_hash: row.try_get("tokenHash")?,
                 settings,
                 position: Position {
-                    origin,
+                    set,
                     generation: row.try_get("generation")?,
                     sequence: row.try_get::<Option<i64>, _>("lastSequence")?.unwrap_or(0),
                     rx: row.try_get::<Option<i64>, _>("lastRxBytes")?.unwrap_or(0),
@@ -319,9 +319,9 @@ async fn load_followed(
     let mut ids: Vec<&str> = jobs
         .iter()
         .filter(|job| {
-            nodes.get(&job.credentials.node_id).is_some_and(|node| {
-                node.position.origin.as_ref() != Some(&job.heartbeat.reading.origin)
-            })
+            nodes
+                .get(&job.credentials.node_id)
+                .is_some_and(|node| node.position.set.as_ref() != Some(&job.heartbeat.reading.set))
         })
         .map(|job| job.credentials.node_id.as_str())
         .collect();
@@ -330,7 +330,7 @@ async fn load_followed(
     }
     ids.sort_unstable();
     ids.dedup();
-    for (id, followed) in origins::load(conn, &ids).await? {
+    for (id, followed) in counter_sets::load(conn, &ids).await? {
         if let Some(node) = nodes.get_mut(&id) {
             node.followed = Followed::new(followed);
         }
@@ -357,24 +357,22 @@ fn decide<'a>(
     let heartbeat = &job.heartbeat;
     let reading = &heartbeat.reading;
     let node_id = job.credentials.node_id.as_str();
-    let same_origin = node.position.origin.as_ref() == Some(&reading.origin);
+    let same_set = node.position.set.as_ref() == Some(&reading.set);
     let decision = accounting::decide(&node.position, &node.followed, reading);
-    if !matches!(decision, Decision::Backwards { .. }) {
-        node.signals.clock(node_id, heartbeat, time);
-    }
     let answer = |node: &Node, outcome, sequence, stale_reason| Applied {
         outcome,
         sequence,
         stale_reason,
         current_generation: node.position.generation,
     };
-    let (download, upload, new_origin) = match decision {
+    let (download, upload, new_set) = match decision {
         Decision::Apply {
             download,
             upload,
-            new_origin,
-        } => (download, upload, new_origin),
+            new_set,
+        } => (download, upload, new_set),
         Decision::Duplicate => {
+            node.signals.clock(node_id, heartbeat, time);
             node.signals.followed();
             let sequence = node.position.sequence;
             return Ok(answer(
@@ -385,27 +383,23 @@ fn decide<'a>(
             ));
         }
         Decision::Stale(reason) => {
+            node.signals.clock(node_id, heartbeat, time);
             if node.signals.stale(reason, time.now) {
                 stale_run(node_id, node, reading, outbox);
             }
-            let sequence = if same_origin {
-                node.position.sequence
-            } else {
-                0
-            };
+            let sequence = if same_set { node.position.sequence } else { 0 };
             return Ok(answer(node, Outcome::Stale, sequence, reason));
         }
         Decision::Backwards { what, last, now } => {
             return Err(Error::Backwards {
                 what,
-                epoch: reading.origin.epoch.clone(),
+                epoch: reading.set.epoch.clone(),
                 last,
                 now,
             });
         }
     };
-    node.signals.followed();
-    let (previous, elapsed_ns) = if new_origin {
+    let (previous, elapsed_ns) = if new_set {
         let previous = if reading.starts_at_zero {
             Previous::Zero
         } else {
@@ -467,6 +461,9 @@ fn decide<'a>(
     let usage_before = billing::usage(node.settings.mode, period_upload, period_download, 0);
     let period_upload = sum(period_upload, rest.0, "period upload")?;
     let period_download = sum(period_download, rest.1, "period download")?;
+    // Nothing below refuses the heartbeat: the node changes from here on.
+    node.signals.clock(node_id, heartbeat, time);
+    node.signals.followed();
     if ended.is_some() {
         node.period_upload = 0;
         node.period_download = 0;
@@ -481,8 +478,8 @@ fn decide<'a>(
     node.period_upload = period_upload;
     node.period_download = period_download;
     node.position.advance(reading);
-    if new_origin {
-        node.followed.add(reading.origin.clone());
+    if new_set {
+        node.followed.add(reading.set.clone());
     }
     node.positions = Some(Positions {
         sequence: reading.sequence,
@@ -505,7 +502,7 @@ fn decide<'a>(
         load: events::Load { one, five, fifteen },
         traffic: node.traffic(),
     });
-    let refresh = new_origin
+    let refresh = new_set
         || node
             .interfaces_at
             .is_none_or(|at| (time.now - at).to_std().unwrap_or_default() >= INTERFACE_REFRESH);
@@ -524,9 +521,9 @@ fn decide<'a>(
         adopted: Vec::new(),
         last: heartbeat,
     });
-    if new_origin {
+    if new_set {
         change.adopted.push(Adopted {
-            origin: &reading.origin,
+            set: &reading.set,
             generation: reading.generation,
             created_unix_ns: heartbeat.epoch_created_unix_ns,
         });
@@ -537,7 +534,7 @@ fn decide<'a>(
     change.ipv6 = add_pair(change.ipv6, counted.ipv6);
     change.heartbeats += 1;
     change.refresh_interfaces |= refresh;
-    change.new_epoch |= new_origin;
+    change.new_epoch |= new_set;
     change.closed.extend(closed);
     change.crossings.extend(crossings);
     change
@@ -578,8 +575,8 @@ fn stale_run(node_id: &str, node: &Node, reading: &accounting::Reading, outbox: 
         .unwrap_or_default();
     tracing::warn!(
         node = %node_id,
-        boot_id = %reading.origin.boot_id,
-        epoch = %reading.origin.epoch,
+        boot_id = %reading.set.boot_id,
+        epoch = %reading.set.epoch,
         generation = reading.generation,
         sequence = reading.sequence,
         reason,

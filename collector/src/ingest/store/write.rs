@@ -9,7 +9,7 @@ use sqlx::PgConnection;
 
 use super::{BatchTime, Change, Changed, Node};
 use crate::{
-    accounting::Origin,
+    accounting::CounterSet,
     billing::{self, rates},
     events::Outbox,
     quota,
@@ -25,7 +25,7 @@ pub(super) async fn nodes(
     let last =
         |f: fn(&Heartbeat) -> &str| -> Vec<&str> { changed.iter().map(|c| f(c.2.last)).collect() };
     let load = |i: usize| -> Vec<f64> { changed.iter().map(|c| c.2.last.load[i]).collect() };
-    let origins: Vec<&Origin> = changed.iter().map(|c| &c.2.last.reading.origin).collect();
+    let sets: Vec<&CounterSet> = changed.iter().map(|c| &c.2.last.reading.set).collect();
     let column = |f: fn(&Node) -> i64| -> Vec<i64> { changed.iter().map(|c| f(c.1)).collect() };
     sqlx::query(
         r#"UPDATE "nodes" AS n SET
@@ -62,13 +62,8 @@ pub(super) async fn nodes(
     .bind(load(0))
     .bind(load(1))
     .bind(load(2))
-    .bind(
-        origins
-            .iter()
-            .map(|o| o.boot_id.as_str())
-            .collect::<Vec<_>>(),
-    )
-    .bind(origins.iter().map(|o| o.epoch.as_str()).collect::<Vec<_>>())
+    .bind(sets.iter().map(|o| o.boot_id.as_str()).collect::<Vec<_>>())
+    .bind(sets.iter().map(|o| o.epoch.as_str()).collect::<Vec<_>>())
     .bind(
         changed
             .iter()

@@ -1,4 +1,4 @@
-//! The counter sets the collector followed for each node (`node_origins`):
+//! The counter sets the collector followed for each node (`counter_sets`):
 //! what rule 1 of the order of counter sets needs ("a set or a boot
 //! followed before never counts again"). A row is added when a set is
 //! first applied; the newest [`KEPT_PER_NODE`] are kept per node, so that a
@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use chrono::NaiveDateTime;
 use sqlx::{PgConnection, Row as _};
 
-use crate::accounting::Origin;
+use crate::accounting::CounterSet;
 
 /// Counter sets kept per node (years of daily reboots need far fewer to
 /// decide; an older set's boot is then judged by the other rules).
@@ -18,7 +18,7 @@ pub const KEPT_PER_NODE: i64 = 64;
 /// A counter set first applied in a batch.
 #[derive(Debug, Clone)]
 pub(super) struct Adopted<'a> {
-    pub origin: &'a Origin,
+    pub set: &'a CounterSet,
     pub generation: i64,
     /// When the epoch began by the node's clock (informational).
     pub created_unix_ns: i64,
@@ -28,13 +28,13 @@ pub(super) struct Adopted<'a> {
 pub(super) async fn load(
     conn: &mut PgConnection,
     ids: &[&str],
-) -> Result<HashMap<String, Vec<Origin>>, sqlx::Error> {
-    let mut followed: HashMap<String, Vec<Origin>> = HashMap::new();
+) -> Result<HashMap<String, Vec<CounterSet>>, sqlx::Error> {
+    let mut followed: HashMap<String, Vec<CounterSet>> = HashMap::new();
     if ids.is_empty() {
         return Ok(followed);
     }
     let rows = sqlx::query(
-        r#"SELECT "nodeId", "bootId", "epoch" FROM "node_origins" WHERE "nodeId" = ANY($1)"#,
+        r#"SELECT "nodeId", "bootId", "epoch" FROM "counter_sets" WHERE "nodeId" = ANY($1)"#,
     )
     .bind(ids)
     .fetch_all(conn)
@@ -43,7 +43,7 @@ pub(super) async fn load(
         followed
             .entry(row.try_get("nodeId")?)
             .or_default()
-            .push(Origin {
+            .push(CounterSet {
                 boot_id: row.try_get("bootId")?,
                 epoch: row.try_get("epoch")?,
             });
@@ -63,7 +63,7 @@ pub(super) async fn record(
     }
     // WITH ORDINALITY keeps the batch's order in the serial ids.
     sqlx::query(
-        r#"INSERT INTO "node_origins"
+        r#"INSERT INTO "counter_sets"
              ("nodeId", "bootId", "epoch", "generation", "epochCreatedAt", "followedAt")
            SELECT u.id, u.boot, u.epoch, u.generation, u.created, $1
            FROM UNNEST($2::text[], $3::text[], $4::text[], $5::int8[], $6::int8[])
@@ -76,13 +76,13 @@ pub(super) async fn record(
     .bind(
         adopted
             .iter()
-            .map(|a| a.1.origin.boot_id.as_str())
+            .map(|a| a.1.set.boot_id.as_str())
             .collect::<Vec<_>>(),
     )
     .bind(
         adopted
             .iter()
-            .map(|a| a.1.origin.epoch.as_str())
+            .map(|a| a.1.set.epoch.as_str())
             .collect::<Vec<_>>(),
     )
     .bind(adopted.iter().map(|a| a.1.generation).collect::<Vec<_>>())
@@ -98,9 +98,9 @@ pub(super) async fn record(
     ids.sort_unstable();
     ids.dedup();
     sqlx::query(
-        r#"DELETE FROM "node_origins" o USING (
+        r#"DELETE FROM "counter_sets" o USING (
              SELECT "id", row_number() OVER (PARTITION BY "nodeId" ORDER BY "id" DESC) AS "newest"
-             FROM "node_origins" WHERE "nodeId" = ANY($1)
+             FROM "counter_sets" WHERE "nodeId" = ANY($1)
            ) r
            WHERE o."id" = r."id" AND r."newest" > $2"#,
     )
