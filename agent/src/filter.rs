@@ -19,10 +19,7 @@ pub struct IfaceFilter {
     exclude: Vec<Pattern>,
 }
 
-/// Is this a loopback interface? (`lo`, and by the seed's rule every `lo*`.)
-pub fn is_loopback(name: &str) -> bool {
-    name.starts_with("lo")
-}
+pub use tally_proto::is_loopback;
 
 fn compile(patterns: &[String]) -> Result<Vec<Pattern>, PatternError> {
     patterns

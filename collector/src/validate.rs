@@ -73,6 +73,12 @@ pub fn kind_name(kind: LinkKind) -> &'static str {
 }
 
 impl Interface {
+    /// A loopback interface (`lo*`): shown, never counted
+    /// ([`tally_proto::is_loopback`]).
+    pub fn loopback(&self) -> bool {
+        tally_proto::is_loopback(&self.name)
+    }
+
     /// Adds `other` (an entry of the same name) into this one; the merged
     /// entry is attached when either is. Sums of checked heartbeats fit.
     pub fn merge(&mut self, other: &Interface) {
@@ -210,12 +216,14 @@ pub fn heartbeat(request: HeartbeatRequest, now_unix_ns: i64) -> Result<Heartbea
                 interface.name
             )));
         }
-        rx = rx
-            .checked_add(interface.rx_bytes)
-            .ok_or_else(|| invalid("the rx_bytes sum exceeds 2^63 - 1"))?;
-        tx = tx
-            .checked_add(interface.tx_bytes)
-            .ok_or_else(|| invalid("the tx_bytes sum exceeds 2^63 - 1"))?;
+        if !interface.loopback() {
+            rx = rx
+                .checked_add(interface.rx_bytes)
+                .ok_or_else(|| invalid("the rx_bytes sum exceeds 2^63 - 1"))?;
+            tx = tx
+                .checked_add(interface.tx_bytes)
+                .ok_or_else(|| invalid("the tx_bytes sum exceeds 2^63 - 1"))?;
+        }
         interfaces.push(interface);
     }
     Ok(Heartbeat {
@@ -243,11 +251,20 @@ pub fn heartbeat(request: HeartbeatRequest, now_unix_ns: i64) -> Result<Heartbea
     })
 }
 
+/// A text field: at most `max` bytes, and no control character (NUL among
+/// them, which PostgreSQL refuses in text: one node's NUL must not fail a
+/// batch of other nodes' heartbeats).
 fn bounded(what: &str, value: &str, max: usize) -> Result<(), Error> {
     if value.len() > max {
         return Err(invalid(format!(
             "{what} is {} bytes long (at most {max})",
             value.len()
+        )));
+    }
+    if let Some(control) = value.chars().find(|c| c.is_control()) {
+        return Err(invalid(format!(
+            "{what} contains the control character U+{:04X}",
+            u32::from(control)
         )));
     }
     Ok(())
@@ -332,6 +349,35 @@ mod tests {
             .map(|_| iface("x", 0, 0))
             .collect();
         assert!(refused(r).contains("interfaces (at most"));
+    }
+
+    #[test]
+    fn control_characters_are_refused_in_every_text_field() {
+        type Field = fn(&mut HeartbeatRequest) -> &mut String;
+        let fields: [(&str, Field); 7] = [
+            ("boot_id", |r| &mut r.boot_id),
+            ("epoch", |r| &mut r.epoch),
+            ("hostname", |r| &mut r.hostname),
+            ("kernel_release", |r| &mut r.kernel_release),
+            ("agent_version", |r| &mut r.agent_version),
+            ("source", |r| &mut r.source),
+            ("interface name", |r| &mut r.interfaces[1].name),
+        ];
+        for (what, field) in fields {
+            for control in ['\0', '\n', '\x7f', '\u{85}'] {
+                let mut r = request();
+                field(&mut r).push(control);
+                let message = refused(r);
+                assert!(
+                    message.starts_with(what) && message.contains("control character U+"),
+                    "{what}: {message}"
+                );
+            }
+        }
+        // Other characters are fine, multi-byte ones too.
+        let mut r = request();
+        r.hostname = "hôte-ünïcode".into();
+        heartbeat(r, NOW).expect("valid");
     }
 
     #[test]

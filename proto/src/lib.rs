@@ -1,6 +1,8 @@
 //! tally's gRPC contract, `tally.v1` (see `proto/tally/v1/heartbeat.proto`,
 //! where every field is documented).
 
+pub mod codec;
+
 /// The `tally.v1` package: messages, the `Heartbeat` client and server.
 pub mod v1 {
     #![allow(clippy::all, missing_docs)]
@@ -30,6 +32,14 @@ impl v1::LinkKind {
     }
 }
 
+/// The contract's loopback rule: an interface whose name begins with `lo`
+/// (`lo`, and by the seed's rule every `lo*`) is loopback. Agents never
+/// count one; a collector never sums one into a node's traffic, whoever
+/// sent it.
+pub fn is_loopback(interface_name: &str) -> bool {
+    interface_name.starts_with("lo")
+}
+
 /// Limits every heartbeat is checked against (the contract's numbers).
 pub mod limits {
     /// Most interface entries in one heartbeat.
@@ -48,8 +58,94 @@ pub mod limits {
     pub const MAX_AGENT_VERSION: usize = 64;
     /// Longest source name, in bytes.
     pub const MAX_SOURCE: usize = 16;
-    /// Largest encoded heartbeat the collector decodes (16,385 entries fit).
-    pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+    /// The most bytes one interface entry of a valid heartbeat takes on
+    /// the wire, with its tag and length: a 16-byte name, ifindex, master
+    /// and link at their largest, four counters and two families of four
+    /// at 2^63 - 1, the state, kind and default route.
+    pub const MAX_ENTRY_BYTES: usize = 169;
+    /// The most bytes the other fields of a valid heartbeat take: the ids,
+    /// names and versions at their longest, every number at its largest.
+    pub const MAX_FIELDS_BYTES: usize = 804;
+    /// Room for fields a newer agent may add (fields are only ever added
+    /// within v1), so that an older collector still takes its heartbeats.
+    pub const ROOM_FOR_NEW_FIELDS: usize = 64 * 1024;
+    /// Largest encoded heartbeat the collector decodes: the largest valid
+    /// one, and room for new fields (about 2.7 MiB).
+    pub const MAX_MESSAGE_BYTES: usize =
+        MAX_INTERFACES * MAX_ENTRY_BYTES + MAX_FIELDS_BYTES + ROOM_FOR_NEW_FIELDS;
     /// The shortest heartbeat interval an agent uses, in milliseconds.
     pub const MIN_INTERVAL_MS: u32 = 1_000;
+}
+
+#[cfg(test)]
+mod tests {
+    use prost::Message as _;
+
+    use super::{limits, v1};
+
+    /// A heartbeat at every limit of the contract.
+    fn largest() -> v1::HeartbeatRequest {
+        let max = i64::MAX as u64;
+        let family = v1::FamilyCounters {
+            rx_bytes: max,
+            rx_packets: max,
+            tx_bytes: max,
+            tx_packets: max,
+        };
+        let entry = v1::InterfaceCounters {
+            name: "x".repeat(limits::MAX_INTERFACE_NAME),
+            ifindex: u32::MAX,
+            rx_bytes: max,
+            rx_packets: max,
+            tx_bytes: max,
+            tx_packets: max,
+            state: v1::InterfaceState::Retired as i32,
+            kind: v1::LinkKind::Other as i32,
+            default_route: true,
+            ipv4: Some(family),
+            ipv6: Some(family),
+            master_ifindex: u32::MAX,
+            link_ifindex: u32::MAX,
+        };
+        v1::HeartbeatRequest {
+            boot_id: "b".repeat(limits::MAX_BOOT_ID),
+            epoch: "e".repeat(limits::MAX_EPOCH),
+            epoch_created_unix_ns: max,
+            counters_start_at_zero: true,
+            sequence: max,
+            agent_time_unix_ns: max,
+            interfaces: vec![entry; limits::MAX_INTERFACES],
+            load: Some(v1::LoadAverage {
+                one: f64::MAX,
+                five: f64::MAX,
+                fifteen: f64::MAX,
+            }),
+            hostname: "h".repeat(limits::MAX_HOSTNAME),
+            kernel_release: "k".repeat(limits::MAX_KERNEL_RELEASE),
+            agent_version: "a".repeat(limits::MAX_AGENT_VERSION),
+            source: "s".repeat(limits::MAX_SOURCE),
+            last_of_boot: true,
+            generation: max,
+        }
+    }
+
+    #[test]
+    fn the_message_limit_is_what_the_largest_valid_heartbeat_takes() {
+        let heartbeat = largest();
+        let entry = heartbeat.interfaces[0].encoded_len();
+        assert_eq!(
+            entry + 1 + prost::length_delimiter_len(entry),
+            limits::MAX_ENTRY_BYTES
+        );
+        let fields = v1::HeartbeatRequest {
+            interfaces: Vec::new(),
+            ..heartbeat.clone()
+        }
+        .encoded_len();
+        assert_eq!(fields, limits::MAX_FIELDS_BYTES);
+        assert_eq!(
+            heartbeat.encoded_len() + limits::ROOM_FOR_NEW_FIELDS,
+            limits::MAX_MESSAGE_BYTES
+        );
+    }
 }

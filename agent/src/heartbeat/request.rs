@@ -120,11 +120,17 @@ fn state(counters: &InterfaceCounters) -> InterfaceState {
     }
 }
 
-/// At most `max` bytes, cut at a character boundary (names the kernel gives
-/// are far shorter; this only keeps a heartbeat within the contract).
+/// `text` within the contract: control characters (which the collector
+/// refuses, and which a host or interface name may hold) replaced by `?`,
+/// at most `max` bytes, cut at a character boundary (names the kernel
+/// gives are far shorter).
 fn clip(text: &str, max: usize) -> String {
+    let text: String = text
+        .chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect();
     if text.len() <= max {
-        return text.to_owned();
+        return text;
     }
     let mut end = max;
     while !text.is_char_boundary(end) {
@@ -317,6 +323,11 @@ mod tests {
         assert!(request.hostname.len() <= limits::MAX_HOSTNAME);
         assert_eq!(request.hostname.len(), 252, "cut at a character boundary");
         assert_eq!(clip("eth0", 16), "eth0");
+        assert_eq!(
+            clip("et\0h\n0\u{85}", 16),
+            "et?h?0?",
+            "no control character"
+        );
     }
 
     #[test]

@@ -52,6 +52,7 @@ impl Positions {
         Self {
             entries: interfaces
                 .iter()
+                .filter(|i| !i.loopback())
                 .map(|i| Position {
                     name: i.name.clone(),
                     ifindex: i.ifindex,
@@ -155,7 +156,7 @@ pub fn count(
     };
     let (mut rule_down, mut rule_up) = (0i64, 0i64);
     for (index, entry) in interfaces.iter().enumerate() {
-        if entry.state == "retired" {
+        if entry.state == "retired" || entry.loopback() {
             continue;
         }
         let before = match previous {
@@ -219,7 +220,7 @@ pub fn uplinks(interfaces: &[Interface]) -> HashSet<usize> {
     let live: Vec<(usize, &Interface)> = interfaces
         .iter()
         .enumerate()
-        .filter(|(_, i)| i.state != "retired" && i.ifindex > 0)
+        .filter(|(_, i)| i.state != "retired" && i.ifindex > 0 && !i.loopback())
         .collect();
     // Which interfaces are stacked on each one (its master; a vlan on it).
     let mut above: HashMap<i64, Vec<i64>> = HashMap::new();

@@ -182,7 +182,7 @@ async fn write_batch(
     let result = match pool.acquire().await {
         Ok(mut conn) => {
             let began = Instant::now();
-            store::apply(&mut conn, &jobs, time)
+            apply_isolating(&mut conn, &jobs, time)
                 .await
                 .map(|results| (results, began.elapsed()))
         }
@@ -213,6 +213,47 @@ async fn write_batch(
                 let _ = reply.send(Err(Error::BatchFailed(message.clone())));
             }
         }
+    }
+}
+
+/// Applies `jobs` in one transaction; when a statement fails on what one
+/// heartbeat carries (a data or constraint error the checks before did not
+/// catch), the halves are applied apart, down to the heartbeat at fault,
+/// which alone is refused: one node's bad input never fails another's. Any
+/// other failure (connection, timeout) fails the whole batch.
+pub async fn apply_isolating(
+    conn: &mut sqlx::PgConnection,
+    jobs: &[Job],
+    time: BatchTime,
+) -> Result<Vec<Result<Applied, Error>>, sqlx::Error> {
+    match store::apply(conn, jobs, time).await {
+        Ok(results) => Ok(results),
+        Err(error) if caused_by_data(&error) && jobs.len() > 1 => {
+            tracing::warn!(heartbeats = jobs.len(), %error, "a batch failed on a heartbeat's data; applying its halves apart");
+            let (left, right) = jobs.split_at(jobs.len() / 2);
+            let mut results = Box::pin(apply_isolating(conn, left, time)).await?;
+            results.extend(Box::pin(apply_isolating(conn, right, time)).await?);
+            Ok(results)
+        }
+        Err(error) if caused_by_data(&error) => {
+            let node = jobs.first().map(|j| j.credentials.node_id.as_str());
+            tracing::warn!(node, %error, "the database refused a heartbeat's data; it is refused");
+            Ok(vec![Err(Error::Invalid(
+                "the database refused what the heartbeat carries".to_owned(),
+            ))])
+        }
+        Err(error) => Err(error),
+    }
+}
+
+/// Whether a failed statement failed on the values it was given (SQLSTATE
+/// classes 22, data exception, and 23, integrity constraint violation).
+fn caused_by_data(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Database(e) => e
+            .code()
+            .is_some_and(|code| code.starts_with("22") || code.starts_with("23")),
+        _ => false,
     }
 }
 

@@ -1169,6 +1169,8 @@
 
   /** Whether the node's count rule counts an interface's traffic. */
   function isCounted(rule, iface) {
+    // Loopback (`lo*`) is shown, never counted, whatever the rule.
+    if (iface.name.startsWith('lo')) return false;
     if (rule !== 'uplink') return true;
     return iface.state !== 'retired' && (iface.kind === 'physical' || iface.defaultRoute === true);
   }
@@ -1353,7 +1355,11 @@
       row.dataset.interface = iface.name;
       const counted = isCounted(rule, iface);
       row.dataset.counted = String(counted);
-      if (!counted) row.title = 'Not counted: this node counts physical interfaces and uplinks only';
+      if (!counted) {
+        row.title = iface.name.startsWith('lo')
+          ? 'Not counted: loopback traffic never leaves the node'
+          : 'Not counted: this node counts physical interfaces and uplinks only';
+      }
       const name = element('th', 'iface-name');
       name.scope = 'row';
       name.dataset.field = 'name';

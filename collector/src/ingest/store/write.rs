@@ -217,7 +217,10 @@ pub(super) async fn interfaces(
     let family = |f: fn(&Interface) -> Option<i64>| -> Vec<Option<i64>> {
         rows.iter().map(|r| f(r.1)).collect()
     };
-    interface_history(conn, &refreshed, &rows, time).await?;
+    // Loopback rows are shown, never counted: no history of theirs.
+    let counted: Vec<(&str, &Interface)> =
+        rows.iter().filter(|r| !r.1.loopback()).copied().collect();
+    interface_history(conn, &refreshed, &counted, time).await?;
     sqlx::query(
         r#"INSERT INTO "interface_stats"
              ("nodeId", "name", "ifindex", "state", "rxBytes", "rxPackets", "txBytes",

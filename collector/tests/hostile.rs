@@ -1,0 +1,326 @@
+//! The collector against hostile and careless clients (issue 12), with a
+//! real collector and PostgreSQL: one node's bad input never touches
+//! another node, a message that does not decode is the caller's fault
+//! (`INVALID_ARGUMENT`), a heartbeat with more entries than the contract
+//! allows is refused before they are decoded, and a statement that fails
+//! on one heartbeat's data refuses that one alone.
+
+mod common;
+
+use std::time::Duration;
+
+use chrono::Utc;
+use common::fleet::{self, Fleet};
+use tally_collector::{
+    auth,
+    ingest::{self, BatchTime, Job},
+    validate,
+};
+use tally_proto::v1::{HeartbeatReply, HeartbeatRequest, InterfaceCounters, Outcome};
+use tonic::{Code, codegen::http::uri::PathAndQuery, transport::Channel};
+
+/// A `HeartbeatRequest` whose text fields are bytes: what a client that
+/// does not check UTF-8 (or a hostile one) can put on the wire.
+#[derive(Clone, PartialEq, prost::Message)]
+struct RawHeartbeat {
+    #[prost(bytes = "vec", tag = "1")]
+    boot_id: Vec<u8>,
+    #[prost(bytes = "vec", tag = "2")]
+    epoch: Vec<u8>,
+    #[prost(uint64, tag = "5")]
+    sequence: u64,
+    #[prost(bytes = "vec", tag = "9")]
+    hostname: Vec<u8>,
+}
+
+/// Sends `raw` as a `Send` call with `token`.
+async fn send_raw(
+    channel: Channel,
+    token: &str,
+    raw: RawHeartbeat,
+) -> Result<HeartbeatReply, tonic::Status> {
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.expect("ready");
+    let mut request = tonic::Request::new(raw);
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("metadata"),
+    );
+    let codec = tonic_prost::ProstCodec::<RawHeartbeat, HeartbeatReply>::default();
+    grpc.unary(
+        request,
+        PathAndQuery::from_static("/tally.v1.Heartbeat/Send"),
+        codec,
+    )
+    .await
+    .map(tonic::Response::into_inner)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_that_does_not_decode_is_an_invalid_argument() {
+    let Some(fleet) = Fleet::start("hostile_decode").await else {
+        return;
+    };
+    let (node, server, _) = fleet.served_node("n", None).await;
+    let channel = Channel::from_shared(format!("http://{}", server.address))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect");
+    let before = fleet.snapshot(&node.id).await;
+    let raw = RawHeartbeat {
+        boot_id: b"boot".to_vec(),
+        epoch: b"epoch".to_vec(),
+        sequence: 1,
+        hostname: vec![b'h', 0xff, 0xfe],
+    };
+    let status = send_raw(channel, &node.token, raw)
+        .await
+        .expect_err("not UTF-8");
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("does not decode"), "{status:?}");
+    assert_eq!(fleet.snapshot(&node.id).await, before, "nothing stored");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_entries_than_the_contract_allows_are_refused_before_decoding() {
+    let Some(fleet) = Fleet::start("hostile_entries").await else {
+        return;
+    };
+    let (node, _server, mut client) = fleet.served_node("n", None).await;
+    let mut heartbeat = fleet::heartbeat("e", 1, 10, 10);
+    // Empty entries: 2 bytes each on the wire.
+    heartbeat.interfaces = vec![InterfaceCounters::default(); 200_000];
+    let status = fleet::send(&mut client, Some(&node.token), heartbeat)
+        .await
+        .expect_err("too many");
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(
+        status
+            .message()
+            .contains("200000 interface entries (at most 16385): not decoded"),
+        "{status:?}"
+    );
+}
+
+/// A node sending heartbeats with a NUL in its host name, an interface
+/// name or its epoch, in a tight loop, while a thousand others report:
+/// every one of theirs is applied, every bad one refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_nodes_bad_input_never_fails_another_nodes_heartbeats() {
+    let Some(fleet) = Fleet::start("hostile_nul").await else {
+        return;
+    };
+    const NODES: usize = 1000;
+    let server = fleet.serve_here().await;
+    let mut nodes = Vec::with_capacity(NODES);
+    for i in 0..NODES {
+        nodes.push(fleet.add_node(&format!("good-{i}")).await);
+    }
+    let bad = fleet.add_node("bad").await;
+    let channels: Vec<_> = {
+        let mut channels = Vec::new();
+        for _ in 0..8 {
+            channels.push(fleet::client(server.address).await);
+        }
+        channels
+    };
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let attacker = {
+        let mut client = channels[0].clone();
+        let token = bad.token.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut refused = 0u64;
+            let mut sequence = 1;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let mut heartbeat = fleet::heartbeat("e", sequence, sequence, sequence);
+                match sequence % 3 {
+                    0 => heartbeat.hostname = "evil\0host".into(),
+                    1 => heartbeat.interfaces[0].name = "eth\0".into(),
+                    _ => heartbeat.epoch = "e\0".into(),
+                }
+                sequence += 1;
+                let status = fleet::send(&mut client, Some(&token), heartbeat)
+                    .await
+                    .expect_err("refused");
+                assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+                assert!(status.message().contains("control character"), "{status:?}");
+                refused += 1;
+            }
+            refused
+        })
+    };
+    for round in 1..=3u64 {
+        let mut sends = Vec::with_capacity(NODES);
+        for (i, node) in nodes.iter().enumerate() {
+            let mut client = channels[i % channels.len()].clone();
+            let token = node.token.clone();
+            sends.push(tokio::spawn(async move {
+                fleet::send(
+                    &mut client,
+                    Some(&token),
+                    fleet::heartbeat("e", round, round * 100, round * 10),
+                )
+                .await
+            }));
+        }
+        for send in sends {
+            let reply = send
+                .await
+                .expect("task")
+                .expect("a good heartbeat is taken");
+            assert_eq!(reply.outcome(), Outcome::Applied);
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let refused = attacker.await.expect("attacker");
+    assert!(refused > 10, "the bad node kept sending: {refused}");
+    let totals: Vec<(i64, i64)> = sqlx::query_as(
+        r#"SELECT t."totalDownload", t."totalUpload" FROM "traffic_stats" t
+           JOIN "nodes" n ON n."id" = t."nodeId" WHERE n."name" LIKE 'good-%'"#,
+    )
+    .fetch_all(&fleet.pool)
+    .await
+    .expect("totals");
+    assert_eq!(totals.len(), NODES);
+    assert!(
+        totals.iter().all(|t| *t == (300, 30)),
+        "every good node exact"
+    );
+    assert_eq!(
+        fleet.totals(&bad.id).await,
+        (0, 0, 0, 0),
+        "nothing of the bad one"
+    );
+}
+
+/// The backstop behind validation: a batch whose statement fails on one
+/// heartbeat's data (here a NUL, which PostgreSQL refuses in text, put past
+/// the checks) is applied in halves, and only that heartbeat is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_failing_on_one_heartbeat_refuses_that_one_alone() {
+    let Some(fleet) = Fleet::start("hostile_isolate").await else {
+        return;
+    };
+    let mut jobs = Vec::new();
+    let mut ids = Vec::new();
+    for i in 0..7u64 {
+        let node = fleet.add_node(&format!("n{i}")).await;
+        let request: HeartbeatRequest = fleet::heartbeat("e", 1, 100 + i, 10);
+        let mut heartbeat = validate::heartbeat(request, i64::MAX / 2).expect("valid");
+        if i == 4 {
+            heartbeat.hostname = "bad\0name".into();
+        }
+        jobs.push(Job {
+            credentials: auth::from_bearer(Some(&format!("Bearer {}", node.token))).expect("token"),
+            heartbeat,
+        });
+        ids.push(node.id);
+    }
+    let mut conn = fleet.pool.acquire().await.expect("connection");
+    let time = BatchTime::new(Utc::now().naive_utc(), None);
+    let results = tokio::time::timeout(
+        Duration::from_secs(30),
+        ingest::apply_isolating(&mut conn, &jobs, time),
+    )
+    .await
+    .expect("in time")
+    .expect("the batch is not failed as a whole");
+    for (i, result) in results.iter().enumerate() {
+        if i == 4 {
+            let error = result.as_ref().expect_err("the bad one is refused");
+            assert!(
+                matches!(error, tally_collector::error::Error::Invalid(_)),
+                "{error:?}"
+            );
+            assert_eq!(fleet.totals(&ids[i]).await.0, 0);
+        } else {
+            assert_eq!(
+                result.as_ref().expect("applied").outcome,
+                Outcome::Applied,
+                "{i}"
+            );
+            assert_eq!(fleet.totals(&ids[i]).await.0, 100 + i as i64, "{i}");
+        }
+    }
+}
+
+/// A heartbeat that names a loopback interface (no tally agent sends one;
+/// an old or third-party one may): stored and shown, never summed into the
+/// totals, periods, families or history, under either counting rule.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loopback_entry_is_shown_and_never_counted() {
+    let Some(fleet) = Fleet::start("hostile_loopback").await else {
+        return;
+    };
+    let server = fleet.serve_here().await;
+    let mut client = fleet::client(server.address).await;
+    let api = common::http::Client::new(server.http_address);
+    for rule in ["all", "uplink"] {
+        let node = fleet.add_node(&format!("with-lo-{rule}")).await;
+        fleet
+            .set_node_settings(&node.id, &format!(r#""countRule" = '{rule}'"#))
+            .await;
+        let with_loopback = |sequence: u64, lo_bytes: u64| {
+            let mut heartbeat = fleet::heartbeat("e", sequence, sequence * 100, sequence * 10);
+            heartbeat.interfaces[0].default_route = true;
+            let mut lo = heartbeat.interfaces[0].clone();
+            lo.name = "lo".into();
+            lo.ifindex = 1;
+            lo.rx_bytes = lo_bytes;
+            lo.tx_bytes = lo_bytes;
+            lo.ipv4 = Some(tally_proto::v1::FamilyCounters {
+                rx_bytes: lo_bytes,
+                rx_packets: 1,
+                tx_bytes: lo_bytes,
+                tx_packets: 1,
+            });
+            heartbeat.interfaces.push(lo);
+            heartbeat
+        };
+        for (sequence, lo_bytes) in [(1, 5_000), (2, 50_000)] {
+            let reply = fleet::send(
+                &mut client,
+                Some(&node.token),
+                with_loopback(sequence, lo_bytes),
+            )
+            .await
+            .expect("taken");
+            assert_eq!(reply.outcome(), Outcome::Applied);
+        }
+        // eth0 (routed) and eth1 (hardware) count under either rule; lo,
+        // though it claims a default route, never.
+        let expected = (200, 20);
+        let (down, up, period_down, period_up) = fleet.totals(&node.id).await;
+        assert_eq!((down, up), expected, "{rule}");
+        assert_eq!((period_down, period_up), expected, "{rule}");
+        let (history_down, history_up, families): (i64, i64, i64) = sqlx::query_as(
+            r#"SELECT (SELECT sum("download")::int8 FROM "node_history" WHERE "nodeId" = $1),
+                      (SELECT sum("upload")::int8 FROM "node_history" WHERE "nodeId" = $1),
+                      (SELECT "ipv4Upload" + "ipv4Download" FROM "nodes" WHERE "id" = $1)"#,
+        )
+        .bind(&node.id)
+        .fetch_one(&fleet.pool)
+        .await
+        .expect("history");
+        assert_eq!((history_down, history_up), expected, "{rule}: history");
+        assert_eq!(families, 0, "{rule}: no address family of lo");
+        let lo_history: i64 = sqlx::query_scalar(
+            r#"SELECT count(*) FROM "interface_history" WHERE "nodeId" = $1 AND "name" = 'lo'"#,
+        )
+        .bind(&node.id)
+        .fetch_one(&fleet.pool)
+        .await
+        .expect("interface history");
+        assert_eq!(lo_history, 0, "{rule}: no interface history of lo");
+        let shown = api.get(&format!("/api/v1/nodes/{}", node.id)).await;
+        let names: Vec<&str> = shown.json["interfaces"]
+            .as_array()
+            .expect("interfaces")
+            .iter()
+            .filter_map(|i| i["name"].as_str())
+            .collect();
+        assert!(names.contains(&"lo"), "{rule}: shown: {}", shown.body);
+    }
+}
