@@ -1,5 +1,7 @@
-//! The `tally.v1.Heartbeat` service.
+//! The `tally.v1.Heartbeat` service, behind its token check
+//! ([`authenticate`]).
 
+pub mod authenticate;
 mod stream;
 
 use std::{
@@ -79,8 +81,12 @@ impl Heartbeat for HeartbeatService {
     }
 }
 
-/// The credentials in a call's `authorization` metadata.
+/// The credentials [`authenticate`] admitted the call with, or (without
+/// that interceptor in front) the ones in its `authorization` metadata.
 fn credentials<T>(request: &Request<T>) -> Result<Credentials, Status> {
+    if let Some(credentials) = request.extensions().get::<Credentials>() {
+        return Ok(credentials.clone());
+    }
     let value = request
         .metadata()
         .get("authorization")

@@ -16,6 +16,7 @@ pub mod grpc;
 pub mod http;
 pub mod ingest;
 pub mod metrics;
+pub mod node_tokens;
 pub mod nodes;
 pub mod period;
 pub mod quota;

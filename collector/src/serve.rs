@@ -1,4 +1,5 @@
-//! `tally-collector serve`: the gRPC node channel and, in one process, the
+//! `tally-collector serve`: the gRPC node channel (behind the in-memory
+//! token check, kept current by the live events) and, in one process, the
 //! HTTP side with the live-event listener that feeds its event stream, plus
 //! the periodic upkeep: scheduled period resets of quiet nodes and history
 //! retention.
@@ -14,10 +15,11 @@ use tonic::transport::{Identity, Server, ServerTlsConfig, server::TcpIncoming};
 
 use crate::{
     events,
-    grpc::HeartbeatService,
+    grpc::{HeartbeatService, authenticate::Gate},
     http,
     ingest::{self, Ingest, LatencyLog},
     metrics::Metrics,
+    node_tokens::NodeTokens,
     period::{self, Schedule},
     quota, webhook,
 };
@@ -112,16 +114,24 @@ pub async fn serve(
     let quotas = quota::Config {
         webhook: options.webhook.is_some(),
     };
-    // Live events are only for the HTTP side's subscribers: without it,
-    // nothing here listens (heartbeats are announced all the same, for
-    // other replicas).
-    let (http, listener) = match listeners.http {
+    // The nodes' tokens, checked before a heartbeat is decoded; kept
+    // current by the live events (nodes enrolled and removed anywhere).
+    let tokens = NodeTokens::load(&pool)
+        .await
+        .context("cannot read the nodes' tokens")?;
+    tracing::info!(nodes = tokens.len(), "node tokens loaded");
+    let following = tokio::spawn(Arc::clone(&tokens).follow(
+        pool.clone(),
+        hub.subscribe(),
+        stopping_rx.clone(),
+    ));
+    let listener = tokio::spawn(events::listen(
+        pool.clone(),
+        hub.clone(),
+        stopping_rx.clone(),
+    ));
+    let http = match listeners.http {
         Some(listener) => {
-            let events = tokio::spawn(events::listen(
-                pool.clone(),
-                hub.clone(),
-                stopping_rx.clone(),
-            ));
             let http = spawn_http(
                 http::AppState {
                     pool: pool.clone(),
@@ -135,9 +145,9 @@ pub async fn serve(
                 listener,
                 options.ingest.schedule,
             )?;
-            (Some(http), Some(events))
+            Some(http)
         }
-        None => (None, None),
+        None => None,
     };
     let upkeep = tokio::spawn(upkeep(
         pool.clone(),
@@ -150,17 +160,22 @@ pub async fn serve(
         max_clock_skew: options.max_clock_skew,
         ..options.ingest.clone()
     };
+    let pool_for_lookups = pool.clone();
     let ingest = Ingest::start(pool, ingest, latencies, metrics.clone());
     let interval_ms = options
         .heartbeat_interval
         .map_or(0, |d| u32::try_from(d.as_millis()).unwrap_or(u32::MAX));
-    let service = HeartbeatServer::new(HeartbeatService::new(
-        ingest,
-        interval_ms,
-        stopping_rx,
-        metrics,
-    ))
-    .max_decoding_message_size(limits::MAX_MESSAGE_BYTES);
+    // Tokens are checked (in memory) before anything of a call is decoded.
+    let gate = Gate::new(tokens, pool_for_lookups, metrics.clone());
+    let service = gate.wrap(
+        HeartbeatServer::new(HeartbeatService::new(
+            ingest,
+            interval_ms,
+            stopping_rx,
+            metrics,
+        ))
+        .max_decoding_message_size(limits::MAX_MESSAGE_BYTES),
+    );
     let address = listeners.grpc.local_addr().context("no local address")?;
     tracing::info!(
         %address,
@@ -185,10 +200,11 @@ pub async fn serve(
             Ok(Ok(())) => {}
         }
     }
-    if let Some(listener) = listener
-        && let Err(error) = listener.await
-    {
+    if let Err(error) = listener.await {
         tracing::warn!(%error, "the live-event listener task failed");
+    }
+    if let Err(error) = following.await {
+        tracing::warn!(%error, "the node-token follower task failed");
     }
     result
 }

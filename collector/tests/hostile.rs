@@ -324,3 +324,182 @@ async fn a_loopback_entry_is_shown_and_never_counted() {
         assert!(names.contains(&"lo"), "{rule}: shown: {}", shown.body);
     }
 }
+
+/// `VmRSS` and `VmHWM` (its peak) of process `pid`, in KiB.
+fn memory_kib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|kib| kib.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// A wrong secret for `node`: well formed, so only the check refuses it.
+fn wrong_token(node: &tally_collector::nodes::Added) -> String {
+    format!("{}.{}", node.id, "0".repeat(64))
+}
+
+/// 32 callers at once, each sending a 4 MiB heartbeat of empty entries
+/// (2 bytes each on the wire, about 160 in memory once decoded) with a
+/// wrong token, while real nodes report: the collector refuses them all
+/// before reading their messages, its memory hardly grows, and every real
+/// heartbeat is applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unauthenticated_floods_cost_no_memory_and_real_nodes_go_on() {
+    let Some(fleet) = Fleet::start("hostile_flood").await else {
+        return;
+    };
+    let victim = fleet.add_node("victim").await;
+    let mut real = Vec::new();
+    for i in 0..20 {
+        real.push(fleet.add_node(&format!("real-{i}")).await);
+    }
+    let collector = fleet::Process::start(&fleet.url);
+    let mut client = fleet::client(collector.address).await;
+    // Warm up: every real node reports once.
+    for node in &real {
+        let reply = fleet::send(
+            &mut client,
+            Some(&node.token),
+            fleet::heartbeat("e", 1, 10, 1),
+        )
+        .await
+        .expect("applied");
+        assert_eq!(reply.outcome(), Outcome::Applied);
+    }
+    let (rss_before, peak_before) = memory_kib(collector.pid());
+    let mut flood = fleet::heartbeat("e", 1, 0, 0);
+    flood.interfaces = vec![InterfaceCounters::default(); 2 * 1024 * 1024];
+    assert!(prost::Message::encoded_len(&flood) >= 4 * 1024 * 1024);
+    let token = wrong_token(&victim);
+    let mut attacks = Vec::new();
+    for _ in 0..32 {
+        let mut client = fleet::client(collector.address).await;
+        let (flood, token) = (flood.clone(), token.clone());
+        attacks.push(tokio::spawn(async move {
+            fleet::send(&mut client, Some(&token), flood).await
+        }));
+    }
+    let mut reports = Vec::new();
+    for (i, node) in real.iter().enumerate() {
+        let mut client = client.clone();
+        let token = node.token.clone();
+        reports.push(tokio::spawn(async move {
+            fleet::send(
+                &mut client,
+                Some(&token),
+                fleet::heartbeat("e", 2, 20 + i as u64, 2),
+            )
+            .await
+        }));
+    }
+    for attack in attacks {
+        let status = attack.await.expect("task").expect_err("refused");
+        assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    }
+    for report in reports {
+        let reply = report.await.expect("task").expect("a real node is served");
+        assert_eq!(reply.outcome(), Outcome::Applied);
+    }
+    let (rss_after, peak_after) = memory_kib(collector.pid());
+    let grown_kib = peak_after.saturating_sub(peak_before.max(rss_before));
+    eprintln!(
+        "collector memory: RSS {rss_before} KiB -> {rss_after} KiB, peak {peak_before} KiB -> \
+         {peak_after} KiB: grew {grown_kib} KiB under 32 x 4 MiB unauthenticated messages"
+    );
+    assert!(
+        grown_kib < 64 * 1024,
+        "the peak grew by {grown_kib} KiB (at most 64 MiB)"
+    );
+    for (i, node) in real.iter().enumerate() {
+        assert_eq!(fleet.totals(&node.id).await.0, 20 + i as i64);
+    }
+    assert_eq!(fleet.totals(&victim.id).await, (0, 0, 0, 0));
+}
+
+/// A `Stream` opened with a wrong token ends before any of its messages is
+/// read: nothing stored, no batch, the refusal counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_with_a_wrong_token_ends_before_a_message_is_read() {
+    let Some(fleet) = Fleet::start("hostile_stream").await else {
+        return;
+    };
+    let (node, server, mut client) = fleet.served_node("n", None).await;
+    let http = common::http::Client::new(server.http_address);
+    let batches = || async {
+        let text = http.get("/metrics").await.body;
+        let value = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        (
+            value("tally_ingest_batch_size_sum "),
+            value("tally_heartbeats_total{outcome=\"rejected\"} "),
+        )
+    };
+    let before = fleet.snapshot(&node.id).await;
+    let (batched, rejected) = batches().await;
+    let opened = fleet::Stream::open(&mut client, Some(&wrong_token(&node))).await;
+    let status = match opened {
+        Err(status) => status,
+        Ok(mut stream) => {
+            stream.push(fleet::heartbeat("e", 1, 100, 10));
+            stream.next().await.expect_err("ended")
+        }
+    };
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    assert_eq!(fleet.snapshot(&node.id).await, before, "nothing stored");
+    let (batched_after, rejected_after) = batches().await;
+    assert_eq!(batched_after, batched, "no heartbeat reached a batch");
+    assert_eq!(rejected_after, rejected + 1.0, "the refusal is counted");
+}
+
+/// A removed node's token stops working within seconds on every replica
+/// (the removal is announced to all of them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_nodes_token_stops_working_on_every_replica() {
+    let Some(fleet) = Fleet::start("hostile_removed").await else {
+        return;
+    };
+    let node = fleet.add_node("leaving").await;
+    let replicas = [
+        fleet::Process::start(&fleet.url),
+        fleet::Process::start(&fleet.url),
+    ];
+    let mut clients = Vec::new();
+    for replica in &replicas {
+        let mut client = fleet::client(replica.address).await;
+        let reply = fleet::send(
+            &mut client,
+            Some(&node.token),
+            fleet::heartbeat("e", 1, 1, 1),
+        )
+        .await;
+        assert!(reply.is_ok(), "admitted before the removal: {reply:?}");
+        clients.push(client);
+    }
+    tally_collector::nodes::remove(&fleet.pool, &node.id)
+        .await
+        .expect("removed");
+    for (i, client) in clients.iter_mut().enumerate() {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let sent = fleet::send(client, Some(&node.token), fleet::heartbeat("e", 2, 2, 2)).await;
+            match sent {
+                Err(status) if status.code() == Code::Unauthenticated => break,
+                other => assert!(
+                    std::time::Instant::now() < deadline,
+                    "replica {i} still takes the removed node's token: {other:?}"
+                ),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
