@@ -70,9 +70,23 @@ impl Error {
     }
 }
 
+impl Error {
+    /// What the caller is told: the error, but of a database failure only
+    /// that it happened (its details, which may show the schema or the
+    /// values of others, go to the log where it happened).
+    pub fn public_message(&self) -> String {
+        match self {
+            Error::BatchFailed(_) | Error::Database(_) => {
+                "the database failed: nothing was changed; retry later".to_owned()
+            }
+            other => other.to_string(),
+        }
+    }
+}
+
 impl From<Error> for Status {
     fn from(error: Error) -> Status {
-        let message = error.to_string();
+        let message = error.public_message();
         match error {
             Error::Unauthenticated(_) => Status::unauthenticated(message),
             Error::Forbidden(_) => Status::permission_denied(message),
@@ -154,7 +168,7 @@ impl axum::response::IntoResponse for Error {
         let body = ErrorBody {
             error: ErrorDetail {
                 code,
-                message: self.to_string(),
+                message: self.public_message(),
             },
         };
         let mut response = (status, axum::Json(body)).into_response();
@@ -193,6 +207,30 @@ mod tests {
         assert_eq!(
             code(Error::Database(sqlx::Error::PoolTimedOut)),
             Code::Unavailable
+        );
+    }
+
+    #[test]
+    fn database_failures_are_told_without_their_details() {
+        let secret = "relation \"nodes\" column \"tokenHash\" value 42";
+        for error in [
+            Error::BatchFailed(secret.into()),
+            Error::Database(sqlx::Error::Protocol(secret.into())),
+        ] {
+            let (status, code) = error.http_status();
+            assert_eq!((status.as_u16(), code), (503, "unavailable"));
+            let told = error.public_message();
+            assert!(
+                !told.contains("tokenHash") && told.contains("retry"),
+                "{told}"
+            );
+            let status = Status::from(error);
+            assert_eq!(status.code(), tonic::Code::Unavailable);
+            assert!(!status.message().contains("tokenHash"), "{status:?}");
+        }
+        assert_eq!(
+            Error::Invalid("hostname".into()).public_message(),
+            "invalid heartbeat: hostname"
         );
     }
 

@@ -141,6 +141,7 @@ pub async fn serve(
                     events: hub,
                     metrics: metrics.clone(),
                     stopping: stopping_rx.clone(),
+                    readiness: Arc::default(),
                 },
                 listener,
                 options.ingest.schedule,

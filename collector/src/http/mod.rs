@@ -54,6 +54,8 @@ pub struct AppState {
     /// Turns true when the collector begins to stop: long-lived responses
     /// (the event stream) end then.
     pub stopping: watch::Receiver<bool>,
+    /// `/readyz`'s last probe of the database.
+    pub readiness: Arc<Readiness>,
 }
 
 /// Every route, serving `state`.
@@ -106,27 +108,97 @@ async fn healthz() -> Json<serde_json::Value> {
     Json(json!({ "status": "ok" }))
 }
 
-/// The database answers and every migration is applied.
+/// The database answers and every migration is applied: the answer of a
+/// probe at most [`READINESS_FOR`] old, so that a flood of `/readyz` takes
+/// no database connection per request.
 async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<serde_json::Value>) {
-    let applied: Result<i64, sqlx::Error> =
-        sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success")
-            .fetch_one(&state.pool)
-            .await;
+    let pool = state.pool.clone();
+    state.readiness.answer(probe_readiness(pool)).await
+}
+
+/// How long a `/readyz` probe's answer is served.
+pub const READINESS_FOR: Duration = Duration::from_secs(1);
+/// How long a `/readyz` probe waits for the database.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The last `/readyz` answer and when it was made.
+#[derive(Debug, Default)]
+pub struct Readiness {
+    last: tokio::sync::Mutex<Option<(std::time::Instant, (StatusCode, serde_json::Value))>>,
+}
+
+impl Readiness {
+    /// The last answer if it is fresh, else `probe`'s (one probe at a time:
+    /// requests that come meanwhile wait for it and share it).
+    pub async fn answer(
+        &self,
+        probe: impl Future<Output = (StatusCode, serde_json::Value)>,
+    ) -> (StatusCode, Json<serde_json::Value>) {
+        let mut last = self.last.lock().await;
+        if let Some((at, (status, body))) = last.as_ref()
+            && at.elapsed() < READINESS_FOR
+        {
+            return (*status, Json(body.clone()));
+        }
+        let (status, body) = probe.await;
+        *last = Some((std::time::Instant::now(), (status, body.clone())));
+        (status, Json(body))
+    }
+}
+
+async fn probe_readiness(pool: PgPool) -> (StatusCode, serde_json::Value) {
+    let query =
+        sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success").fetch_one(&pool);
+    let applied: Result<i64, sqlx::Error> = tokio::time::timeout(PROBE_TIMEOUT, query)
+        .await
+        .unwrap_or(Err(sqlx::Error::PoolTimedOut));
     let expected = crate::db::MIGRATOR
         .iter()
         .filter(|m| m.migration_type.is_up_migration())
         .count() as i64;
     match applied {
-        Ok(n) if n >= expected => (StatusCode::OK, Json(json!({ "status": "ready" }))),
+        Ok(n) if n >= expected => (StatusCode::OK, json!({ "status": "ready" })),
         Ok(n) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(
-                json!({ "status": "not ready", "reason": format!("{n} of {expected} migrations applied") }),
-            ),
+            json!({ "status": "not ready", "reason": format!("{n} of {expected} migrations applied") }),
         ),
-        Err(error) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({ "status": "not ready", "reason": format!("database: {error}") })),
-        ),
+        Err(error) => {
+            tracing::warn!(%error, "/readyz: the database does not answer");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                json!({ "status": "not ready", "reason": "the database does not answer" }),
+            )
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn readiness_is_probed_once_for_many_requests() {
+        let readiness = Arc::new(Readiness::default());
+        let probes = Arc::new(AtomicUsize::new(0));
+        let ask = || {
+            let (readiness, probes) = (readiness.clone(), probes.clone());
+            async move {
+                readiness
+                    .answer(async move {
+                        probes.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        (StatusCode::OK, json!({ "status": "ready" }))
+                    })
+                    .await
+            }
+        };
+        let answers = futures_util::future::join_all((0..100).map(|_| ask())).await;
+        assert!(answers.iter().all(|(status, _)| *status == StatusCode::OK));
+        assert_eq!(probes.load(Ordering::SeqCst), 1, "one probe for a hundred");
+        tokio::time::sleep(READINESS_FOR).await;
+        ask().await;
+        assert_eq!(probes.load(Ordering::SeqCst), 2, "probed again once stale");
     }
 }
