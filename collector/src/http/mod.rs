@@ -198,7 +198,8 @@ mod tests {
         assert!(answers.iter().all(|(status, _)| *status == StatusCode::OK));
         assert_eq!(probes.load(Ordering::SeqCst), 1, "one probe for a hundred");
         tokio::time::sleep(READINESS_FOR).await;
-        ask().await;
+        let (status, _) = ask().await;
+        assert_eq!(status, StatusCode::OK);
         assert_eq!(probes.load(Ordering::SeqCst), 2, "probed again once stale");
     }
 }
