@@ -313,8 +313,9 @@ pub fn render_periods(periods: &[view::Archived]) -> String {
             p.upload.to_string(),
             p.download.to_string(),
             p.usage.map_or_else(|| "?".to_owned(), |u| u.to_string()),
-            p.peak_rate.to_string(),
-            p.p95_rate.to_string(),
+            p.peak_rate
+                .map_or_else(|| "-".to_owned(), |r| r.to_string()),
+            p.p95_rate.map_or_else(|| "-".to_owned(), |r| r.to_string()),
         ]);
     }
     let mut widths = [0; 9];

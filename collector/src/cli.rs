@@ -307,8 +307,10 @@ pub struct ServeArgs {
     )]
     pub max_batch: u32,
 
-    /// Concurrent database writers (1 to 64). Each holds one connection
-    /// while it writes; the pool has this many connections plus 4.
+    /// Concurrent database writers (1 to 64), each with its own
+    /// connection: the node channel's pool. The HTTP side and the upkeep
+    /// have pools of their own (--reader-connections, and 2), so that
+    /// readers never take the writers' connections.
     #[arg(
         long,
         env = "TALLY_WRITERS",
@@ -317,6 +319,56 @@ pub struct ServeArgs {
         value_name = "N"
     )]
     pub writers: u32,
+
+    /// Database connections of the HTTP side (1 to 64): the API, the
+    /// dashboard, the event stream and `/metrics`.
+    #[arg(
+        long,
+        env = "TALLY_READER_CONNECTIONS",
+        default_value_t = 4,
+        value_parser = clap::value_parser!(u32).range(1..=64),
+        value_name = "N"
+    )]
+    pub reader_connections: u32,
+
+    /// Longest a database statement of the node channel or the HTTP side
+    /// may run (PostgreSQL's statement_timeout, set on every connection),
+    /// and longest a heartbeat batch may take; the upkeep's statements
+    /// (retention, period sweeps) may run 30 times as long. A batch past it
+    /// is rolled back and its heartbeats answered UNAVAILABLE (agents send
+    /// again); a read past it is answered 503.
+    #[arg(
+        long,
+        env = "TALLY_STATEMENT_TIMEOUT",
+        default_value = "10s",
+        value_parser = parse_positive_duration,
+        value_name = "DURATION"
+    )]
+    pub statement_timeout: Duration,
+
+    /// Longest a database statement may wait for a row lock (PostgreSQL's
+    /// lock_timeout, set on every connection).
+    #[arg(
+        long,
+        env = "TALLY_LOCK_TIMEOUT",
+        default_value = "5s",
+        value_parser = parse_positive_duration,
+        value_name = "DURATION"
+    )]
+    pub lock_timeout: Duration,
+
+    /// Expensive reads this collector serves at once (1 to 256): history
+    /// (`/api/v1/nodes/{id}/history`) and window rankings. More are
+    /// answered 503 with `Retry-After: 1` (the dashboard asks again), so
+    /// that readers cannot hold the database's time the heartbeats need.
+    #[arg(
+        long,
+        env = "TALLY_MAX_EXPENSIVE_READS",
+        default_value_t = 2,
+        value_parser = clap::value_parser!(u32).range(1..=256),
+        value_name = "N"
+    )]
+    pub max_expensive_reads: u32,
 
     /// Where to POST quota events (JSON; each call is signed with
     /// --webhook-secret and retried with backoff until a 2xx answer, up to
@@ -700,6 +752,15 @@ fn parse_window(s: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
     if !(rankings::MIN_WINDOW..=rankings::MAX_WINDOW).contains(&d) {
         return Err("must be from 1m to 366d".into());
+    }
+    Ok(d)
+}
+
+/// A database time limit: from 1 ms to a day (0 would turn it off).
+fn parse_positive_duration(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if d < Duration::from_millis(1) || d > Duration::from_secs(86_400) {
+        return Err("must be from 1ms to 1day".into());
     }
     Ok(d)
 }

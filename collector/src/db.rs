@@ -95,6 +95,77 @@ pub fn describe(url: &str) -> String {
     }
 }
 
+/// How `serve` shares its database connections out, and how long their
+/// statements may run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget {
+    /// The batch writers' connections (one each).
+    pub writers: u32,
+    /// The HTTP side's: API, dashboard, events, metrics.
+    pub readers: u32,
+    /// The upkeep's: period sweeps, quota checks, retention, webhooks,
+    /// token reloads.
+    pub upkeep: u32,
+    /// Longest a statement of the writers or readers may run
+    /// (`statement_timeout`); the upkeep's get [`UPKEEP_STATEMENTS`] times
+    /// as long.
+    pub statement_timeout: Duration,
+    /// Longest a statement may wait for a lock (`lock_timeout`).
+    pub lock_timeout: Duration,
+}
+
+/// How many times longer the upkeep's statements may run (a retention
+/// `DELETE` of a day of history is long).
+pub const UPKEEP_STATEMENTS: u32 = 30;
+
+impl Default for Budget {
+    fn default() -> Self {
+        Self {
+            writers: 4,
+            readers: 4,
+            upkeep: 2,
+            statement_timeout: Duration::from_secs(10),
+            lock_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// One pool per kind of work, so that readers can never take the
+/// connections the writers need (nor the upkeep), each connection with its
+/// statement and lock timeouts.
+#[derive(Debug, Clone)]
+pub struct Pools {
+    pub writers: PgPool,
+    pub readers: PgPool,
+    pub upkeep: PgPool,
+}
+
+impl Pools {
+    /// The pools, to the database `options` name (connected lazily).
+    pub fn new(options: &PgConnectOptions, budget: &Budget) -> Self {
+        let pool = |size: u32, statements: Duration| {
+            let settings = options.clone().options([
+                ("statement_timeout", millis(statements)),
+                ("lock_timeout", millis(budget.lock_timeout)),
+            ]);
+            PgPoolOptions::new()
+                .max_connections(size.max(1))
+                .acquire_timeout(Duration::from_secs(10))
+                .connect_lazy_with(settings)
+        };
+        Self {
+            writers: pool(budget.writers, budget.statement_timeout),
+            readers: pool(budget.readers, budget.statement_timeout),
+            upkeep: pool(budget.upkeep, budget.statement_timeout * UPKEEP_STATEMENTS),
+        }
+    }
+}
+
+/// A duration as PostgreSQL's milliseconds setting.
+fn millis(duration: Duration) -> String {
+    format!("{}ms", duration.as_millis().max(1))
+}
+
 /// Applies every migration not applied yet; returns how many there are in
 /// all (each has its reverse beside it).
 pub async fn migrate(pool: &PgPool) -> Result<usize, MigrateError> {

@@ -52,6 +52,9 @@ pub enum Error {
     /// The collector is shutting down or overloaded.
     #[error("the collector is not accepting heartbeats now ({0}); retry later")]
     Unavailable(&'static str),
+    /// Too many expensive requests at once: ask again in a moment.
+    #[error("busy: {0}; retry in a second")]
+    Busy(&'static str),
     /// The batch a heartbeat was in could not be committed.
     #[error("database error (nothing was stored; retry): {0}")]
     BatchFailed(String),
@@ -65,7 +68,7 @@ impl Error {
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            Error::Unavailable(_) | Error::BatchFailed(_) | Error::Database(_)
+            Error::Unavailable(_) | Error::BatchFailed(_) | Error::Database(_) | Error::Busy(_)
         )
     }
 }
@@ -101,6 +104,7 @@ impl From<Error> for Status {
             Error::Unavailable(_) | Error::BatchFailed(_) | Error::Database(_) => {
                 Status::unavailable(message)
             }
+            Error::Busy(_) => Status::resource_exhausted(message),
         }
     }
 }
@@ -135,6 +139,7 @@ impl Error {
             Error::Unavailable(_) | Error::BatchFailed(_) | Error::Database(_) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
             }
+            Error::Busy(_) => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
         }
     }
 }
@@ -150,8 +155,8 @@ pub struct ErrorBody {
 pub struct ErrorDetail {
     /// Stable, for programs: `unauthenticated` (401), `forbidden` (403),
     /// `invalid_argument` (400), `not_found` (404), `already_exists` (409),
-    /// `conflict` (409),
-    /// `unavailable` (503).
+    /// `conflict` (409), `unavailable` (503), `busy` (503: too many
+    /// expensive requests at once; both 503s carry `Retry-After`).
     #[schema(example = "invalid_argument")]
     pub code: &'static str,
     /// For people; names the parameter at fault.
@@ -172,6 +177,13 @@ impl axum::response::IntoResponse for Error {
             },
         };
         let mut response = (status, axum::Json(body)).into_response();
+        if status == axum::http::StatusCode::SERVICE_UNAVAILABLE {
+            // Busy or the database: worth asking again soon, not at once.
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("1"),
+            );
+        }
         if status == axum::http::StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(
                 axum::http::header::WWW_AUTHENTICATE,

@@ -54,10 +54,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let url = cli.db.database_url.as_deref().context(
         "no database given: set DATABASE_URL or --database-url (e.g. postgres://tally@localhost/tally)",
     )?;
-    let connections = match &cli.command {
-        Command::Serve(args) => args.writers + 4,
-        _ => 2,
-    };
+    // `serve` makes its own pools (writers, readers, upkeep) from this
+    // one's settings; this one only migrates and checks the way there.
+    let connections = 2;
     // Flags are checked before anything else happens.
     let tls = match &cli.command {
         Command::Serve(args) => tls_files(args)?,
@@ -131,6 +130,13 @@ async fn run_serve(pool: PgPool, args: ServeArgs, tls: TlsFiles) -> anyhow::Resu
             admin: args.admin_token.filter(|t| !t.is_empty()),
             read: args.read_token.filter(|t| !t.is_empty()),
         },
+        database: db::Budget {
+            readers: args.reader_connections,
+            statement_timeout: args.statement_timeout,
+            lock_timeout: args.lock_timeout,
+            ..db::Budget::default()
+        },
+        max_expensive_reads: args.max_expensive_reads as usize,
         webhook: match (args.webhook_url, args.webhook_secret) {
             (Some(url), Some(secret)) => {
                 Some(webhook::Config::new(url, &secret).context("cannot use --webhook-secret")?)

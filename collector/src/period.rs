@@ -16,7 +16,7 @@ use chrono::{NaiveDateTime, Timelike as _, Utc};
 use sqlx::{PgConnection, PgPool, Row as _, postgres::PgRow};
 
 use crate::{
-    billing::{self, Mode, Stored, rates},
+    billing::{self, Mode, Stored},
     error::Error,
     events::{self, Notice, Outbox},
     ingest::{boundary, store::archive},
@@ -139,13 +139,12 @@ async fn close(
     now: NaiveDateTime,
 ) -> Result<(), Error> {
     let mode = open.stored.mode.parse().unwrap_or(Mode::Sum);
-    let rates = rates::of_span(conn, &open.id, open.start, end).await?;
+    // Its rates come later (the upkeep), outside the locks held now.
     archive(
         conn,
         &open.id,
         (open.start, end),
         bytes,
-        rates,
         mode,
         closed_by,
         now,

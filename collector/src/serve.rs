@@ -14,7 +14,8 @@ use tokio::{net::TcpListener, sync::watch};
 use tonic::transport::{Identity, Server, ServerTlsConfig, server::TcpIncoming};
 
 use crate::{
-    events,
+    billing::rates,
+    db, events,
     grpc::{HeartbeatService, authenticate::Gate},
     http,
     ingest::{self, Ingest, LatencyLog},
@@ -48,6 +49,12 @@ pub struct Options {
     pub tokens: http::Tokens,
     /// Where to deliver webhook events; `None`: none are queued.
     pub webhook: Option<webhook::Config>,
+    /// The database connections of each kind of work, and their timeouts
+    /// (the writers' count is `ingest.writers`).
+    pub database: db::Budget,
+    /// Expensive reads (history, window rankings) served at once; more are
+    /// answered 503 with `Retry-After`.
+    pub max_expensive_reads: usize,
 }
 
 /// The bound sockets, so that the caller knows the addresses before serving.
@@ -102,12 +109,25 @@ pub async fn serve(
         shutdown.await;
         stopping.send_replace(true);
     };
+    // One pool per kind of work: readers never take the writers'
+    // connections, and every statement has its time limit.
+    let budget = db::Budget {
+        writers: u32::try_from(options.ingest.writers).unwrap_or(u32::MAX),
+        ..options.database
+    };
+    let pools = db::Pools::new(&pool.connect_options(), &budget);
+    drop(pool);
     let hub = events::Hub::new();
     let metrics = Arc::new(Metrics::new().context("cannot set up the collector's metrics")?);
     let deliverer = match options.webhook.clone() {
         Some(config) => Some(
-            webhook::start(pool.clone(), config, metrics.clone(), stopping_rx.clone())
-                .context("cannot start the webhook deliverer")?,
+            webhook::start(
+                pools.upkeep.clone(),
+                config,
+                metrics.clone(),
+                stopping_rx.clone(),
+            )
+            .context("cannot start the webhook deliverer")?,
         ),
         None => None,
     };
@@ -116,17 +136,17 @@ pub async fn serve(
     };
     // The nodes' tokens, checked before a heartbeat is decoded; kept
     // current by the live events (nodes enrolled and removed anywhere).
-    let tokens = NodeTokens::load(&pool)
+    let tokens = NodeTokens::load(&pools.upkeep)
         .await
         .context("cannot read the nodes' tokens")?;
     tracing::info!(nodes = tokens.len(), "node tokens loaded");
     let following = tokio::spawn(Arc::clone(&tokens).follow(
-        pool.clone(),
+        pools.upkeep.clone(),
         hub.subscribe(),
         stopping_rx.clone(),
     ));
     let listener = tokio::spawn(events::listen(
-        pool.clone(),
+        pools.upkeep.clone(),
         hub.clone(),
         stopping_rx.clone(),
     ));
@@ -134,7 +154,7 @@ pub async fn serve(
         Some(listener) => {
             let http = spawn_http(
                 http::AppState {
-                    pool: pool.clone(),
+                    pool: pools.readers.clone(),
                     offline_after: options.offline_after,
                     max_clock_skew: options.max_clock_skew,
                     tokens: options.tokens.clone(),
@@ -142,6 +162,9 @@ pub async fn serve(
                     metrics: metrics.clone(),
                     stopping: stopping_rx.clone(),
                     readiness: Arc::default(),
+                    expensive_reads: Arc::new(tokio::sync::Semaphore::new(
+                        options.max_expensive_reads.max(1),
+                    )),
                 },
                 listener,
                 options.ingest.schedule,
@@ -151,7 +174,7 @@ pub async fn serve(
         None => None,
     };
     let upkeep = tokio::spawn(upkeep(
-        pool.clone(),
+        pools.upkeep.clone(),
         options.ingest.schedule,
         options.history_retention,
         quotas,
@@ -159,15 +182,15 @@ pub async fn serve(
     let ingest = ingest::Config {
         quota: quotas,
         max_clock_skew: options.max_clock_skew,
+        batch_deadline: budget.statement_timeout,
         ..options.ingest.clone()
     };
-    let pool_for_lookups = pool.clone();
-    let ingest = Ingest::start(pool, ingest, latencies, metrics.clone());
+    let ingest = Ingest::start(pools.writers.clone(), ingest, latencies, metrics.clone());
     let interval_ms = options
         .heartbeat_interval
         .map_or(0, |d| u32::try_from(d.as_millis()).unwrap_or(u32::MAX));
     // Tokens are checked (in memory) before anything of a call is decoded.
-    let gate = Gate::new(tokens, pool_for_lookups, metrics.clone());
+    let gate = Gate::new(tokens, pools.upkeep.clone(), metrics.clone());
     let service = gate.wrap(
         HeartbeatServer::new(HeartbeatService::new(
             ingest,
@@ -256,6 +279,15 @@ async fn upkeep(
             Ok(nodes) => tracing::info!(nodes, "periods ended by their anchor day"),
             Err(error) => tracing::warn!(%error, "scheduled period reset failed; will retry"),
         }
+        // Before any history is pruned: the rates of the periods closed
+        // since the last round.
+        match rates::fill_pending(&pool).await {
+            Ok(0) => {}
+            Ok(periods) => tracing::info!(periods, "rates of closed periods computed"),
+            Err(error) => {
+                tracing::warn!(%error, "cannot compute closed periods' rates; will retry")
+            }
+        }
         let fallback_day = schedule.map(Schedule::day);
         if let Err(error) = quota::check(&pool, &quotas, fallback_day).await {
             tracing::warn!(%error, "quota check failed; will retry");
@@ -285,6 +317,12 @@ pub async fn prune_history(pool: &PgPool, retention: Duration) -> Result<u64, sq
     // open for years.)
     let floor = Utc::now().naive_utc() - chrono::Duration::days(62);
     let cutoff = oldest_period.map_or(cutoff, |oldest| cutoff.min(oldest.max(floor)));
+    // Nor the history of a closed period whose rates are still to come.
+    let oldest_pending: Option<chrono::NaiveDateTime> =
+        sqlx::query_scalar(r#"SELECT min("start") FROM "billing_periods" WHERE "p95Rate" IS NULL"#)
+            .fetch_one(pool)
+            .await?;
+    let cutoff = oldest_pending.map_or(cutoff, |oldest| cutoff.min(oldest));
     let nodes = sqlx::query(r#"DELETE FROM "node_history" WHERE "bucket" < $1"#)
         .bind(cutoff)
         .execute(pool)

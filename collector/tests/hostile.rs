@@ -503,3 +503,113 @@ async fn a_removed_nodes_token_stops_working_on_every_replica() {
         }
     }
 }
+
+/// Each kind of work has its own pool, and every connection its statement
+/// and lock timeouts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_pool_has_its_size_and_timeouts() {
+    let Some(fleet) = Fleet::start("hostile_pools").await else {
+        return;
+    };
+    let budget = tally_collector::db::Budget {
+        writers: 3,
+        readers: 2,
+        upkeep: 1,
+        statement_timeout: Duration::from_millis(1500),
+        lock_timeout: Duration::from_millis(700),
+    };
+    let pools = tally_collector::db::Pools::new(&fleet.pool.connect_options(), &budget);
+    for (pool, size, statements) in [
+        (&pools.writers, 3, "1500ms"),
+        (&pools.readers, 2, "1500ms"),
+        (&pools.upkeep, 1, "45s"),
+    ] {
+        let (statement, lock): (String, String) = sqlx::query_as(
+            "SELECT current_setting('statement_timeout'), current_setting('lock_timeout')",
+        )
+        .fetch_one(pool)
+        .await
+        .expect("settings");
+        assert_eq!((statement.as_str(), lock.as_str()), (statements, "700ms"));
+        assert_eq!(pool.options().get_max_connections(), size);
+    }
+    // A statement past its time is cancelled.
+    let slow = sqlx::query("SELECT pg_sleep(3)")
+        .execute(&pools.readers)
+        .await;
+    let error = slow.expect_err("cancelled");
+    assert!(error.to_string().contains("statement timeout"), "{error}");
+}
+
+/// Expensive reads past `--max-expensive-reads` are answered 503 with
+/// `Retry-After` at once, and the history answer has a cap that says how
+/// to ask for less.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expensive_reads_are_bounded_and_say_how_to_ask_for_less() {
+    let Some(fleet) = Fleet::start("hostile_reads").await else {
+        return;
+    };
+    let node = fleet.add_node("many").await;
+    // 300 interfaces: a day of minutes would be 300 × 1440 points.
+    let names: Vec<String> = (0..300).map(|i| format!("veth{i}")).collect();
+    sqlx::query(
+        r#"INSERT INTO "interface_stats" ("nodeId", "name", "ifindex", "state", "rxBytes",
+             "rxPackets", "txBytes", "txPackets", "updatedAt")
+           SELECT $1, n, 1, 'attached', 0, 0, 0, 0, now() FROM UNNEST($2::text[]) AS n"#,
+    )
+    .bind(&node.id)
+    .bind(&names)
+    .execute(&fleet.pool)
+    .await
+    .expect("interfaces");
+    let server = fleet.serve_here_with(|o| o.max_expensive_reads = 1).await;
+    let api = common::http::Client::new(server.http_address);
+    let day = |extra: &str| {
+        format!(
+            "/api/v1/nodes/{}/history?from=2026-11-01T00:00:00Z&to=2026-11-02T00:00:00Z&step=1m{extra}",
+            node.id
+        )
+    };
+    let refused = api.get(&day("")).await;
+    assert_eq!(refused.status, 400, "{}", refused.body);
+    let message = refused.json["error"]["message"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        message.contains("300 interfaces × 1440 points") && message.contains("interfaces=false"),
+        "{message}"
+    );
+    let totals_only = api.get(&day("&interfaces=false")).await;
+    assert_eq!(totals_only.status, 200, "{}", totals_only.body);
+    assert_eq!(totals_only.json["interfaces"], serde_json::json!([]));
+    assert_eq!(
+        totals_only.json["points"].as_array().map(Vec::len),
+        Some(1440)
+    );
+    // Many at once with one permit: some are answered busy, at once, with
+    // Retry-After; none fails otherwise. (A year of minutes of history
+    // makes each ranking take long enough to overlap.)
+    sqlx::query(
+        r#"INSERT INTO "node_history"
+             ("nodeId", "bucket", "upload", "download", "load1", "load5", "load15", "heartbeats")
+           SELECT $1, now()::timestamp(0) - make_interval(mins => m), 1, 1, 0, 0, 0, 1
+           FROM generate_series(1, 300000) AS m"#,
+    )
+    .bind(&node.id)
+    .execute(&fleet.pool)
+    .await
+    .expect("history");
+    let ranking = "/api/v1/rankings?by=window&window=366d";
+    let answers = futures_util::future::join_all((0..16).map(|_| api.get(ranking))).await;
+    let busy: Vec<_> = answers.iter().filter(|a| a.status == 503).collect();
+    assert!(
+        answers.iter().all(|a| a.status == 200 || a.status == 503),
+        "{:?}",
+        answers.iter().map(|a| a.status).collect::<Vec<_>>()
+    );
+    assert!(!busy.is_empty(), "one permit for sixteen at once");
+    for answer in busy {
+        assert_eq!(answer.json["error"]["code"], "busy", "{}", answer.body);
+        assert_eq!(answer.header("retry-after"), Some("1"));
+    }
+}

@@ -8,7 +8,7 @@
 
 mod common;
 
-use chrono::{NaiveDate, NaiveDateTime};
+use chrono::{NaiveDate, NaiveDateTime, Timelike as _};
 use common::fleet::{self, Fleet};
 use sqlx::Row as _;
 use tally_collector::{
@@ -397,4 +397,76 @@ async fn a_delta_too_large_for_its_interface_is_held() {
         .await
         .expect("count");
     assert_eq!(held, 2, "no new anomaly");
+}
+
+/// A period closed by a heartbeat batch is archived without its rates,
+/// which need a month of history: they are computed after, outside the
+/// batch's locks, and that history is kept until they are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_periods_rates_are_computed_after_its_close() {
+    let Some(fleet) = Fleet::start("ingest_rates_later").await else {
+        return;
+    };
+    let node = fleet.add_node("n").await;
+    fleet
+        .set_node_settings(&node.id, r#""anchorDay" = 1"#)
+        .await;
+    let now = chrono::Utc::now().naive_utc();
+    let start = now - chrono::Duration::days(45);
+    set_period_start(&fleet, &node.id, start).await;
+    // One busy 5-minute slot in the period: 1000 B/s up, at 40 days ago.
+    let busy = (now - chrono::Duration::days(40))
+        .with_second(0)
+        .and_then(|t| t.with_nanosecond(0))
+        .expect("a minute");
+    sqlx::query(
+        r#"INSERT INTO "node_history"
+             ("nodeId", "bucket", "upload", "download", "load1", "load5", "load15", "heartbeats")
+           VALUES ($1, $2, 300000, 0, 0, 0, 0, 1)"#,
+    )
+    .bind(&node.id)
+    .bind(busy)
+    .execute(&fleet.pool)
+    .await
+    .expect("history");
+    let beat = job(&node.token, fleet::heartbeat("e", 1, 10, 10));
+    assert_eq!(apply(&fleet, &[beat], now).await, ["Applied"]);
+    let rates = || async {
+        sqlx::query_as::<_, (Option<i64>, Option<i64>)>(
+            r#"SELECT "peakRate", "p95Rate" FROM "billing_periods"
+               WHERE "nodeId" = $1 ORDER BY "start" LIMIT 1"#,
+        )
+        .bind(&node.id)
+        .fetch_one(&fleet.pool)
+        .await
+        .expect("the archived period")
+    };
+    assert_eq!(
+        rates().await,
+        (None, None),
+        "not read under the batch's locks"
+    );
+    // Retention does not take the history the rates still need.
+    tally_collector::serve::prune_history(&fleet.pool, std::time::Duration::from_secs(86_400))
+        .await
+        .expect("prune");
+    let kept: i64 =
+        sqlx::query_scalar(r#"SELECT count(*) FROM "node_history" WHERE "bucket" = $1"#)
+            .bind(busy)
+            .fetch_one(&fleet.pool)
+            .await
+            .expect("count");
+    assert_eq!(kept, 1, "the pending period's history is kept");
+    let filled = tally_collector::billing::rates::fill_pending(&fleet.pool)
+        .await
+        .expect("fill");
+    assert!(filled >= 1, "{filled}");
+    assert_eq!(rates().await.0, Some(1000), "the peak of the busy slot");
+    assert_eq!(
+        tally_collector::billing::rates::fill_pending(&fleet.pool)
+            .await
+            .expect("fill again"),
+        0,
+        "each once"
+    );
 }

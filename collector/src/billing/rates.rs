@@ -4,7 +4,7 @@
 //! counts, and a slot without history is 0.
 
 use chrono::NaiveDateTime;
-use sqlx::{PgConnection, Row as _};
+use sqlx::{PgConnection, PgPool, Row as _};
 
 /// Length of one rate slot, in seconds.
 pub const SLOT_SECONDS: i64 = 300;
@@ -44,6 +44,43 @@ pub async fn of_span(
         down.push(row.try_get::<Option<i64>, _>("down")?.unwrap_or(0) / SLOT_SECONDS);
     }
     Ok(from_slots(slots(start, end), up, down))
+}
+
+/// Closed periods whose rates [`fill_pending`] computes in one round, at
+/// most.
+pub const FILLED_PER_ROUND: i64 = 200;
+
+/// Computes the rates of closed periods archived without them (by a
+/// heartbeat batch, a sweep or a reset, which hold row locks then), each
+/// outside any lock; returns how many it filled. Several collectors may do
+/// this at once: a period's rates are written only while it has none, and
+/// two collectors computing them at once compute the same figures.
+pub async fn fill_pending(pool: &PgPool) -> Result<u64, sqlx::Error> {
+    let pending = sqlx::query(
+        r#"SELECT "id", "nodeId", "start", "end" FROM "billing_periods"
+           WHERE "p95Rate" IS NULL ORDER BY "id" LIMIT $1"#,
+    )
+    .bind(FILLED_PER_ROUND)
+    .fetch_all(pool)
+    .await?;
+    let mut filled = 0;
+    for row in pending {
+        let id: i64 = row.try_get("id")?;
+        let node: String = row.try_get("nodeId")?;
+        let mut conn = pool.acquire().await?;
+        let rates = of_span(&mut conn, &node, row.try_get("start")?, row.try_get("end")?).await?;
+        filled += sqlx::query(
+            r#"UPDATE "billing_periods" SET "peakRate" = $2, "p95Rate" = $3
+               WHERE "id" = $1 AND "p95Rate" IS NULL"#,
+        )
+        .bind(id)
+        .bind(rates.peak)
+        .bind(rates.p95)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+    }
+    Ok(filled)
 }
 
 /// How many 5-minute slots (UTC-aligned) `[start, end)` touches.

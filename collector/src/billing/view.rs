@@ -61,12 +61,14 @@ pub struct Archived {
     pub end: NaiveDateTime,
     pub upload: i64,
     pub download: i64,
-    pub peak_rate: i64,
-    pub p95_rate: i64,
+    /// `None` until the upkeep computed them (within a minute of the close).
+    pub peak_rate: Option<i64>,
+    pub p95_rate: Option<i64>,
     /// The mode it was closed under, as stored.
     pub mode: String,
-    /// Its usage under that mode; `None` only for a mode this collector
-    /// does not know (written by a newer version).
+    /// Its usage under that mode; `None` for a mode this collector does not
+    /// know (written by a newer version), and for `p95` until its rates are
+    /// computed.
     pub usage: Option<i64>,
     /// `schedule` or `request`.
     pub closed_by: String,
@@ -154,7 +156,7 @@ pub fn check_limit(limit: i64) -> Result<u32, Error> {
 fn archived(row: &PgRow) -> Result<Archived, sqlx::Error> {
     let upload: i64 = row.try_get("upload")?;
     let download: i64 = row.try_get("download")?;
-    let p95_rate: i64 = row.try_get("p95Rate")?;
+    let p95_rate: Option<i64> = row.try_get("p95Rate")?;
     let mode: String = row.try_get("mode")?;
     let known = mode.parse::<Mode>().ok();
     if known.is_none() {
@@ -168,7 +170,10 @@ fn archived(row: &PgRow) -> Result<Archived, sqlx::Error> {
         download,
         peak_rate: row.try_get("peakRate")?,
         p95_rate,
-        usage: known.map(|mode| usage(mode, upload, download, p95_rate)),
+        usage: known.and_then(|mode| match (mode, p95_rate) {
+            (Mode::P95, None) => None,
+            (mode, rate) => Some(usage(mode, upload, download, rate.unwrap_or(0))),
+        }),
         mode,
         closed_by: row.try_get("closedBy")?,
         closed_at: row.try_get("closedAt")?,

@@ -244,15 +244,20 @@ pub struct ArchivedPeriod {
     /// The mode it was closed under.
     #[schema(value_type = Mode)]
     pub mode: String,
-    /// Under `mode`: bytes, or bytes per second for `p95`. Null only for a
-    /// mode this collector does not know.
+    /// Under `mode`: bytes, or bytes per second for `p95`. Null for a mode
+    /// this collector does not know, and for `p95` until its rates are
+    /// computed.
     #[schema(required = true)]
     pub usage: Option<Counter>,
-    /// Its busiest 5-minute slot, bytes per second of the larger direction.
-    pub peak_rate: Counter,
+    /// Its busiest 5-minute slot, bytes per second of the larger direction;
+    /// null until computed (within a minute of the period's close: the
+    /// collector reads its history after, outside the locks of the close).
+    #[schema(required = true)]
+    pub peak_rate: Option<Counter>,
     /// Its 95th percentile 5-minute rate, bytes per second of the larger
-    /// direction.
-    pub p95_rate: Counter,
+    /// direction; null until computed.
+    #[schema(required = true)]
+    pub p95_rate: Option<Counter>,
     #[schema(value_type = ClosedBy)]
     pub closed_by: String,
     pub closed_at: Time,
@@ -268,8 +273,8 @@ impl From<&view::Archived> for ArchivedPeriod {
             download: period.download.into(),
             mode: period.mode.clone(),
             usage: period.usage.map(Counter::from),
-            peak_rate: period.peak_rate.into(),
-            p95_rate: period.p95_rate.into(),
+            peak_rate: period.peak_rate.map(Counter::from),
+            p95_rate: period.p95_rate.map(Counter::from),
             closed_by: period.closed_by.clone(),
             closed_at: Time(period.closed_at),
         }

@@ -37,6 +37,9 @@ pub struct HistoryQuery {
     /// (default 1m), such as `1m`, `5m`, `1h`, `1d`. At most 1440 points.
     #[param(example = "5m")]
     pub step: Option<String>,
+    /// Whether to answer each interface's series too (default true). At
+    /// most 200,000 interface points (interfaces × points) are answered.
+    pub interfaces: Option<bool>,
 }
 
 /// A node's series.
@@ -129,10 +132,10 @@ impl HistoryQuery {
     security((), ("readToken" = []), ("adminToken" = [])),
     responses(
         (status = 200, description = "The node's series", body = NodeHistory),
-        (status = 400, description = "A malformed timestamp or duration, from not before to, a step that is not whole minutes, or more than 1440 points", body = ErrorBody),
+        (status = 400, description = "A malformed timestamp or duration, from not before to, a step that is not whole minutes, more than 1440 points, or more than 200,000 interface points", body = ErrorBody),
         (status = 401, description = "A read token is configured and missing or wrong", body = ErrorBody),
         (status = 404, description = "No node has this id", body = ErrorBody),
-        (status = 503, description = "The database is unavailable", body = ErrorBody),
+        (status = 503, description = "Busy (too many history and ranking requests at once) or the database is unavailable; retry after `Retry-After` seconds", body = ErrorBody),
     )
 )]
 pub async fn get(
@@ -142,7 +145,8 @@ pub async fn get(
     Query(query): Query<HistoryQuery>,
 ) -> Result<Json<NodeHistory>, Error> {
     let range = query.range()?;
-    let history = view::node(&state.pool, &id, range).await?;
+    let _permit = state.expensive_read()?;
+    let history = view::node(&state.pool, &id, range, query.interfaces.unwrap_or(true)).await?;
     Ok(Json(NodeHistory {
         node_id: id,
         from: Time(history.range.start),

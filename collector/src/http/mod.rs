@@ -56,6 +56,18 @@ pub struct AppState {
     pub stopping: watch::Receiver<bool>,
     /// `/readyz`'s last probe of the database.
     pub readiness: Arc<Readiness>,
+    /// Permits for expensive reads (history, window rankings): when none is
+    /// free, such a request is answered 503 with `Retry-After`.
+    pub expensive_reads: Arc<tokio::sync::Semaphore>,
+}
+
+impl AppState {
+    /// A permit for an expensive read, or [`Error::Busy`] at once.
+    pub fn expensive_read(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Error> {
+        Arc::clone(&self.expensive_reads)
+            .try_acquire_owned()
+            .map_err(|_| Error::Busy("too many history and ranking requests at once"))
+    }
 }
 
 /// Every route, serving `state`.

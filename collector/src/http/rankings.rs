@@ -144,7 +144,7 @@ impl RankingsQuery {
         (status = 200, description = "The ranking", body = Rankings),
         (status = 400, description = "An unknown `by` or `direction`, a limit out of 1..=1000, a malformed window or one out of 1m..=366d", body = ErrorBody),
         (status = 401, description = "A read token is configured and missing or wrong", body = ErrorBody),
-        (status = 503, description = "The database is unavailable", body = ErrorBody),
+        (status = 503, description = "Busy (too many window rankings and history requests at once) or the database is unavailable; retry after `Retry-After` seconds", body = ErrorBody),
     )
 )]
 pub async fn get(
@@ -153,6 +153,11 @@ pub async fn get(
     Query(query): Query<RankingsQuery>,
 ) -> Result<Json<Rankings>, Error> {
     let query = query.query()?;
+    // A window ranking reads history; the others read one row per node.
+    let _permit = match query.by {
+        By::Window => Some(state.expensive_read()?),
+        _ => None,
+    };
     let ranking = view::rank(&state.pool, &query, Utc::now().naive_utc()).await?;
     Ok(Json(Rankings {
         by: query.by.to_string(),

@@ -39,6 +39,9 @@ pub struct Config {
     pub quota: quota::Config,
     /// A node's clock further off than this is warned about.
     pub max_clock_skew: Duration,
+    /// Longest a batch may take in the database; past it, it is rolled
+    /// back and its heartbeats answered `UNAVAILABLE`.
+    pub batch_deadline: Duration,
 }
 
 impl Default for Config {
@@ -50,6 +53,7 @@ impl Default for Config {
             schedule: None,
             quota: quota::Config::default(),
             max_clock_skew: Duration::from_millis(store::DEFAULT_MAX_CLOCK_SKEW_MS as u64),
+            batch_deadline: Duration::from_secs(10),
         }
     }
 }
@@ -182,9 +186,19 @@ async fn write_batch(
     let result = match pool.acquire().await {
         Ok(mut conn) => {
             let began = Instant::now();
-            apply_isolating(&mut conn, &jobs, time)
-                .await
-                .map(|results| (results, began.elapsed()))
+            match tokio::time::timeout(
+                config.batch_deadline,
+                apply_isolating(&mut conn, &jobs, time),
+            )
+            .await
+            {
+                Ok(applied) => applied.map(|results| (results, began.elapsed())),
+                // The transaction is rolled back with the connection.
+                Err(_) => {
+                    conn.close_on_drop();
+                    Err(sqlx::Error::PoolTimedOut)
+                }
+            }
         }
         Err(error) => Err(error),
     };

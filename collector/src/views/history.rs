@@ -15,6 +15,9 @@ use crate::{
 
 /// Most points in one series.
 pub const MAX_POINTS: i64 = 1440;
+/// Most interface points in one answer (interfaces × points): a node may
+/// list thousands of interfaces.
+pub const MAX_INTERFACE_POINTS: i64 = 200_000;
 /// The history is kept per minute: steps are whole minutes.
 pub const MIN_STEP: Duration = Duration::from_secs(60);
 /// The longest step.
@@ -132,8 +135,15 @@ pub struct History {
     pub calibrations: Vec<Calibration>,
 }
 
-/// The node's history over `range`, read from one snapshot.
-pub async fn node(pool: &PgPool, id: &str, range: Range) -> Result<History, Error> {
+/// The node's history over `range`, read from one snapshot; with the
+/// interfaces' series when `with_interfaces`, refused when those would hold
+/// more than [`MAX_INTERFACE_POINTS`] points.
+pub async fn node(
+    pool: &PgPool,
+    id: &str,
+    range: Range,
+    with_interfaces: bool,
+) -> Result<History, Error> {
     let mut tx = pool.begin().await?;
     sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         .execute(&mut *tx)
@@ -202,6 +212,37 @@ pub async fn node(pool: &PgPool, id: &str, range: Range) -> Result<History, Erro
         })
         .collect();
     let mut interfaces: BTreeMap<String, Vec<InterfacePoint>> = BTreeMap::new();
+    if !with_interfaces {
+        let calibrations = calibrate::between(&mut tx, id, range.start, range.end()).await?;
+        tx.commit().await?;
+        return Ok(History {
+            range,
+            calibrations,
+            points,
+            interfaces: Vec::new(),
+        });
+    }
+    let names: i64 = sqlx::query_scalar(
+        r#"SELECT count(*) FROM (
+             SELECT "name" FROM "interface_stats" WHERE "nodeId" = $1
+             UNION
+             SELECT "name" FROM "interface_history"
+             WHERE "nodeId" = $1 AND "bucket" >= $2 AND "bucket" < $3
+           ) n"#,
+    )
+    .bind(id)
+    .bind(range.start)
+    .bind(range.end())
+    .fetch_one(&mut *tx)
+    .await?;
+    if names.saturating_mul(range.points) > MAX_INTERFACE_POINTS {
+        return Err(Error::InvalidArgument(format!(
+            "the answer would hold {names} interfaces × {} points (at most {MAX_INTERFACE_POINTS} \
+             interface points): ask for fewer points (a shorter range, or a larger step) or \
+             for no interfaces (interfaces=false)",
+            range.points
+        )));
+    }
     let current: Vec<String> =
         sqlx::query_scalar(r#"SELECT "name" FROM "interface_stats" WHERE "nodeId" = $1"#)
             .bind(id)

@@ -133,6 +133,8 @@ impl Fleet {
             offline_after: Duration::from_secs(30),
             tokens: Default::default(),
             webhook: None,
+            database: Default::default(),
+            max_expensive_reads: 2,
         };
         tweak(&mut options);
         let listeners = serve::bind(&options).await.expect("bind");

@@ -796,6 +796,9 @@
       from: new Date(from).toISOString(),
       to: new Date(to).toISOString(),
       step: range.step,
+      // The chart draws the node's totals; the interfaces come with the
+      // node's detail.
+      interfaces: 'false',
     });
     let body;
     try {

@@ -10,7 +10,7 @@ use sqlx::PgConnection;
 use super::{BatchTime, Change, Changed, Node};
 use crate::{
     accounting::CounterSet,
-    billing::{self, rates},
+    billing,
     events::Outbox,
     quota,
     validate::{Heartbeat, Interface},
@@ -335,13 +335,12 @@ pub(super) async fn closed_periods(
 ) -> Result<(), sqlx::Error> {
     for (id, _, change) in changed {
         for period in &change.closed {
-            let rates = rates::of_span(conn, id, period.start, period.end).await?;
+            // Its rates come later (the upkeep), outside the batch's locks.
             archive(
                 conn,
                 id,
                 (period.start, period.end),
                 (period.upload, period.download),
-                rates,
                 period.mode,
                 "schedule",
                 time.now,
@@ -352,30 +351,27 @@ pub(super) async fn closed_periods(
     Ok(())
 }
 
-/// Inserts one `billing_periods` row.
-#[allow(clippy::too_many_arguments)]
+/// Inserts one `billing_periods` row, its rates to be computed later
+/// ([`billing::rates::fill_pending`]).
 pub async fn archive(
     conn: &mut PgConnection,
     node_id: &str,
     (start, end): (chrono::NaiveDateTime, chrono::NaiveDateTime),
     (upload, download): (i64, i64),
-    rates: rates::Rates,
     mode: billing::Mode,
     closed_by: &str,
     now: chrono::NaiveDateTime,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
         r#"INSERT INTO "billing_periods" ("nodeId", "start", "end", "upload", "download",
-             "peakRate", "p95Rate", "mode", "closedBy", "closedAt")
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"#,
+             "mode", "closedBy", "closedAt")
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"#,
     )
     .bind(node_id)
     .bind(start)
     .bind(end)
     .bind(upload)
     .bind(download)
-    .bind(rates.peak)
-    .bind(rates.p95)
     .bind(mode.as_str())
     .bind(closed_by)
     .bind(now)

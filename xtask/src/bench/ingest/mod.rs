@@ -309,6 +309,8 @@ async fn collector(setup: &Setup<'_>) -> anyhow::Result<IngestRun> {
         offline_after: Duration::from_secs(30),
         tokens: Default::default(),
         webhook: None,
+        database: Default::default(),
+        max_expensive_reads: 2,
     };
     let listener = TcpListener::bind(options.listen)
         .await
