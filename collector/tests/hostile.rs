@@ -613,3 +613,153 @@ async fn expensive_reads_are_bounded_and_say_how_to_ask_for_less() {
         assert_eq!(answer.header("retry-after"), Some("1"));
     }
 }
+
+/// About two million rows of minute history, 32 clients looping on the
+/// most expensive reads (366-day window rankings, a year of history at
+/// 1440 points) for 30 s while 1,000 nodes report every second: no
+/// heartbeat is answered UNAVAILABLE or fails otherwise, and the readers
+/// get answers or clean 503s. The receipt-to-commit latencies are printed,
+/// not asserted (timing targets are the benchmarks' business).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readers_cannot_starve_the_writers() {
+    let Some(fleet) = Fleet::start("hostile_readers").await else {
+        return;
+    };
+    const NODES: usize = 1000;
+    const SECONDS: u64 = 30;
+    // 50 nodes × 28 days of minutes of node history (2,016,000 rows), and
+    // as many of one interface's.
+    let mut history_nodes = Vec::new();
+    for i in 0..50 {
+        history_nodes.push(fleet.add_node(&format!("old-{i:02}")).await.id);
+    }
+    let started = std::time::Instant::now();
+    sqlx::query(
+        r#"INSERT INTO "node_history"
+             ("nodeId", "bucket", "upload", "download", "load1", "load5", "load15", "heartbeats")
+           SELECT n, date_trunc('minute', now()::timestamp) - make_interval(mins => m),
+                  m % 977, m % 1013, 0.5, 0.5, 0.5, 1
+           FROM UNNEST($1::text[]) AS n, generate_series(1, 28 * 1440) AS m"#,
+    )
+    .bind(&history_nodes)
+    .execute(&fleet.pool)
+    .await
+    .expect("node history");
+    sqlx::query(
+        r#"INSERT INTO "interface_history" ("nodeId", "name", "bucket", "rxBytes", "txBytes")
+           SELECT n, 'eth0', date_trunc('minute', now()::timestamp) - make_interval(mins => m),
+                  m % 977, m % 1013
+           FROM UNNEST($1::text[]) AS n, generate_series(1, 28 * 1440) AS m"#,
+    )
+    .bind(&history_nodes)
+    .execute(&fleet.pool)
+    .await
+    .expect("interface history");
+    sqlx::query("ANALYZE")
+        .execute(&fleet.pool)
+        .await
+        .expect("analyze");
+    eprintln!("history written in {:?}", started.elapsed());
+    let mut nodes = Vec::with_capacity(NODES);
+    for i in 0..NODES {
+        nodes.push(fleet.add_node(&format!("live-{i:04}")).await);
+    }
+    let latencies = std::sync::Arc::new(ingest::LatencyLog::default());
+    let server = fleet
+        .serve_here_measured(|_| {}, Some(latencies.clone()))
+        .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(SECONDS);
+
+    // The readers.
+    let mut readers = Vec::new();
+    for r in 0..32usize {
+        let api = common::http::Client::new(server.http_address);
+        let node = history_nodes[r % history_nodes.len()].clone();
+        readers.push(tokio::spawn(async move {
+            let mut statuses = std::collections::BTreeMap::<u16, u64>::new();
+            let year_ago = (Utc::now() - chrono::Duration::days(366))
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+            let now = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+            let paths = [
+                "/api/v1/rankings?by=window&window=366d&limit=1000".to_owned(),
+                format!("/api/v1/nodes/{node}/history?from={year_ago}&to={now}&step=367m"),
+            ];
+            let mut turn = r;
+            while tokio::time::Instant::now() < deadline {
+                let answer = api.get(&paths[turn % 2]).await;
+                turn += 1;
+                *statuses.entry(answer.status).or_default() += 1;
+                // A careless client: it asks again at once, whatever
+                // Retry-After says.
+                if answer.status == 503 {
+                    assert_eq!(answer.header("retry-after"), Some("1"), "{}", answer.body);
+                }
+            }
+            statuses
+        }));
+    }
+
+    // The writers: every node every second, over 8 channels.
+    let mut channels = Vec::new();
+    for _ in 0..8 {
+        channels.push(fleet::client(server.address).await);
+    }
+    let mut senders = Vec::new();
+    for (i, node) in nodes.iter().enumerate() {
+        let mut client = channels[i % channels.len()].clone();
+        let token = node.token.clone();
+        senders.push(tokio::spawn(async move {
+            // Spread over the second.
+            tokio::time::sleep(Duration::from_millis((i as u64 * 997) % 1000)).await;
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            let mut sequence = 0u64;
+            let mut failures = Vec::new();
+            while tokio::time::Instant::now() < deadline {
+                tick.tick().await;
+                sequence += 1;
+                let heartbeat = fleet::heartbeat("e", sequence, sequence * 1000, sequence * 100);
+                match fleet::send(&mut client, Some(&token), heartbeat).await {
+                    Ok(reply) if reply.outcome() == Outcome::Applied => {}
+                    other => failures.push(format!("{other:?}")),
+                }
+            }
+            (sequence, failures)
+        }));
+    }
+    let mut sent = 0u64;
+    for sender in senders {
+        let (sequence, failures) = sender.await.expect("sender");
+        assert!(
+            failures.is_empty(),
+            "a heartbeat was not applied: {failures:?}"
+        );
+        sent += sequence;
+    }
+    let mut statuses = std::collections::BTreeMap::<u16, u64>::new();
+    for reader in readers {
+        for (status, count) in reader.await.expect("reader") {
+            *statuses.entry(status).or_default() += count;
+        }
+    }
+    let mut micros = latencies.take();
+    micros.sort_unstable();
+    let p99 = micros
+        .get(micros.len().saturating_sub(1) * 99 / 100)
+        .copied()
+        .unwrap_or(0);
+    eprintln!(
+        "{sent} heartbeats from {NODES} nodes in {SECONDS} s under 32 readers: receipt-to-commit \
+         p50 {} ms, p99 {} ms; readers' answers by status: {statuses:?}",
+        micros.get(micros.len() / 2).copied().unwrap_or(0) / 1000,
+        p99 / 1000
+    );
+    assert!(
+        statuses.keys().all(|s| *s == 200 || *s == 503),
+        "{statuses:?}"
+    );
+    assert!(statuses.get(&200).is_some_and(|n| *n > 0), "{statuses:?}");
+    assert!(
+        statuses.get(&503).is_some_and(|n| *n > 0),
+        "32 at once are more than the expensive reads served at once: {statuses:?}"
+    );
+}
