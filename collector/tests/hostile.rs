@@ -763,3 +763,52 @@ async fn readers_cannot_starve_the_writers() {
         "32 at once are more than the expensive reads served at once: {statuses:?}"
     );
 }
+
+/// A node whose rows another transaction holds locked fails its batch in
+/// `--statement-timeout`, not after whatever that transaction takes: the
+/// heartbeat is answered UNAVAILABLE (the agent sends again) and the next
+/// one, once the lock is gone, is applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_waits_for_a_lock_no_longer_than_its_deadline() {
+    let Some(fleet) = Fleet::start("hostile_deadline").await else {
+        return;
+    };
+    let node = fleet.add_node("locked").await;
+    let server = fleet
+        .serve_here_with(|o| {
+            o.database.statement_timeout = Duration::from_secs(1);
+            o.database.lock_timeout = Duration::from_secs(60);
+        })
+        .await;
+    let mut client = fleet::client(server.address).await;
+    let mut holder = fleet.pool.begin().await.expect("transaction");
+    sqlx::query(r#"SELECT 1 FROM "traffic_stats" WHERE "nodeId" = $1 FOR UPDATE"#)
+        .bind(&node.id)
+        .execute(&mut *holder)
+        .await
+        .expect("lock");
+    let sent = std::time::Instant::now();
+    let status = fleet::send(
+        &mut client,
+        Some(&node.token),
+        fleet::heartbeat("e", 1, 5, 5),
+    )
+    .await
+    .expect_err("not while locked");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(
+        sent.elapsed() < Duration::from_secs(10),
+        "answered after {:?}",
+        sent.elapsed()
+    );
+    assert!(!status.message().contains("traffic_stats"), "{status:?}");
+    holder.rollback().await.expect("release");
+    let reply = fleet::send(
+        &mut client,
+        Some(&node.token),
+        fleet::heartbeat("e", 1, 5, 5),
+    )
+    .await
+    .expect("applied once the lock is gone");
+    assert_eq!(reply.outcome(), Outcome::Applied);
+}

@@ -196,7 +196,13 @@ async fn write_batch(
                 // The transaction is rolled back with the connection.
                 Err(_) => {
                     conn.close_on_drop();
-                    Err(sqlx::Error::PoolTimedOut)
+                    Err(sqlx::Error::Io(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!(
+                            "the batch took longer than {} (--statement-timeout)",
+                            humantime::format_duration(config.batch_deadline)
+                        ),
+                    )))
                 }
             }
         }
