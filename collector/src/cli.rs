@@ -370,6 +370,42 @@ pub struct ServeArgs {
     )]
     pub max_expensive_reads: u32,
 
+    /// Live event streams (`/api/v1/events`: dashboards and other
+    /// subscribers) this collector keeps open at once (1 to 100000); more
+    /// are answered 503 with `Retry-After: 1`.
+    #[arg(
+        long,
+        env = "TALLY_MAX_EVENT_STREAMS",
+        default_value_t = 256,
+        value_parser = clap::value_parser!(u32).range(1..=100_000),
+        value_name = "N"
+    )]
+    pub max_event_streams: u32,
+
+    /// Concurrent heartbeat calls on one connection (1 to 100000). Each
+    /// agent keeps one heartbeat stream open; a load balancer may carry
+    /// thousands of agents on one connection.
+    #[arg(
+        long,
+        env = "TALLY_MAX_STREAMS_PER_CONNECTION",
+        default_value_t = 4096,
+        value_parser = clap::value_parser!(u32).range(1..=100_000),
+        value_name = "N"
+    )]
+    pub max_streams_per_connection: u32,
+
+    /// A heartbeat stream that sends nothing for this long is ended (an
+    /// agent sends every few seconds, and opens a new stream with its next
+    /// heartbeat), so that calls that only hold streams open are let go.
+    #[arg(
+        long,
+        env = "TALLY_STREAM_IDLE_TIMEOUT",
+        default_value = "2m",
+        value_parser = parse_positive_duration,
+        value_name = "DURATION"
+    )]
+    pub stream_idle_timeout: Duration,
+
     /// Where to POST quota events (JSON; each call is signed with
     /// --webhook-secret and retried with backoff until a 2xx answer, up to
     /// 12 attempts), e.g. `https://hooks.example.com/tally`. Needs

@@ -6,7 +6,7 @@ mod stream;
 
 use std::{
     sync::Arc,
-    time::{Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use tally_proto::v1::{HeartbeatReply, HeartbeatRequest, heartbeat_server::Heartbeat};
@@ -24,6 +24,8 @@ use crate::{
 /// Answers heartbeats by queuing them for [`Ingest`].
 pub struct HeartbeatService {
     apply: Apply,
+    /// A `Stream` that sends nothing for this long is ended.
+    stream_idle_timeout: Duration,
     /// Turns true when the collector begins to shut down: open streams end.
     stopping: watch::Receiver<bool>,
 }
@@ -36,6 +38,7 @@ impl HeartbeatService {
     pub fn new(
         ingest: Ingest,
         interval_ms: u32,
+        stream_idle_timeout: Duration,
         stopping: watch::Receiver<bool>,
         metrics: Arc<Metrics>,
     ) -> Self {
@@ -45,6 +48,7 @@ impl HeartbeatService {
                 interval_ms,
                 metrics,
             },
+            stream_idle_timeout,
             stopping,
         }
     }
@@ -76,6 +80,7 @@ impl Heartbeat for HeartbeatService {
             self.apply.clone(),
             credentials,
             request.into_inner(),
+            self.stream_idle_timeout,
             self.stopping.clone(),
         )))
     }

@@ -137,6 +137,9 @@ async fn run_serve(pool: PgPool, args: ServeArgs, tls: TlsFiles) -> anyhow::Resu
             ..db::Budget::default()
         },
         max_expensive_reads: args.max_expensive_reads as usize,
+        max_event_streams: args.max_event_streams as usize,
+        max_streams_per_connection: args.max_streams_per_connection,
+        stream_idle_timeout: args.stream_idle_timeout,
         webhook: match (args.webhook_url, args.webhook_secret) {
             (Some(url), Some(secret)) => {
                 Some(webhook::Config::new(url, &secret).context("cannot use --webhook-secret")?)

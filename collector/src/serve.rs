@@ -25,9 +25,6 @@ use crate::{
     quota, webhook,
 };
 
-/// Concurrent HTTP/2 streams per connection (hyper's default is 200).
-const MAX_STREAMS_PER_CONNECTION: u32 = 4096;
-
 /// What `serve` needs besides the database.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -55,6 +52,13 @@ pub struct Options {
     /// Expensive reads (history, window rankings) served at once; more are
     /// answered 503 with `Retry-After`.
     pub max_expensive_reads: usize,
+    /// Event streams (SSE) open at once; more are answered 503.
+    pub max_event_streams: usize,
+    /// Concurrent heartbeat calls (HTTP/2 streams) per connection.
+    pub max_streams_per_connection: u32,
+    /// A heartbeat `Stream` that sends nothing for this long is ended (the
+    /// agent opens a new one with its next heartbeat).
+    pub stream_idle_timeout: Duration,
 }
 
 /// The bound sockets, so that the caller knows the addresses before serving.
@@ -91,7 +95,7 @@ pub async fn serve(
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         // Each agent keeps one heartbeat stream open; a proxy may carry
         // many agents on one connection.
-        .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
+        .max_concurrent_streams(Some(options.max_streams_per_connection))
         .timeout(Duration::from_secs(30));
     if let Some((cert, key)) = &options.tls {
         let cert = std::fs::read(cert)
@@ -165,6 +169,9 @@ pub async fn serve(
                     expensive_reads: Arc::new(tokio::sync::Semaphore::new(
                         options.max_expensive_reads.max(1),
                     )),
+                    event_streams: Arc::new(tokio::sync::Semaphore::new(
+                        options.max_event_streams.max(1),
+                    )),
                 },
                 listener,
                 options.ingest.schedule,
@@ -195,6 +202,7 @@ pub async fn serve(
         HeartbeatServer::new(HeartbeatService::new(
             ingest,
             interval_ms,
+            options.stream_idle_timeout,
             stopping_rx,
             metrics,
         ))

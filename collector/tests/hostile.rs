@@ -812,3 +812,78 @@ async fn a_batch_waits_for_a_lock_no_longer_than_its_deadline() {
     .expect("applied once the lock is gone");
     assert_eq!(reply.outcome(), Outcome::Applied);
 }
+
+/// A heartbeat stream that sends nothing for `--stream-idle-timeout` is
+/// ended; the agent's next heartbeat opens a new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_heartbeat_stream_is_ended() {
+    let Some(fleet) = Fleet::start("hostile_idle").await else {
+        return;
+    };
+    let node = fleet.add_node("quiet").await;
+    let server = fleet
+        .serve_here_with(|o| o.stream_idle_timeout = Duration::from_secs(1))
+        .await;
+    let mut client = fleet::client(server.address).await;
+    let mut stream = fleet::Stream::open(&mut client, Some(&node.token))
+        .await
+        .expect("open");
+    let reply = stream.send(fleet::heartbeat("e", 1, 5, 5)).await;
+    assert_eq!(reply.outcome(), Outcome::Applied);
+    let idle = std::time::Instant::now();
+    let ended = stream.next().await.expect("ended cleanly");
+    assert!(ended.is_none(), "{ended:?}");
+    assert!(
+        idle.elapsed() < Duration::from_secs(5),
+        "ended after {:?}",
+        idle.elapsed()
+    );
+    let mut again = fleet::Stream::open(&mut client, Some(&node.token))
+        .await
+        .expect("a new stream");
+    let reply = again.send(fleet::heartbeat("e", 2, 9, 9)).await;
+    assert_eq!(reply.outcome(), Outcome::Applied);
+}
+
+/// At most `--max-event-streams` live event streams are open at once; more
+/// are answered 503 busy with `Retry-After`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_streams_are_bounded() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let Some(fleet) = Fleet::start("hostile_sse").await else {
+        return;
+    };
+    let server = fleet.serve_here_with(|o| o.max_event_streams = 2).await;
+    // Opens an event stream and reads its head; the connection is kept.
+    let open = || async {
+        let mut socket = tokio::net::TcpStream::connect(server.http_address)
+            .await
+            .expect("connect");
+        socket
+            .write_all(b"GET /api/v1/events HTTP/1.1\r\nHost: tally\r\n\r\n")
+            .await
+            .expect("request");
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            let read = tokio::time::timeout(Duration::from_secs(5), socket.read(&mut byte))
+                .await
+                .expect("a head in time")
+                .expect("read");
+            assert!(read > 0, "closed: {}", String::from_utf8_lossy(&head));
+            head.push(byte[0]);
+        }
+        (String::from_utf8_lossy(&head).into_owned(), socket)
+    };
+    let (first, _a) = open().await;
+    let (second, _b) = open().await;
+    for head in [&first, &second] {
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    }
+    let (third, _c) = open().await;
+    assert!(third.starts_with("HTTP/1.1 503"), "{third}");
+    assert!(
+        third.to_ascii_lowercase().contains("retry-after: 1"),
+        "{third}"
+    );
+}

@@ -2,8 +2,14 @@
 //! each answered in order, one at a time (an agent sends one and waits for
 //! its reply). A refusal is a reply carrying the status `Send` would answer,
 //! and the stream goes on; only a refused token ends it (UNAUTHENTICATED).
+//! A stream that sends nothing for `--stream-idle-timeout` is ended (OK):
+//! the agent opens a new one with its next heartbeat, and a caller that
+//! only holds streams open holds them no longer.
 
-use std::{pin::Pin, time::Instant};
+use std::{
+    pin::Pin,
+    time::{Duration, Instant},
+};
 
 use futures_util::{Stream, stream};
 use tally_proto::v1::{HeartbeatReply, HeartbeatRequest};
@@ -23,6 +29,7 @@ struct State {
     apply: Apply,
     credentials: Credentials,
     requests: Streaming<HeartbeatRequest>,
+    idle_timeout: Duration,
     stopping: watch::Receiver<bool>,
     /// The last item was the status that ends the stream.
     ended: bool,
@@ -36,12 +43,14 @@ pub(super) fn replies(
     apply: Apply,
     credentials: Credentials,
     requests: Streaming<HeartbeatRequest>,
+    idle_timeout: Duration,
     stopping: watch::Receiver<bool>,
 ) -> Replies {
     let state = State {
         apply,
         credentials,
         requests,
+        idle_timeout,
         stopping,
         ended: false,
     };
@@ -52,7 +61,17 @@ pub(super) fn replies(
         let next = tokio::select! {
             biased;
             _ = state.stopping.wait_for(|stopping| *stopping) => return None,
-            next = state.requests.message() => next,
+            next = tokio::time::timeout(state.idle_timeout, state.requests.message()) => match next {
+                Ok(next) => next,
+                Err(_) => {
+                    tracing::debug!(
+                        node = %state.credentials.node_id,
+                        "ending a heartbeat stream that sent nothing for {:?}",
+                        state.idle_timeout
+                    );
+                    return None;
+                }
+            },
         };
         let request = match next {
             Ok(Some(request)) => request,

@@ -7,6 +7,8 @@
 //! 15 s as keep-alive. A client that falls behind gets `resync` (refetch)
 //! and continues with the newer events. The stream ends when the collector
 //! begins to stop (else a graceful shutdown would wait for it forever).
+//! At most `--max-event-streams` are open at once on one collector; more
+//! are answered 503 `busy` with `Retry-After`.
 
 use std::{convert::Infallible, time::Duration};
 
@@ -33,14 +35,20 @@ pub fn routes() -> Router<AppState> {
 async fn stream(
     _: Reader,
     State(state): State<AppState>,
-) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
-    let heard = heard(state.events.subscribe())
-        .map(|event| Ok(Event::default().event(event.kind.name()).data(&*event.data)));
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, crate::error::Error> {
+    // Held as long as the stream is open.
+    let permit = std::sync::Arc::clone(&state.event_streams)
+        .try_acquire_owned()
+        .map_err(|_| crate::error::Error::Busy("too many event streams open"))?;
+    let heard = heard(state.events.subscribe()).map(move |event| {
+        let _open = &permit;
+        Ok(Event::default().event(event.kind.name()).data(&*event.data))
+    });
     let mut stopping = state.stopping.clone();
     let stopped = async move {
         let _ = stopping.wait_for(|stopping| *stopping).await;
     };
-    Sse::new(heard.take_until(stopped)).keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
+    Ok(Sse::new(heard.take_until(stopped)).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)))
 }
 
 /// The events `receiver` gets, a `resync` in place of those it missed by

@@ -59,6 +59,8 @@ pub struct AppState {
     /// Permits for expensive reads (history, window rankings): when none is
     /// free, such a request is answered 503 with `Retry-After`.
     pub expensive_reads: Arc<tokio::sync::Semaphore>,
+    /// Permits for open event streams (`--max-event-streams`).
+    pub event_streams: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {

@@ -145,6 +145,9 @@ impl Fleet {
             webhook: None,
             database: Default::default(),
             max_expensive_reads: 2,
+            max_event_streams: 256,
+            max_streams_per_connection: 4096,
+            stream_idle_timeout: Duration::from_secs(120),
         };
         tweak(&mut options);
         let listeners = serve::bind(&options).await.expect("bind");

@@ -311,6 +311,9 @@ async fn collector(setup: &Setup<'_>) -> anyhow::Result<IngestRun> {
         webhook: None,
         database: Default::default(),
         max_expensive_reads: 2,
+        max_event_streams: 256,
+        max_streams_per_connection: 4096,
+        stream_idle_timeout: Duration::from_secs(120),
     };
     let listener = TcpListener::bind(options.listen)
         .await
