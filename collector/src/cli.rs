@@ -406,6 +406,18 @@ pub struct ServeArgs {
     )]
     pub stream_idle_timeout: Duration,
 
+    /// A TLS handshake on the node channel not done in this time is given
+    /// up and its connection closed, so that half-open handshakes cannot
+    /// pile up.
+    #[arg(
+        long,
+        env = "TALLY_HANDSHAKE_TIMEOUT",
+        default_value = "10s",
+        value_parser = parse_positive_duration,
+        value_name = "DURATION"
+    )]
+    pub handshake_timeout: Duration,
+
     /// Where to POST quota events (JSON; each call is signed with
     /// --webhook-secret and retried with backoff until a 2xx answer, up to
     /// 12 attempts), e.g. `https://hooks.example.com/tally`. Needs

@@ -140,6 +140,7 @@ async fn run_serve(pool: PgPool, args: ServeArgs, tls: TlsFiles) -> anyhow::Resu
         max_event_streams: args.max_event_streams as usize,
         max_streams_per_connection: args.max_streams_per_connection,
         stream_idle_timeout: args.stream_idle_timeout,
+        handshake_timeout: args.handshake_timeout,
         webhook: match (args.webhook_url, args.webhook_secret) {
             (Some(url), Some(secret)) => {
                 Some(webhook::Config::new(url, &secret).context("cannot use --webhook-secret")?)

@@ -59,6 +59,9 @@ pub struct Options {
     /// A heartbeat `Stream` that sends nothing for this long is ended (the
     /// agent opens a new one with its next heartbeat).
     pub stream_idle_timeout: Duration,
+    /// A TLS handshake not done in this time is given up (its connection
+    /// closed).
+    pub handshake_timeout: Duration,
 }
 
 /// The bound sockets, so that the caller knows the addresses before serving.
@@ -103,7 +106,11 @@ pub async fn serve(
         let key =
             std::fs::read(key).with_context(|| format!("cannot read the key {}", key.display()))?;
         server = server
-            .tls_config(ServerTlsConfig::new().identity(Identity::from_pem(cert, key)))
+            .tls_config(
+                ServerTlsConfig::new()
+                    .identity(Identity::from_pem(cert, key))
+                    .timeout(options.handshake_timeout),
+            )
             .context("cannot use the TLS certificate and key")?;
     }
     // Open heartbeat streams (and HTTP connections) end when the shutdown

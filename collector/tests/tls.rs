@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::process::Command;
+use std::{process::Command, time::Duration};
 
 use common::fleet::{self, Fleet, Process};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
@@ -67,9 +67,29 @@ async fn tls_serves_clients_that_trust_the_ca_only() {
             cert.to_str().expect("utf-8"),
             "--tls-key",
             key.to_str().expect("utf-8"),
+            "--handshake-timeout",
+            "1s",
         ],
     );
     let port = server.address.port();
+
+    // Half-open handshakes: connections that say nothing, or only the
+    // first bytes of a ClientHello. They are closed after the handshake
+    // timeout, and real clients are served meanwhile.
+    let mut half_open = Vec::new();
+    for i in 0..20 {
+        let mut socket = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect");
+        if i % 2 == 1 {
+            use tokio::io::AsyncWriteExt as _;
+            socket
+                .write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01])
+                .await
+                .expect("a partial ClientHello");
+        }
+        half_open.push(socket);
+    }
 
     let mut client = tls_client(port, &ours.ca_pem).await.expect("TLS connects");
     let reply = fleet::send(
@@ -80,6 +100,17 @@ async fn tls_serves_clients_that_trust_the_ca_only() {
     .await
     .expect("served over TLS");
     assert_eq!(reply.outcome(), Outcome::Applied);
+    for mut socket in half_open {
+        use tokio::io::AsyncReadExt as _;
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(Duration::from_secs(5), socket.read(&mut byte))
+            .await
+            .expect("closed within the handshake timeout");
+        assert!(
+            matches!(read, Ok(0) | Err(_)),
+            "closed, not answered: {read:?}"
+        );
+    }
 
     // Another CA: the handshake fails.
     let other = pki();

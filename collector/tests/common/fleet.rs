@@ -148,6 +148,7 @@ impl Fleet {
             max_event_streams: 256,
             max_streams_per_connection: 4096,
             stream_idle_timeout: Duration::from_secs(120),
+            handshake_timeout: Duration::from_secs(10),
         };
         tweak(&mut options);
         let listeners = serve::bind(&options).await.expect("bind");

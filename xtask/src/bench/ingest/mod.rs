@@ -314,6 +314,7 @@ async fn collector(setup: &Setup<'_>) -> anyhow::Result<IngestRun> {
         max_event_streams: 256,
         max_streams_per_connection: 4096,
         stream_idle_timeout: Duration::from_secs(120),
+        handshake_timeout: Duration::from_secs(10),
     };
     let listener = TcpListener::bind(options.listen)
         .await
