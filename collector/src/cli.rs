@@ -406,9 +406,9 @@ pub struct ServeArgs {
     )]
     pub stream_idle_timeout: Duration,
 
-    /// A TLS handshake on the node channel not done in this time is given
-    /// up and its connection closed, so that half-open handshakes cannot
-    /// pile up.
+    /// A new connection (node channel or HTTP) must finish its TLS
+    /// handshake, if any, and bring its first request within this time, or
+    /// it is closed: connections that only hold a socket cannot pile up.
     #[arg(
         long,
         env = "TALLY_HANDSHAKE_TIMEOUT",
@@ -417,6 +417,69 @@ pub struct ServeArgs {
         value_name = "DURATION"
     )]
     pub handshake_timeout: Duration,
+
+    /// Connections open at once on the node channel (each agent keeps one;
+    /// a load balancer that speaks HTTP/2 carries many agents on each).
+    /// More are closed as soon as they are accepted. Each takes a file
+    /// descriptor: the collector raises its open-file limit to the hard
+    /// limit and warns when the connection limits do not fit in it.
+    #[arg(
+        long,
+        env = "TALLY_MAX_CONNECTIONS",
+        default_value_t = 100_000,
+        value_parser = clap::value_parser!(u32).range(1..),
+        value_name = "N"
+    )]
+    pub max_connections: u32,
+
+    /// Connections open at once on the node channel from one source address.
+    /// An agent needs one; a load balancer that keeps the nodes' addresses
+    /// shows each node's, one that speaks HTTP/2 multiplexes up to
+    /// --max-streams-per-connection agents on each connection. Behind a
+    /// TCP-level balancer that hides the nodes' addresses, raise it to the
+    /// share of the fleet one balancer address carries.
+    #[arg(
+        long,
+        env = "TALLY_MAX_CONNECTIONS_PER_ADDRESS",
+        default_value_t = 4096,
+        value_parser = clap::value_parser!(u32).range(1..),
+        value_name = "N"
+    )]
+    pub max_connections_per_address: u32,
+
+    /// Connections open at once on the HTTP side (browsers, API clients,
+    /// Prometheus). More are closed as soon as they are accepted.
+    #[arg(
+        long,
+        env = "TALLY_MAX_HTTP_CONNECTIONS",
+        default_value_t = 10_000,
+        value_parser = clap::value_parser!(u32).range(1..),
+        value_name = "N"
+    )]
+    pub max_http_connections: u32,
+
+    /// Connections open at once on the HTTP side from one source address (a
+    /// browser opens a few; an office behind one NAT address shares it).
+    #[arg(
+        long,
+        env = "TALLY_MAX_HTTP_CONNECTIONS_PER_ADDRESS",
+        default_value_t = 256,
+        value_parser = clap::value_parser!(u32).range(1..),
+        value_name = "N"
+    )]
+    pub max_http_connections_per_address: u32,
+
+    /// An HTTP/1 request's headers must come within this time after the
+    /// connection is ready for it; an idle keep-alive connection is closed
+    /// after it too.
+    #[arg(
+        long,
+        env = "TALLY_HEADER_READ_TIMEOUT",
+        default_value = "30s",
+        value_parser = parse_positive_duration,
+        value_name = "DURATION"
+    )]
+    pub header_read_timeout: Duration,
 
     /// Where to POST quota events (JSON; each call is signed with
     /// --webhook-secret and retried with backoff until a 2xx answer, up to

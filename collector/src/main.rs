@@ -141,6 +141,11 @@ async fn run_serve(pool: PgPool, args: ServeArgs, tls: TlsFiles) -> anyhow::Resu
         max_streams_per_connection: args.max_streams_per_connection,
         stream_idle_timeout: args.stream_idle_timeout,
         handshake_timeout: args.handshake_timeout,
+        max_connections: args.max_connections as usize,
+        max_connections_per_address: args.max_connections_per_address as usize,
+        max_http_connections: args.max_http_connections as usize,
+        max_http_connections_per_address: args.max_http_connections_per_address as usize,
+        header_read_timeout: args.header_read_timeout,
         webhook: match (args.webhook_url, args.webhook_secret) {
             (Some(url), Some(secret)) => {
                 Some(webhook::Config::new(url, &secret).context("cannot use --webhook-secret")?)

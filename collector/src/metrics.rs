@@ -6,8 +6,8 @@
 //! connection.
 
 use prometheus::{
-    Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry, exponential_buckets,
-    proto::MetricFamily,
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+    exponential_buckets, proto::MetricFamily,
 };
 use tally_proto::v1::Outcome;
 
@@ -24,6 +24,8 @@ pub struct Metrics {
     webhook_delivered: IntCounter,
     webhook_failed: IntCounter,
     webhook_given_up: IntCounter,
+    connections_open: IntGaugeVec,
+    connections_refused: IntCounterVec,
 }
 
 /// What came of one webhook attempt.
@@ -81,6 +83,24 @@ impl Metrics {
             &["outcome"],
         )?;
         registry.register(Box::new(webhooks.clone()))?;
+        let connections_open = IntGaugeVec::new(
+            Opts::new(
+                "tally_connections_open",
+                "TCP connections open, by listener (grpc: the node channel; http).",
+            ),
+            &["listener"],
+        )?;
+        let connections_refused = IntCounterVec::new(
+            Opts::new(
+                "tally_connections_closed_by_limit_total",
+                "Connections the collector closed, by listener and reason (full: the \
+                 listener's --max-connections; address_full: the per-address limit; \
+                 no_request: no request within --handshake-timeout).",
+            ),
+            &["listener", "reason"],
+        )?;
+        registry.register(Box::new(connections_open.clone()))?;
+        registry.register(Box::new(connections_refused.clone()))?;
         let webhook = |o: &str| webhooks.with_label_values(&[o]);
         let outcome = |o: &str| heartbeats.with_label_values(&[o]);
         Ok(Self {
@@ -95,6 +115,8 @@ impl Metrics {
             webhook_delivered: webhook("delivered"),
             webhook_failed: webhook("failed"),
             webhook_given_up: webhook("given_up"),
+            connections_open,
+            connections_refused,
         })
     }
 
@@ -131,6 +153,20 @@ impl Metrics {
             Delivery::Failed => self.webhook_failed.inc(),
             Delivery::GivenUp => self.webhook_given_up.inc(),
         }
+    }
+
+    /// Sets the connections open on `listener`.
+    pub fn connections_open(&self, listener: &str, open: usize) {
+        self.connections_open
+            .with_label_values(&[listener])
+            .set(i64::try_from(open).unwrap_or(i64::MAX));
+    }
+
+    /// Counts a connection closed by a limit of `listener`.
+    pub fn connection_refused(&self, listener: &str, reason: &str) {
+        self.connections_refused
+            .with_label_values(&[listener, reason])
+            .inc();
     }
 
     /// Every metric of the registry, as of now.

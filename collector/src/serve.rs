@@ -11,10 +11,11 @@ use chrono::Utc;
 use sqlx::PgPool;
 use tally_proto::{limits, v1::heartbeat_server::HeartbeatServer};
 use tokio::{net::TcpListener, sync::watch};
-use tonic::transport::{Identity, Server, ServerTlsConfig, server::TcpIncoming};
+use tonic::transport::{Identity, Server, ServerTlsConfig};
 
 use crate::{
     billing::rates,
+    connections::{self, Admission, Limits},
     db, events,
     grpc::{HeartbeatService, authenticate::Gate},
     http,
@@ -59,9 +60,20 @@ pub struct Options {
     /// A heartbeat `Stream` that sends nothing for this long is ended (the
     /// agent opens a new one with its next heartbeat).
     pub stream_idle_timeout: Duration,
-    /// A TLS handshake not done in this time is given up (its connection
-    /// closed).
+    /// A new connection (either listener) must finish its TLS handshake, if
+    /// any, and bring its first request within this time, or it is closed.
     pub handshake_timeout: Duration,
+    /// Connections open at once on the node channel, in total and from one
+    /// source address.
+    pub max_connections: usize,
+    pub max_connections_per_address: usize,
+    /// Connections open at once on the HTTP side, in total and from one
+    /// source address.
+    pub max_http_connections: usize,
+    pub max_http_connections_per_address: usize,
+    /// An HTTP/1 request's headers must come within this time (also the
+    /// longest an idle keep-alive connection is kept).
+    pub header_read_timeout: Duration,
 }
 
 /// The bound sockets, so that the caller knows the addresses before serving.
@@ -163,6 +175,15 @@ pub async fn serve(
     ));
     let http = match listeners.http {
         Some(listener) => {
+            let admission = Admission::new(
+                "http",
+                Limits {
+                    max: options.max_http_connections,
+                    max_per_address: options.max_http_connections_per_address,
+                    first_request_within: options.handshake_timeout,
+                },
+                metrics.clone(),
+            );
             let http = spawn_http(
                 http::AppState {
                     pool: pools.readers.clone(),
@@ -181,6 +202,8 @@ pub async fn serve(
                     )),
                 },
                 listener,
+                admission,
+                options.header_read_timeout,
                 options.ingest.schedule,
             )?;
             Some(http)
@@ -203,6 +226,18 @@ pub async fn serve(
     let interval_ms = options
         .heartbeat_interval
         .map_or(0, |d| u32::try_from(d.as_millis()).unwrap_or(u32::MAX));
+    connections::fit_open_files(
+        (options.max_connections as u64).saturating_add(options.max_http_connections as u64),
+    );
+    let admission = Admission::new(
+        "grpc",
+        Limits {
+            max: options.max_connections,
+            max_per_address: options.max_connections_per_address,
+            first_request_within: options.handshake_timeout,
+        },
+        metrics.clone(),
+    );
     // Tokens are checked (in memory) before anything of a call is decoded.
     let gate = Gate::new(tokens, pools.upkeep.clone(), metrics.clone());
     let service = gate.wrap(
@@ -223,7 +258,7 @@ pub async fn serve(
     );
     let result = server
         .add_service(service)
-        .serve_with_incoming_shutdown(TcpIncoming::from(listeners.grpc), shutdown)
+        .serve_with_incoming_shutdown(admission.incoming(listeners.grpc), shutdown)
         .await
         .context("the gRPC server failed");
     upkeep.abort();
@@ -232,12 +267,10 @@ pub async fn serve(
     {
         tracing::warn!(%error, "the webhook deliverer task failed");
     }
-    if let Some(http) = http {
-        match http.await {
-            Ok(Err(error)) => tracing::warn!(%error, "the HTTP server failed"),
-            Err(error) => tracing::warn!(%error, "the HTTP server task failed"),
-            Ok(Ok(())) => {}
-        }
+    if let Some(http) = http
+        && let Err(error) = http.await
+    {
+        tracing::warn!(%error, "the HTTP server task failed");
     }
     if let Err(error) = listener.await {
         tracing::warn!(%error, "the live-event listener task failed");
@@ -252,8 +285,10 @@ pub async fn serve(
 fn spawn_http(
     state: http::AppState,
     listener: TcpListener,
+    admission: Admission,
+    header_read_timeout: Duration,
     schedule: Option<Schedule>,
-) -> anyhow::Result<tokio::task::JoinHandle<std::io::Result<()>>> {
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let address = listener.local_addr().context("no local address")?;
     tracing::info!(
         %address,
@@ -261,18 +296,18 @@ fn spawn_http(
         read_token = state.tokens.read.is_some(),
         "serving HTTP (dashboard, JSON API, events, metrics)"
     );
-    let mut stopping = state.stopping.clone();
+    let stopping = state.stopping.clone();
     // The billing views need the `--period-reset` fallback day.
     let router = http::router(state).layer(axum::Extension(http::billing::PeriodReset(
         schedule.map(Schedule::day),
     )));
-    Ok(tokio::spawn(async move {
-        axum::serve(listener, router)
-            .with_graceful_shutdown(async move {
-                let _ = stopping.wait_for(|stopping| *stopping).await;
-            })
-            .await
-    }))
+    Ok(tokio::spawn(http::listener::serve(
+        listener,
+        admission,
+        router,
+        header_read_timeout,
+        stopping,
+    )))
 }
 
 /// Periods of quiet nodes that ended by their anchor day, and quotas on

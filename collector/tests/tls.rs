@@ -1,7 +1,11 @@
 //! TLS on the node channel: with a certificate the collector speaks only
 //! TLS, a client that trusts its CA is served, others are not; without one
-//! it refuses to start unless plaintext is asked for explicitly.
+//! it refuses to start unless plaintext is asked for explicitly. And what
+//! both listeners do with connections that only hold sockets.
 
+#[path = "common/browser.rs"]
+#[allow(dead_code, reason = "screenshots are not taken here")]
+mod browser;
 mod common;
 
 use std::{process::Command, time::Duration};
@@ -152,4 +156,265 @@ fn serve_without_tls_or_plaintext_refuses_to_start() {
         ),
         "{stderr}"
     );
+}
+
+/// Raises this process's open-file limit to its hard limit (the test
+/// holds thousands of sockets).
+fn raise_open_files() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct, setrlimit reads it.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut limit), 0);
+        limit.rlim_cur = limit.rlim_max;
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &raw const limit), 0);
+    }
+    assert!(
+        limit.rlim_cur >= 20_000,
+        "open-file hard limit {}",
+        limit.rlim_cur
+    );
+}
+
+/// A TCP connection to `port` from `source` (any address of 127/8).
+async fn connect_from(source: [u8; 4], port: u16) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind((std::net::Ipv4Addr::from(source), 0).into())
+        .expect("bind the source address");
+    socket
+        .connect((std::net::Ipv4Addr::LOCALHOST, port).into())
+        .await
+        .expect("connect")
+}
+
+/// Whether the collector closed `socket` (end of file or reset) by
+/// `deadline`.
+async fn closed_by(socket: &mut tokio::net::TcpStream, deadline: tokio::time::Instant) -> bool {
+    use tokio::io::AsyncReadExt as _;
+    let mut buf = [0u8; 256];
+    loop {
+        match tokio::time::timeout_at(deadline, socket.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0) | Err(_)) => return true,
+            // An HTTP answer (408, 400) before the close: read on.
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+/// The value of the sample `name{labels}` in a Prometheus text answer.
+fn sample(metrics: &str, name_and_labels: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(name_and_labels)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Thousands of connections that only hold sockets: 5,000 idle (half on
+/// each listener), 1,000 half-finished handshakes (partial ClientHellos on
+/// the TLS node channel, partial request headers on HTTP), and one address
+/// opening more than its share. The ones over the per-address limit are
+/// closed at once, the rest after the handshake timeout; real nodes (over
+/// TLS) and a browser are served throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sockets_that_only_hold_connections_are_closed_while_nodes_and_a_browser_are_served() {
+    use tokio::io::AsyncWriteExt as _;
+    let test = "sockets_that_only_hold_connections_are_closed";
+    let Some(browser) = browser::Browser::start(test, 1280, 900).await else {
+        return;
+    };
+    let Some(fleet) = Fleet::start("tls_held_sockets").await else {
+        return;
+    };
+    raise_open_files();
+    let nodes = [
+        fleet.add_node("a").await,
+        fleet.add_node("b").await,
+        fleet.add_node("c").await,
+    ];
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ours = pki();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert, &ours.cert_pem).expect("write cert");
+    std::fs::write(&key, &ours.key_pem).expect("write key");
+    let http_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let http_listen = format!("127.0.0.1:{http_port}");
+    let server = Process::start_with(
+        &fleet.url,
+        &[
+            "--tls-cert",
+            cert.to_str().expect("utf-8"),
+            "--tls-key",
+            key.to_str().expect("utf-8"),
+            "--http-listen",
+            &http_listen,
+            "--handshake-timeout",
+            "4s",
+            "--header-read-timeout",
+            "4s",
+            "--max-connections-per-address",
+            "600",
+            "--max-http-connections-per-address",
+            "600",
+        ],
+    );
+    let grpc_port = server.address.port();
+    let http = common::http::Client::new(http_listen.parse().expect("address"));
+
+    // Real nodes report over TLS every 100 ms throughout.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut reporters = Vec::new();
+    for node in &nodes {
+        let (token, ca, mut stopped) = (node.token.clone(), ours.ca_pem.clone(), stopped.clone());
+        reporters.push(tokio::spawn(async move {
+            let mut client = tls_client(grpc_port, &ca).await.expect("TLS connects");
+            let mut sent = 0u64;
+            while !*stopped.borrow() {
+                sent += 1;
+                let reply = fleet::send(
+                    &mut client,
+                    Some(&token),
+                    fleet::heartbeat("e", sent, sent * 10, sent * 20),
+                )
+                .await
+                .expect("a real node is served");
+                assert_eq!(reply.outcome(), Outcome::Applied);
+                let _ = tokio::time::timeout(Duration::from_millis(100), stopped.changed()).await;
+            }
+            sent
+        }));
+    }
+    drop(stopped);
+
+    // 5,000 idle connections from ten addresses (250 per listener each),
+    // and 1,000 half-finished handshakes from two others.
+    let started = tokio::time::Instant::now();
+    let mut held = Vec::new();
+    for i in 0..10u8 {
+        for _ in 0..250 {
+            held.push(connect_from([127, 0, 0, 10 + i], grpc_port).await);
+            held.push(connect_from([127, 0, 0, 10 + i], http_port).await);
+        }
+    }
+    for _ in 0..500 {
+        let mut socket = connect_from([127, 0, 0, 30], grpc_port).await;
+        socket
+            .write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01])
+            .await
+            .expect("a partial ClientHello");
+        held.push(socket);
+        let mut socket = connect_from([127, 0, 0, 31], http_port).await;
+        socket
+            .write_all(b"GET /api/v1/nodes HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .expect("partial request headers");
+        held.push(socket);
+    }
+    // One address beyond its share: 700 where 600 are allowed.
+    let mut greedy = Vec::new();
+    for _ in 0..700 {
+        greedy.push(connect_from([127, 0, 0, 40], grpc_port).await);
+    }
+    let opened_in = started.elapsed();
+    eprintln!(
+        "opened {} held connections and {} from one address in {opened_in:?}",
+        held.len(),
+        greedy.len()
+    );
+
+    // While they are held: the collector counts them, and serves.
+    let metrics = http.get("/metrics").await;
+    assert_eq!(metrics.status, 200, "{}", metrics.body);
+    let open_grpc = sample(&metrics.body, r#"tally_connections_open{listener="grpc"}"#);
+    let open_http = sample(&metrics.body, r#"tally_connections_open{listener="http"}"#);
+    eprintln!("held by the collector: grpc {open_grpc}, http {open_http}");
+    assert!(
+        open_grpc >= 3_000.0 && open_http >= 3_000.0,
+        "grpc {open_grpc}, http {open_http}"
+    );
+    assert_eq!(
+        sample(
+            &metrics.body,
+            r#"tally_connections_closed_by_limit_total{listener="grpc",reason="address_full"}"#
+        ),
+        100.0,
+        "the connections beyond the address's share are closed"
+    );
+    let mut closed_at_once = 0;
+    let now = tokio::time::Instant::now() + Duration::from_millis(1);
+    for socket in &mut greedy {
+        if closed_by(socket, now).await {
+            closed_at_once += 1;
+        }
+    }
+    assert_eq!(closed_at_once, 100, "closed as soon as accepted");
+    browser
+        .client
+        .goto(&format!("http://{http_listen}/"))
+        .await
+        .expect("open the dashboard");
+    browser
+        .wait_for(
+            "three rows",
+            Duration::from_secs(10),
+            "return document.querySelectorAll('#nodes-body tr').length;",
+            |v| v.as_u64() == Some(3),
+        )
+        .await;
+
+    // After the timeouts every held connection is closed.
+    let mut still_open = 0;
+    let deadline = started + Duration::from_secs(15);
+    for socket in held.iter_mut().chain(greedy.iter_mut()) {
+        if !closed_by(socket, deadline).await {
+            still_open += 1;
+        }
+    }
+    assert_eq!(still_open, 0, "connections still open after the timeouts");
+    let metrics = http.get("/metrics").await;
+    let closed_quiet = sample(
+        &metrics.body,
+        r#"tally_connections_closed_by_limit_total{listener="grpc",reason="no_request"}"#,
+    ) + sample(
+        &metrics.body,
+        r#"tally_connections_closed_by_limit_total{listener="http",reason="no_request"}"#,
+    );
+    let open_grpc = sample(&metrics.body, r#"tally_connections_open{listener="grpc"}"#);
+    eprintln!(
+        "closed for want of a request: {closed_quiet}; still open: grpc {open_grpc}, http {}",
+        sample(&metrics.body, r#"tally_connections_open{listener="http"}"#)
+    );
+    assert!(closed_quiet >= 5_500.0, "{closed_quiet}");
+    assert!(open_grpc <= 3.0, "only the real nodes stay: {open_grpc}");
+
+    // The browser is still served, live; the nodes' heartbeats all applied.
+    browser
+        .client
+        .refresh()
+        .await
+        .expect("reload the dashboard");
+    browser
+        .wait_for(
+            "three rows after the reload",
+            Duration::from_secs(10),
+            "return document.querySelectorAll('#nodes-body tr').length;",
+            |v| v.as_u64() == Some(3),
+        )
+        .await;
+    stop.send_replace(true);
+    for (node, reporter) in nodes.iter().zip(reporters) {
+        let sent = reporter.await.expect("reporter");
+        assert!(sent >= 20, "{sent}");
+        assert_eq!(
+            fleet.totals(&node.id).await.0,
+            i64::try_from(sent * 10).expect("small")
+        );
+    }
+    browser.finish().await;
 }

@@ -20,7 +20,7 @@
 use std::{
     collections::HashMap,
     convert::Infallible,
-    net::{IpAddr, SocketAddr},
+    net::IpAddr,
     sync::{Arc, Mutex, PoisonError},
     task::{Context, Poll},
     time::{Duration, Instant},
@@ -33,11 +33,12 @@ use tonic::{
     body::Body,
     codegen::{Service, http},
     server::NamedService,
-    transport::server::{TcpConnectInfo, TlsConnectInfo},
+    transport::server::TlsConnectInfo,
 };
 
 use crate::{
     auth::{self, Credentials},
+    connections::ConnectionInfo,
     error::Error,
     metrics::Metrics,
     node_tokens::NodeTokens,
@@ -212,6 +213,10 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let gate = self.gate.clone();
+        // The connection asked something: its first-request deadline ends.
+        if let Some(connection) = connection(&request) {
+            connection.first_request.came();
+        }
         Box::pin(async move {
             match gate.check(request.headers()).await {
                 Ok(credentials) => {
@@ -227,18 +232,21 @@ where
     }
 }
 
-/// The caller's address, as the transport recorded it (plaintext or TLS).
-fn remote_ip<B>(request: &http::Request<B>) -> Option<IpAddr> {
+/// What the listener recorded of the call's connection (plaintext or TLS).
+fn connection<B>(request: &http::Request<B>) -> Option<&ConnectionInfo> {
     let extensions = request.extensions();
-    let address: Option<SocketAddr> = extensions
-        .get::<TcpConnectInfo>()
-        .and_then(TcpConnectInfo::remote_addr)
-        .or_else(|| {
-            extensions
-                .get::<TlsConnectInfo<TcpConnectInfo>>()
-                .and_then(|tls| tls.get_ref().remote_addr())
-        });
-    address.map(|a| a.ip())
+    extensions.get::<ConnectionInfo>().or_else(|| {
+        extensions
+            .get::<TlsConnectInfo<ConnectionInfo>>()
+            .map(TlsConnectInfo::get_ref)
+    })
+}
+
+/// The caller's address, as the transport recorded it.
+fn remote_ip<B>(request: &http::Request<B>) -> Option<IpAddr> {
+    connection(request)
+        .and_then(|connection| connection.tcp.remote_addr())
+        .map(|address| address.ip())
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ pub mod corrections;
 mod dashboard;
 mod events;
 pub mod history;
+pub mod listener;
 mod metrics;
 pub mod nodes;
 pub mod openapi;

@@ -149,6 +149,11 @@ impl Fleet {
             max_streams_per_connection: 4096,
             stream_idle_timeout: Duration::from_secs(120),
             handshake_timeout: Duration::from_secs(10),
+            max_connections: 100_000,
+            max_connections_per_address: 4096,
+            max_http_connections: 10_000,
+            max_http_connections_per_address: 256,
+            header_read_timeout: Duration::from_secs(30),
         };
         tweak(&mut options);
         let listeners = serve::bind(&options).await.expect("bind");
@@ -213,7 +218,9 @@ impl Process {
             let mut found = Some(found);
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if let Some(addr) = line
-                    .split_once("address=")
+                    .contains("serving tally.v1.Heartbeat")
+                    .then_some(&line)
+                    .and_then(|line| line.split_once("address="))
                     .and_then(|(_, rest)| rest.split_whitespace().next())
                     .and_then(|a| a.parse::<SocketAddr>().ok())
                     && let Some(found) = found.take()
