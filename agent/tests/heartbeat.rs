@@ -56,7 +56,15 @@ enum Verdict {
     Behind,
     /// INVALID_ARGUMENT for the epoch's `last_of_boot` heartbeats only.
     RefuseLastOfBoot,
+    /// RESOURCE_EXHAUSTED with a retry hint of [`PACED_MS`], once (then
+    /// the verdict is over), as a collector answers a node whose heartbeats
+    /// come too fast.
+    Paced,
 }
+
+/// The retry hint of [`Verdict::Paced`]: longer than any first backoff
+/// delay of the agent (at most 1.5 s), so that waiting it shows.
+const PACED_MS: u64 = 2_500;
 
 /// The epoch the peer does not apply, and its answer to it.
 type Verdicts = Arc<Mutex<Option<(String, Verdict)>>>;
@@ -81,13 +89,17 @@ impl Peer {
         streamed: bool,
     ) -> Result<HeartbeatReply, Status> {
         let sequence = request.sequence;
-        let verdict = self
-            .verdicts
-            .lock()
-            .expect("verdicts")
-            .as_ref()
-            .and_then(|(epoch, verdict)| (*epoch == request.epoch).then_some(*verdict))
-            .filter(|v| *v != Verdict::RefuseLastOfBoot || request.last_of_boot);
+        let verdict = {
+            let mut verdicts = self.verdicts.lock().expect("verdicts");
+            let verdict = verdicts
+                .as_ref()
+                .and_then(|(epoch, verdict)| (*epoch == request.epoch).then_some(*verdict))
+                .filter(|v| *v != Verdict::RefuseLastOfBoot || request.last_of_boot);
+            if verdict == Some(Verdict::Paced) {
+                *verdicts = None;
+            }
+            verdict
+        };
         let epoch = request.epoch.clone();
         self.log.lock().expect("log").push(Received {
             at: Instant::now(),
@@ -107,6 +119,14 @@ impl Peer {
             }),
             Some(Verdict::RefuseLastOfBoot) => {
                 Err(Status::invalid_argument("interface name must not be empty"))
+            }
+            Some(Verdict::Paced) => {
+                let mut status = Status::resource_exhausted("this node's heartbeats come too fast");
+                status.metadata_mut().insert(
+                    tally_proto::RETRY_PUSHBACK,
+                    PACED_MS.to_string().parse().expect("metadata"),
+                );
+                Err(status)
             }
             None => Ok(HeartbeatReply {
                 outcome: Outcome::Applied.into(),
@@ -158,6 +178,11 @@ impl Heartbeat for Peer {
                     refusal: Some(Refusal {
                         code: status.code() as u32,
                         message: status.message().to_owned(),
+                        retry_after_ms: status
+                            .metadata()
+                            .get(tally_proto::RETRY_PUSHBACK)
+                            .and_then(|v| v.to_str().ok()?.parse().ok())
+                            .unwrap_or(0),
                     }),
                     ..HeartbeatReply::default()
                 });
@@ -686,6 +711,56 @@ fn starts_a_new_epoch_when(verdict: Verdict, applied_first: usize) {
         !log.contains("ERROR"),
         "a rebase is no error for procfs: {log}"
     );
+}
+
+/// A collector that takes this node's heartbeats no faster answers
+/// RESOURCE_EXHAUSTED with the time to wait: the agent waits that long
+/// (not its shorter backoff), then sends its newest reading. Over a stream
+/// (the hint in the reply's refusal) and over Send calls (in the status's
+/// metadata).
+#[test]
+fn the_agent_waits_as_long_as_the_collector_asks() {
+    for streams in [true, false] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let token = token_file(dir.path());
+        let collector = if streams {
+            Collector::start(0, Log::default(), None)
+        } else {
+            Collector::start_without_stream(Log::default())
+        };
+        let boot_id = read_trimmed("/proc/sys/kernel/random/boot_id");
+        let agent = ProcfsAgent::start(&[
+            "--collector",
+            &format!("http://127.0.0.1:{}", collector.port),
+            "--insecure-plaintext",
+            "--token-file",
+            &token.display().to_string(),
+            "--interval",
+            "1s",
+        ]);
+        collector.wait_for(2, Duration::from_secs(10), || agent.log());
+        collector.answer(&format!("procfs-{boot_id}"), Verdict::Paced);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let (paced, next) = loop {
+            let received = collector.received();
+            if let Some(at) = received
+                .iter()
+                .position(|r| r.verdict == Some(Verdict::Paced))
+                && let Some(next) = received.get(at + 1)
+            {
+                break (received[at].clone(), next.clone());
+            }
+            assert!(Instant::now() < deadline, "agent log:\n{}", agent.log());
+            thread::sleep(Duration::from_millis(20));
+        };
+        let waited = next.at.duration_since(paced.at);
+        assert!(
+            waited >= Duration::from_millis(PACED_MS - 100),
+            "sent again after {waited:?}, asked to wait {PACED_MS} ms (streams: {streams})"
+        );
+        assert!(next.verdict.is_none() && next.request.sequence > paced.request.sequence);
+        assert!(agent.log().contains("ResourceExhausted"), "{}", agent.log());
+    }
 }
 
 #[test]

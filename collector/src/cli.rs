@@ -394,6 +394,20 @@ pub struct ServeArgs {
     )]
     pub max_streams_per_connection: u32,
 
+    /// One node's heartbeats are taken at most one per this interval, after
+    /// a burst of 20 (what an agent sends at once after an outage); more
+    /// are refused with RESOURCE_EXHAUSTED and the time to wait, which the
+    /// agent honours. Nothing is lost: the next heartbeat brings the same
+    /// cumulative counters. Counted per collector replica. `0s`: no limit.
+    #[arg(
+        long,
+        env = "TALLY_MIN_HEARTBEAT_INTERVAL",
+        default_value = "500ms",
+        value_parser = parse_min_heartbeat_interval,
+        value_name = "DURATION"
+    )]
+    pub min_heartbeat_interval: Duration,
+
     /// A heartbeat stream that sends nothing for this long is ended (an
     /// agent sends every few seconds, and opens a new stream with its next
     /// heartbeat), so that calls that only hold streams open are let go.
@@ -406,8 +420,8 @@ pub struct ServeArgs {
     )]
     pub stream_idle_timeout: Duration,
 
-    /// A new connection (node channel or HTTP) must finish its TLS
-    /// handshake, if any, and bring its first request within this time, or
+    /// A new connection (node channel or HTTP) must send its first bytes
+    /// within this time, and finish its TLS handshake (if any) within it, or
     /// it is closed: connections that only hold a socket cannot pile up.
     #[arg(
         long,
@@ -872,6 +886,16 @@ fn parse_positive_duration(s: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
     if d < Duration::from_millis(1) || d > Duration::from_secs(86_400) {
         return Err("must be from 1ms to 1day".into());
+    }
+    Ok(d)
+}
+
+/// At most a minute (an agent's interval is at least a second; a limit
+/// above a minute would refuse every agent's regular heartbeats).
+fn parse_min_heartbeat_interval(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if d > Duration::from_secs(60) {
+        return Err("must be at most 1m (0s: no limit)".into());
     }
     Ok(d)
 }

@@ -4,10 +4,13 @@
 //! Each listener (the node channel, the HTTP side) admits at most
 //! [`Limits::max`] connections at once and [`Limits::max_per_address`] from
 //! one source address; a connection over a limit is closed as soon as it is
-//! accepted. An admitted connection must bring its first request (after its
-//! TLS handshake, if any) within [`Limits::first_request_within`], or it is
-//! closed: connections that only hold a socket cannot pile up until file
-//! descriptors run out. Refusals are counted in the metrics and logged at
+//! accepted. An admitted connection must send its first bytes (a TLS
+//! ClientHello, the HTTP/2 preface, a request line) within
+//! [`Limits::first_bytes_within`], or it is closed: connections that only
+//! hold a socket cannot pile up until file descriptors run out. (The TLS
+//! handshake that follows has its own timeout, the same value; HTTP/1
+//! request headers too, see `http::listener`. A connection that spoke may
+//! stay idle: HTTP/2 clients and load balancers keep connections pooled.) Refusals are counted in the metrics and logged at
 //! most every [`LOG_EVERY`] per address.
 
 use std::{
@@ -16,10 +19,7 @@ use std::{
     io,
     net::IpAddr,
     pin::Pin,
-    sync::{
-        Arc, Mutex, PoisonError,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::{Arc, Mutex, PoisonError},
     task::{Context, Poll},
     time::{Duration, Instant},
 };
@@ -50,37 +50,37 @@ pub struct Limits {
     pub max: usize,
     /// Connections open at once from one source address.
     pub max_per_address: usize,
-    /// A connection whose first request has not come in this time after it
-    /// was accepted is closed.
-    pub first_request_within: Duration,
+    /// A connection that has sent nothing this long after it was accepted
+    /// is closed.
+    pub first_bytes_within: Duration,
 }
 
-/// Why a connection was closed by the listener.
+/// Why the listener closed a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refusal {
+pub enum Closed {
     /// The listener had [`Limits::max`] connections open.
     Full,
     /// The source address had [`Limits::max_per_address`] connections open.
     AddressFull,
-    /// No request came within [`Limits::first_request_within`].
-    NoRequest,
+    /// Nothing came within [`Limits::first_bytes_within`].
+    Silent,
 }
 
-impl Refusal {
+impl Closed {
     /// The metric label.
     pub fn label(self) -> &'static str {
         match self {
-            Refusal::Full => "full",
-            Refusal::AddressFull => "address_full",
-            Refusal::NoRequest => "no_request",
+            Closed::Full => "full",
+            Closed::AddressFull => "address_full",
+            Closed::Silent => "silent",
         }
     }
 
     fn describe(self) -> &'static str {
         match self {
-            Refusal::Full => "the listener has its maximum of connections open",
-            Refusal::AddressFull => "this address has its maximum of connections open",
-            Refusal::NoRequest => "no request came within the handshake timeout",
+            Closed::Full => "the listener has its maximum of connections open",
+            Closed::AddressFull => "this address has its maximum of connections open",
+            Closed::Silent => "nothing came within the handshake timeout",
         }
     }
 }
@@ -121,15 +121,15 @@ impl Admission {
 
     /// A place for a connection from `address`, held until the returned
     /// ticket is dropped.
-    pub fn admit(&self, address: IpAddr) -> Result<Ticket, Refusal> {
+    pub fn admit(&self, address: IpAddr) -> Result<Ticket, Closed> {
         let limits = &self.shared.limits;
         let mut state = self.state();
         if state.open >= limits.max {
-            return Err(Refusal::Full);
+            return Err(Closed::Full);
         }
         let from_address = state.per_address.entry(address).or_insert(0);
         if *from_address >= limits.max_per_address {
-            return Err(Refusal::AddressFull);
+            return Err(Closed::AddressFull);
         }
         *from_address += 1;
         state.open += 1;
@@ -173,7 +173,7 @@ impl Admission {
     }
 
     /// Counts a refusal and logs it, paced per address.
-    pub fn refused(&self, address: IpAddr, refusal: Refusal) {
+    pub fn refused(&self, address: IpAddr, refusal: Closed) {
         self.shared
             .metrics
             .connection_refused(self.shared.listener, refusal.label());
@@ -202,7 +202,7 @@ impl Admission {
 
     /// Accepts connections from `listener` for ever, closing those over a
     /// limit; the admitted ones come out with their ticket and their
-    /// first-request deadline running.
+    /// first-bytes deadline running.
     pub fn incoming(
         self,
         listener: TcpListener,
@@ -235,7 +235,7 @@ impl Admission {
                 Ok(ticket) => {
                     // Heartbeats are small: send each at once.
                     let _ = stream.set_nodelay(true);
-                    return Admitted::new(stream, ticket, self.shared.limits.first_request_within);
+                    return Admitted::new(stream, ticket, self.shared.limits.first_bytes_within);
                 }
                 Err(refusal) => {
                     self.refused(peer.ip(), refusal);
@@ -308,27 +308,12 @@ impl Drop for Ticket {
     }
 }
 
-/// Marks a connection as having brought its first request, which stops its
-/// deadline. Cloned into the connection's request path.
-#[derive(Debug, Clone, Default)]
-pub struct FirstRequest(Arc<AtomicBool>);
-
-impl FirstRequest {
-    pub fn came(&self) {
-        self.0.store(true, Ordering::Relaxed);
-    }
-
-    fn has_come(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
-    }
-}
-
-/// An admitted connection: closed (reads fail) if its first request does
-/// not come in time; gives its place back when dropped.
+/// An admitted connection: closed (reads fail) if its first bytes do not
+/// come in time; gives its place back when dropped.
 pub struct Admitted<IO> {
     io: IO,
+    /// Until the first bytes came.
     deadline: Option<Pin<Box<Sleep>>>,
-    first_request: FirstRequest,
     ticket: Ticket,
 }
 
@@ -337,14 +322,8 @@ impl<IO> Admitted<IO> {
         Self {
             io,
             deadline: Some(Box::pin(tokio::time::sleep(within))),
-            first_request: FirstRequest::default(),
             ticket,
         }
-    }
-
-    /// What the request path marks when the first request has come.
-    pub fn first_request(&self) -> FirstRequest {
-        self.first_request.clone()
     }
 }
 
@@ -355,24 +334,30 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Admitted<IO> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        let read = Pin::new(&mut this.io).poll_read(cx, buf);
-        if read.is_pending()
-            && let Some(deadline) = this.deadline.as_mut()
-        {
-            if this.first_request.has_come() {
-                this.deadline = None;
-            } else if deadline.as_mut().poll(cx).is_ready() {
+        let Some(deadline) = this.deadline.as_mut() else {
+            return Pin::new(&mut this.io).poll_read(cx, buf);
+        };
+        let before = buf.filled().len();
+        match Pin::new(&mut this.io).poll_read(cx, buf) {
+            Poll::Pending => {
+                if deadline.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
                 this.deadline = None;
                 this.ticket
                     .admission
-                    .refused(this.ticket.address, Refusal::NoRequest);
-                return Poll::Ready(Err(io::Error::new(
+                    .refused(this.ticket.address, Closed::Silent);
+                Poll::Ready(Err(io::Error::new(
                     io::ErrorKind::TimedOut,
-                    Refusal::NoRequest.describe(),
-                )));
+                    Closed::Silent.describe(),
+                )))
             }
+            Poll::Ready(Ok(())) if buf.filled().len() > before => {
+                this.deadline = None;
+                Poll::Ready(Ok(()))
+            }
+            other => other,
         }
-        read
     }
 }
 
@@ -406,22 +391,11 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Admitted<IO> {
     }
 }
 
-/// What the node channel's calls see of their connection: the transport's
-/// addresses, and the mark of the first request.
-#[derive(Debug, Clone)]
-pub struct ConnectionInfo {
-    pub tcp: TcpConnectInfo,
-    pub first_request: FirstRequest,
-}
-
 impl Connected for Admitted<TcpStream> {
-    type ConnectInfo = ConnectionInfo;
+    type ConnectInfo = TcpConnectInfo;
 
     fn connect_info(&self) -> Self::ConnectInfo {
-        ConnectionInfo {
-            tcp: self.io.connect_info(),
-            first_request: self.first_request(),
-        }
+        self.io.connect_info()
     }
 }
 
@@ -436,7 +410,7 @@ mod tests {
             Limits {
                 max,
                 max_per_address,
-                first_request_within: Duration::from_secs(1),
+                first_bytes_within: Duration::from_secs(1),
             },
             metrics,
         )
@@ -449,9 +423,9 @@ mod tests {
         let b = IpAddr::from([10, 0, 0, 2]);
         let first = admission.admit(a).expect("first from a");
         let second = admission.admit(a).expect("second from a");
-        assert_eq!(admission.admit(a).err(), Some(Refusal::AddressFull));
+        assert_eq!(admission.admit(a).err(), Some(Closed::AddressFull));
         let third = admission.admit(b).expect("first from b");
-        assert_eq!(admission.admit(b).err(), Some(Refusal::Full));
+        assert_eq!(admission.admit(b).err(), Some(Closed::Full));
         assert_eq!(admission.open(), 3);
         drop(first);
         assert_eq!(admission.open(), 2);
@@ -462,7 +436,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_connection_without_a_request_is_closed_after_the_deadline() {
+    async fn a_connection_that_sends_nothing_is_closed_after_the_deadline() {
         use tokio::io::AsyncReadExt as _;
         let admission = admission(10, 10);
         let ticket = admission
@@ -474,12 +448,12 @@ mod tests {
         let error = admitted
             .read(&mut buf)
             .await
-            .expect_err("no request: the read fails");
+            .expect_err("nothing came: the read fails");
         assert_eq!(error.kind(), io::ErrorKind::TimedOut);
     }
 
     #[tokio::test]
-    async fn a_connection_whose_request_came_is_kept() {
+    async fn a_connection_that_spoke_may_be_idle() {
         use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
         let admission = admission(10, 10);
         let ticket = admission
@@ -487,9 +461,11 @@ mod tests {
             .expect("ticket");
         let (mut client, server) = tokio::io::duplex(64);
         let mut admitted = Admitted::new(server, ticket, Duration::from_millis(100));
-        admitted.first_request().came();
+        client.write_all(b"PRI").await.expect("write");
+        let mut buf = [0u8; 8];
+        let n = admitted.read(&mut buf).await.expect("first bytes");
+        assert_eq!(&buf[..n], b"PRI");
         let reader = tokio::spawn(async move {
-            let mut buf = [0u8; 8];
             let n = admitted.read(&mut buf).await;
             n.map(|n| buf[..n].to_vec())
         });

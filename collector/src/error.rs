@@ -1,6 +1,8 @@
 //! The collector's errors, and the one place that maps them to gRPC status
 //! codes (and, with the HTTP API, to HTTP statuses).
 
+use std::time::Duration;
+
 use tally_proto::v1::Refusal;
 use tonic::Status;
 
@@ -55,6 +57,17 @@ pub enum Error {
     /// Too many expensive requests at once: ask again in a moment.
     #[error("busy: {0}; retry in a second")]
     Busy(&'static str),
+    /// A node's heartbeats come faster than the collector takes them.
+    #[error(
+        "this node's heartbeats come faster than one per {}ms (after a burst); send again in \
+         {}ms",
+        min_interval.as_millis(),
+        retry_after.as_millis()
+    )]
+    TooFrequent {
+        min_interval: Duration,
+        retry_after: Duration,
+    },
     /// The batch a heartbeat was in could not be committed.
     #[error("database error (nothing was stored; retry): {0}")]
     BatchFailed(String),
@@ -68,7 +81,11 @@ impl Error {
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            Error::Unavailable(_) | Error::BatchFailed(_) | Error::Database(_) | Error::Busy(_)
+            Error::Unavailable(_)
+                | Error::BatchFailed(_)
+                | Error::Database(_)
+                | Error::Busy(_)
+                | Error::TooFrequent { .. }
         )
     }
 }
@@ -78,6 +95,8 @@ impl Error {
     /// that it happened (its details, which may show the schema or the
     /// values of others, go to the log where it happened).
     pub fn public_message(&self) -> String {
+        // (The retry hint goes with the status, see `From<Error> for
+        // Status`.)
         match self {
             Error::BatchFailed(_) | Error::Database(_) => {
                 "the database failed: nothing was changed; retry later".to_owned()
@@ -105,17 +124,37 @@ impl From<Error> for Status {
                 Status::unavailable(message)
             }
             Error::Busy(_) => Status::resource_exhausted(message),
+            Error::TooFrequent { retry_after, .. } => {
+                let mut status = Status::resource_exhausted(message);
+                if let Ok(value) = millis(retry_after).to_string().parse() {
+                    status
+                        .metadata_mut()
+                        .insert(tally_proto::RETRY_PUSHBACK, value);
+                }
+                status
+            }
         }
     }
+}
+
+/// Whole milliseconds, rounded up (a hint of 0 would mean none).
+fn millis(duration: Duration) -> u32 {
+    let rounded = duration.as_micros().div_ceil(1000).max(1);
+    u32::try_from(rounded).unwrap_or(u32::MAX)
 }
 
 /// A heartbeat refused on the `Stream` call: the status `Send` would answer,
 /// as the reply's `refusal` (the stream goes on).
 pub fn refusal(error: Error) -> Refusal {
+    let retry_after_ms = match &error {
+        Error::TooFrequent { retry_after, .. } => millis(*retry_after),
+        _ => 0,
+    };
     let status = Status::from(error);
     Refusal {
         code: status.code() as u32,
         message: status.message().to_owned(),
+        retry_after_ms,
     }
 }
 
@@ -140,6 +179,7 @@ impl Error {
                 (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
             }
             Error::Busy(_) => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
+            Error::TooFrequent { .. } => (StatusCode::TOO_MANY_REQUESTS, "too_many_requests"),
         }
     }
 }

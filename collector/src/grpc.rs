@@ -2,6 +2,7 @@
 //! ([`authenticate`]).
 
 pub mod authenticate;
+pub mod pace;
 mod stream;
 
 use std::{
@@ -21,6 +22,8 @@ use crate::{
     validate,
 };
 
+use self::pace::Pace;
+
 /// Answers heartbeats by queuing them for [`Ingest`].
 pub struct HeartbeatService {
     apply: Apply,
@@ -38,6 +41,7 @@ impl HeartbeatService {
     pub fn new(
         ingest: Ingest,
         interval_ms: u32,
+        min_heartbeat_interval: Duration,
         stream_idle_timeout: Duration,
         stopping: watch::Receiver<bool>,
         metrics: Arc<Metrics>,
@@ -46,6 +50,7 @@ impl HeartbeatService {
             apply: Apply {
                 ingest,
                 interval_ms,
+                pace: Arc::new(Pace::new(min_heartbeat_interval)),
                 metrics,
             },
             stream_idle_timeout,
@@ -107,6 +112,8 @@ struct Apply {
     ingest: Ingest,
     /// The interval to ask agents for (0: let them choose).
     interval_ms: u32,
+    /// How often each node's heartbeats are taken.
+    pace: Arc<Pace>,
     /// Counts refusals before ingestion (ingestion counts the rest).
     metrics: Arc<Metrics>,
 }
@@ -121,6 +128,14 @@ impl Apply {
         received: Instant,
     ) -> Result<HeartbeatReply, Error> {
         let node = credentials.node_id.clone();
+        if let Err(retry_after) = self.pace.admit(&node, received) {
+            self.metrics.too_frequent();
+            tracing::debug!(%node, ?retry_after, "heartbeat refused: too frequent");
+            return Err(Error::TooFrequent {
+                min_interval: self.pace.min_interval(),
+                retry_after,
+            });
+        }
         let heartbeat = validate::heartbeat(request, unix_now_ns()).inspect_err(|e| {
             self.metrics.rejected(1);
             tracing::warn!(%node, error = %e, "heartbeat refused");

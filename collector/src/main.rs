@@ -112,6 +112,16 @@ async fn run_serve(pool: PgPool, args: ServeArgs, tls: TlsFiles) -> anyhow::Resu
             .context("cannot apply the database migrations")?;
         tracing::info!(migrations = count, "database schema up to date");
     }
+    if let Some(interval) = args.heartbeat_interval
+        && interval < args.min_heartbeat_interval
+    {
+        anyhow::bail!(
+            "--heartbeat-interval {} is shorter than --min-heartbeat-interval {}: the agents \
+             would be asked to send faster than they are taken",
+            humantime::format_duration(interval),
+            humantime::format_duration(args.min_heartbeat_interval)
+        );
+    }
     let options = serve::Options {
         listen: args.listen,
         tls,
@@ -140,6 +150,7 @@ async fn run_serve(pool: PgPool, args: ServeArgs, tls: TlsFiles) -> anyhow::Resu
         max_event_streams: args.max_event_streams as usize,
         max_streams_per_connection: args.max_streams_per_connection,
         stream_idle_timeout: args.stream_idle_timeout,
+        min_heartbeat_interval: args.min_heartbeat_interval,
         handshake_timeout: args.handshake_timeout,
         max_connections: args.max_connections as usize,
         max_connections_per_address: args.max_connections_per_address as usize,

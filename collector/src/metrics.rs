@@ -18,6 +18,7 @@ pub struct Metrics {
     duplicate: IntCounter,
     stale: IntCounter,
     rejected: IntCounter,
+    too_frequent: IntCounter,
     batch_duration: Histogram,
     batch_size: Histogram,
     batch_failures: IntCounter,
@@ -46,7 +47,9 @@ impl Metrics {
             Opts::new(
                 "tally_heartbeats_total",
                 "Heartbeats answered, by outcome (rejected: refused for a bad token, \
-                 a malformed heartbeat, a counter going backwards or an overflow).",
+                 a malformed heartbeat, a counter going backwards or an overflow; \
+                 too_frequent: refused with a retry hint, the node's heartbeats came \
+                 faster than --min-heartbeat-interval after a burst).",
             ),
             &["outcome"],
         )?;
@@ -95,7 +98,7 @@ impl Metrics {
                 "tally_connections_closed_by_limit_total",
                 "Connections the collector closed, by listener and reason (full: the \
                  listener's --max-connections; address_full: the per-address limit; \
-                 no_request: no request within --handshake-timeout).",
+                 silent: nothing sent within --handshake-timeout).",
             ),
             &["listener", "reason"],
         )?;
@@ -108,6 +111,7 @@ impl Metrics {
             duplicate: outcome("duplicate"),
             stale: outcome("stale"),
             rejected: outcome("rejected"),
+            too_frequent: outcome("too_frequent"),
             registry,
             batch_duration,
             batch_size,
@@ -133,6 +137,11 @@ impl Metrics {
     /// Counts `n` refused heartbeats.
     pub fn rejected(&self, n: u64) {
         self.rejected.inc_by(n);
+    }
+
+    /// Counts a heartbeat refused because its node's came too fast.
+    pub fn too_frequent(&self) {
+        self.too_frequent.inc();
     }
 
     /// Records a committed batch of `size` heartbeats that took `seconds`.

@@ -57,11 +57,15 @@ pub struct Options {
     pub max_event_streams: usize,
     /// Concurrent heartbeat calls (HTTP/2 streams) per connection.
     pub max_streams_per_connection: u32,
+    /// One node's heartbeats are taken at most one per this interval, after
+    /// a burst (zero: all).
+    pub min_heartbeat_interval: Duration,
     /// A heartbeat `Stream` that sends nothing for this long is ended (the
     /// agent opens a new one with its next heartbeat).
     pub stream_idle_timeout: Duration,
-    /// A new connection (either listener) must finish its TLS handshake, if
-    /// any, and bring its first request within this time, or it is closed.
+    /// A new connection (either listener) must send its first bytes within
+    /// this time, and finish its TLS handshake (if any) within it, or it is
+    /// closed.
     pub handshake_timeout: Duration,
     /// Connections open at once on the node channel, in total and from one
     /// source address.
@@ -180,7 +184,7 @@ pub async fn serve(
                 Limits {
                     max: options.max_http_connections,
                     max_per_address: options.max_http_connections_per_address,
-                    first_request_within: options.handshake_timeout,
+                    first_bytes_within: options.handshake_timeout,
                 },
                 metrics.clone(),
             );
@@ -234,7 +238,7 @@ pub async fn serve(
         Limits {
             max: options.max_connections,
             max_per_address: options.max_connections_per_address,
-            first_request_within: options.handshake_timeout,
+            first_bytes_within: options.handshake_timeout,
         },
         metrics.clone(),
     );
@@ -244,6 +248,7 @@ pub async fn serve(
         HeartbeatServer::new(HeartbeatService::new(
             ingest,
             interval_ms,
+            options.min_heartbeat_interval,
             options.stream_idle_timeout,
             stopping_rx,
             metrics,

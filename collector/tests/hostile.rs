@@ -887,3 +887,84 @@ async fn event_streams_are_bounded() {
         "{third}"
     );
 }
+
+/// A node whose heartbeats come faster than `--min-heartbeat-interval`
+/// (after a burst of 20) is answered `RESOURCE_EXHAUSTED` with the time to
+/// wait, on `Send` (status metadata) and on `Stream` (the refusal); another
+/// node is not touched, and after the wait the node is taken again with
+/// its newest counters: nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_faster_than_the_pace_is_told_how_long_to_wait() {
+    let Some(fleet) = Fleet::start("hostile_pace").await else {
+        return;
+    };
+    let fast = fleet.add_node("fast").await;
+    let calm = fleet.add_node("calm").await;
+    let collector = fleet::Process::start_with(
+        &fleet.url,
+        &["--insecure-plaintext", "--min-heartbeat-interval", "1s"],
+    );
+    let mut client = fleet::client(collector.address).await;
+    let mut applied = 0;
+    let mut first_refusal = None;
+    for sequence in 1..=25u64 {
+        match fleet::send(
+            &mut client,
+            Some(&fast.token),
+            fleet::heartbeat("e", sequence, sequence * 100, sequence),
+        )
+        .await
+        {
+            Ok(reply) => {
+                assert_eq!(reply.outcome(), Outcome::Applied);
+                applied += 1;
+            }
+            Err(status) => {
+                assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+                first_refusal.get_or_insert(status);
+            }
+        }
+    }
+    assert_eq!(applied, 20, "the burst");
+    let status = first_refusal.expect("refused beyond the burst");
+    let hint: u64 = status
+        .metadata()
+        .get(tally_proto::RETRY_PUSHBACK)
+        .expect("a retry hint")
+        .to_str()
+        .expect("ascii")
+        .parse()
+        .expect("milliseconds");
+    assert!((1..=1000).contains(&hint), "{hint}");
+    assert!(status.message().contains("send again in"), "{status:?}");
+    assert_eq!(fleet.totals(&fast.id).await.0, 2000, "the 20th heartbeat");
+
+    // Another node is taken meanwhile.
+    let reply = fleet::send(
+        &mut client,
+        Some(&calm.token),
+        fleet::heartbeat("e", 1, 7, 7),
+    )
+    .await
+    .expect("another node is not touched");
+    assert_eq!(reply.outcome(), Outcome::Applied);
+
+    // On a stream the refusal carries the hint.
+    let mut stream = fleet::Stream::open(&mut client, Some(&fast.token))
+        .await
+        .expect("opens");
+    let reply = stream.send(fleet::heartbeat("e", 26, 2600, 26)).await;
+    let refusal = reply.refusal.expect("refused on the stream");
+    assert_eq!(refusal.code, Code::ResourceExhausted as u32);
+    assert!((1..=1000).contains(&refusal.retry_after_ms), "{refusal:?}");
+
+    // After the wait, the newest counters count in full.
+    tokio::time::sleep(Duration::from_millis(
+        u64::from(refusal.retry_after_ms) + 50,
+    ))
+    .await;
+    let reply = stream.send(fleet::heartbeat("e", 27, 2700, 27)).await;
+    assert!(reply.refusal.is_none(), "{reply:?}");
+    assert_eq!(reply.outcome(), Outcome::Applied);
+    assert_eq!(fleet.totals(&fast.id).await.0, 2700, "nothing lost");
+}

@@ -380,10 +380,10 @@ async fn sockets_that_only_hold_connections_are_closed_while_nodes_and_a_browser
     let metrics = http.get("/metrics").await;
     let closed_quiet = sample(
         &metrics.body,
-        r#"tally_connections_closed_by_limit_total{listener="grpc",reason="no_request"}"#,
+        r#"tally_connections_closed_by_limit_total{listener="grpc",reason="silent"}"#,
     ) + sample(
         &metrics.body,
-        r#"tally_connections_closed_by_limit_total{listener="http",reason="no_request"}"#,
+        r#"tally_connections_closed_by_limit_total{listener="http",reason="silent"}"#,
     );
     let open_grpc = sample(&metrics.body, r#"tally_connections_open{listener="grpc"}"#);
     eprintln!(

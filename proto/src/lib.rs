@@ -40,6 +40,10 @@ pub fn is_loopback(interface_name: &str) -> bool {
     interface_name.starts_with("lo")
 }
 
+/// The status metadata (gRPC's retry pushback) by which the collector says
+/// how many milliseconds to wait before sending again.
+pub const RETRY_PUSHBACK: &str = "grpc-retry-pushback-ms";
+
 /// Limits every heartbeat is checked against (the contract's numbers).
 pub mod limits {
     /// Most interface entries in one heartbeat.

@@ -227,8 +227,19 @@ impl Client {
 /// A refusal in a stream's reply as the status `Send` would have answered.
 fn refused(refusal: Refusal) -> Status {
     let code = i32::try_from(refusal.code).map_or(Code::Unknown, Code::from);
-    Status::new(code, refusal.message)
+    let mut status = Status::new(code, refusal.message);
+    if refusal.retry_after_ms > 0
+        && let Ok(value) = refusal.retry_after_ms.to_string().parse()
+    {
+        status
+            .metadata_mut()
+            .insert(tally_proto::RETRY_PUSHBACK, value);
+    }
+    status
 }
+
+/// The longest retry hint followed; a larger one is taken as this.
+pub const MAX_RETRY_HINT: Duration = Duration::from_secs(300);
 
 /// How loudly a failure is logged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -288,6 +299,27 @@ impl SendError {
 }
 
 impl SendError {
+    /// How long the collector asked to wait before sending again
+    /// (`grpc-retry-pushback-ms`, on RESOURCE_EXHAUSTED: this node's
+    /// heartbeats came faster than it takes them), at most
+    /// [`MAX_RETRY_HINT`].
+    pub fn retry_hint(&self) -> Option<Duration> {
+        let SendError::Status(status) = self else {
+            return None;
+        };
+        if status.code() != Code::ResourceExhausted {
+            return None;
+        }
+        let millis: u64 = status
+            .metadata()
+            .get(tally_proto::RETRY_PUSHBACK)?
+            .to_str()
+            .ok()?
+            .parse()
+            .ok()?;
+        Some(Duration::from_millis(millis).min(MAX_RETRY_HINT))
+    }
+
     /// The collector refused the counters as going backwards within their
     /// epoch: the contract's FAILED_PRECONDITION.
     pub fn is_backwards(&self) -> bool {
@@ -382,6 +414,7 @@ mod tests {
         let refusal = SendError::Status(refused(Refusal {
             code: Code::FailedPrecondition as u32,
             message: "rx bytes went backwards".into(),
+            retry_after_ms: 0,
         }));
         assert!(refusal.is_backwards());
         assert_eq!(
@@ -391,8 +424,23 @@ mod tests {
         let retry = SendError::Status(refused(Refusal {
             code: Code::Unavailable as u32,
             message: "database error".into(),
+            retry_after_ms: 0,
         }));
         assert_eq!(retry.severity(), Severity::Warn);
+        assert_eq!(retry.retry_hint(), None);
+        let paced = SendError::Status(refused(Refusal {
+            code: Code::ResourceExhausted as u32,
+            message: "too frequent".into(),
+            retry_after_ms: 1500,
+        }));
+        assert_eq!(paced.retry_hint(), Some(Duration::from_millis(1500)));
+        assert_eq!(paced.severity(), Severity::Warn);
+        let huge = SendError::Status(refused(Refusal {
+            code: Code::ResourceExhausted as u32,
+            message: "too frequent".into(),
+            retry_after_ms: u32::MAX,
+        }));
+        assert_eq!(huge.retry_hint(), Some(MAX_RETRY_HINT));
 
         let slow = SendError::Timeout(Duration::from_secs(10));
         assert_eq!(slow.to_string(), "no reply within 10s");

@@ -274,10 +274,13 @@ impl Sender {
         }
     }
 
-    /// Logs a failed attempt and waits for the next one.
+    /// Logs a failed attempt and waits for the next one: as long as the
+    /// collector asked, or else by the backoff.
     async fn retry_after(&mut self, error: &SendError) {
         self.failures = self.failures.saturating_add(1);
-        let delay = self.backoff.next_delay();
+        let delay = error
+            .retry_hint()
+            .unwrap_or_else(|| self.backoff.next_delay());
         self.failure_log
             .log(error, self.failures, delay, self.client.url());
         tokio::time::sleep(delay).await;

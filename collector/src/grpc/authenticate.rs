@@ -33,12 +33,11 @@ use tonic::{
     body::Body,
     codegen::{Service, http},
     server::NamedService,
-    transport::server::TlsConnectInfo,
+    transport::server::{TcpConnectInfo, TlsConnectInfo},
 };
 
 use crate::{
     auth::{self, Credentials},
-    connections::ConnectionInfo,
     error::Error,
     metrics::Metrics,
     node_tokens::NodeTokens,
@@ -213,10 +212,6 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let gate = self.gate.clone();
-        // The connection asked something: its first-request deadline ends.
-        if let Some(connection) = connection(&request) {
-            connection.first_request.came();
-        }
         Box::pin(async move {
             match gate.check(request.headers()).await {
                 Ok(credentials) => {
@@ -232,20 +227,17 @@ where
     }
 }
 
-/// What the listener recorded of the call's connection (plaintext or TLS).
-fn connection<B>(request: &http::Request<B>) -> Option<&ConnectionInfo> {
-    let extensions = request.extensions();
-    extensions.get::<ConnectionInfo>().or_else(|| {
-        extensions
-            .get::<TlsConnectInfo<ConnectionInfo>>()
-            .map(TlsConnectInfo::get_ref)
-    })
-}
-
-/// The caller's address, as the transport recorded it.
+/// The caller's address, as the transport recorded it (plaintext or TLS).
 fn remote_ip<B>(request: &http::Request<B>) -> Option<IpAddr> {
-    connection(request)
-        .and_then(|connection| connection.tcp.remote_addr())
+    let extensions = request.extensions();
+    extensions
+        .get::<TcpConnectInfo>()
+        .or_else(|| {
+            extensions
+                .get::<TlsConnectInfo<TcpConnectInfo>>()
+                .map(TlsConnectInfo::get_ref)
+        })
+        .and_then(TcpConnectInfo::remote_addr)
         .map(|address| address.ip())
 }
 

@@ -13,7 +13,6 @@ use hyper_util::{
     service::TowerToHyperService,
 };
 use tokio::{net::TcpListener, sync::watch};
-use tower::ServiceExt as _;
 
 use crate::connections::Admission;
 
@@ -43,16 +42,9 @@ pub async fn serve(
             admitted = admission.next(&listener) => admitted,
             _ = stopping.wait_for(|stopping| *stopping) => break,
         };
-        let first_request = admitted.first_request();
-        let service = router.clone().map_request(move |request| {
-            first_request.came();
-            request
-        });
+        let service = TowerToHyperService::new(router.clone());
         let connection = builder
-            .serve_connection_with_upgrades(
-                TokioIo::new(admitted),
-                TowerToHyperService::new(service),
-            )
+            .serve_connection_with_upgrades(TokioIo::new(admitted), service)
             .into_owned();
         let connection = graceful.watch(connection);
         tokio::spawn(async move {

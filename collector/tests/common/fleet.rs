@@ -149,6 +149,8 @@ impl Fleet {
             max_streams_per_connection: 4096,
             stream_idle_timeout: Duration::from_secs(120),
             handshake_timeout: Duration::from_secs(10),
+            // Tests send as fast as they can; the pace has its own test.
+            min_heartbeat_interval: Duration::ZERO,
             max_connections: 100_000,
             max_connections_per_address: 4096,
             max_http_connections: 10_000,
@@ -207,6 +209,9 @@ impl Process {
         let mut child = Command::new(env!("CARGO_BIN_EXE_tally-collector"))
             .args(["serve", "--listen", "127.0.0.1:0", "--log", "info"])
             .args(args)
+            // Tests send as fast as they can; the pace's own test gives
+            // its interval in `args` (which win over the environment).
+            .env("TALLY_MIN_HEARTBEAT_INTERVAL", "0s")
             .env("DATABASE_URL", database_url)
             .env("NO_COLOR", "1")
             .stderr(Stdio::piped())

@@ -315,6 +315,8 @@ async fn collector(setup: &Setup<'_>) -> anyhow::Result<IngestRun> {
         max_streams_per_connection: 4096,
         stream_idle_timeout: Duration::from_secs(120),
         handshake_timeout: Duration::from_secs(10),
+        // The simulated agents send as fast as the collector takes them.
+        min_heartbeat_interval: Duration::ZERO,
         max_connections: 100_000,
         max_connections_per_address: 4096,
         max_http_connections: 10_000,
