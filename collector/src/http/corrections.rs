@@ -358,10 +358,11 @@ pub struct DecidedAnomaly {
     security(("adminToken" = [])),
     responses(
         (status = 201, description = "The calibration as stored", body = Calibration),
-        (status = 400, description = "A malformed body, a missing actor or reason, or a calibration that changes nothing or would leave a counter below 0, above 2^63 - 1 or a period above its total (nothing was changed)", body = ErrorBody),
+        (status = 400, description = "A malformed body, a missing actor or reason, or no change given (nothing was changed)", body = ErrorBody),
         (status = 401, description = "The admin token is missing or wrong", body = ErrorBody),
         (status = 403, description = "The admin API is disabled (no --admin-token)", body = ErrorBody),
         (status = 404, description = "No node has this id", body = ErrorBody),
+        (status = 409, description = "A calibration that, from the counters as they are, changes nothing or would leave a counter below 0, above 2^63 - 1 or a period above its total (nothing was changed)", body = ErrorBody),
         (status = 503, description = "The database is unavailable", body = ErrorBody),
     )
 )]
