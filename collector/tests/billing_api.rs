@@ -94,6 +94,10 @@ fn bad_members() -> Vec<(Value, &'static str)> {
         // A good member does not carry a bad one through.
         (json!({"mode": "download", "maxRate": -5}), "maxRate: -5"),
         (json!({"anchor_day": 1}), "request body:"),
+        (
+            json!([null, null]),
+            "request body: a JSON object is expected",
+        ),
     ]
 }
 

@@ -5,6 +5,7 @@ mod demo;
 mod disk;
 mod docs;
 mod packages;
+mod schemathesis;
 mod testrun;
 mod toolchain;
 
@@ -153,9 +154,11 @@ fn run(task: Task) -> anyhow::Result<()> {
             packages::ensure(packages::TEST)?;
             setup()?;
             disk::warn_if_short(&target_dir(), TEST_BUILD_GIB, "a clean test build");
+            let schemathesis = schemathesis::ensure(&target_dir())?;
             let mut cmd = Command::new("cargo");
             cmd.current_dir(workspace_root())
                 .env("PATH", toolchain::path_with_cargo_bin()?)
+                .env("TALLY_SCHEMATHESIS", schemathesis)
                 .args(["test", "--workspace", "--exclude", "tally-agent-ebpf"]);
             if !args.is_empty() {
                 cmd.arg("--").args(args);

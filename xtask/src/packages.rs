@@ -11,14 +11,19 @@ use anyhow::{Context as _, bail};
 pub struct Need {
     pub package: &'static str,
     /// Present when every one of these is an executable file (absolute
-    /// paths as they are, other names looked up in `PATH`).
+    /// paths as they are, other names looked up in `PATH`) and every one of
+    /// `files` exists.
     pub programs: &'static [&'static str],
+    /// Absolute paths of files the package brings (for packages without a
+    /// program of their own).
+    pub files: &'static [&'static str],
     pub why: &'static str,
 }
 
 const IPROUTE2: Need = Need {
     package: "iproute2",
     programs: &["ip", "tc"],
+    files: &[],
     why: "network namespaces, veth pairs, tc",
 };
 const POSTGRESQL: Need = Need {
@@ -27,6 +32,7 @@ const POSTGRESQL: Need = Need {
         "/usr/lib/postgresql/15/bin/initdb",
         "/usr/lib/postgresql/15/bin/postgres",
     ],
+    files: &[],
     why: "throwaway PostgreSQL clusters",
 };
 
@@ -40,26 +46,37 @@ pub const TEST: &[Need] = &[
     Need {
         package: "util-linux",
         programs: &["nsenter", "setpriv"],
+        files: &[],
         why: "tests in other namespaces and as an unprivileged user",
     },
     Need {
         package: "prometheus",
         programs: &["promtool"],
+        files: &[],
         why: "`promtool check metrics` on /metrics",
     },
     Need {
         package: "chromium",
         programs: &["chromium"],
+        files: &[],
         why: "the dashboard's browser test",
     },
     Need {
         package: "chromium-driver",
         programs: &["chromedriver"],
+        files: &[],
         why: "the dashboard's browser test",
+    },
+    Need {
+        package: "python3-venv",
+        programs: &["/usr/bin/python3"],
+        files: &["/usr/lib/python3.11/ensurepip/__init__.py"],
+        why: "a Python environment for schemathesis, the HTTP API's schema test",
     },
     Need {
         package: "systemd",
         programs: &["systemd-analyze"],
+        files: &[],
         why: "`systemd-analyze verify` on the deployment kit's units",
     },
 ];
@@ -81,7 +98,8 @@ fn present(program: &str) -> bool {
 pub fn missing(needs: &[Need]) -> Vec<Need> {
     let mut missing: Vec<Need> = Vec::new();
     for need in needs {
-        let absent = !need.programs.iter().all(|p| present(p));
+        let absent = !need.programs.iter().all(|p| present(p))
+            || !need.files.iter().all(|f| Path::new(f).exists());
         if absent && !missing.iter().any(|m| m.package == need.package) {
             missing.push(*need);
         }
@@ -157,11 +175,13 @@ mod tests {
         let absent = Need {
             package: "tally-absent",
             programs: &["tally-no-such-program"],
+            files: &[],
             why: "test",
         };
         let here = Need {
             package: "coreutils",
             programs: &["sh"],
+            files: &[],
             why: "test",
         };
         let missing = missing(&[absent, here, absent]);

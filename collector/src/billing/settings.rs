@@ -22,6 +22,7 @@ use chrono::NaiveDateTime;
 use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 use sqlx::{AssertSqlSafe, PgConnection, PgPool, Row as _, postgres::PgRow};
+use utoipa::openapi::{ArrayBuilder, ObjectBuilder, Type, schema::SchemaType};
 
 use super::{CountRule, Mode, SETTINGS_COLUMNS, SETTINGS_JOIN, Settings, Stored};
 use crate::{calendar::Anchor, error::Error};
@@ -152,9 +153,16 @@ fn positive(value: i128, unit: &str) -> Result<i64, String> {
     }
 }
 
-/// Quota thresholds in percent: each 1 to 1000, at most 10; returned
-/// ascending without repeats. None at all is allowed (no quota events).
+/// Quota thresholds in percent: each 1 to 1000, at most 10 given (repeats
+/// count, as the API's schema has it); returned ascending without
+/// repeats. None at all is allowed (no quota events).
 pub fn check_thresholds(percents: &[i64]) -> Result<Vec<i32>, String> {
+    if percents.len() > MAX_THRESHOLDS {
+        return Err(format!(
+            "{} thresholds; at most {MAX_THRESHOLDS}",
+            percents.len()
+        ));
+    }
     let mut checked = Vec::with_capacity(percents.len());
     for &percent in percents {
         match i32::try_from(percent) {
@@ -168,12 +176,6 @@ pub fn check_thresholds(percents: &[i64]) -> Result<Vec<i32>, String> {
     }
     checked.sort_unstable();
     checked.dedup();
-    if checked.len() > MAX_THRESHOLDS {
-        return Err(format!(
-            "{} thresholds; at most {MAX_THRESHOLDS}",
-            checked.len()
-        ));
-    }
     Ok(checked)
 }
 
@@ -233,7 +235,7 @@ pub struct JsonPatch {
     /// An IANA time zone name. `null`: on a node, the fleet's; on the
     /// fleet, `UTC`.
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<String>, example = "Europe/Berlin")]
+    #[schema(schema_with = time_zone_schema)]
     pub time_zone: Option<Value>,
     /// `sum`, `max`, `upload`, `download` or `p95`. `null`: on a node, the
     /// fleet's; on the fleet, `sum`.
@@ -249,22 +251,65 @@ pub struct JsonPatch {
     /// Bytes per period (bytes per second in mode `p95`), above 0, as a
     /// JSON integer or a decimal string. `null`: on a node, the fleet's; on
     /// the fleet, none.
+    /// The pattern is that of the string form up to 18 digits (values up to
+    /// 2^63 - 1 are taken).
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<String>, pattern = "^[0-9]+$", example = "1099511627776")]
+    #[schema(value_type = Option<String>, pattern = "^0{0,12}[1-9][0-9]{0,17}$", example = "1099511627776")]
     pub quota: Option<Value>,
     /// Percentages of the quota at which a quota event fires (once per
     /// period each): at most 10, each 1 to 1000; `[]` for none. `null`: on
     /// a node, the fleet's; on the fleet, `[80, 100]`.
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<Vec<u32>>, example = json!([80, 100]))]
+    #[schema(schema_with = thresholds_schema)]
     pub thresholds: Option<Value>,
     /// The most bytes per second one interface carries in one direction
     /// (larger deltas are held as anomalies), above 0, as a JSON integer or
     /// a decimal string. `null`: on a node, the fleet's; on the fleet,
     /// 12500000000 (100 Gbit/s).
+    /// The pattern is that of the string form up to 18 digits (values up to
+    /// 2^63 - 1 are taken).
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<String>, pattern = "^[0-9]+$", example = "12500000000")]
+    #[schema(value_type = Option<String>, pattern = "^0{0,12}[1-9][0-9]{0,17}$", example = "12500000000")]
     pub max_rate: Option<Value>,
+}
+
+/// The schema of [`JsonPatch::time_zone`]: a name of the time zone
+/// database, exactly as `check_time_zone` takes them, or null.
+fn time_zone_schema() -> utoipa::openapi::Object {
+    ObjectBuilder::new()
+        .schema_type(SchemaType::from_iter([Type::String, Type::Null]))
+        .enum_values(Some(
+            chrono_tz::TZ_VARIANTS
+                .iter()
+                .map(|zone| Value::from(zone.name()))
+                .chain([Value::Null]),
+        ))
+        .description(Some(
+            "An IANA time zone name. `null`: on a node, the fleet's; on the fleet, `UTC`.",
+        ))
+        .examples(["Europe/Berlin"])
+        .build()
+}
+
+/// The schema of [`JsonPatch::thresholds`], as `check_thresholds` takes
+/// them (repeats count once), or null.
+fn thresholds_schema() -> utoipa::openapi::Array {
+    ArrayBuilder::new()
+        .schema_type(SchemaType::from_iter([Type::Array, Type::Null]))
+        .items(
+            ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .minimum(Some(1))
+                .maximum(Some(MAX_THRESHOLD)),
+        )
+        .max_items(Some(MAX_THRESHOLDS))
+        .description(Some(
+            "Percentages of the quota at which a quota event fires (once per period each): at \
+             most 10, each 1 to 1000; `[]` for none. `null`: on a node, the fleet's; on the \
+             fleet, `[80, 100]`.",
+        ))
+        .examples([serde_json::json!([80, 100])])
+        .build()
 }
 
 /// A member that is present, `null` included (absent members stay `None`
@@ -295,6 +340,18 @@ fn integer(value: &Value) -> Option<i128> {
         .or_else(|| value.as_u64().map(i128::from))
 }
 
+/// A small whole number (a day, a percentage) as JSON Schema's `integer`
+/// has it: a number without a fractional part, written `4` or `4.0` alike.
+/// (Byte counts stay [`integer`]s or decimal strings: no exponents.)
+fn whole(value: &Value) -> Option<i128> {
+    integer(value).or_else(|| {
+        value
+            .as_f64()
+            .filter(|f| f.fract() == 0.0 && f.abs() < 1e9)
+            .map(|f| f as i128)
+    })
+}
+
 /// A JSON integer or a string of decimal digits.
 fn amount(value: &Value, unit: &str) -> Result<i128, String> {
     let parsed = match value {
@@ -323,7 +380,7 @@ impl JsonPatch {
         Ok(SettingsPatch {
             anchor_day: change(Field::AnchorDay, self.anchor_day.as_ref(), |v| {
                 let day =
-                    integer(v).ok_or_else(|| format!("{v} is not a day of the month (1-31)"))?;
+                    whole(v).ok_or_else(|| format!("{v} is not a day of the month (1-31)"))?;
                 check_anchor_day(i64::try_from(day).unwrap_or(i64::MAX))
             })?,
             time_zone: change(Field::TimeZone, self.time_zone.as_ref(), |v| {
@@ -341,7 +398,7 @@ impl JsonPatch {
                 let list = v.as_array().ok_or_else(bad)?;
                 let percents = list
                     .iter()
-                    .map(|p| integer(p).map(|p| i64::try_from(p).unwrap_or(i64::MAX)))
+                    .map(|p| whole(p).map(|p| i64::try_from(p).unwrap_or(i64::MAX)))
                     .collect::<Option<Vec<_>>>()
                     .ok_or_else(bad)?;
                 check_thresholds(&percents)
@@ -838,6 +895,10 @@ mod tests {
             parse(r#"{"thresholds": []}"#).expect("none").thresholds,
             Change::Set(vec![])
         );
+        // A JSON Schema integer may be written with a zero fraction.
+        let whole = parse(r#"{"anchorDay": 4.0, "thresholds": [80.0, 1e2]}"#).expect("whole");
+        assert_eq!(whole.anchor_day, Change::Set(4));
+        assert_eq!(whole.thresholds, Change::Set(vec![80, 100]));
     }
 
     #[test]
@@ -877,6 +938,10 @@ mod tests {
             (r#"{"thresholds": ["80"]}"#, "thresholds: [\"80\"]"),
             (
                 r#"{"thresholds": [1,2,3,4,5,6,7,8,9,10,11]}"#,
+                "thresholds: 11 thresholds; at most 10",
+            ),
+            (
+                r#"{"thresholds": [1,1,1,1,1,1,1,1,1,1,1]}"#,
                 "thresholds: 11 thresholds; at most 10",
             ),
             (r#"{"maxRate": 0}"#, "maxRate: 0 is not"),

@@ -158,7 +158,7 @@ impl Changes {
             period_download,
         };
         if after == before {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::Conflict(format!(
                 "the calibration changes nothing: the counters are already total upload {}, \
                  total download {}, period upload {}, period download {}",
                 before.total_upload,
@@ -201,12 +201,12 @@ fn direction(
     };
     let check = |what: &str, value: i128| -> Result<i64, Error> {
         if value < 0 {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::Conflict(format!(
                 "{what} {name} would be {value} bytes: a counter cannot go below 0; nothing was changed"
             )));
         }
         i64::try_from(value).map_err(|_| {
-            Error::InvalidArgument(format!(
+            Error::Conflict(format!(
                 "{what} {name} would be {value} bytes, more than 2^63 - 1; nothing was changed"
             ))
         })
@@ -214,7 +214,7 @@ fn direction(
     let new_period = check("period", new_period)?;
     let new_total = check("total", new_total)?;
     if new_period > new_total {
-        return Err(Error::InvalidArgument(format!(
+        return Err(Error::Conflict(format!(
             "period {name} ({new_period}) would exceed total {name} ({new_total}): the period is \
              part of the total; nothing was changed"
         )));
@@ -387,7 +387,7 @@ mod tests {
 
     fn refused(changes: Changes) -> String {
         match changes.apply(BEFORE) {
-            Err(Error::InvalidArgument(message)) => message,
+            Err(Error::InvalidArgument(message) | Error::Conflict(message)) => message,
             other => panic!("{changes:?}: {other:?}"),
         }
     }
@@ -487,6 +487,17 @@ mod tests {
             ..Changes::default()
         });
         assert!(m.starts_with("the calibration changes nothing"), "{m}");
+        // No change given is a bad request; what the counters as they are
+        // do not allow, a conflict (HTTP 409).
+        assert!(matches!(
+            Changes::default().apply(BEFORE),
+            Err(Error::InvalidArgument(_))
+        ));
+        let below_zero = Changes {
+            period_upload: Some(Change::Offset(-101)),
+            ..Changes::default()
+        };
+        assert!(matches!(below_zero.apply(BEFORE), Err(Error::Conflict(_))));
         // At the limits.
         let top = Changes {
             total_upload: Some(Change::Set(i64::MAX)),

@@ -24,7 +24,12 @@ use crate::{
 pub struct NewNode {
     /// Unique in the fleet: 1 to 128 bytes without control characters
     /// (surrounding spaces are trimmed).
-    #[schema(example = "web-1")]
+    #[schema(
+        example = "web-1",
+        min_length = 1,
+        max_length = 128,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$"
+    )]
     pub name: String,
 }
 

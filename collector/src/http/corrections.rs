@@ -5,7 +5,10 @@
 
 use axum::{Json, extract::State, http::StatusCode};
 use serde::{Deserialize, Serialize};
-use utoipa::{IntoParams, ToSchema};
+use utoipa::{
+    IntoParams, ToSchema,
+    openapi::{ObjectBuilder, OneOfBuilder, RefOr, Schema, Type, schema::AdditionalProperties},
+};
 
 use super::{
     AppState,
@@ -24,18 +27,57 @@ use crate::{
     events,
 };
 
-/// How to change one counter: exactly one of `set` and `offset`.
-#[derive(Debug, Default, Deserialize, ToSchema)]
+/// How to change one counter: exactly one of `set` and `offset` (its
+/// schema, one of two objects, is written out below).
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CounterChange {
     /// The counter's new value in bytes (0 to 2^63 - 1), as a decimal
     /// string.
-    #[schema(value_type = Option<Counter>, example = "1000000000")]
     pub set: Option<String>,
     /// Bytes to add (negative: to take away), as a decimal string.
-    #[schema(value_type = Option<Counter>, example = "-5000")]
     pub offset: Option<String>,
 }
+
+impl utoipa::PartialSchema for CounterChange {
+    fn schema() -> RefOr<Schema> {
+        // Up to 18 digits: always within 2^63 - 1 (19-digit values up to it
+        // are taken too).
+        let one = |name: &str, pattern: &str, description: &str, example: &str| {
+            ObjectBuilder::new()
+                .schema_type(Type::Object)
+                .property(
+                    name,
+                    ObjectBuilder::new()
+                        .schema_type(Type::String)
+                        .pattern(Some(pattern))
+                        .description(Some(description))
+                        .examples([example]),
+                )
+                .required(name)
+                .additional_properties(Some(AdditionalProperties::FreeForm(false)))
+        };
+        OneOfBuilder::new()
+            .description(Some(
+                "How to change one counter: exactly one of `set` and `offset`.",
+            ))
+            .item(one(
+                "set",
+                "^[0-9]{1,18}$",
+                "The counter's new value in bytes (0 to 2^63 - 1), as a decimal string.",
+                "1000000000",
+            ))
+            .item(one(
+                "offset",
+                "^-?[0-9]{1,18}$",
+                "Bytes to add (negative: to take away), as a decimal string.",
+                "-5000",
+            ))
+            .into()
+    }
+}
+
+impl ToSchema for CounterChange {}
 
 /// Changes of one pair of counters (the period's, or the totals).
 #[derive(Debug, Default, Deserialize, ToSchema)]
@@ -67,8 +109,19 @@ pub struct NewCalibration {
     /// Changes of the totals.
     pub total: Option<DirectionChanges>,
     /// Who makes the change: 1 to 200 characters on one line.
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$"
+    )]
     pub actor: String,
-    /// Why: 1 to 1000 characters.
+    /// Why: 1 to 1000 characters, without control characters other than
+    /// line breaks and tabs.
+    #[schema(
+        min_length = 1,
+        max_length = 1000,
+        pattern = r"^[^\u0000-\u0008\u000B-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u0008\u000B-\u001F\u007F-\u009F]*$"
+    )]
     pub reason: String,
 }
 
@@ -276,8 +329,19 @@ pub struct AnomalyList {
 #[schema(example = json!({"actor": "alice", "reason": "a backup job really ran at line rate"}))]
 pub struct NewDecision {
     /// Who decides: 1 to 200 characters on one line.
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$"
+    )]
     pub actor: String,
-    /// Why: 1 to 1000 characters.
+    /// Why: 1 to 1000 characters, without control characters other than
+    /// line breaks and tabs.
+    #[schema(
+        min_length = 1,
+        max_length = 1000,
+        pattern = r"^[^\u0000-\u0008\u000B-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u0008\u000B-\u001F\u007F-\u009F]*$"
+    )]
     pub reason: String,
 }
 
@@ -358,10 +422,11 @@ pub struct DecidedAnomaly {
     security(("adminToken" = [])),
     responses(
         (status = 201, description = "The calibration as stored", body = Calibration),
-        (status = 400, description = "A malformed body, a missing actor or reason, or a calibration that changes nothing or would leave a counter below 0, above 2^63 - 1 or a period above its total (nothing was changed)", body = ErrorBody),
+        (status = 400, description = "A malformed body, a missing actor or reason, or no change given (nothing was changed)", body = ErrorBody),
         (status = 401, description = "The admin token is missing or wrong", body = ErrorBody),
         (status = 403, description = "The admin API is disabled (no --admin-token)", body = ErrorBody),
         (status = 404, description = "No node has this id", body = ErrorBody),
+        (status = 409, description = "A calibration that, from the counters as they are, changes nothing or would leave a counter below 0, above 2^63 - 1 or a period above its total (nothing was changed)", body = ErrorBody),
         (status = 503, description = "The database is unavailable", body = ErrorBody),
     )
 )]

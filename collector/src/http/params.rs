@@ -52,7 +52,8 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for Path<T>
     }
 }
 
-/// A JSON request body.
+/// A JSON request body: a JSON object (serde would also take an array as
+/// a struct, its members in order).
 #[derive(Debug)]
 pub struct Body<T>(pub T);
 
@@ -60,12 +61,24 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> {
     type Rejection = Error;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, Error> {
-        axum::Json::<T>::from_request(request, state)
+        let invalid = |reason: String| Error::InvalidArgument(format!("request body: {reason}"));
+        let axum::Json(value) = axum::Json::<serde_json::Value>::from_request(request, state)
             .await
-            .map(|body| Body(body.0))
-            .map_err(|rejection| {
-                Error::InvalidArgument(format!("request body: {}", rejection.body_text()))
-            })
+            .map_err(|rejection| invalid(rejection.body_text()))?;
+        let kind = match &value {
+            serde_json::Value::Object(_) => None,
+            serde_json::Value::Array(_) => Some("an array"),
+            serde_json::Value::String(_) => Some("a string"),
+            serde_json::Value::Number(_) => Some("a number"),
+            serde_json::Value::Bool(_) => Some("a boolean"),
+            serde_json::Value::Null => Some("null"),
+        };
+        if let Some(kind) = kind {
+            return Err(invalid(format!("a JSON object is expected, not {kind}")));
+        }
+        serde_json::from_value(value)
+            .map(Body)
+            .map_err(|error| invalid(error.to_string()))
     }
 }
 

@@ -58,7 +58,10 @@ pub struct RankingsQuery {
     pub limit: Option<String>,
     /// For `by=window`: how far back, 1m to 366d (default `24h`), such as
     /// `15m`, `24h`, `7d`.
-    #[param(example = "24h")]
+    #[param(
+        example = "24h",
+        pattern = r"^([1-9][0-9]{0,2}[mh]|[1-9][0-9]?d|[12][0-9]{2}d|3[0-5][0-9]d|36[0-6]d)$"
+    )]
     pub window: Option<String>,
 }
 
