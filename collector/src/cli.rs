@@ -408,6 +408,19 @@ pub struct ServeArgs {
     )]
     pub min_heartbeat_interval: Duration,
 
+    /// Interface names with history per node and minute. A node that
+    /// reports more names in one minute (one that makes names up) gets no
+    /// history rows for the rest: history cannot be flooded. Their traffic
+    /// is still in the node's totals, periods and history.
+    #[arg(
+        long,
+        env = "TALLY_MAX_INTERFACE_NAMES",
+        default_value_t = 4096,
+        value_parser = clap::value_parser!(u32).range(1..=1_000_000),
+        value_name = "N"
+    )]
+    pub max_interface_names: u32,
+
     /// A heartbeat stream that sends nothing for this long is ended (an
     /// agent sends every few seconds, and opens a new stream with its next
     /// heartbeat), so that calls that only hold streams open are let go.

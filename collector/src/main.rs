@@ -132,6 +132,7 @@ async fn run_serve(pool: PgPool, args: ServeArgs, tls: TlsFiles) -> anyhow::Resu
             max_batch: args.max_batch as usize,
             writers: args.writers as usize,
             schedule: args.period_reset,
+            max_interface_names: i64::from(args.max_interface_names),
             ..ingest::Config::default()
         },
         http_listen: args.http_listen,

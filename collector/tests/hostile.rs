@@ -968,3 +968,73 @@ async fn a_node_faster_than_the_pace_is_told_how_long_to_wait() {
     assert_eq!(reply.outcome(), Outcome::Applied);
     assert_eq!(fleet.totals(&fast.id).await.0, 2700, "nothing lost");
 }
+
+/// A node that makes up interface names gets history rows for at most
+/// `--max-interface-names` of them in one minute; a name that has its row
+/// keeps adding to it, and the node's own totals and history count every
+/// byte all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn made_up_interface_names_cannot_flood_the_history() {
+    let Some(fleet) = Fleet::start("hostile_names").await else {
+        return;
+    };
+    let node = fleet.add_node("namer").await;
+    let server = fleet
+        .serve_here_with(|options| options.ingest.max_interface_names = 10)
+        .await;
+    let mut client = fleet::client(server.address).await;
+    // Interface rows are rewritten every 10 s, and with every new counter
+    // set: a second heartbeat of a new set brings its names at once.
+    for (sequence, heartbeat) in [
+        (1u64, fleet::heartbeat("e", 1, 100, 10)),
+        (2, fleet::heartbeat_of("f", 1, 300, 30)),
+    ] {
+        let mut heartbeat = heartbeat;
+        let template = heartbeat.interfaces[0].clone();
+        for j in 0..12 {
+            let mut made_up = template.clone();
+            made_up.name = format!("m{sequence}x{j}");
+            made_up.rx_bytes = 1_000;
+            made_up.tx_bytes = 1_000;
+            heartbeat.interfaces.push(made_up);
+        }
+        let reply = fleet::send(&mut client, Some(&node.token), heartbeat)
+            .await
+            .expect("taken");
+        assert_eq!(reply.outcome(), Outcome::Applied);
+    }
+    let per_minute: Vec<(i64, i64)> = sqlx::query_as(
+        r#"SELECT count(*), sum(("name" = 'eth0')::int)::int8 FROM "interface_history"
+           WHERE "nodeId" = $1 GROUP BY "bucket" ORDER BY "bucket""#,
+    )
+    .bind(&node.id)
+    .fetch_all(&fleet.pool)
+    .await
+    .expect("interface history");
+    // 26 names came (eth0, eth1 and 24 made up), in one minute or two;
+    // eth0 and eth1 come first (by name).
+    let most = per_minute.iter().map(|m| m.0).max().unwrap_or(0);
+    assert_eq!(most, 10, "names with history in one minute: {per_minute:?}");
+    assert!(
+        per_minute.iter().all(|m| m.1 == 1),
+        "eth0 keeps its row: {per_minute:?}"
+    );
+    let eth0: i64 = sqlx::query_scalar(
+        r#"SELECT sum("rxBytes")::int8 FROM "interface_history"
+           WHERE "nodeId" = $1 AND "name" = 'eth0'"#,
+    )
+    .bind(&node.id)
+    .fetch_one(&fleet.pool)
+    .await
+    .expect("eth0");
+    let (down, _, _, _) = fleet.totals(&node.id).await;
+    let history: i64 = sqlx::query_scalar(
+        r#"SELECT sum("download")::int8 FROM "node_history" WHERE "nodeId" = $1"#,
+    )
+    .bind(&node.id)
+    .fetch_one(&fleet.pool)
+    .await
+    .expect("node history");
+    assert_eq!(history, down, "the node's history counts every byte");
+    assert!(eth0 > 0 && down > eth0, "eth0 {eth0}, node {down}");
+}

@@ -42,6 +42,10 @@ pub struct Config {
     /// Longest a batch may take in the database; past it, it is rolled
     /// back and its heartbeats answered `UNAVAILABLE`.
     pub batch_deadline: Duration,
+    /// Interface names with a history row per node and minute; more names
+    /// in one minute (a node that makes up names) have none (their traffic
+    /// is still in the node's totals).
+    pub max_interface_names: i64,
 }
 
 impl Default for Config {
@@ -54,6 +58,7 @@ impl Default for Config {
             quota: quota::Config::default(),
             max_clock_skew: Duration::from_millis(store::DEFAULT_MAX_CLOCK_SKEW_MS as u64),
             batch_deadline: Duration::from_secs(10),
+            max_interface_names: store::DEFAULT_MAX_INTERFACE_NAMES,
         }
     }
 }
@@ -177,7 +182,8 @@ async fn write_batch(
     let max_clock_skew_ms = i64::try_from(config.max_clock_skew.as_millis()).unwrap_or(i64::MAX);
     let time = BatchTime::new(now, config.schedule.map(|s| s.day()))
         .with_quota(config.quota)
-        .with_max_clock_skew_ms(max_clock_skew_ms);
+        .with_max_clock_skew_ms(max_clock_skew_ms)
+        .with_max_interface_names(config.max_interface_names);
     let (jobs, waiting): (Vec<Job>, Vec<_>) = batch
         .drain(..)
         .map(|q| (q.job, (q.received, q.reply)))

@@ -72,6 +72,9 @@ pub struct BatchTime {
     /// How far off a node's clock may be before it is warned about
     /// (`--max-clock-skew`), in milliseconds.
     pub max_clock_skew_ms: i64,
+    /// Interface names with a history row per node and minute
+    /// (`--max-interface-names`).
+    pub max_interface_names: i64,
 }
 
 impl BatchTime {
@@ -84,6 +87,7 @@ impl BatchTime {
             fallback_day,
             quota: quota::Config::default(),
             max_clock_skew_ms: DEFAULT_MAX_CLOCK_SKEW_MS,
+            max_interface_names: DEFAULT_MAX_INTERFACE_NAMES,
         }
     }
 
@@ -96,6 +100,15 @@ impl BatchTime {
     pub fn with_max_clock_skew_ms(self, max: i64) -> Self {
         Self {
             max_clock_skew_ms: max,
+            ..self
+        }
+    }
+
+    /// The same, keeping history of at most `max` interface names per node
+    /// and minute.
+    pub fn with_max_interface_names(self, max: i64) -> Self {
+        Self {
+            max_interface_names: max,
             ..self
         }
     }
@@ -116,6 +129,8 @@ pub const INTERFACE_REFRESH: Duration = Duration::from_secs(10);
 
 /// `--max-clock-skew`'s default, in milliseconds (five minutes).
 pub const DEFAULT_MAX_CLOCK_SKEW_MS: i64 = 300_000;
+/// Interface names with a history row per node and minute, unless set.
+pub const DEFAULT_MAX_INTERFACE_NAMES: i64 = 4096;
 
 /// A node as locked for the batch, and what the batch does to it.
 struct Node<'a> {

@@ -272,7 +272,10 @@ pub(super) async fn interfaces(
 /// Adds each refreshed interface's traffic since its previous row to the
 /// minute's `interface_history`: the difference of the raw counters within
 /// an epoch; in a new epoch, the counters in full when they started at
-/// zero (else they are a baseline, and nothing is added).
+/// zero (else they are a baseline, and nothing is added). A node has rows
+/// for at most `time.max_interface_names` names in one minute: a name past
+/// that (a node making up names) gets none, so that history cannot be
+/// flooded; its traffic is in the node's totals all the same.
 async fn interface_history(
     conn: &mut PgConnection,
     refreshed: &[&(&String, &Node<'_>, &Change<'_>)],
@@ -296,32 +299,49 @@ async fn interface_history(
             })
             .collect()
     };
+    let ids: Vec<&str> = rows.iter().map(|r| r.0).collect();
     sqlx::query(
         r#"INSERT INTO "interface_history" ("nodeId", "name", "bucket", "rxBytes", "txBytes")
-           SELECT d.id, d.name, $1, d.rx, d.tx FROM (
-             SELECT u.id, u.name,
-               CASE WHEN u.fresh OR s."rxBytes" IS NULL
-                      THEN CASE WHEN u.zero OR NOT u.fresh THEN u.rxb ELSE 0 END
-                    ELSE GREATEST(u.rxb - s."rxBytes", 0) END AS rx,
-               CASE WHEN u.fresh OR s."txBytes" IS NULL
-                      THEN CASE WHEN u.zero OR NOT u.fresh THEN u.txb ELSE 0 END
-                    ELSE GREATEST(u.txb - s."txBytes", 0) END AS tx
-             FROM UNNEST($2::text[], $3::text[], $4::int8[], $5::int8[], $6::bool[], $7::bool[])
-               AS u(id, name, rxb, txb, fresh, zero)
-             LEFT JOIN "interface_stats" s ON s."nodeId" = u.id AND s."name" = u.name
-           ) d
-           WHERE d.rx > 0 OR d.tx > 0
+           SELECT e.id, e.name, $1, e.rx, e.tx FROM (
+             SELECT d.*,
+               CASE WHEN d.present THEN 0
+                    ELSE row_number() OVER (PARTITION BY d.id, d.present ORDER BY d.name)
+               END AS added
+             FROM (
+               SELECT u.id, u.name, h."name" IS NOT NULL AS present,
+                 CASE WHEN u.fresh OR s."rxBytes" IS NULL
+                        THEN CASE WHEN u.zero OR NOT u.fresh THEN u.rxb ELSE 0 END
+                      ELSE GREATEST(u.rxb - s."rxBytes", 0) END AS rx,
+                 CASE WHEN u.fresh OR s."txBytes" IS NULL
+                        THEN CASE WHEN u.zero OR NOT u.fresh THEN u.txb ELSE 0 END
+                      ELSE GREATEST(u.txb - s."txBytes", 0) END AS tx
+               FROM UNNEST($2::text[], $3::text[], $4::int8[], $5::int8[], $6::bool[],
+                           $7::bool[])
+                 AS u(id, name, rxb, txb, fresh, zero)
+               LEFT JOIN "interface_stats" s ON s."nodeId" = u.id AND s."name" = u.name
+               LEFT JOIN "interface_history" h
+                 ON h."nodeId" = u.id AND h."bucket" = $1 AND h."name" = u.name
+             ) d
+             WHERE d.rx > 0 OR d.tx > 0
+           ) e
+           LEFT JOIN (
+             SELECT "nodeId", count(*) AS names FROM "interface_history"
+             WHERE "bucket" = $1 AND "nodeId" = ANY($2)
+             GROUP BY "nodeId"
+           ) c ON c."nodeId" = e.id
+           WHERE e.added = 0 OR COALESCE(c.names, 0) + e.added <= $8
            ON CONFLICT ("nodeId", "bucket", "name") DO UPDATE SET
              "rxBytes" = "interface_history"."rxBytes" + EXCLUDED."rxBytes",
              "txBytes" = "interface_history"."txBytes" + EXCLUDED."txBytes""#,
     )
     .bind(time.bucket())
-    .bind(rows.iter().map(|r| r.0).collect::<Vec<_>>())
+    .bind(&ids)
     .bind(rows.iter().map(|r| r.1.name.as_str()).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.1.rx_bytes).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.1.tx_bytes).collect::<Vec<_>>())
     .bind(flag(0))
     .bind(flag(1))
+    .bind(time.max_interface_names)
     .execute(&mut *conn)
     .await?;
     Ok(())
