@@ -145,7 +145,7 @@ pub async fn get(
     Query(query): Query<HistoryQuery>,
 ) -> Result<Json<NodeHistory>, Error> {
     let range = query.range()?;
-    let _permit = state.expensive_read()?;
+    let _permit = state.expensive_read().await?;
     let history = view::node(&state.pool, &id, range, query.interfaces.unwrap_or(true)).await?;
     Ok(Json(NodeHistory {
         node_id: id,

@@ -58,18 +58,34 @@ pub struct AppState {
     /// `/readyz`'s last probe of the database.
     pub readiness: Arc<Readiness>,
     /// Permits for expensive reads (history, window rankings): when none is
-    /// free, such a request is answered 503 with `Retry-After`.
+    /// free within [`EXPENSIVE_READ_WAIT`], such a request is answered 503
+    /// with `Retry-After`.
     pub expensive_reads: Arc<tokio::sync::Semaphore>,
     /// Permits for open event streams (`--max-event-streams`).
     pub event_streams: Arc<tokio::sync::Semaphore>,
 }
 
+/// How long an expensive read waits for a permit before it is answered
+/// 503: the `Retry-After` it would be told. A client that loops without
+/// honouring it so asks once a second at most, and costs the collector no
+/// CPU meanwhile (answering 503s in a tight loop took the CPU the
+/// heartbeat writers needed).
+pub const EXPENSIVE_READ_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 impl AppState {
-    /// A permit for an expensive read, or [`Error::Busy`] at once.
-    pub fn expensive_read(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Error> {
-        Arc::clone(&self.expensive_reads)
-            .try_acquire_owned()
-            .map_err(|_| Error::Busy("too many history and ranking requests at once"))
+    /// A permit for an expensive read, or [`Error::Busy`] when none came
+    /// free within [`EXPENSIVE_READ_WAIT`].
+    pub async fn expensive_read(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Error> {
+        let busy = || Error::Busy("too many history and ranking requests at once");
+        match tokio::time::timeout(
+            EXPENSIVE_READ_WAIT,
+            Arc::clone(&self.expensive_reads).acquire_owned(),
+        )
+        .await
+        {
+            Ok(Ok(permit)) => Ok(permit),
+            Ok(Err(_)) | Err(_) => Err(busy()),
+        }
     }
 }
 

@@ -158,7 +158,7 @@ pub async fn get(
     let query = query.query()?;
     // A window ranking reads history; the others read one row per node.
     let _permit = match query.by {
-        By::Window => Some(state.expensive_read()?),
+        By::Window => Some(state.expensive_read().await?),
         _ => None,
     };
     let ranking = view::rank(&state.pool, &query, Utc::now().naive_utc()).await?;
