@@ -33,6 +33,7 @@ mod agents;
 mod check;
 mod observe;
 mod pgbench;
+mod readers;
 mod report;
 
 use std::{
@@ -57,7 +58,7 @@ use self::{
     agents::{Agents, SimNode},
     observe::{Batches, CpuSample, Statements},
     pgbench::PgbenchRun,
-    report::{Baseline, IngestRun, PgFacts, Report},
+    report::{Baseline, IngestRun, PgFacts, ReaderRun, Report},
 };
 
 /// `cargo xtask bench ingest` options.
@@ -106,6 +107,25 @@ pub struct IngestArgs {
     /// pgbench scale factor (`pgbench -i -s`).
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub pgbench_scale: u32,
+
+    /// Careless readers on the collector's HTTP side during the measured
+    /// window: each loops on a 366-day window ranking and a year of one
+    /// node's history (over --reader-history-days of minute history for 50
+    /// more nodes), asking again at once whatever Retry-After says. The
+    /// same run first measures a window without them; the report sets the
+    /// two latencies side by side.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=1024))]
+    pub readers: u32,
+
+    /// Days of minute history (node and one interface) the readers read,
+    /// for each of 50 nodes (28: about two million rows).
+    #[arg(long, default_value_t = 28, value_parser = clap::value_parser!(u32).range(1..=400))]
+    pub reader_history_days: u32,
+
+    /// The readers wait as `Retry-After` says when told 503 (careful
+    /// clients, as the dashboard is).
+    #[arg(long)]
+    pub readers_honour_retry_after: bool,
 
     /// Load pg_stat_statements and print what each of the collector's
     /// statements cost in the measured window (it costs both measurements a
@@ -289,6 +309,16 @@ async fn collector(setup: &Setup<'_>) -> anyhow::Result<IngestRun> {
     } else {
         None
     };
+    let history = if args.readers > 0 {
+        eprintln!(
+            "bench: writing {} days of minute history for {} nodes (for the readers)",
+            args.reader_history_days,
+            readers::HISTORY_NODES
+        );
+        Some(readers::seed_history(&pool, args.reader_history_days).await?)
+    } else {
+        None
+    };
     eprintln!("bench: enrolling {} nodes", args.nodes);
     let nodes = enrol(&pool, args.nodes).await?;
     checkpoint(&url).await?;
@@ -305,7 +335,9 @@ async fn collector(setup: &Setup<'_>) -> anyhow::Result<IngestRun> {
             max_batch: args.max_batch as usize,
             ..ingest::Config::default()
         },
-        http_listen: None,
+        http_listen: history
+            .as_ref()
+            .map(|_| SocketAddr::from(([127, 0, 0, 1], 0))),
         offline_after: Duration::from_secs(30),
         tokens: Default::default(),
         webhook: None,
@@ -327,13 +359,25 @@ async fn collector(setup: &Setup<'_>) -> anyhow::Result<IngestRun> {
         .await
         .context("cannot listen on 127.0.0.1")?;
     let address = listener.local_addr().context("no local address")?;
+    let http = match options.http_listen {
+        Some(http) => Some(
+            TcpListener::bind(http)
+                .await
+                .context("cannot listen on 127.0.0.1 (HTTP)")?,
+        ),
+        None => None,
+    };
+    let http_address = match &http {
+        Some(http) => Some(http.local_addr().context("no local address")?),
+        None => None,
+    };
     let (stop_server, stopped) = oneshot::channel::<()>();
     let server = tokio::spawn(serve::serve(
         pool.clone(),
         options,
         serve::Listeners {
             grpc: listener,
-            http: None,
+            http,
         },
         async {
             let _ = stopped.await;
@@ -353,6 +397,26 @@ async fn collector(setup: &Setup<'_>) -> anyhow::Result<IngestRun> {
         .context("the agents' start-up task failed")??;
     tokio::time::sleep(Duration::from_secs(args.warmup)).await;
 
+    // With readers: first a window without them, then they start.
+    let reading = match (&history, http_address) {
+        (Some((ids, rows)), Some(http_address)) => {
+            eprintln!("bench: {} s without readers", args.seconds);
+            let _ = latencies.take();
+            tokio::time::sleep(Duration::from_secs(args.seconds)).await;
+            let mut quiet = latencies.take();
+            quiet.sort_unstable();
+            eprintln!("bench: {} careless readers start", args.readers);
+            let readers = readers::Readers::start(
+                args.readers,
+                http_address,
+                ids,
+                args.readers_honour_retry_after,
+            );
+            Some((readers, quiet, *rows))
+        }
+        _ => None,
+    };
+
     // The measured window.
     if let Some(statements) = &mut statements {
         statements.reset().await?;
@@ -371,6 +435,14 @@ async fn collector(setup: &Setup<'_>) -> anyhow::Result<IngestRun> {
     let mut latency = latencies.take();
     agents.record_round_trips(false);
     let mut round_trips = agents.take_round_trips();
+    let readers = match reading {
+        Some((readers, quiet, history_rows)) => Some(ReaderRun {
+            statuses: readers.stop().await,
+            quiet,
+            history_rows,
+        }),
+        None => None,
+    };
     let statement_costs = match &statements {
         Some(statements) => Some(statements.read().await?),
         None => None,
@@ -399,6 +471,7 @@ async fn collector(setup: &Setup<'_>) -> anyhow::Result<IngestRun> {
         cpu,
         statements: statement_costs,
         check,
+        readers,
     })
 }
 

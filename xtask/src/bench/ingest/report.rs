@@ -77,6 +77,18 @@ pub(super) struct IngestRun {
     pub(super) cpu: CpuUse,
     pub(super) statements: Option<StatementReport>,
     pub(super) check: Check,
+    /// With `--readers`: the window before them, and their answers.
+    pub(super) readers: Option<ReaderRun>,
+}
+
+/// The careless readers' part of a run.
+pub(super) struct ReaderRun {
+    /// Receipt to commit in the window before the readers, sorted, µs.
+    pub(super) quiet: Vec<u32>,
+    /// The readers' answers by HTTP status (0: none).
+    pub(super) statuses: super::readers::Statuses,
+    /// Minute history rows they read from.
+    pub(super) history_rows: u64,
 }
 
 impl IngestRun {
@@ -152,10 +164,52 @@ impl Report {
         self.machine(&mut out);
         self.pgbench_section(&mut out);
         self.ingest_section(&mut out);
+        self.readers_section(&mut out);
         self.statements_section(&mut out);
         self.noise(&mut out);
         self.verdicts(&mut out);
         out
+    }
+
+    /// The heartbeats' latency under the readers against the same run's
+    /// window without them.
+    fn readers_section(&self, out: &mut String) {
+        let Some(readers) = &self.ingest.readers else {
+            return;
+        };
+        let a = &self.args;
+        let (quiet, loaded) = (&readers.quiet, &self.ingest.latency);
+        let (p99_quiet, p99_loaded) = (quantile_ms(quiet, 0.99), quantile_ms(loaded, 0.99));
+        let _ = writeln!(
+            out,
+            "\nunder {} readers ({}; 366-day window rankings and a year of history over {} \
+             rows of minute history):",
+            a.readers,
+            if a.readers_honour_retry_after {
+                "waiting as Retry-After says"
+            } else {
+                "asking again at once"
+            },
+            readers.history_rows
+        );
+        let _ = writeln!(
+            out,
+            "  receipt -> commit  without readers p50 {:.1} ms p99 {p99_quiet:.1} ms; with them \
+             p50 {:.1} ms p99 {p99_loaded:.1} ms: p99 x{:.2}",
+            quantile_ms(quiet, 0.50),
+            quantile_ms(loaded, 0.50),
+            p99_loaded / p99_quiet
+        );
+        let answers: Vec<String> = readers
+            .statuses
+            .iter()
+            .map(|(status, count)| format!("{status}: {count}"))
+            .collect();
+        let _ = writeln!(
+            out,
+            "  readers answered   {} (0: no answer)",
+            answers.join(", ")
+        );
     }
 
     fn machine(&self, out: &mut String) {
