@@ -282,6 +282,36 @@ fn crash_input(lines: &[String]) -> Option<String> {
     })
 }
 
+/// `cargo fmt --check` and clippy (warnings are errors) on the fuzz crate,
+/// which `cargo xtask lint` checks beside the workspace.
+pub fn lint() -> anyhow::Result<()> {
+    let nightly = toolchain::nightly()?;
+    let manifest = fuzz_dir().join("Cargo.toml");
+    status_ok(
+        Command::new("cargo")
+            .current_dir(workspace_root())
+            .arg("fmt")
+            .arg("--manifest-path")
+            .arg(&manifest)
+            .arg("--check"),
+    )?;
+    status_ok(
+        Command::new("rustup")
+            .current_dir(workspace_root())
+            .args([
+                "run",
+                &nightly.toolchain,
+                "cargo",
+                "clippy",
+                "--all-targets",
+            ])
+            .arg("--manifest-path")
+            .arg(&manifest)
+            .args(["--", "-D", "warnings"])
+            .env("PATH", toolchain::path_with_cargo_bin()?),
+    )
+}
+
 /// Writes the seed corpora (fuzz/examples/write_seeds.rs).
 fn write_seeds(nightly: &str) -> anyhow::Result<()> {
     let root = workspace_root();

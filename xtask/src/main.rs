@@ -40,8 +40,8 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// cargo fmt --check, clippy on the workspace, clippy on the eBPF crate,
-    /// and cargo doc (workspace, and the eBPF crate for its target) with
+    /// cargo fmt --check, clippy on the workspace, on the eBPF crate and on
+    /// the fuzz targets (fuzz/, with the nightly), and cargo doc (workspace, and the eBPF crate for its target) with
     /// rustdoc warnings as errors.
     Lint,
     /// Run tally end to end on this machine (as root): a throwaway
@@ -197,6 +197,7 @@ fn run(task: Task) -> anyhow::Result<()> {
                     ]),
             )?;
             status_ok(ebpf_cargo("clippy")?.args(["--", "-D", "warnings"]))?;
+            fuzz::lint()?;
             docs::check()?;
             docs::check_ebpf()
         }
