@@ -59,7 +59,7 @@ impl Generations {
     pub fn load(dir: &Path) -> Self {
         let path = dir.join(FILE_NAME);
         let read = match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| e.to_string()),
+            Ok(bytes) => parse(&bytes).map_err(|e| e.to_string()),
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(Record::default()),
             Err(error) => Err(error.to_string()),
         };
@@ -76,6 +76,17 @@ impl Generations {
             dir: dir.to_owned(),
             record,
         }
+    }
+
+    /// The generations a generation file's contents `bytes` hold, for the
+    /// state directory `dir` (where changes are written); why they cannot
+    /// be read. [`Generations::load`] without the file system and the
+    /// fallback, for the fuzz target of the file's parser.
+    pub fn from_file_contents(dir: &Path, bytes: &[u8]) -> Result<Self, serde_json::Error> {
+        Ok(Self {
+            dir: dir.to_owned(),
+            record: parse(bytes)?,
+        })
     }
 
     /// The generation of the counter set `(boot_id, epoch)`: the one it was
@@ -142,6 +153,11 @@ impl Generations {
             );
         }
     }
+}
+
+/// The file's contents.
+fn parse(bytes: &[u8]) -> Result<Record, serde_json::Error> {
+    serde_json::from_slice(bytes)
 }
 
 #[cfg(test)]

@@ -10,7 +10,9 @@
 //! the next one starts. Periods are contiguous: each ends where the next
 //! begins.
 
-use chrono::{DateTime, Datelike as _, Duration, LocalResult, NaiveDate, TimeZone as _, Utc};
+use chrono::{
+    DateTime, Datelike as _, Duration, LocalResult, NaiveDate, NaiveDateTime, TimeZone as _, Utc,
+};
 use chrono_tz::Tz;
 
 use crate::error::Error;
@@ -94,16 +96,50 @@ impl Anchor {
             .find_map(|d| NaiveDate::from_ymd_opt(year, month, d))
             .unwrap_or(NaiveDate::MIN);
         let midnight = date.and_time(chrono::NaiveTime::MIN);
-        // Daylight-saving gaps are whole quarter hours and shorter than a
-        // day: the first existing local time at or after midnight.
-        (0..96)
-            .map(|quarter| midnight + Duration::minutes(15 * quarter))
-            .find_map(|local| match self.zone.from_local_datetime(&local) {
-                LocalResult::Single(t) => Some(t),
-                LocalResult::Ambiguous(first, _) => Some(first),
-                LocalResult::None => None,
-            })
-            .map_or_else(|| midnight.and_utc(), |t| t.with_timezone(&Utc))
+        first_existing(self.zone, midnight).unwrap_or_else(|| midnight.and_utc())
+    }
+}
+
+/// The first local time at or after `local` that exists in `zone` (the
+/// first of two where it exists twice): `local` itself, or the end of the
+/// gap it falls in. Gaps are not all whole quarter hours (a zone leaving
+/// its local mean time, such as Rangoon's 6:24:47 to 6:30 in 1920, skips
+/// 5 min 13 s) and not all shorter than a day (Samoa skipped 30 December
+/// 2011), but they begin and end on whole seconds and last less than two
+/// days. `None` only at the end of chrono's range.
+fn first_existing(zone: Tz, local: NaiveDateTime) -> Option<DateTime<Utc>> {
+    let exists = |local: NaiveDateTime| match zone.from_local_datetime(&local) {
+        LocalResult::Single(t) | LocalResult::Ambiguous(t, _) => Some(t.with_timezone(&Utc)),
+        LocalResult::None => None,
+    };
+    if let Some(t) = exists(local) {
+        return Some(t);
+    }
+    // The first quarter hour after the gap began, then the second it ends
+    // on between the quarter before (missing) and it (there).
+    let quarter = Duration::minutes(15);
+    let mut missing = local;
+    let mut there = None;
+    for _ in 0..2 * 96 {
+        let next = missing.checked_add_signed(quarter)?;
+        if exists(next).is_some() {
+            there = Some(next);
+            break;
+        }
+        missing = next;
+    }
+    let mut there = there?;
+    loop {
+        let gap = (there - missing).num_seconds();
+        if gap <= 1 {
+            return exists(there);
+        }
+        let middle = missing + Duration::seconds(gap / 2);
+        if exists(middle).is_some() {
+            there = middle;
+        } else {
+            missing = middle;
+        }
     }
 }
 
@@ -240,5 +276,38 @@ mod tests {
         );
         assert_eq!(local.format("%H:%M").to_string(), "01:00");
         assert_eq!(start, utc("2024-09-08T04:00:00Z"));
+    }
+
+    /// Found by the `billing_calendar` fuzz target: gaps that are not whole
+    /// quarter hours, and a gap of a whole day, where the period started at
+    /// the next quarter hour (10 min late) or at midnight UTC.
+    #[test]
+    fn a_gap_of_odd_length_ends_where_it_ends() {
+        // Rangoon left its mean time (+6:24:47) for +6:30 at midnight on
+        // 1 January 1920: the day began at 00:05:13.
+        let a = anchor(1, "Asia/Yangon");
+        let start = a.period_at(utc("1920-01-15T00:00:00Z")).start;
+        assert_eq!(start, utc("1919-12-31T17:35:13Z"));
+        assert_eq!(
+            start.with_timezone(&a.zone()).format("%F %T").to_string(),
+            "1920-01-01 00:05:13"
+        );
+        // Samoa skipped 30 December 2011 (from -10 to +14): a period
+        // anchored on the 30th began with 31 December.
+        let a = anchor(30, "Pacific/Apia");
+        let period = a.period_at(utc("2012-01-05T00:00:00Z"));
+        assert_eq!(period.start, utc("2011-12-30T10:00:00Z"));
+        assert_eq!(
+            period
+                .start
+                .with_timezone(&a.zone())
+                .format("%F %T")
+                .to_string(),
+            "2011-12-31 00:00:00"
+        );
+        assert_eq!(
+            a.period_at(period.start - Duration::seconds(1)).end,
+            period.start
+        );
     }
 }

@@ -333,6 +333,15 @@ pub fn unpack(payload: &str) -> impl Iterator<Item = Event> + '_ {
     payload
         .split('\n')
         .skip(1)
+        .filter(|line| {
+            // An event is a JSON object: serde would read `Tagged` from an
+            // array too (`["nodes"]`).
+            let object = line.trim_start().starts_with('{');
+            if !object {
+                tracing::warn!(line, "skipping a line that is not a JSON object");
+            }
+            object
+        })
         .filter_map(|line| match serde_json::from_str::<Tagged<'_>>(line) {
             Ok(tagged) => match Kind::from_name(&tagged.kind) {
                 Some(kind) => Some(Event {
@@ -581,5 +590,15 @@ mod tests {
         let events: Vec<Event> = outbox.payloads().iter().flat_map(|p| unpack(p)).collect();
         assert_eq!(events.len(), 1);
         assert_eq!(events[0].kind, Kind::Nodes);
+    }
+
+    /// Found by the `event_payload` fuzz target: a JSON array whose first
+    /// element names a type (`["nodes"]`) was passed on as that event.
+    #[test]
+    fn only_json_objects_are_events() {
+        let payload = "0\n[\"nodes\"]\n[\"heartbeat\",1]\n{\"type\":\"nodes\",\"nodeId\":\"a\"}";
+        let events: Vec<Event> = unpack(payload).collect();
+        assert_eq!(events.len(), 1);
+        assert_eq!(&*events[0].data, r#"{"type":"nodes","nodeId":"a"}"#);
     }
 }

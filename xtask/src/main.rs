@@ -4,6 +4,7 @@ mod bench;
 mod demo;
 mod disk;
 mod docs;
+mod fuzz;
 mod packages;
 mod schemathesis;
 mod testrun;
@@ -40,8 +41,8 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// cargo fmt --check, clippy on the workspace, clippy on the eBPF crate,
-    /// and cargo doc (workspace, and the eBPF crate for its target) with
+    /// cargo fmt --check, clippy on the workspace, on the eBPF crate and on
+    /// the fuzz targets (fuzz/, with the nightly), and cargo doc (workspace, and the eBPF crate for its target) with
     /// rustdoc warnings as errors.
     Lint,
     /// Run tally end to end on this machine (as root): a throwaway
@@ -50,6 +51,15 @@ enum Task {
     /// the dashboard's URL and a live summary; Ctrl-C (or --duration)
     /// stops it and removes everything it made.
     Demo(demo::DemoArgs),
+    /// Run the fuzz targets of fuzz/ (cargo-fuzz, libFuzzer, the nightly
+    /// with AddressSanitizer), each for --seconds over a scratch copy of its
+    /// seed corpus in target/fuzz/ (fuzz/corpus/ stays as committed): the
+    /// heartbeat's decoding and validation, the accounting decision on
+    /// arbitrary histories, the reboot journal's and the generation file's
+    /// parsers, event payload packing and unpacking, the billing calendar.
+    /// Installs cargo-fuzz if missing. Prints the inputs each target ran;
+    /// fails with the crashing input's path if a target crashes.
+    Fuzz(fuzz::FuzzArgs),
     /// Measure what tally costs (figures are printed, not asserted; `ebpf`
     /// needs root).
     Bench {
@@ -190,9 +200,11 @@ fn run(task: Task) -> anyhow::Result<()> {
                     ]),
             )?;
             status_ok(ebpf_cargo("clippy")?.args(["--", "-D", "warnings"]))?;
+            fuzz::lint()?;
             docs::check()?;
             docs::check_ebpf()
         }
+        Task::Fuzz(args) => fuzz::run(&args),
         Task::Demo(args) => {
             packages::ensure(packages::DEMO)?;
             demo::run(&args)
