@@ -207,8 +207,12 @@ pub struct ErrorDetail {
 impl axum::response::IntoResponse for Error {
     fn into_response(self) -> axum::response::Response {
         let (status, code) = self.http_status();
-        if status.is_server_error() {
-            tracing::warn!(error = %self, "HTTP request failed");
+        match self {
+            // Busy is the answer to a load, not a failure: one log line per
+            // such answer would let careless clients flood the log.
+            Error::Busy(_) => tracing::debug!(error = %self, "HTTP request answered busy"),
+            _ if status.is_server_error() => tracing::warn!(error = %self, "HTTP request failed"),
+            _ => {}
         }
         let body = ErrorBody {
             error: ErrorDetail {
