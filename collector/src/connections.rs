@@ -32,13 +32,11 @@ use tokio::{
 };
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
-use crate::metrics::Metrics;
+use crate::{
+    log_pace::{LOG_EVERY, LogPace},
+    metrics::Metrics,
+};
 
-/// Refusals from one address are logged at most this often.
-pub const LOG_EVERY: Duration = Duration::from_secs(10);
-/// Addresses whose refusals are remembered for the log's pacing; beyond
-/// this the memory is cleared (a log line more, never unbounded memory).
-const REMEMBERED: usize = 4096;
 /// Pause after an `accept` that failed for want of file descriptors (or
 /// memory), so that the loop does not spin while none is free.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
@@ -103,8 +101,8 @@ struct Shared {
 struct State {
     open: usize,
     per_address: HashMap<IpAddr, usize>,
-    /// Per address: when a refusal was last logged, and refusals since.
-    logged: HashMap<IpAddr, (Instant, u64)>,
+    /// The pace of the refusals' log lines, per address.
+    logged: LogPace<IpAddr>,
 }
 
 impl Admission {
@@ -177,19 +175,9 @@ impl Admission {
         self.shared
             .metrics
             .connection_refused(self.shared.listener, refusal.label());
-        let now = Instant::now();
-        let mut state = self.state();
-        if state.logged.len() >= REMEMBERED && !state.logged.contains_key(&address) {
-            state.logged.clear();
-        }
-        let entry = state.logged.entry(address).or_insert((now - LOG_EVERY, 0));
-        entry.1 += 1;
-        if now.duration_since(entry.0) < LOG_EVERY {
+        let Some(closed) = self.state().logged.event(address, Instant::now()) else {
             return;
-        }
-        let closed = std::mem::take(&mut entry.1);
-        entry.0 = now;
-        drop(state);
+        };
         tracing::warn!(
             listener = self.shared.listener,
             source = %address,

@@ -16,6 +16,7 @@ pub mod events;
 pub mod grpc;
 pub mod http;
 pub mod ingest;
+pub mod log_pace;
 pub mod metrics;
 pub mod node_tokens;
 pub mod nodes;

@@ -38,6 +38,16 @@ fn pki() -> Pki {
     }
 }
 
+impl Pki {
+    /// Writes the collector's certificate and key into `dir`: their paths.
+    fn write(&self, dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+        std::fs::write(&cert, &self.cert_pem).expect("write cert");
+        std::fs::write(&key, &self.key_pem).expect("write key");
+        (cert, key)
+    }
+}
+
 async fn tls_client(
     port: u16,
     ca_pem: &str,
@@ -61,9 +71,7 @@ async fn tls_serves_clients_that_trust_the_ca_only() {
     let node = fleet.add_node("t").await;
     let dir = tempfile::tempdir().expect("temp dir");
     let ours = pki();
-    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    std::fs::write(&cert, &ours.cert_pem).expect("write cert");
-    std::fs::write(&key, &ours.key_pem).expect("write key");
+    let (cert, key) = ours.write(dir.path());
     let server = Process::start_with(
         &fleet.url,
         &[
@@ -237,9 +245,7 @@ async fn sockets_that_only_hold_connections_are_closed_while_nodes_and_a_browser
     ];
     let dir = tempfile::tempdir().expect("temp dir");
     let ours = pki();
-    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    std::fs::write(&cert, &ours.cert_pem).expect("write cert");
-    std::fs::write(&key, &ours.key_pem).expect("write key");
+    let (cert, key) = ours.write(dir.path());
     let http_port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("a free port")

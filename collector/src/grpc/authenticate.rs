@@ -39,6 +39,7 @@ use tonic::{
 use crate::{
     auth::{self, Credentials},
     error::Error,
+    log_pace::{LOG_EVERY, LogPace},
     metrics::Metrics,
     node_tokens::NodeTokens,
 };
@@ -47,10 +48,7 @@ use crate::{
 pub const LOOKUPS_PER_SECOND: f64 = 20.0;
 /// A node id not found is refused without a lookup for this long.
 pub const UNKNOWN_FOR: Duration = Duration::from_secs(10);
-/// A refused address is logged at most this often.
-pub const LOG_EVERY: Duration = Duration::from_secs(10);
-/// Entries of each bounded memory (unknown ids, logged addresses); beyond,
-/// it starts afresh.
+/// Unknown ids remembered; beyond, the memory starts afresh.
 const REMEMBERED: usize = 4096;
 
 /// What checks a call's token.
@@ -69,8 +67,8 @@ struct GateState {
     refilled: Instant,
     /// Node ids looked up and not found, and when.
     unknown: HashMap<String, Instant>,
-    /// Refusals per address: when last logged, how many since.
-    logged: HashMap<Option<IpAddr>, (Instant, u64)>,
+    /// The pace of the refusals' log lines, per address.
+    logged: LogPace<Option<IpAddr>>,
 }
 
 impl Gate {
@@ -83,7 +81,7 @@ impl Gate {
                 lookups: LOOKUPS_PER_SECOND,
                 refilled: Instant::now(),
                 unknown: HashMap::new(),
-                logged: HashMap::new(),
+                logged: LogPace::default(),
             })),
         }
     }
@@ -154,19 +152,15 @@ impl Gate {
     /// Counts a refusal and logs it, paced per address.
     fn refused(&self, source: Option<IpAddr>, error: &Error) {
         self.metrics.rejected(1);
-        let now = Instant::now();
-        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        if state.logged.len() >= REMEMBERED && !state.logged.contains_key(&source) {
-            state.logged.clear();
-        }
-        let entry = state.logged.entry(source).or_insert((now - LOG_EVERY, 0));
-        entry.1 += 1;
-        if now.duration_since(entry.0) < LOG_EVERY {
+        let logged = self
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .logged
+            .event(source, Instant::now());
+        let Some(refused) = logged else {
             return;
-        }
-        let refused = std::mem::take(&mut entry.1);
-        entry.0 = now;
-        drop(state);
+        };
         let source = source.map_or_else(|| "unknown".to_owned(), |ip| ip.to_string());
         tracing::warn!(
             %source,
@@ -272,21 +266,6 @@ mod tests {
             .insert("gone".into(), Instant::now());
         assert!(!fresh.may_look_up("gone"), "not found a moment ago");
         assert!(fresh.may_look_up("other"));
-    }
-
-    #[tokio::test]
-    async fn refusals_are_logged_at_a_pace_per_address() {
-        let gate = new_gate();
-        let error = Error::Unauthenticated("x");
-        let a = Some(IpAddr::from([10, 0, 0, 1]));
-        let b = Some(IpAddr::from([10, 0, 0, 2]));
-        gate.refused(a, &error);
-        gate.refused(a, &error);
-        gate.refused(b, &error);
-        let state = gate.state.lock().expect("lock");
-        // a: logged once (taking the count), one held back since; b: once.
-        assert_eq!(state.logged[&a].1, 1);
-        assert_eq!(state.logged[&b].1, 0);
     }
 
     #[tokio::test]
