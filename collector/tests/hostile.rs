@@ -586,29 +586,39 @@ async fn expensive_reads_are_bounded_and_say_how_to_ask_for_less() {
         totals_only.json["points"].as_array().map(Vec::len),
         Some(1440)
     );
-    // Many at once with one permit: some are answered busy, at once, with
-    // Retry-After; none fails otherwise. (A year of minutes of history
-    // makes each ranking take long enough to overlap.)
-    sqlx::query(
-        r#"INSERT INTO "node_history"
-             ("nodeId", "bucket", "upload", "download", "load1", "load5", "load15", "heartbeats")
-           SELECT $1, now()::timestamp(0) - make_interval(mins => m), 1, 1, 0, 0, 0, 1
-           FROM generate_series(1, 300000) AS m"#,
-    )
-    .bind(&node.id)
-    .execute(&fleet.pool)
-    .await
-    .expect("history");
+    // Many at once with one permit, the first held up (its table locked
+    // by another transaction): the others wait a second for their turn,
+    // then are answered busy with Retry-After; none fails otherwise.
+    let mut lock = fleet.pool.begin().await.expect("begin");
+    sqlx::query(r#"LOCK TABLE "node_history" IN ACCESS EXCLUSIVE MODE"#)
+        .execute(&mut *lock)
+        .await
+        .expect("lock");
     let ranking = "/api/v1/rankings?by=window&window=366d";
-    let answers = futures_util::future::join_all((0..16).map(|_| api.get(ranking))).await;
-    let busy: Vec<_> = answers.iter().filter(|a| a.status == 503).collect();
+    let timed = |_| async {
+        let asked = std::time::Instant::now();
+        let answer = api.get(ranking).await;
+        (answer, asked.elapsed())
+    };
+    let release = async {
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        lock.rollback().await.expect("unlock");
+    };
+    let (answers, ()) = tokio::join!(futures_util::future::join_all((0..16).map(timed)), release);
     assert!(
-        answers.iter().all(|a| a.status == 200 || a.status == 503),
+        answers
+            .iter()
+            .all(|a| a.0.status == 200 || a.0.status == 503),
         "{:?}",
-        answers.iter().map(|a| a.status).collect::<Vec<_>>()
+        answers.iter().map(|a| a.0.status).collect::<Vec<_>>()
     );
-    assert!(!busy.is_empty(), "one permit for sixteen at once");
-    for answer in busy {
+    let busy: Vec<_> = answers.iter().filter(|a| a.0.status == 503).collect();
+    assert_eq!(busy.len(), 15, "one permit for sixteen at once");
+    for (answer, waited) in &busy {
+        assert!(
+            *waited >= Duration::from_millis(900),
+            "answered busy after {waited:?}"
+        );
         assert_eq!(answer.json["error"]["code"], "busy", "{}", answer.body);
         assert_eq!(answer.header("retry-after"), Some("1"));
     }
