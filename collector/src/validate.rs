@@ -72,6 +72,17 @@ pub fn kind_name(kind: LinkKind) -> &'static str {
     }
 }
 
+/// The stored name of an interface state: `attached`, `gone`, `retired`,
+/// or `unknown` for an unspecified or unknown one (`None`).
+pub fn state_name(state: Option<InterfaceState>) -> &'static str {
+    match state {
+        Some(InterfaceState::Attached) => "attached",
+        Some(InterfaceState::Gone) => "gone",
+        Some(InterfaceState::Retired) => "retired",
+        Some(InterfaceState::Unspecified) | None => "unknown",
+    }
+}
+
 impl Interface {
     /// A loopback interface (`lo*`): shown, never counted
     /// ([`tally_proto::is_loopback`]).
@@ -180,12 +191,7 @@ pub fn heartbeat(request: HeartbeatRequest, now_unix_ns: i64) -> Result<Heartbea
             return Err(invalid("an interface has an empty name"));
         }
         let mut interface = Interface {
-            state: match InterfaceState::try_from(entry.state) {
-                Ok(InterfaceState::Attached) => "attached",
-                Ok(InterfaceState::Gone) => "gone",
-                Ok(InterfaceState::Retired) => "retired",
-                _ => "unknown",
-            },
+            state: state_name(InterfaceState::try_from(entry.state).ok()),
             ifindex: i64::from(entry.ifindex),
             rx_bytes: counter("rx_bytes", entry.rx_bytes)?,
             rx_packets: counter("rx_packets", entry.rx_packets)?,

@@ -10,6 +10,23 @@ pub mod v1 {
 }
 
 impl v1::LinkKind {
+    /// Every kind, in the order of their numbers (checked by a test).
+    pub const ALL: [Self; 13] = [
+        Self::Unspecified,
+        Self::Physical,
+        Self::Vlan,
+        Self::Bond,
+        Self::Bridge,
+        Self::ContainerBridge,
+        Self::Veth,
+        Self::Tun,
+        Self::Tap,
+        Self::Wireguard,
+        Self::Macvlan,
+        Self::Vxlan,
+        Self::Other,
+    ];
+
     /// The kind's name in JSON, logs and the database: `physical`, `vlan`,
     /// `bond`, `bridge`, `container_bridge`, `veth`, `tun`, `tap`,
     /// `wireguard`, `macvlan`, `vxlan`, `other`, or `unspecified`.
@@ -30,6 +47,35 @@ impl v1::LinkKind {
             v1::LinkKind::Other => "other",
         }
     }
+}
+
+impl v1::StaleReason {
+    /// Every reason, in the order of their numbers (checked by a test).
+    pub const ALL: [Self; 5] = [
+        Self::Unspecified,
+        Self::EarlierReading,
+        Self::Superseded,
+        Self::OlderGeneration,
+        Self::EarlierInBoot,
+    ];
+
+    /// The reason's name in JSON, events and the database:
+    /// `earlier_reading`, `superseded`, `older_generation`,
+    /// `earlier_in_boot`, or `unspecified`.
+    pub fn name(self) -> &'static str {
+        match self {
+            v1::StaleReason::Unspecified => "unspecified",
+            v1::StaleReason::EarlierReading => "earlier_reading",
+            v1::StaleReason::Superseded => "superseded",
+            v1::StaleReason::OlderGeneration => "older_generation",
+            v1::StaleReason::EarlierInBoot => "earlier_in_boot",
+        }
+    }
+}
+
+impl v1::InterfaceState {
+    /// Every state, in the order of their numbers (checked by a test).
+    pub const ALL: [Self; 4] = [Self::Unspecified, Self::Attached, Self::Gone, Self::Retired];
 }
 
 /// The contract's loopback rule: an interface whose name begins with `lo`
@@ -86,6 +132,22 @@ mod tests {
     use prost::Message as _;
 
     use super::{limits, v1};
+
+    /// Each `ALL` lists every value of its enum, in order: exactly the
+    /// numbers that decode, from 0 up.
+    #[test]
+    fn every_enum_value_is_listed() {
+        fn check<E: Copy + PartialEq + std::fmt::Debug + TryFrom<i32>>(all: &[E]) {
+            for (number, value) in (0..).zip(all) {
+                assert_eq!(E::try_from(number).ok(), Some(*value), "{number}");
+            }
+            let past = i32::try_from(all.len()).unwrap_or(i32::MAX);
+            assert!(E::try_from(past).is_err(), "{all:?} misses {past}");
+        }
+        check(&v1::LinkKind::ALL);
+        check(&v1::StaleReason::ALL);
+        check(&v1::InterfaceState::ALL);
+    }
 
     /// A heartbeat at every limit of the contract.
     fn largest() -> v1::HeartbeatRequest {

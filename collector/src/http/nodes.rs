@@ -8,15 +8,19 @@
 use axum::{Json, extract::State};
 use chrono::{NaiveDateTime, Utc};
 use serde::Serialize;
-use utoipa::ToSchema;
+use tally_proto::v1;
+use utoipa::{
+    ToSchema,
+    openapi::{RefOr, Schema},
+};
 
 use super::{
     AppState,
     auth::Reader,
-    openapi::{ErrorBody, TAG_NODES},
+    openapi::{self, ErrorBody, TAG_NODES},
     params::{Counter, Path, Time},
 };
-use crate::{billing::CountRule, error::Error, views};
+use crate::{billing::CountRule, error::Error, validate, views};
 
 /// Every node.
 #[derive(Debug, Serialize, ToSchema)]
@@ -116,20 +120,26 @@ pub struct Stale {
     pub last_reason: Option<String>,
 }
 
-/// Why a heartbeat was stale (tally.v1 `StaleReason`).
-#[derive(ToSchema)]
-#[schema(rename_all = "snake_case")]
-#[allow(dead_code, reason = "only documents the values of `lastReason`")]
-enum StaleReason {
-    /// A later reading of the same counter set was counted already.
-    EarlierReading,
-    /// Its counter set (or boot) was followed before and replaced.
-    Superseded,
-    /// Never followed; its generation is not above the followed set's.
-    OlderGeneration,
-    /// Never followed; read, in the same boot, before the followed set.
-    EarlierInBoot,
+/// Documents `lastReason`: the names of tally.v1 `StaleReason`.
+struct StaleReason;
+
+impl utoipa::PartialSchema for StaleReason {
+    fn schema() -> RefOr<Schema> {
+        openapi::names_schema(
+            "Why a heartbeat was stale (tally.v1 `StaleReason`): `earlier_reading` (a later \
+             reading of the same counter set was counted already), `superseded` (its counter \
+             set or boot was followed before and replaced), `older_generation` (never followed; \
+             its generation is not above the followed set's), `earlier_in_boot` (never \
+             followed; read, in the same boot, before the followed set).",
+            v1::StaleReason::ALL
+                .into_iter()
+                .filter(|reason| *reason != v1::StaleReason::Unspecified)
+                .map(v1::StaleReason::name),
+        )
+    }
 }
+
+impl ToSchema for StaleReason {}
 
 /// Bytes sent (upload) and received (download).
 #[derive(Debug, Serialize, ToSchema)]
@@ -184,41 +194,42 @@ pub struct NodeDetail {
     pub interfaces: Vec<Interface>,
 }
 
-/// What an interface is now.
-#[derive(ToSchema)]
-#[schema(rename_all = "lowercase")]
-#[allow(dead_code, reason = "only documents the values of `state`")]
-enum InterfaceState {
-    /// Counted.
-    Attached,
-    /// Went away; its counts are kept.
-    Gone,
-    /// The entry that holds the counts of interfaces gone long ago.
-    Retired,
+/// Documents `state`: what an interface is now, as stored
+/// ([`validate::state_name`]).
+struct InterfaceState;
+
+impl utoipa::PartialSchema for InterfaceState {
+    fn schema() -> RefOr<Schema> {
+        openapi::names_schema(
+            "What an interface is now: `attached` (counted), `gone` (went away; its counts are \
+             kept), `retired` (the entry that holds the counts of interfaces gone long ago), \
+             `unknown` (its agent did not say).",
+            v1::InterfaceState::ALL
+                .into_iter()
+                .map(|state| validate::state_name(Some(state))),
+        )
+    }
 }
 
-/// What kind of link an interface is, as the node's kernel reports it.
-#[derive(ToSchema)]
-#[schema(rename_all = "kebab-case")]
-#[allow(dead_code, reason = "only documents the values of `kind`")]
-enum LinkKind {
-    /// No virtual kind (also what an agent that does not tell is taken as).
-    Physical,
-    Vlan,
-    Bond,
-    Bridge,
-    /// A bridge of a container runtime (`docker*`, `br-<12 hex>`,
-    /// `podman*`, `cni*`, `virbr*`).
-    ContainerBridge,
-    Veth,
-    Tun,
-    Tap,
-    Wireguard,
-    Macvlan,
-    Vxlan,
-    /// Any other virtual kind.
-    Other,
+impl ToSchema for InterfaceState {}
+
+/// Documents `kind`: what kind of link an interface is, as stored
+/// ([`validate::kind_name`]).
+struct LinkKind;
+
+impl utoipa::PartialSchema for LinkKind {
+    fn schema() -> RefOr<Schema> {
+        openapi::names_schema(
+            "What kind of link an interface is, as the node's kernel reports it. `physical`: no \
+             virtual kind (also what an agent that does not tell is taken as); \
+             `container_bridge`: a bridge of a container runtime (`docker*`, `br-<12 hex>`, \
+             `podman*`, `cni*`, `virbr*`); `other`: any other virtual kind.",
+            v1::LinkKind::ALL.into_iter().map(validate::kind_name),
+        )
+    }
 }
+
+impl ToSchema for LinkKind {}
 
 /// One interface: the raw counters of the node's current counting epoch
 /// (they restart when the node's agent starts a new epoch).

@@ -9,8 +9,8 @@ use std::sync::LazyLock;
 
 use axum::http::header;
 use utoipa::openapi::{
-    ContentBuilder, InfoBuilder, LicenseBuilder, OpenApi, OpenApiBuilder, Ref, Response,
-    ResponseBuilder, Tag,
+    ContentBuilder, InfoBuilder, LicenseBuilder, OpenApi, OpenApiBuilder, Ref, RefOr, Response,
+    ResponseBuilder, Schema, Tag,
     path::{HttpMethod, OperationBuilder},
     schema::{ComponentsBuilder, ObjectBuilder, Type},
     security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme},
@@ -88,6 +88,27 @@ pub fn base() -> OpenApi {
             tag(TAG_META, "This document"),
         ]))
         .build()
+}
+
+/// The schema of a string the API sends as the name of a value of a real
+/// enum: exactly `names` (each once, in order), so that the document lists
+/// what the code can send and nothing else. The names come from the code
+/// that makes them (`tally_proto`'s `name()`s, the views' `as_str`).
+pub fn names_schema(
+    description: &str,
+    names: impl IntoIterator<Item = &'static str>,
+) -> RefOr<Schema> {
+    let mut values: Vec<&'static str> = Vec::new();
+    for name in names {
+        if !values.contains(&name) {
+            values.push(name);
+        }
+    }
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .description(Some(description))
+        .enum_values(Some(values))
+        .into()
 }
 
 /// The whole document: the registered routes' descriptions, and those of
@@ -211,4 +232,55 @@ pub async fn serve() -> ([(header::HeaderName, &'static str); 1], &'static str) 
         [(header::CONTENT_TYPE, "application/json")],
         DOCUMENT.as_str(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::Value;
+    use tally_proto::v1;
+
+    use super::document;
+    use crate::{
+        validate,
+        views::rankings::{By, Direction},
+    };
+
+    /// The values the document lists for the component schema `name`.
+    fn listed(name: &str) -> Vec<String> {
+        let json = document().to_json().unwrap_or_default();
+        let document: Value = serde_json::from_str(&json).unwrap_or_default();
+        let values = &document["components"]["schemas"][name]["enum"];
+        let values = values.as_array().cloned().unwrap_or_default();
+        values
+            .into_iter()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect()
+    }
+
+    /// Every name the API can send in a field of an enum's names is listed,
+    /// and nothing else: the document once said `container-bridge` where
+    /// the API sends `container_bridge`.
+    #[test]
+    fn named_values_are_the_names_the_api_sends() {
+        let kinds = listed("LinkKind");
+        assert!(kinds.iter().any(|k| k == "container_bridge"), "{kinds:?}");
+        for kind in v1::LinkKind::ALL {
+            let name = validate::kind_name(kind);
+            assert!(kinds.iter().any(|k| k == name), "{name} not in {kinds:?}");
+        }
+        assert_eq!(kinds.len(), v1::LinkKind::ALL.len() - 1, "{kinds:?}");
+        assert_eq!(listed("InterfaceState"), [
+            "unknown", "attached", "gone", "retired"
+        ]);
+        assert_eq!(listed("StaleReason"), [
+            "earlier_reading",
+            "superseded",
+            "older_generation",
+            "earlier_in_boot"
+        ]);
+        let by: Vec<_> = By::ALL.map(|b| b.as_str().to_owned()).into();
+        assert_eq!(listed("RankBy"), by);
+        let direction: Vec<_> = Direction::ALL.map(|d| d.as_str().to_owned()).into();
+        assert_eq!(listed("RankDirection"), direction);
+    }
 }

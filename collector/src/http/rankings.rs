@@ -1,15 +1,20 @@
 //! `GET /api/v1/rankings`: the nodes ordered by traffic (total, current
 //! period, or a recent window), value descending, then name, then id.
 
+use std::borrow::Cow;
+
 use axum::{Json, extract::State};
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
-use utoipa::{IntoParams, ToSchema};
+use utoipa::{
+    IntoParams, ToSchema,
+    openapi::{RefOr, Schema},
+};
 
 use super::{
     AppState,
     auth::Reader,
-    openapi::{ErrorBody, TAG_RANKINGS},
+    openapi::{self, ErrorBody, TAG_RANKINGS},
     params::{self, Counter, Query, Time},
 };
 use crate::{
@@ -17,30 +22,43 @@ use crate::{
     views::rankings::{self as view, By, Direction},
 };
 
-/// Which counters are ranked.
-#[derive(ToSchema)]
-#[schema(as = RankBy, rename_all = "lowercase")]
-#[allow(dead_code, reason = "only documents the values of `by`")]
-enum RankByDoc {
-    /// The totals since the node was enrolled.
-    Total,
-    /// The current period's counters.
-    Period,
-    /// The node's history over the last `window`.
-    Window,
+/// Documents `by`: which counters are ranked ([`By::as_str`]).
+struct RankByDoc;
+
+impl utoipa::PartialSchema for RankByDoc {
+    fn schema() -> RefOr<Schema> {
+        openapi::names_schema(
+            "Which counters are ranked: `total` (the totals since the node was enrolled), \
+             `period` (the current period's counters), `window` (the node's history over the \
+             last `window`).",
+            By::ALL.into_iter().map(By::as_str),
+        )
+    }
 }
 
-/// Which direction is ranked.
-#[derive(ToSchema)]
-#[schema(as = RankDirection, rename_all = "lowercase")]
-#[allow(dead_code, reason = "only documents the values of `direction`")]
-enum DirectionDoc {
-    /// Bytes sent.
-    Upload,
-    /// Bytes received.
-    Download,
-    /// Upload plus download.
-    Both,
+impl ToSchema for RankByDoc {
+    fn name() -> Cow<'static, str> {
+        Cow::Borrowed("RankBy")
+    }
+}
+
+/// Documents `direction`: which direction is ranked ([`Direction::as_str`]).
+struct DirectionDoc;
+
+impl utoipa::PartialSchema for DirectionDoc {
+    fn schema() -> RefOr<Schema> {
+        openapi::names_schema(
+            "Which direction is ranked: `upload` (bytes sent), `download` (bytes received), \
+             `both` (upload plus download).",
+            Direction::ALL.into_iter().map(Direction::as_str),
+        )
+    }
+}
+
+impl ToSchema for DirectionDoc {
+    fn name() -> Cow<'static, str> {
+        Cow::Borrowed("RankDirection")
+    }
 }
 
 /// What to rank.
