@@ -6,6 +6,7 @@
 //! entry point, and the reboot journal's and the generation file's formats.
 
 mod cli;
+pub mod clock;
 mod diagnose;
 mod ebpf;
 mod filter;

@@ -97,7 +97,7 @@ pub struct Link {
     pub kind: LinkKind,
     /// IFLA_MASTER, 0 for none.
     pub master_ifindex: u32,
-    /// The device it is stacked on, 0 for none (see [`lower_ifindex`]).
+    /// The device it is stacked on, 0 for none (see [`link_ifindex`]).
     pub link_ifindex: u32,
 }
 
@@ -111,7 +111,7 @@ impl Link {
             name: link_name(msg)?.to_owned(),
             kind,
             master_ifindex: master_ifindex(msg),
-            link_ifindex: lower_ifindex(msg, kind),
+            link_ifindex: link_ifindex(msg, kind),
         })
     }
 }
@@ -133,7 +133,7 @@ pub fn master_ifindex(msg: &LinkMessage) -> u32 {
 /// else here: a veth's IFLA_LINK is its peer (not a lower device), a
 /// hardware device's is its own index, and with IFLA_LINK_NETNSID the index
 /// is one of another namespace.
-pub fn lower_ifindex(msg: &LinkMessage, kind: LinkKind) -> u32 {
+pub fn link_ifindex(msg: &LinkMessage, kind: LinkKind) -> u32 {
     let mut link = 0;
     for attr in &msg.attributes {
         match attr {
@@ -716,12 +716,12 @@ mod tests {
                 11,
                 attrs,
             );
-            assert_eq!(lower_ifindex(&macvlan, LinkKind::Macvlan), 0);
+            assert_eq!(link_ifindex(&macvlan, LinkKind::Macvlan), 0);
         }
         // Nothing said: none.
         let bare = with(link("dummy0", vec![]), 12, vec![]);
         assert_eq!(
-            (master_ifindex(&bare), lower_ifindex(&bare, LinkKind::Other)),
+            (master_ifindex(&bare), link_ifindex(&bare, LinkKind::Other)),
             (0, 0)
         );
         // No name, no link.

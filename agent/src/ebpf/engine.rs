@@ -7,11 +7,7 @@
 //! netlink), so the kernel never stops counting and never counts a packet
 //! twice.
 
-use std::{
-    collections::BTreeMap,
-    io,
-    time::{Duration, SystemTime, UNIX_EPOCH},
-};
+use std::{collections::BTreeMap, io, time::Duration};
 
 use aya::{
     Ebpf, EbpfLoader,
@@ -30,6 +26,7 @@ use super::{
     legacy::{OLD_LAYOUT, OldSet, SupersededSet},
 };
 use crate::{
+    clock,
     filter::IfaceFilter,
     pins::{Hook, PinDirError, PinLayout},
 };
@@ -90,13 +87,6 @@ fn program_name(hook: Hook) -> &'static str {
     }
 }
 
-fn now_unix_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
-
 /// One of the object's classifiers.
 fn classifier<'a>(
     ebpf: &'a mut Ebpf,
@@ -123,7 +113,7 @@ pub fn new_meta() -> Result<Meta, EngineError> {
         layout_version: LAYOUT_VERSION,
         folding_ifindex: 0,
         epoch,
-        created_unix_ns: now_unix_ns(),
+        created_unix_ns: clock::unix_ns(),
         next_seq: 1,
         fold_before: IfCounters::default(),
     })
@@ -352,7 +342,7 @@ impl Engine {
             .map(|(ifindex, info)| (info.gone_unix_ns, *ifindex))
             .collect();
         gone.sort_unstable();
-        let now = now_unix_ns();
+        let now = clock::unix_ns();
         let age_limit = u64::try_from(self.forget_after.as_nanos()).unwrap_or(u64::MAX);
         let mut excess = self.maps.len().unwrap_or(0).saturating_sub(FOLD_PRESSURE);
         for (gone_at, ifindex) in gone {
@@ -410,7 +400,7 @@ impl Engine {
             .iface(ifindex)?
             .filter(|info| info.state == IFACE_ATTACHED);
         let already = existing.is_some();
-        let attached_unix_ns = existing.map_or_else(now_unix_ns, |info| info.attached_unix_ns);
+        let attached_unix_ns = existing.map_or_else(clock::unix_ns, |info| info.attached_unix_ns);
         let mut info = IfaceInfo {
             name: name_to_bytes(name),
             state: if already {
@@ -439,7 +429,7 @@ impl Engine {
                 Err(error) => {
                     // Leave nothing half-attached behind.
                     self.detach_hooks(ifindex, Some(name));
-                    self.maps.mark_gone(ifindex, now_unix_ns())?;
+                    self.maps.mark_gone(ifindex, clock::unix_ns())?;
                     return Err(error);
                 }
             }
@@ -458,7 +448,7 @@ impl Engine {
     /// counters (marked gone) so that its last bytes are still reported.
     pub fn retire(&mut self, ifindex: u32, name: Option<&str>) {
         self.detach_hooks(ifindex, name);
-        if let Err(error) = self.maps.mark_gone(ifindex, now_unix_ns()) {
+        if let Err(error) = self.maps.mark_gone(ifindex, clock::unix_ns()) {
             tracing::warn!(ifindex, %error, "cannot mark interface as gone");
         }
         self.attached.remove(&ifindex);

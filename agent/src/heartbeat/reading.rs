@@ -7,9 +7,10 @@
 //! the procfs counters of one boot) live within one boot. Within the process
 //! it is made strictly increasing, so sequence order is reading order.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
-use crate::source::Snapshot;
+use crate::{
+    clock::{boottime_ns, unix_ns},
+    source::Snapshot,
+};
 
 /// The highest sequence the contract allows (2^63 - 1).
 pub const MAX_SEQUENCE: u64 = i64::MAX as u64;
@@ -47,32 +48,6 @@ impl Sequencer {
         self.last = Some(sequence);
         sequence
     }
-}
-
-/// CLOCK_BOOTTIME in nanoseconds.
-pub fn boottime_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid timespec to write to; CLOCK_BOOTTIME exists on
-    // every kernel this agent runs on (2.6.39+).
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
-    if rc != 0 {
-        // Cannot happen with a valid clock id; the sequencer's floor still
-        // keeps the sequence growing.
-        return 0;
-    }
-    (ts.tv_sec as u64)
-        .saturating_mul(1_000_000_000)
-        .saturating_add(ts.tv_nsec as u64)
-}
-
-/// The wall clock, nanoseconds since the Unix epoch (0 before 1970).
-pub fn unix_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
 #[cfg(test)]

@@ -48,13 +48,12 @@ use std::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
-    time::{SystemTime, UNIX_EPOCH},
 };
 
 use tokio::sync::Notify;
 
 use super::{CounterSource, InterfaceCounters, Snapshot, SourceKind};
-use crate::{ebpf::maps::RETIRED_NAME, filter::IfaceFilter, links::LinkKind, system};
+use crate::{clock, ebpf::maps::RETIRED_NAME, filter::IfaceFilter, links::LinkKind, system};
 
 /// Reads `/proc/net/dev` of the agent's network namespace.
 pub struct ProcfsSource {
@@ -152,12 +151,6 @@ fn boot_time_unix_ns() -> u64 {
         .map_or(0, |secs| secs.saturating_mul(1_000_000_000))
 }
 
-fn unix_ns_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
-}
-
 fn ifindex(name: &str) -> u32 {
     let Ok(c_name) = std::ffi::CString::new(name) else {
         return 0;
@@ -171,7 +164,7 @@ impl CounterSource for ProcfsSource {
         let boot_id = system::boot_id()?;
         if self.rebase.as_ref().is_some_and(Rebase::take) {
             let current = self.epoch(&boot_id);
-            let next = rebased_epoch(&boot_id, &current, unix_ns_now());
+            let next = rebased_epoch(&boot_id, &current, clock::unix_ns());
             tracing::info!(
                 from = %current.id,
                 to = %next.id,
@@ -657,12 +650,15 @@ mod tests {
         let boot_id = system::boot_id().expect("boot id");
         assert_eq!(boot.epoch, format!("procfs-{boot_id}"));
 
-        let before = unix_ns_now();
+        let before = clock::unix_ns();
         rebase.request();
         let rebased = source.snapshot().expect("/proc/net/dev");
         let created = rebased.epoch_created_unix_ns;
         assert_eq!(rebased.epoch, format!("procfs-{boot_id}-{created}"));
-        assert!(created >= before && created <= unix_ns_now(), "{created}");
+        assert!(
+            created >= before && created <= clock::unix_ns(),
+            "{created}"
+        );
         assert!(created > boot.epoch_created_unix_ns);
         assert!(!rebased.starts_at_zero, "the first reading is a baseline");
         assert_eq!(rebased.boot_id, boot_id);

@@ -269,15 +269,19 @@ mod tests {
             assert!(kinds.iter().any(|k| k == name), "{name} not in {kinds:?}");
         }
         assert_eq!(kinds.len(), v1::LinkKind::ALL.len() - 1, "{kinds:?}");
-        assert_eq!(listed("InterfaceState"), [
-            "unknown", "attached", "gone", "retired"
-        ]);
-        assert_eq!(listed("StaleReason"), [
-            "earlier_reading",
-            "superseded",
-            "older_generation",
-            "earlier_in_boot"
-        ]);
+        assert_eq!(
+            listed("InterfaceState"),
+            ["unknown", "attached", "gone", "retired"]
+        );
+        assert_eq!(
+            listed("StaleReason"),
+            [
+                "earlier_reading",
+                "superseded",
+                "older_generation",
+                "earlier_in_boot"
+            ]
+        );
         let by: Vec<_> = By::ALL.map(|b| b.as_str().to_owned()).into();
         assert_eq!(listed("RankBy"), by);
         let direction: Vec<_> = Direction::ALL.map(|d| d.as_str().to_owned()).into();
