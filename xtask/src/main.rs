@@ -1,5 +1,6 @@
 //! `cargo xtask`: tally's developer workflows.
 
+mod architecture;
 mod bench;
 mod demo;
 mod disk;
@@ -45,6 +46,10 @@ enum Task {
     /// the fuzz targets (fuzz/, with the nightly), and cargo doc (workspace, and the eBPF crate for its target) with
     /// rustdoc warnings as errors.
     Lint,
+    /// Rewrite the generated part of docs/architecture.md (tables,
+    /// commands, modules) from the code; `cargo xtask test` fails while it
+    /// is stale.
+    Architecture,
     /// Run tally end to end on this machine (as root): a throwaway
     /// PostgreSQL, the collector with its dashboard, and three test hosts
     /// (network namespaces) each with its agent, exchanging traffic. Prints
@@ -176,7 +181,9 @@ fn run(task: Task) -> anyhow::Result<()> {
             // A documentation warning fails the run too, but does not keep
             // the tests from running (and their summary stays last).
             let docs = docs::check();
-            testrun::run(&mut cmd).map(drop).and(docs)
+            let tests = testrun::run(&mut cmd).map(drop);
+            // After the tests, which built both binaries under target/debug.
+            tests.and(docs).and_then(|()| architecture::check())
         }
         Task::Lint => {
             setup()?;
@@ -204,6 +211,7 @@ fn run(task: Task) -> anyhow::Result<()> {
             docs::check()?;
             docs::check_ebpf()
         }
+        Task::Architecture => architecture::write(),
         Task::Fuzz(args) => fuzz::run(&args),
         Task::Demo(args) => {
             packages::ensure(packages::DEMO)?;
