@@ -49,7 +49,12 @@ enum Task {
     /// Rewrite the generated part of docs/architecture.md (tables,
     /// commands, modules) from the code; `cargo xtask test` fails while it
     /// is stale.
-    Architecture,
+    Architecture {
+        /// Only check (against the binaries already built under
+        /// target/debug): fail when the block is stale, change nothing.
+        #[arg(long)]
+        check: bool,
+    },
     /// Run tally end to end on this machine (as root): a throwaway
     /// PostgreSQL, the collector with its dashboard, and three test hosts
     /// (network namespaces) each with its agent, exchanging traffic. Prints
@@ -211,7 +216,8 @@ fn run(task: Task) -> anyhow::Result<()> {
             docs::check()?;
             docs::check_ebpf()
         }
-        Task::Architecture => architecture::write(),
+        Task::Architecture { check: false } => architecture::write(),
+        Task::Architecture { check: true } => architecture::check(),
         Task::Fuzz(args) => fuzz::run(&args),
         Task::Demo(args) => {
             packages::ensure(packages::DEMO)?;
