@@ -1,6 +1,6 @@
 //! tally's collector: authenticates nodes, turns their raw cumulative
-//! counters into exact totals in PostgreSQL (DESIGN.md, "Counting rules"),
-//! and serves people.
+//! counters into exact totals in PostgreSQL (README.md, "The counting
+//! rules, in the collector"), and serves people.
 
 pub mod accounting;
 pub mod auth;
