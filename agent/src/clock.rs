@@ -1,5 +1,5 @@
 //! The agent's two clocks: CLOCK_BOOTTIME, which orders readings within a
-//! boot (the sequence, see [`crate::heartbeat`]), and the wall clock, which
+//! boot (the sequence of a heartbeat), and the wall clock, which
 //! stamps readings and epochs for people and for the collector's clock
 //! check.
 

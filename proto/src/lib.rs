@@ -1,4 +1,4 @@
-//! tally's gRPC contract, `tally.v1` (see `proto/tally/v1/heartbeat.proto`,
+//! tally's gRPC contract, `tally.v1` (see `proto/proto/tally/v1/heartbeat.proto`,
 //! where every field is documented).
 
 pub mod codec;

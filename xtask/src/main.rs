@@ -7,6 +7,7 @@ mod disk;
 mod docs;
 mod fuzz;
 mod packages;
+mod pointers;
 mod schemathesis;
 mod testrun;
 mod toolchain;
@@ -212,6 +213,7 @@ fn run(task: Task) -> anyhow::Result<()> {
                     ]),
             )?;
             status_ok(ebpf_cargo("clippy")?.args(["--", "-D", "warnings"]))?;
+            pointers::check()?;
             fuzz::lint()?;
             docs::check()?;
             docs::check_ebpf()
