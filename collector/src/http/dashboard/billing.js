@@ -4,7 +4,7 @@
 import { api, ApiError, coalesced } from './api.js';
 import { loaded } from './banner.js';
 import { $, element, setText, setTitle, showBytes } from './dom.js';
-import { formatBytes, formatDateTime, parseCounter } from './format.js';
+import { formatBytes, formatDateTime, formatRate, parseCounter } from './format.js';
 import { QUOTA_EVENTS_LIMIT } from './settings.js';
 import { state } from './state.js';
 import { handleFailure } from './token.js';
@@ -65,7 +65,7 @@ export function renderBilling(billing) {
   showBytes('billing-upload', parseCounter(period.upload));
   const p95 = parseCounter(period.p95Rate);
   const peak = parseCounter(period.peakRate);
-  setText($('billing-rates'), `${formatBytes(p95)}/s · ${formatBytes(peak)}/s`);
+  setText($('billing-rates'), `${formatRate(p95)} · ${formatRate(peak)}`);
   setTitle($('billing-rates'), `95th percentile ${p95} bytes per second\npeak ${peak} bytes per second`);
 
   const meter = $('billing-meter');
@@ -107,7 +107,7 @@ export function renderQuotaEvents() {
     const now = Date.parse(event.periodStart || '') === current;
     item.dataset.current = String(now);
     const rate = event.mode === 'p95';
-    const unit = (v) => `${formatBytes(parseCounter(v))}${rate ? '/s' : ''}`;
+    const unit = (v) => (rate ? formatRate(parseCounter(v)) : formatBytes(parseCounter(v)));
     const title = element('span', `event-title${Number(event.threshold) >= 100 ? ' event-over' : ''}`,
       `${event.threshold} % reached`);
     const when = element('span', 'event-time', formatDateTime(Date.parse(event.at || '')));

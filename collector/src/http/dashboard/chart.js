@@ -6,7 +6,9 @@ import { api, ApiError, coalesced } from './api.js';
 import { loaded } from './banner.js';
 import { drawCalibrations, renderCalibrations } from './calibrations.js';
 import { $, setText, setTitle, svg } from './dom.js';
-import { exactBytes, formatBytes, formatDateTime, parseCounter, serverNow, toPlot } from './format.js';
+import {
+  exactBytes, formatBytes, formatDateTime, formatRate, parseCounter, serverNow, toPlot,
+} from './format.js';
 import { nodesLoader } from './nodes.js';
 import {
   areaPath, byteScale, drawGrid, drawTimeAxis, linePath, loadScale, lonePoints, stepLabel, timeTicks,
@@ -170,7 +172,7 @@ export function onChartPointer(event) {
     line.setAttribute('visibility', 'visible');
   }
   const tip = $('chart-tooltip');
-  const rate = (v) => (v === null ? '' : ` (${formatBytes(v / BigInt(Math.max(1, g.stepSeconds)))}/s)`);
+  const rate = (v) => (v === null ? '' : ` (${formatRate(v / BigInt(Math.max(1, g.stepSeconds)))})`);
   const load = nearest.load
     ? `${Number(nearest.load.one).toFixed(2)} · ${Number(nearest.load.five).toFixed(2)} · ${Number(nearest.load.fifteen).toFixed(2)}`
     : '—';

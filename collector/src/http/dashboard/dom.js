@@ -3,7 +3,7 @@
 // changed figure, and show byte counts with their exact value in the
 // title and data-bytes.
 
-import { exactBytes, formatBytes } from './format.js';
+import { exactBytes, formatBytes, formatRate } from './format.js';
 
 const SVG_NS = 'http://www.w3.org/2000/svg';
 
@@ -51,6 +51,6 @@ export function bytesCell(field, value) {
 export function showBytes(id, value, { rate = false, none = '—' } = {}) {
   const e = $(id);
   e.dataset.bytes = value === null ? '' : value.toString();
-  setText(e, value === null ? none : `${formatBytes(value)}${rate ? '/s' : ''}`);
+  setText(e, value === null ? none : rate ? formatRate(value) : formatBytes(value));
   setTitle(e, value === null ? '' : `${value} ${rate ? 'bytes per second' : 'bytes'}`);
 }

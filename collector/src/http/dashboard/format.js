@@ -1,6 +1,7 @@
-// Turning values into text, the one place that does it: exact counters
-// (decimal strings parsed to BigInt, never a Number, so they stay exact
-// above 2^53), bytes and byte rates in IEC units, dates and times, ages
+// Turning values into text: exact counters (decimal strings parsed to
+// BigInt, never a Number, so they stay exact above 2^53), bytes and byte
+// rates in IEC units (formatBytes, the one byte formatter; only the chart's
+// axis labels are plot.js's, rounded to their ticks), dates and times, ages
 // ("5 min ago") on the collector's clock, and clock offsets.
 
 export const UNITS = ['B', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB', 'EiB', 'ZiB', 'YiB'];
@@ -42,6 +43,11 @@ export function formatBytes(value) {
     const fraction = decimals ? `.${(scaled % scale).toString().padStart(decimals, '0')}` : '';
     return `${sign}${integer}${fraction} ${UNITS[unit]}`;
   }
+}
+
+/** A rate in bytes per second: formatBytes with "/s" ("1.50 KiB/s"). */
+export function formatRate(value) {
+  return `${formatBytes(value)}/s`;
 }
 
 /** The exact count for a tooltip. */
