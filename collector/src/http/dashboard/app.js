@@ -14,7 +14,7 @@
 //
 // This module wires the controls to the rest and starts the page. The others:
 //   settings.js     tunables: intervals, limits, backoff, chart ranges
-//   format.js       counters, bytes and rates, dates, ages: all text of values
+//   format.js       counters, bytes and rates, dates, ages, clock offsets as text
 //   dom.js          small DOM and SVG helpers
 //   api.js          requests with the read token, their errors, coalesced loaders
 //   state.js        what the page knows, and the saved preferences
@@ -32,12 +32,15 @@
 //   detail.js       its interfaces, families, counter set
 //   billing.js      its billing period and quota events
 //   anomalies.js    the fleet's held traffic
-//   diagnostics.js  errors and CSP violations, for the browser test
+//   diagnostics.js  errors and CSP violations, for the browser test (imported
+//                   first, so that it listens before anything else runs)
 // The panes call each other (the node list re-renders the selected node's
 // panes; a pane whose node is gone reloads the node list), so some imports
-// form cycles. ES modules allow that as long as nothing runs while the
-// modules load: they only declare things, and start() below, which runs once
-// every module is loaded, sets everything going.
+// form cycles. ES modules allow that as long as what a module runs while it
+// loads needs no module of its cycle: the modules only declare things (the
+// loaders with api.js's coalesced, which imports none of the panes), and
+// start() below, which runs once every module is loaded, sets everything
+// going.
 
 import { diagnostics } from './diagnostics.js';
 import { anomaliesLoader } from './anomalies.js';

@@ -8,6 +8,7 @@ import { setConnection, stopStream, wakeStream } from './connection.js';
 import { $ } from './dom.js';
 import { state } from './state.js';
 
+/** A load of `what` failed: a refused token locks the page, anything else goes to the banner. */
 export function handleFailure(what, error) {
   if (error instanceof AuthRequired) {
     requireToken(error.message);
@@ -17,6 +18,7 @@ export function handleFailure(what, error) {
   renderProblems();
 }
 
+/** Locks the page and asks for the read token; `message` says why the last one was refused. */
 export function requireToken(message) {
   if (!state.locked) {
     state.locked = true;
@@ -34,6 +36,7 @@ export function requireToken(message) {
   $('auth-token').focus();
 }
 
+/** Keeps `token`, shows the dashboard again and wakes the event stream. */
 export function unlock(token) {
   storeToken(token);
   state.locked = false;
