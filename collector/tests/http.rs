@@ -145,3 +145,79 @@ async fn not_ready_until_every_migration_is_applied() {
         "{body}"
     );
 }
+
+/// The dashboard's script modules: `/` loads `app.js` as a module, and every
+/// module reached through the imports is served as JavaScript with the
+/// page's policy; a name outside the collector's table of files is a 404.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_dashboard_module_is_served_as_javascript_with_the_policy() {
+    let Some(fleet) = Fleet::start("http_dashboard_modules").await else {
+        return;
+    };
+    let server = fleet.serve_here().await;
+    let http = Client::new(server.http_address);
+
+    let page = http.get("/").await;
+    assert_eq!(page.status, 200);
+    let entry = page
+        .body
+        .split("<script type=\"module\" src=\"")
+        .nth(1)
+        .and_then(|tag| tag.split('"').next())
+        .expect("the page loads a module script");
+    assert_eq!(entry, "/dashboard/app.js");
+
+    // Each module imports its siblings as `'./name.js'`: quoted after
+    // `} from` (an `import { … } from`, on one line or several), or after
+    // a bare `import` at the start of a line.
+    let mut modules = vec![entry.to_owned()];
+    let mut next = 0;
+    while let Some(path) = modules.get(next).cloned() {
+        next += 1;
+        let response = http.get(&path).await;
+        assert_eq!(response.status, 200, "{path}");
+        assert!(
+            response
+                .header("content-type")
+                .is_some_and(|t| t.starts_with("text/javascript")),
+            "{path}: {:?}",
+            response.header("content-type")
+        );
+        assert!(
+            response
+                .header("content-security-policy")
+                .is_some_and(|p| p.contains("script-src 'self';") && !p.contains("unsafe")),
+            "{path}"
+        );
+        assert_eq!(response.header("x-content-type-options"), Some("nosniff"));
+        assert_eq!(response.header("cache-control"), Some("no-cache"), "{path}");
+        assert!(response.header("etag").is_some(), "{path}");
+        for line in response.body.lines() {
+            let Some((_, rest)) = line.split_once("} from '").or_else(|| {
+                line.split_once("import '")
+                    .filter(|(before, _)| before.is_empty())
+            }) else {
+                continue;
+            };
+            let specifier = rest.split('\'').next().unwrap_or("");
+            let name = specifier
+                .strip_prefix("./")
+                .unwrap_or_else(|| panic!("{path} imports {specifier:?}"));
+            let imported = format!("/dashboard/{name}");
+            if !modules.contains(&imported) {
+                modules.push(imported);
+            }
+        }
+    }
+    assert!(modules.len() > 10, "{modules:?}");
+
+    for unknown in [
+        "/dashboard/nope.js",
+        "/dashboard/index.html",
+        "/dashboard/../Cargo.toml",
+        "/dashboard/%2e%2e/dashboard.rs",
+        "/dashboard/app.js/",
+    ] {
+        assert_eq!(http.get(unknown).await.status, 404, "{unknown}");
+    }
+}
