@@ -14,6 +14,7 @@ use tokio::{net::TcpListener, sync::watch};
 use tonic::transport::{Identity, Server, ServerTlsConfig};
 
 use crate::{
+    billing::period::{self, Schedule},
     billing::rates,
     connections::{self, Admission, Limits},
     db, events,
@@ -22,7 +23,6 @@ use crate::{
     ingest::{self, Ingest, LatencyLog},
     metrics::Metrics,
     node_tokens::NodeTokens,
-    period::{self, Schedule},
     quota, webhook,
 };
 

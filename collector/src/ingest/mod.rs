@@ -6,8 +6,10 @@
 //! lets one collector keep up with thousands of nodes. Each batch's size,
 //! transaction time and outcomes are counted in [`Metrics`].
 
-pub mod boundary;
+pub mod batch;
 pub mod entries;
+mod plan;
+pub mod signals;
 pub mod store;
 
 use std::{
@@ -20,8 +22,8 @@ use sqlx::PgPool;
 use tally_proto::v1::Outcome;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::{error::Error, metrics::Metrics, period::Schedule, quota};
-pub use store::{Applied, BatchTime, Job};
+pub use self::batch::{Applied, BatchTime, Job};
+use crate::{billing::period::Schedule, error::Error, metrics::Metrics, quota};
 
 /// How ingestion runs.
 #[derive(Debug, Clone)]
@@ -56,9 +58,9 @@ impl Default for Config {
             queue: 65_536,
             schedule: None,
             quota: quota::Config::default(),
-            max_clock_skew: Duration::from_millis(store::DEFAULT_MAX_CLOCK_SKEW_MS as u64),
+            max_clock_skew: Duration::from_millis(batch::DEFAULT_MAX_CLOCK_SKEW_MS as u64),
             batch_deadline: Duration::from_secs(10),
-            max_interface_names: store::DEFAULT_MAX_INTERFACE_NAMES,
+            max_interface_names: batch::DEFAULT_MAX_INTERFACE_NAMES,
         }
     }
 }

@@ -1,72 +1,26 @@
-//! Periods end on request, and on each node's anchor day (its billing
-//! settings' calendar, or the collector's `--period-reset monthly:DAY` in
-//! UTC for nodes without one). An ended period is archived in
-//! `billing_periods` with its counters and rates, and the node's period
-//! counters restart. A node's period that ended is closed with its next
-//! heartbeat batch (under its row lock, sharing the heartbeat's bytes by
-//! time: [`crate::ingest::boundary`]) or, if the node is quiet, by the
-//! minute [`sweep`]; both check under the lock that `periodStart` is still
+//! Period resets outside heartbeat batches: on request ([`reset`]), and
+//! on each node's anchor day for nodes that are quiet ([`sweep`]). An ended
+//! period is archived in `billing_periods` with its counters
+//! ([`super::archive`]), and the node's period counters restart. A node's
+//! period that ended is closed with its next heartbeat batch (under its row
+//! lock, sharing the heartbeat's bytes by time: [`super::boundary`]) or, if
+//! the node is quiet, by the minute [`sweep`]; both check under the lock that `periodStart` is still
 //! before the boundary, so no replica closes the same period twice. Every
 //! reset is announced as a `period_reset` live event in its transaction
 //! ([`events`]).
 
-use std::{fmt, str::FromStr};
-
 use chrono::{NaiveDateTime, Timelike as _, Utc};
 use sqlx::{PgConnection, PgPool, Row as _, postgres::PgRow};
 
+use super::{
+    archive::{self, ClosedBy},
+    boundary,
+};
 use crate::{
     billing::{self, Mode, Stored},
     error::Error,
     events::{self, Notice, Outbox},
-    ingest::{boundary, store::archive},
 };
-
-/// The collector's `--period-reset`: when periods start for nodes whose
-/// billing settings have no anchor day.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Schedule {
-    /// Every month on this day (1–31; in shorter months, the month's last
-    /// day), at 00:00 UTC.
-    Monthly { day: u32 },
-}
-
-impl Schedule {
-    /// The anchor day.
-    pub fn day(self) -> u32 {
-        match self {
-            Schedule::Monthly { day } => day,
-        }
-    }
-}
-
-impl FromStr for Schedule {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad =
-            || format!("{s:?} is not a schedule; expected monthly:DAY (DAY 1-31), e.g. monthly:1");
-        let (kind, day) = s.split_once(':').ok_or_else(bad)?;
-        match kind {
-            "monthly" => {
-                let day: u32 = day.parse().map_err(|_| bad())?;
-                if !(1..=31).contains(&day) {
-                    return Err(bad());
-                }
-                Ok(Schedule::Monthly { day })
-            }
-            _ => Err(bad()),
-        }
-    }
-}
-
-impl fmt::Display for Schedule {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Schedule::Monthly { day } => write!(f, "monthly:{day}"),
-        }
-    }
-}
 
 /// Which nodes a manual reset applies to.
 #[derive(Debug, Clone)]
@@ -135,12 +89,12 @@ async fn close(
     open: &Open,
     end: NaiveDateTime,
     bytes: (i64, i64),
-    closed_by: &str,
+    closed_by: ClosedBy,
     now: NaiveDateTime,
 ) -> Result<(), Error> {
     let mode = open.stored.mode.parse().unwrap_or(Mode::Sum);
     // Its rates come later (the upkeep), outside the locks held now.
-    archive(
+    archive::insert(
         conn,
         &open.id,
         (open.start, end),
@@ -219,7 +173,7 @@ pub async fn reset(pool: &PgPool, target: &Target) -> Result<Vec<Reset>, Error> 
             node,
             now,
             (node.upload, node.download),
-            "request",
+            ClosedBy::Request,
             now,
         )
         .await?;
@@ -294,7 +248,7 @@ pub async fn sweep(pool: &PgPool, fallback_day: Option<u32>) -> Result<u64, Erro
                 start: period.start,
                 ..node.clone()
             };
-            close(&mut tx, &open, period.end, bytes, "schedule", now).await?;
+            close(&mut tx, &open, period.end, bytes, ClosedBy::Schedule, now).await?;
         }
         starts.push((node.id.clone(), current));
     }
@@ -337,19 +291,4 @@ async fn lock_free_due(
         }
     }
     Ok(due)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_and_prints() {
-        assert_eq!("monthly:1".parse(), Ok(Schedule::Monthly { day: 1 }));
-        assert_eq!(Schedule::Monthly { day: 15 }.to_string(), "monthly:15");
-        for bad in ["monthly:0", "monthly:32", "monthly:", "weekly:1", "monthly"] {
-            let error = bad.parse::<Schedule>().expect_err(bad);
-            assert!(error.contains("expected monthly:DAY"), "{error}");
-        }
-    }
 }

@@ -11,12 +11,15 @@
 use chrono::{DateTime, NaiveDateTime, Utc};
 use sqlx::{PgPool, Row as _, postgres::PgRow};
 
-use super::{
-    Mode, forecast, rates,
-    settings::{self, Effective},
-    usage,
+use super::calendar::Period;
+use crate::{
+    billing::{
+        Mode, forecast, rates,
+        settings::{self, Effective},
+        usage,
+    },
+    error::Error,
 };
-use crate::{calendar::Period, error::Error};
 
 /// Archived periods listed when no limit is asked for.
 pub const DEFAULT_LIMIT: u32 = 100;
@@ -43,7 +46,7 @@ pub struct CurrentPeriod {
     pub quota: Option<i64>,
     /// `usage` in percent of `quota`, to 0.01.
     pub percent: Option<f64>,
-    /// The usage expected at `end` ([`super::forecast`]).
+    /// The usage expected at `end` ([`crate::billing::forecast`]).
     pub forecast: Option<i64>,
     /// The busiest 5-minute slot so far, bytes per second of the larger
     /// direction.
