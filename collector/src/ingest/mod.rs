@@ -23,7 +23,12 @@ use tally_proto::v1::Outcome;
 use tokio::sync::{mpsc, oneshot};
 
 pub use self::batch::{Applied, BatchTime, Job};
-use crate::{billing::period::Schedule, error::Error, metrics::Metrics, quota};
+use crate::{
+    billing::period::Schedule,
+    error::{DbFailure, Error},
+    metrics::Metrics,
+    quota,
+};
 
 /// How ingestion runs.
 #[derive(Debug, Clone)]
@@ -277,12 +282,7 @@ pub async fn apply_isolating(
 /// Whether a failed statement failed on the values it was given (SQLSTATE
 /// classes 22, data exception, and 23, integrity constraint violation).
 fn caused_by_data(error: &sqlx::Error) -> bool {
-    match error {
-        sqlx::Error::Database(e) => e
-            .code()
-            .is_some_and(|code| code.starts_with("22") || code.starts_with("23")),
-        _ => false,
-    }
+    DbFailure::of(error).caused_by_values()
 }
 
 /// Counts a committed batch's outcomes (refusals for the heartbeat's own
