@@ -10,7 +10,7 @@
 //! ([`events`]).
 
 use chrono::{NaiveDateTime, Timelike as _, Utc};
-use sqlx::{PgConnection, PgPool, Row as _, postgres::PgRow};
+use sqlx::{PgConnection, PgPool};
 
 use super::{
     archive::{self, ClosedBy},
@@ -43,12 +43,16 @@ pub async fn reset_now(pool: &PgPool, target: &Target) -> Result<u64, Error> {
 }
 
 /// A node's period as locked for closing it.
-#[derive(Clone)]
+#[derive(Clone, sqlx::FromRow)]
 struct Open {
     id: String,
+    #[sqlx(rename = "periodUpload")]
     upload: i64,
+    #[sqlx(rename = "periodDownload")]
     download: i64,
+    #[sqlx(rename = "periodStart")]
     start: NaiveDateTime,
+    #[sqlx(flatten)]
     stored: Stored,
 }
 
@@ -56,7 +60,7 @@ struct Open {
 /// heartbeat batches do) and reads their current periods and settings.
 async fn lock(conn: &mut PgConnection, ids: Option<&[String]>) -> Result<Vec<Open>, Error> {
     // Only constants are formatted in.
-    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
         r#"SELECT n."id", t."periodUpload", t."periodDownload", t."periodStart", {settings}
            FROM "nodes" n JOIN "traffic_stats" t ON t."nodeId" = n."id"
            {join}
@@ -68,19 +72,7 @@ async fn lock(conn: &mut PgConnection, ids: Option<&[String]>) -> Result<Vec<Ope
     )))
     .bind(ids)
     .fetch_all(&mut *conn)
-    .await?;
-    rows.iter()
-        .map(|row| {
-            Ok(Open {
-                id: row.try_get("id")?,
-                upload: row.try_get("periodUpload")?,
-                download: row.try_get("periodDownload")?,
-                start: row.try_get("periodStart")?,
-                stored: Stored::from_row(row)?,
-            })
-        })
-        .collect::<Result<_, sqlx::Error>>()
-        .map_err(Error::from)
+    .await?)
 }
 
 /// Archives `[open.start, end)` of a node with `upload`/`download`.
@@ -107,13 +99,25 @@ async fn close(
     Ok(())
 }
 
+/// A node's traffic after its period was reset.
+#[derive(sqlx::FromRow)]
+#[sqlx(rename_all = "camelCase")]
+struct Restarted {
+    node_id: String,
+    total_upload: i64,
+    total_download: i64,
+    period_upload: i64,
+    period_download: i64,
+    period_start: NaiveDateTime,
+}
+
 /// Sets the nodes' periods to start at `start` with zero counters.
 async fn restart(
     conn: &mut PgConnection,
     starts: &[(String, NaiveDateTime)],
     now: NaiveDateTime,
-) -> Result<Vec<PgRow>, Error> {
-    Ok(sqlx::query(concat!(
+) -> Result<Vec<Restarted>, Error> {
+    Ok(sqlx::query_as(concat!(
         r#"UPDATE "traffic_stats" AS t SET "periodUpload" = 0, "periodDownload" = 0,
              "periodStart" = u.start, "updatedAt" = $1
            FROM UNNEST($2::text[], $3::timestamp(3)[]) AS u(id, start)
@@ -180,29 +184,27 @@ pub async fn reset(pool: &PgPool, target: &Target) -> Result<Vec<Reset>, Error> 
     }
     let starts: Vec<_> = open.iter().map(|o| (o.id.clone(), now)).collect();
     let rows = restart(&mut tx, &starts, now).await?;
-    let resets = announce(&mut tx, &rows).await?;
+    let resets = announce(&mut tx, rows).await?;
     tx.commit().await?;
     Ok(resets)
 }
 
 /// Sends a `period_reset` event for each of `rows` (in `conn`'s
 /// transaction) and returns them in id order.
-async fn announce(conn: &mut PgConnection, rows: &[PgRow]) -> Result<Vec<Reset>, Error> {
-    let mut resets = rows
-        .iter()
-        .map(|row| {
-            Ok(Reset {
-                id: row.try_get("nodeId")?,
-                traffic: events::Traffic {
-                    total_upload: row.try_get("totalUpload")?,
-                    total_download: row.try_get("totalDownload")?,
-                    period_upload: row.try_get("periodUpload")?,
-                    period_download: row.try_get("periodDownload")?,
-                    period_start: row.try_get("periodStart")?,
-                },
-            })
+async fn announce(conn: &mut PgConnection, rows: Vec<Restarted>) -> Result<Vec<Reset>, Error> {
+    let mut resets: Vec<Reset> = rows
+        .into_iter()
+        .map(|row| Reset {
+            id: row.node_id,
+            traffic: events::Traffic {
+                total_upload: row.total_upload,
+                total_download: row.total_download,
+                period_upload: row.period_upload,
+                period_download: row.period_download,
+                period_start: row.period_start,
+            },
         })
-        .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        .collect();
     resets.sort_by(|a, b| a.id.cmp(&b.id));
     let mut outbox = Outbox::new();
     for reset in &resets {
@@ -253,7 +255,7 @@ pub async fn sweep(pool: &PgPool, fallback_day: Option<u32>) -> Result<u64, Erro
         starts.push((node.id.clone(), current));
     }
     let rows = restart(&mut tx, &starts, now).await?;
-    let resets = announce(&mut tx, &rows).await?;
+    let resets = announce(&mut tx, rows).await?;
     tx.commit().await?;
     Ok(resets.len() as u64)
 }
@@ -265,7 +267,7 @@ async fn lock_free_due(
     now: NaiveDateTime,
 ) -> Result<Vec<String>, Error> {
     // Only constants are formatted in.
-    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+    let rows: Vec<Current> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         r#"SELECT n."id", t."periodStart", {settings}
            FROM "nodes" n JOIN "traffic_stats" t ON t."nodeId" = n."id"
            {join}
@@ -277,18 +279,24 @@ async fn lock_free_due(
     .bind(fallback_day.is_some())
     .fetch_all(pool)
     .await?;
-    let mut due = Vec::new();
-    for row in &rows {
-        let start: NaiveDateTime = row.try_get("periodStart")?;
-        let Ok(Some(anchor)) = Stored::from_row(row)?
-            .resolve(fallback_day)
-            .map(|s| s.anchor)
-        else {
-            continue;
-        };
-        if boundary::ended(&anchor, start, now).is_some() {
-            due.push(row.try_get("id")?);
-        }
-    }
-    Ok(due)
+    Ok(rows
+        .into_iter()
+        .filter(|row| {
+            let Ok(Some(anchor)) = row.stored.resolve(fallback_day).map(|s| s.anchor) else {
+                return false;
+            };
+            boundary::ended(&anchor, row.period_start, now).is_some()
+        })
+        .map(|row| row.id)
+        .collect())
+}
+
+/// When a node's current period started, and its settings.
+#[derive(sqlx::FromRow)]
+struct Current {
+    id: String,
+    #[sqlx(rename = "periodStart")]
+    period_start: NaiveDateTime,
+    #[sqlx(flatten)]
+    stored: Stored,
 }
