@@ -1,7 +1,7 @@
 //! What a batch of heartbeats is made of and what it answers: the jobs
 //! (a heartbeat with its credentials), the clock and settings the batch is
 //! planned and written with ([`BatchTime`]), and each heartbeat's outcome
-//! ([`Applied`]). Shared by the planning ([`super::plan`]) and the writing
+//! ([`Applied`]). Shared by the planning (`ingest::plan`) and the writing
 //! ([`super::store`]).
 
 use std::time::Duration;

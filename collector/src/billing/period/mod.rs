@@ -2,7 +2,7 @@
 //! ([`calendar`], on its anchor day in its time zone, or the collector's
 //! [`Schedule`]), which periods a heartbeat's bytes fall into
 //! ([`boundary`]), how an ended period is archived ([`archive`]), the resets
-//! on request and the sweep of quiet nodes ([`reset`], [`sweep`]), and the
+//! on request and the sweep of quiet nodes ([`reset()`], [`sweep`]), and the
 //! billing view of the current and archived periods ([`view`]). Heartbeat
 //! batches close the periods of active nodes with [`boundary`] and
 //! [`archive`]; nothing here depends on the ingestion.

@@ -1,8 +1,8 @@
 //! Applies a batch of heartbeats in one transaction, in three steps:
 //! **load** the nodes' rows, locked in id order so that concurrent batches,
-//! here or in another collector, never deadlock ([`load`]); **plan** what
-//! each heartbeat does against them, without I/O ([`crate::ingest::plan`]);
-//! **write** every change with one statement per table ([`write`]) and the
+//! here or in another collector, never deadlock (`load`); **plan** what
+//! each heartbeat does against them, without I/O (`ingest::plan`);
+//! **write** every change with one statement per table (`write`) and the
 //! live events with one NOTIFY ([`crate::events`]). A heartbeat's reply is
 //! sent only after the commit; if anything fails, nothing of the batch is
 //! stored or announced and every heartbeat in it gets a retryable error.

@@ -47,11 +47,7 @@ use std::{
 
 use anyhow::{Context as _, anyhow, bail, ensure};
 use sqlx::PgPool;
-use tally_collector::{
-    db,
-    devdb::TempCluster,
-    ingest, nodes, serve,
-};
+use tally_collector::{db, devdb::TempCluster, ingest, nodes, serve};
 use tokio::{net::TcpListener, sync::oneshot, task::JoinSet};
 
 use self::{
