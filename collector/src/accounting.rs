@@ -1,6 +1,7 @@
 //! The counting rules (README.md, "The counting rules, in the collector"),
 //! as a pure function: given what the collector stored for a node and one
-//! heartbeat's summed raw counters, what happens. No I/O here; `ingest::store` applies the result
+//! heartbeat's summed raw counters, what happens. No I/O here;
+//! `ingest::plan` builds on the result
 //! inside the node's row lock.
 //!
 //! Which counter set is current is decided without the node's wall clock

@@ -1,5 +1,6 @@
 //! The collector's errors, and the one place that maps them to gRPC status
-//! codes (and, with the HTTP API, to HTTP statuses).
+//! codes (and, with the HTTP API, to HTTP statuses), and database failures
+//! by their SQLSTATE to whether they are worth retrying ([`DbFailure`]).
 
 use std::time::Duration;
 
@@ -79,14 +80,84 @@ pub enum Error {
 impl Error {
     /// Whether the same request may succeed later unchanged.
     pub fn is_transient(&self) -> bool {
-        matches!(
-            self,
-            Error::Unavailable(_)
-                | Error::BatchFailed(_)
-                | Error::Database(_)
-                | Error::Busy(_)
-                | Error::TooFrequent { .. }
-        )
+        match self {
+            Error::Database(error) => DbFailure::of(error).is_retryable(),
+            _ => matches!(
+                self,
+                Error::Unavailable(_)
+                    | Error::BatchFailed(_)
+                    | Error::Busy(_)
+                    | Error::TooFrequent { .. }
+            ),
+        }
+    }
+
+    /// A database error that refused the values it was given (see
+    /// [`DbFailure::Refused`]): the same request would fail again.
+    fn refused_by_database(&self) -> bool {
+        matches!(self, Error::Database(error) if DbFailure::of(error) == DbFailure::Refused)
+    }
+}
+
+/// What a failed database call means for the request that made it, by its
+/// SQLSTATE or the kind of failure: the one place that reads them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DbFailure {
+    /// Worth trying again unchanged: a serialization failure (40001) or
+    /// deadlock (40P01), a lost or refused connection (class 08, I/O, TLS),
+    /// a server shutting down or starting (57P01–57P03), out of resources
+    /// (class 53), a statement or lock timeout (57014, 55P03), a pool that
+    /// timed out or closed.
+    Transient,
+    /// A unique violation (23505): another writer inserted the same key
+    /// first. The code that inserts handles the races it expects; a retry
+    /// finds the row that won.
+    UniqueRace,
+    /// The values given were refused: a data exception (class 22) or an
+    /// integrity constraint other than uniqueness (class 23: check, not
+    /// null, foreign key, exclusion). The same request fails again: it is
+    /// refused, never retried.
+    Refused,
+    /// Anything else (a schema that does not match, a bug): not the
+    /// request's fault, so it is answered as unavailable, as before.
+    Other,
+}
+
+impl DbFailure {
+    pub fn of(error: &sqlx::Error) -> Self {
+        match error {
+            sqlx::Error::Database(error) => match error.code() {
+                Some(code) => Self::of_sqlstate(&code),
+                None => Self::Other,
+            },
+            sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed => Self::Transient,
+            _ => Self::Other,
+        }
+    }
+
+    /// By a SQLSTATE (PostgreSQL, Appendix A).
+    pub fn of_sqlstate(code: &str) -> Self {
+        match code {
+            "40001" | "40P01" | "57014" | "55P03" | "57P01" | "57P02" | "57P03" => Self::Transient,
+            "23505" => Self::UniqueRace,
+            _ if code.starts_with("08") || code.starts_with("53") => Self::Transient,
+            _ if code.starts_with("22") || code.starts_with("23") => Self::Refused,
+            _ => Self::Other,
+        }
+    }
+
+    /// Whether the same request may succeed later unchanged.
+    pub fn is_retryable(self) -> bool {
+        self != Self::Refused
+    }
+
+    /// Whether the statement failed on the values it was given (classes 22
+    /// and 23, uniqueness too): in a batch, on one of its heartbeats.
+    pub fn caused_by_values(self) -> bool {
+        matches!(self, Self::Refused | Self::UniqueRace)
     }
 }
 
@@ -98,6 +169,9 @@ impl Error {
         // (The retry hint goes with the status, see `From<Error> for
         // Status`.)
         match self {
+            Error::Database(_) if self.refused_by_database() => {
+                "the database refused the values given: nothing was changed".to_owned()
+            }
             Error::BatchFailed(_) | Error::Database(_) => {
                 "the database failed: nothing was changed; retry later".to_owned()
             }
@@ -109,6 +183,9 @@ impl Error {
 impl From<Error> for Status {
     fn from(error: Error) -> Status {
         let message = error.public_message();
+        if error.refused_by_database() {
+            return Status::invalid_argument(message);
+        }
         match error {
             Error::Unauthenticated(_) => Status::unauthenticated(message),
             Error::Forbidden(_) => Status::permission_denied(message),
@@ -162,6 +239,9 @@ impl Error {
     /// The HTTP status and the stable code of the JSON error body.
     pub fn http_status(&self) -> (axum::http::StatusCode, &'static str) {
         use axum::http::StatusCode;
+        if self.refused_by_database() {
+            return (StatusCode::BAD_REQUEST, "invalid_argument");
+        }
         match self {
             Error::Unauthenticated(_) => (StatusCode::UNAUTHORIZED, "unauthenticated"),
             Error::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
@@ -299,6 +379,87 @@ mod tests {
             super::refusal(Error::Unavailable("stopping")).code,
             Code::Unavailable as u32
         );
+    }
+
+    /// A database error with a SQLSTATE, as PostgreSQL sends them.
+    #[derive(Debug)]
+    struct Sqlstate(&'static str);
+
+    impl std::fmt::Display for Sqlstate {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "SQLSTATE {}", self.0)
+        }
+    }
+
+    impl std::error::Error for Sqlstate {}
+
+    impl sqlx::error::DatabaseError for Sqlstate {
+        fn message(&self) -> &str {
+            "a database error"
+        }
+        fn code(&self) -> Option<std::borrow::Cow<'_, str>> {
+            Some(self.0.into())
+        }
+        fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+            self
+        }
+        fn kind(&self) -> sqlx::error::ErrorKind {
+            sqlx::error::ErrorKind::Other
+        }
+    }
+
+    fn sqlstate(code: &'static str) -> sqlx::Error {
+        sqlx::Error::Database(Box::new(Sqlstate(code)))
+    }
+
+    #[test]
+    fn database_failures_are_retried_or_refused_by_their_sqlstate() {
+        let io = || std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset");
+        for (error, failure) in [
+            (sqlstate("40001"), DbFailure::Transient), // serialization failure
+            (sqlstate("40P01"), DbFailure::Transient), // deadlock
+            (sqlstate("08006"), DbFailure::Transient), // connection failure
+            (sqlstate("57P01"), DbFailure::Transient), // admin shutdown
+            (sqlstate("57014"), DbFailure::Transient), // statement timeout
+            (sqlstate("55P03"), DbFailure::Transient), // lock timeout
+            (sqlstate("53300"), DbFailure::Transient), // too many connections
+            (sqlx::Error::PoolTimedOut, DbFailure::Transient),
+            (sqlx::Error::PoolClosed, DbFailure::Transient),
+            (sqlx::Error::Io(io()), DbFailure::Transient),
+            (sqlstate("23505"), DbFailure::UniqueRace),
+            (sqlstate("23514"), DbFailure::Refused), // check violation
+            (sqlstate("23502"), DbFailure::Refused), // not null violation
+            (sqlstate("23503"), DbFailure::Refused), // foreign key violation
+            (sqlstate("22003"), DbFailure::Refused), // numeric out of range
+            (sqlstate("22P05"), DbFailure::Refused), // untranslatable character
+            (sqlstate("42703"), DbFailure::Other),   // undefined column
+            (sqlx::Error::RowNotFound, DbFailure::Other),
+        ] {
+            let told = format!("{error}");
+            assert_eq!(DbFailure::of(&error), failure, "{told}");
+            let error = Error::Database(error);
+            let refused = failure == DbFailure::Refused;
+            assert_eq!(error.is_transient(), !refused, "{told}");
+            let expected = if refused {
+                (400, "invalid_argument", Code::InvalidArgument)
+            } else {
+                (503, "unavailable", Code::Unavailable)
+            };
+            let (status, code) = error.http_status();
+            let grpc = Status::from(error).code();
+            assert_eq!((status.as_u16(), code, grpc), expected, "{told}");
+        }
+        // What a batch isolates down to one heartbeat: classes 22 and 23.
+        assert!(DbFailure::UniqueRace.caused_by_values());
+        assert!(DbFailure::Refused.caused_by_values());
+        assert!(!DbFailure::Transient.caused_by_values());
+        assert!(!DbFailure::Other.caused_by_values());
     }
 
     #[test]

@@ -178,7 +178,7 @@ async fn run_serve(pool: PgPool, args: ServeArgs, tls: TlsFiles) -> anyhow::Resu
         };
         tracing::info!(signal, "stopping");
     };
-    serve::serve(pool, options, listeners, shutdown, None).await
+    serve::serve(pool, options, listeners, shutdown).await
 }
 
 async fn run_migrate(pool: &PgPool, args: MigrateArgs) -> anyhow::Result<()> {

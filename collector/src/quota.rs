@@ -15,7 +15,7 @@ use std::collections::HashMap;
 
 use chrono::{NaiveDateTime, Utc};
 use serde::{Serialize, Serializer};
-use sqlx::{Acquire as _, AssertSqlSafe, PgConnection, PgPool, Row as _, postgres::PgRow};
+use sqlx::{Acquire as _, AssertSqlSafe, FromRow as _, PgConnection, PgPool, Row as _};
 
 use crate::{
     billing::{self, Mode, SETTINGS_COLUMNS, SETTINGS_JOIN, Stored, rates},
@@ -94,7 +94,7 @@ pub async fn record_events(
         return Ok(Vec::new());
     }
     let column = |f: fn(&Crossing) -> String| crossings.iter().map(f).collect::<Vec<_>>();
-    let rows = sqlx::query(
+    let rows: Vec<EventRow> = sqlx::query_as(
         r#"WITH "fired" AS (
                INSERT INTO "quota_events"
                    ("nodeId", "periodStart", "threshold", "usage", "quota", "mode", "at")
@@ -118,7 +118,10 @@ pub async fn record_events(
         .iter()
         .filter_map(|c| Some((c.node_id.as_str(), c.node_name.as_deref()?)))
         .collect();
-    let mut events = rows.iter().map(event).collect::<Result<Vec<_>, _>>()?;
+    let mut events = rows
+        .into_iter()
+        .map(Event::try_from)
+        .collect::<Result<Vec<_>, _>>()?;
     for e in &mut events {
         if let Some(name) = known.get(e.node_id.as_str()) {
             (*name).clone_into(&mut e.node_name);
@@ -157,21 +160,55 @@ pub async fn record_events(
 }
 
 /// A `quota_events` row (with the node's `name`).
-fn event(row: &PgRow) -> Result<Event, sqlx::Error> {
-    let mode: String = row.try_get("mode")?;
-    Ok(Event {
-        id: row.try_get("id")?,
-        node_id: row.try_get("nodeId")?,
-        node_name: row.try_get("name")?,
-        period_start: row.try_get("periodStart")?,
-        threshold: row.try_get("threshold")?,
-        usage: row.try_get("usage")?,
-        quota: row.try_get("quota")?,
-        mode: mode
-            .parse()
-            .map_err(|error: Error| sqlx::Error::Decode(Box::new(error)))?,
-        at: row.try_get("at")?,
-    })
+#[derive(sqlx::FromRow)]
+#[sqlx(rename_all = "camelCase")]
+struct EventRow {
+    id: i64,
+    node_id: String,
+    #[sqlx(rename = "name")]
+    node_name: String,
+    period_start: NaiveDateTime,
+    threshold: i32,
+    usage: i64,
+    quota: i64,
+    mode: String,
+    at: NaiveDateTime,
+}
+
+impl TryFrom<EventRow> for Event {
+    type Error = sqlx::Error;
+
+    /// Refuses a mode this collector does not know.
+    fn try_from(row: EventRow) -> Result<Self, sqlx::Error> {
+        Ok(Event {
+            id: row.id,
+            node_id: row.node_id,
+            node_name: row.node_name,
+            period_start: row.period_start,
+            threshold: row.threshold,
+            usage: row.usage,
+            quota: row.quota,
+            mode: row
+                .mode
+                .parse()
+                .map_err(|error: Error| sqlx::Error::Decode(Box::new(error)))?,
+            at: row.at,
+        })
+    }
+}
+
+/// A node with a quota, as [`check`] reads it.
+#[derive(sqlx::FromRow)]
+#[sqlx(rename_all = "camelCase")]
+struct QuotaNode {
+    id: String,
+    period_start: NaiveDateTime,
+    period_upload: i64,
+    period_download: i64,
+    /// The highest threshold recorded for the current period.
+    recorded: Option<i32>,
+    #[sqlx(flatten)]
+    settings: Stored,
 }
 
 /// The JSON body of a `quota` webhook call.
@@ -243,7 +280,7 @@ pub async fn check(
 ) -> Result<Vec<Event>, sqlx::Error> {
     let now = Utc::now();
     let mut conn = pool.acquire().await?;
-    let nodes = sqlx::query(AssertSqlSafe(format!(
+    let nodes: Vec<QuotaNode> = sqlx::query_as(AssertSqlSafe(format!(
         r#"SELECT n."id", t."periodStart", t."periodUpload", t."periodDownload",
                {SETTINGS_COLUMNS},
                (SELECT max(q."threshold") FROM "quota_events" q
@@ -255,11 +292,9 @@ pub async fn check(
     .fetch_all(&mut *conn)
     .await?;
     let mut crossings = Vec::new();
-    for row in &nodes {
-        let node_id: String = row.try_get("id")?;
-        let period_start: NaiveDateTime = row.try_get("periodStart")?;
-        let recorded: Option<i32> = row.try_get("recorded")?;
-        let settings = match Stored::from_row(row)?.resolve(fallback_day) {
+    for node in &nodes {
+        let (node_id, period_start, recorded) = (&node.id, node.period_start, node.recorded);
+        let settings = match node.settings.resolve(fallback_day) {
             Ok(settings) => settings,
             Err(error) => {
                 tracing::warn!(node = %node_id, %error, "the node's billing settings are unusable; its quota is not checked");
@@ -284,16 +319,11 @@ pub async fn check(
                 .map(|anchor| anchor.period_at(period_start.and_utc()).end.min(now))
                 .unwrap_or(now)
                 .naive_utc();
-            rates::of_span(&mut conn, &node_id, period_start, end)
+            rates::of_span(&mut conn, node_id, period_start, end)
                 .await?
                 .p95
         } else {
-            billing::usage(
-                settings.mode,
-                row.try_get("periodUpload")?,
-                row.try_get("periodDownload")?,
-                0,
-            )
+            billing::usage(settings.mode, node.period_upload, node.period_download, 0)
         };
         for threshold in billing::crossed(&above, quota, 0, usage) {
             crossings.push(Crossing {
@@ -341,7 +371,7 @@ pub async fn list(pool: &PgPool, node_id: &str, limit: i64) -> Result<Vec<Event>
     for row in &rows {
         // The node without events: one row of NULLs beside its name.
         if row.try_get::<Option<i64>, _>("id")?.is_some() {
-            events.push(event(row)?);
+            events.push(Event::try_from(EventRow::from_row(row)?)?);
         }
     }
     Ok(events)

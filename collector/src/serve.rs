@@ -14,15 +14,15 @@ use tokio::{net::TcpListener, sync::watch};
 use tonic::transport::{Identity, Server, ServerTlsConfig};
 
 use crate::{
+    billing::period::{self, Schedule},
     billing::rates,
     connections::{self, Admission, Limits},
     db, events,
     grpc::{HeartbeatService, authenticate::Gate},
     http,
-    ingest::{self, Ingest, LatencyLog},
+    ingest::{self, Ingest},
     metrics::Metrics,
     node_tokens::NodeTokens,
-    period::{self, Schedule},
     quota, webhook,
 };
 
@@ -108,7 +108,6 @@ pub async fn serve(
     options: Options,
     listeners: Listeners,
     shutdown: impl Future<Output = ()>,
-    latencies: Option<Arc<LatencyLog>>,
 ) -> anyhow::Result<()> {
     let mut server = Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
@@ -226,7 +225,7 @@ pub async fn serve(
         batch_deadline: budget.statement_timeout,
         ..options.ingest.clone()
     };
-    let ingest = Ingest::start(pools.writers.clone(), ingest, latencies, metrics.clone());
+    let ingest = Ingest::start(pools.writers.clone(), ingest, metrics.clone());
     let interval_ms = options
         .heartbeat_interval
         .map_or(0, |d| u32::try_from(d.as_millis()).unwrap_or(u32::MAX));

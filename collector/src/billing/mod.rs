@@ -1,19 +1,23 @@
 //! Billing settings and what they make of a period's traffic (issue 6):
 //! the fleet's defaults (`billing_defaults`, one row) and each node's
 //! overrides (`node_settings`), the billing modes, usage, and the forecast
-//! at the period's end. The calendar itself is [`crate::calendar`].
+//! at the period's end. When periods start and end, and what happens when
+//! one ends, is [`period`].
 
 use std::{fmt, str::FromStr};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+pub mod period;
 pub mod rates;
 pub mod settings;
-pub mod view;
+
+/// The billing view's old path (the view is part of [`period`]).
+pub use period::view;
 
 use crate::{
-    calendar::{Anchor, Period},
+    billing::period::calendar::{Anchor, Period},
     error::Error,
 };
 
@@ -111,7 +115,8 @@ impl Default for Settings {
 /// The settings columns as stored (a node's, after COALESCE with the
 /// fleet's), turned into [`Settings`]. `fallback_day` is the collector's
 /// `--period-reset monthly:DAY`, used (in UTC) where neither has a day.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, sqlx::FromRow)]
+#[sqlx(rename_all = "camelCase")]
 pub struct Stored {
     pub anchor_day: Option<i32>,
     pub time_zone: String,
@@ -164,16 +169,7 @@ pub const SETTINGS_JOIN: &str = r#"CROSS JOIN "billing_defaults" d
 impl Stored {
     /// Reads the columns of [`SETTINGS_COLUMNS`] from `row`.
     pub fn from_row(row: &sqlx::postgres::PgRow) -> Result<Self, sqlx::Error> {
-        use sqlx::Row as _;
-        Ok(Self {
-            anchor_day: row.try_get("anchorDay")?,
-            time_zone: row.try_get("timeZone")?,
-            mode: row.try_get("mode")?,
-            count_rule: row.try_get("countRule")?,
-            quota: row.try_get("quota")?,
-            thresholds: row.try_get("thresholds")?,
-            max_rate: row.try_get("maxRate")?,
-        })
+        <Self as sqlx::FromRow<_>>::from_row(row)
     }
 }
 

@@ -13,10 +13,9 @@ use super::{
     params::{Body, Path, Time},
 };
 use crate::{
+    billing::period::{self, Target},
     error::Error,
-    nodes,
-    period::{self, Target},
-    views,
+    nodes, views,
 };
 
 /// A node to enrol.

@@ -1,7 +1,7 @@
 //! Per-interface deltas of one applied heartbeat (issue 6): which entries
 //! count under the node's rule, which deltas are too large to be real (held
 //! as anomalies instead of counted), and the IPv4/IPv6 parts. Pure: the
-//! node's previous per-entry raw values come in as [`Positions`], the new
+//! node's previous per-entry raw values come in as [`InterfacePositions`], the new
 //! ones go out.
 //!
 //! Under [`CountRule::All`] the counted delta is the node's summed delta
@@ -18,7 +18,7 @@ use crate::{billing::CountRule, validate::Interface};
 
 /// One entry's raw values as stored in `nodes.positions`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Position {
+pub struct InterfacePosition {
     #[serde(rename = "n")]
     pub name: String,
     #[serde(rename = "i")]
@@ -35,9 +35,9 @@ pub struct Position {
 
 /// Every entry's raw values within the node's current epoch.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Positions {
+pub struct InterfacePositions {
     #[serde(rename = "e")]
-    pub entries: Vec<Position>,
+    pub entries: Vec<InterfacePosition>,
     /// The sequence of the heartbeat they are of: positions written by a
     /// collector that did not keep them up to date (an older version,
     /// during a rolling upgrade) do not match the node's last sequence and
@@ -46,14 +46,14 @@ pub struct Positions {
     pub sequence: i64,
 }
 
-impl Positions {
+impl InterfacePositions {
     /// The positions after a heartbeat with these entries.
     pub fn of(interfaces: &[Interface]) -> Self {
         Self {
             entries: interfaces
                 .iter()
                 .filter(|i| !i.loopback())
-                .map(|i| Position {
+                .map(|i| InterfacePosition {
                     name: i.name.clone(),
                     ifindex: i.ifindex,
                     rx: i.rx_bytes,
@@ -67,7 +67,7 @@ impl Positions {
     }
 
     /// The entries by (name, ifindex): a heartbeat may list thousands.
-    fn index(&self) -> HashMap<(&str, i64), &Position> {
+    fn index(&self) -> HashMap<(&str, i64), &InterfacePosition> {
         self.entries
             .iter()
             .map(|p| ((p.name.as_str(), p.ifindex), p))
@@ -85,7 +85,7 @@ pub enum Previous<'a> {
     /// baseline, nothing counts.
     Baseline,
     /// The stored positions of the same epoch.
-    Stored(&'a Positions),
+    Stored(&'a InterfacePositions),
     /// The same epoch, but no per-entry positions are stored (a node last
     /// seen by an older collector): only the summed delta is known.
     Unknown,
@@ -164,7 +164,7 @@ pub fn count(
             _ => None,
         };
         let known = !matches!(previous, Previous::Unknown);
-        let zero = Position::default();
+        let zero = InterfacePosition::default();
         let before = before.unwrap_or(&zero);
         let down = (entry.rx_bytes - before.rx).max(0);
         let up = (entry.tx_bytes - before.tx).max(0);
@@ -310,7 +310,7 @@ mod tests {
     fn all_counts_the_summed_delta_and_uplink_only_uplinks_and_hardware() {
         let before = host(1);
         let now = host(3);
-        let positions = Positions::of(&before);
+        let positions = InterfacePositions::of(&before);
         let (d0, u0) = sums(&before);
         let (d1, u1) = sums(&now);
         let all = count(
@@ -349,7 +349,7 @@ mod tests {
     #[test]
     fn the_default_route_moving_moves_what_counts() {
         let before = host(1);
-        let positions = Positions::of(&before);
+        let positions = InterfacePositions::of(&before);
         let mut now = host(2);
         now[0].default_route = false;
         now[2].default_route = true;
@@ -367,7 +367,7 @@ mod tests {
     #[test]
     fn too_large_a_delta_is_held_not_counted() {
         let before = host(1);
-        let positions = Positions::of(&before);
+        let positions = InterfacePositions::of(&before);
         let mut now = host(1);
         now[1].rx_bytes += 5_000;
         now[3].tx_bytes += 10;
@@ -419,7 +419,7 @@ mod tests {
             tx_bytes: 20,
             ..Family::default()
         });
-        let positions = Positions::of(&before);
+        let positions = InterfacePositions::of(&before);
         let mut now = before.clone();
         now[0].rx_bytes += 1_000;
         now[0].tx_bytes += 100;
@@ -482,13 +482,13 @@ mod tests {
 
     #[test]
     fn positions_round_trip_as_json() {
-        let positions = Positions::of(&host(1));
+        let positions = InterfacePositions::of(&host(1));
         let text = serde_json::to_string(&positions).expect("serialises");
         assert!(
             text.starts_with(r#"{"e":[{"n":"ens3","i":2,"rx":100,"tx":50}"#),
             "{text}"
         );
-        let back: Positions = serde_json::from_str(&text).expect("parses");
+        let back: InterfacePositions = serde_json::from_str(&text).expect("parses");
         assert_eq!(back, positions);
     }
 }

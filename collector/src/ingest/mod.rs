@@ -6,12 +6,14 @@
 //! lets one collector keep up with thousands of nodes. Each batch's size,
 //! transaction time and outcomes are counted in [`Metrics`].
 
-pub mod boundary;
+pub mod batch;
 pub mod entries;
+mod plan;
+pub mod signals;
 pub mod store;
 
 use std::{
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -20,8 +22,13 @@ use sqlx::PgPool;
 use tally_proto::v1::Outcome;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::{error::Error, metrics::Metrics, period::Schedule, quota};
-pub use store::{Applied, BatchTime, Job};
+pub use self::batch::{Applied, BatchTime, Job};
+use crate::{
+    billing::period::Schedule,
+    error::{DbFailure, Error},
+    metrics::Metrics,
+    quota,
+};
 
 /// How ingestion runs.
 #[derive(Debug, Clone)]
@@ -56,9 +63,9 @@ impl Default for Config {
             queue: 65_536,
             schedule: None,
             quota: quota::Config::default(),
-            max_clock_skew: Duration::from_millis(store::DEFAULT_MAX_CLOCK_SKEW_MS as u64),
+            max_clock_skew: Duration::from_millis(batch::DEFAULT_MAX_CLOCK_SKEW_MS as u64),
             batch_deadline: Duration::from_secs(10),
-            max_interface_names: store::DEFAULT_MAX_INTERFACE_NAMES,
+            max_interface_names: batch::DEFAULT_MAX_INTERFACE_NAMES,
         }
     }
 }
@@ -69,29 +76,6 @@ struct Queued {
     reply: oneshot::Sender<Result<Applied, Error>>,
 }
 
-/// Receipt-to-commit latencies, kept when asked for (the ingest benchmark).
-#[derive(Debug, Default)]
-pub struct LatencyLog {
-    micros: Mutex<Vec<u32>>,
-}
-
-impl LatencyLog {
-    fn record(&self, latency: Duration) {
-        let micros = u32::try_from(latency.as_micros()).unwrap_or(u32::MAX);
-        if let Ok(mut log) = self.micros.lock() {
-            log.push(micros);
-        }
-    }
-
-    /// Takes the latencies recorded so far, in microseconds.
-    pub fn take(&self) -> Vec<u32> {
-        self.micros
-            .lock()
-            .map(|mut log| std::mem::take(&mut *log))
-            .unwrap_or_default()
-    }
-}
-
 /// The handle heartbeat handlers submit to.
 #[derive(Clone)]
 pub struct Ingest {
@@ -100,12 +84,7 @@ pub struct Ingest {
 
 impl Ingest {
     /// Starts the writer tasks on the current runtime.
-    pub fn start(
-        pool: PgPool,
-        config: Config,
-        latencies: Option<Arc<LatencyLog>>,
-        metrics: Arc<Metrics>,
-    ) -> Self {
+    pub fn start(pool: PgPool, config: Config, metrics: Arc<Metrics>) -> Self {
         let (queue, receiver) = mpsc::channel(config.queue.max(1));
         let receiver = Arc::new(tokio::sync::Mutex::new(receiver));
         for writer in 0..config.writers.max(1) {
@@ -114,7 +93,6 @@ impl Ingest {
                 pool.clone(),
                 receiver.clone(),
                 config.clone(),
-                latencies.clone(),
                 metrics.clone(),
             ));
         }
@@ -147,7 +125,6 @@ async fn write_loop(
     pool: PgPool,
     receiver: Arc<tokio::sync::Mutex<mpsc::Receiver<Queued>>>,
     config: Config,
-    latencies: Option<Arc<LatencyLog>>,
     metrics: Arc<Metrics>,
 ) {
     let mut batch = Vec::with_capacity(config.max_batch);
@@ -158,15 +135,7 @@ async fn write_loop(
                 return;
             }
         }
-        write_batch(
-            writer,
-            &pool,
-            &mut batch,
-            &config,
-            latencies.as_deref(),
-            &metrics,
-        )
-        .await;
+        write_batch(writer, &pool, &mut batch, &config, &metrics).await;
     }
 }
 
@@ -175,7 +144,6 @@ async fn write_batch(
     pool: &PgPool,
     batch: &mut Vec<Queued>,
     config: &Config,
-    latencies: Option<&LatencyLog>,
     metrics: &Metrics,
 ) {
     let now = Utc::now().naive_utc();
@@ -225,9 +193,12 @@ async fn write_batch(
             metrics.batch(jobs.len(), in_database.as_secs_f64());
             count_outcomes(metrics, &results);
             for ((received, reply), result) in waiting.into_iter().zip(results) {
-                if let Some(log) = latencies {
-                    log.record(received.elapsed());
-                }
+                // Each heartbeat's time from receipt to its answer (what the
+                // ingest benchmark measures, from this event).
+                tracing::trace!(
+                    latency_us = u64::try_from(received.elapsed().as_micros()).unwrap_or(u64::MAX),
+                    "heartbeat answered"
+                );
                 let _ = reply.send(result);
             }
         }
@@ -275,12 +246,7 @@ pub async fn apply_isolating(
 /// Whether a failed statement failed on the values it was given (SQLSTATE
 /// classes 22, data exception, and 23, integrity constraint violation).
 fn caused_by_data(error: &sqlx::Error) -> bool {
-    match error {
-        sqlx::Error::Database(e) => e
-            .code()
-            .is_some_and(|code| code.starts_with("22") || code.starts_with("23")),
-        _ => false,
-    }
+    DbFailure::of(error).caused_by_values()
 }
 
 /// Counts a committed batch's outcomes (refusals for the heartbeat's own

@@ -122,16 +122,6 @@ impl Fleet {
     /// As [`Fleet::serve_here`], with the options changed by `tweak` (e.g.
     /// to configure the HTTP tokens).
     pub async fn serve_here_with(&self, tweak: impl FnOnce(&mut serve::Options)) -> InProcess {
-        self.serve_here_measured(tweak, None).await
-    }
-
-    /// As [`Fleet::serve_here_with`], keeping each heartbeat's
-    /// receipt-to-commit latency in `latencies`.
-    pub async fn serve_here_measured(
-        &self,
-        tweak: impl FnOnce(&mut serve::Options),
-        latencies: Option<std::sync::Arc<ingest::LatencyLog>>,
-    ) -> InProcess {
         let mut options = serve::Options {
             listen: "127.0.0.1:0".parse().expect("address"),
             tls: None,
@@ -171,7 +161,7 @@ impl Fleet {
             let shutdown = async {
                 let _ = stopped.await;
             };
-            serve::serve(pool, options, listeners, shutdown, latencies)
+            serve::serve(pool, options, listeners, shutdown)
                 .await
                 .expect("serve");
         });

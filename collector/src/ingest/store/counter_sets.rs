@@ -7,21 +7,21 @@
 use std::collections::HashMap;
 
 use chrono::NaiveDateTime;
-use sqlx::{PgConnection, Row as _};
+use sqlx::PgConnection;
 
-use crate::accounting::CounterSet;
+use crate::{accounting::CounterSet, ingest::plan::Adopted};
 
 /// Counter sets kept per node (years of daily reboots need far fewer to
 /// decide; an older set's boot is then judged by the other rules).
 pub const KEPT_PER_NODE: i64 = 64;
 
-/// A counter set first applied in a batch.
-#[derive(Debug, Clone)]
-pub(super) struct Adopted<'a> {
-    pub set: &'a CounterSet,
-    pub generation: i64,
-    /// When the epoch began by the node's clock (informational).
-    pub created_unix_ns: i64,
+/// One `counter_sets` row, as far as deciding needs it.
+#[derive(Debug, sqlx::FromRow)]
+#[sqlx(rename_all = "camelCase")]
+struct FollowedRow {
+    node_id: String,
+    boot_id: String,
+    epoch: String,
 }
 
 /// The followed counter sets of `ids`, by node id.
@@ -33,20 +33,17 @@ pub(super) async fn load(
     if ids.is_empty() {
         return Ok(followed);
     }
-    let rows = sqlx::query(
+    let rows: Vec<FollowedRow> = sqlx::query_as(
         r#"SELECT "nodeId", "bootId", "epoch" FROM "counter_sets" WHERE "nodeId" = ANY($1)"#,
     )
     .bind(ids)
     .fetch_all(conn)
     .await?;
     for row in rows {
-        followed
-            .entry(row.try_get("nodeId")?)
-            .or_default()
-            .push(CounterSet {
-                boot_id: row.try_get("bootId")?,
-                epoch: row.try_get("epoch")?,
-            });
+        followed.entry(row.node_id).or_default().push(CounterSet {
+            boot_id: row.boot_id,
+            epoch: row.epoch,
+        });
     }
     Ok(followed)
 }

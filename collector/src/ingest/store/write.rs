@@ -1,32 +1,37 @@
-//! The statements of a batch: one per table, each over every changed node
+//! The statements of a batch: one per table, each over every updated node
 //! of the batch (UNNEST of arrays), in node id order. The nodes' rows are
 //! locked by [`super::apply`], so the values written are the in-memory
-//! results of the batch's decisions.
+//! results of the batch's plan ([`crate::ingest::plan`]).
 
 use std::collections::{BTreeMap, HashMap};
 
 use sqlx::PgConnection;
 
-use super::{BatchTime, Change, Changed, Node};
+use super::{BatchTime, Updated};
 use crate::{
     accounting::CounterSet,
-    billing,
+    billing::period::archive::{self, ClosedBy},
     events::Outbox,
+    ingest::{
+        plan::{HeldDelta, NodeState, NodeUpdate},
+        signals::Signals,
+    },
     quota,
     validate::{Heartbeat, Interface},
 };
 
 pub(super) async fn nodes(
     conn: &mut PgConnection,
-    changed: &Changed<'_>,
+    updated: &Updated<'_>,
     time: &BatchTime,
 ) -> Result<(), sqlx::Error> {
-    let ids: Vec<&str> = changed.iter().map(|c| c.0.as_str()).collect();
+    let ids: Vec<&str> = updated.iter().map(|c| c.0.as_str()).collect();
     let last =
-        |f: fn(&Heartbeat) -> &str| -> Vec<&str> { changed.iter().map(|c| f(c.2.last)).collect() };
-    let load = |i: usize| -> Vec<f64> { changed.iter().map(|c| c.2.last.load[i]).collect() };
-    let sets: Vec<&CounterSet> = changed.iter().map(|c| &c.2.last.reading.set).collect();
-    let column = |f: fn(&Node) -> i64| -> Vec<i64> { changed.iter().map(|c| f(c.1)).collect() };
+        |f: fn(&Heartbeat) -> &str| -> Vec<&str> { updated.iter().map(|c| f(c.2.last)).collect() };
+    let load = |i: usize| -> Vec<f64> { updated.iter().map(|c| c.2.last.load[i]).collect() };
+    let sets: Vec<&CounterSet> = updated.iter().map(|c| &c.2.last.reading.set).collect();
+    let column =
+        |f: fn(&NodeState) -> i64| -> Vec<i64> { updated.iter().map(|c| f(c.1)).collect() };
     sqlx::query(
         r#"UPDATE "nodes" AS n SET
              "hostname" = u.hostname, "kernel" = u.kernel,
@@ -65,59 +70,59 @@ pub(super) async fn nodes(
     .bind(sets.iter().map(|o| o.boot_id.as_str()).collect::<Vec<_>>())
     .bind(sets.iter().map(|o| o.epoch.as_str()).collect::<Vec<_>>())
     .bind(
-        changed
+        updated
             .iter()
             .map(|c| c.2.last.epoch_created_unix_ns)
             .collect::<Vec<_>>(),
     )
     .bind(
-        changed
+        updated
             .iter()
             .map(|c| c.2.last.reading.sequence)
             .collect::<Vec<_>>(),
     )
     .bind(
-        changed
+        updated
             .iter()
             .map(|c| c.2.refresh_interfaces)
             .collect::<Vec<_>>(),
     )
     .bind(
-        changed
+        updated
             .iter()
             .map(|c| {
-                c.1.positions
+                c.1.interfaces
                     .as_ref()
                     .and_then(|p| serde_json::to_string(p).ok())
             })
             .collect::<Vec<_>>(),
     )
-    .bind(changed.iter().map(|c| c.2.ipv4.0).collect::<Vec<_>>())
-    .bind(changed.iter().map(|c| c.2.ipv4.1).collect::<Vec<_>>())
-    .bind(changed.iter().map(|c| c.2.ipv6.0).collect::<Vec<_>>())
-    .bind(changed.iter().map(|c| c.2.ipv6.1).collect::<Vec<_>>())
+    .bind(updated.iter().map(|c| c.2.ipv4.0).collect::<Vec<_>>())
+    .bind(updated.iter().map(|c| c.2.ipv4.1).collect::<Vec<_>>())
+    .bind(updated.iter().map(|c| c.2.ipv6.0).collect::<Vec<_>>())
+    .bind(updated.iter().map(|c| c.2.ipv6.1).collect::<Vec<_>>())
     .bind(column(|n| n.position.generation))
     .bind(
-        changed
+        updated
             .iter()
             .map(|c| c.1.signals.clock_offset_ms)
             .collect::<Vec<_>>(),
     )
     .bind(column(|n| n.signals.stale_heartbeats))
     .bind(
-        changed
+        updated
             .iter()
             .map(|c| c.1.signals.stale_run)
             .collect::<Vec<_>>(),
     )
     .bind(
-        changed
+        updated
             .iter()
             .map(|c| c.1.signals.last_stale_at)
             .collect::<Vec<_>>(),
     )
     .bind(
-        changed
+        updated
             .iter()
             .map(|c| c.1.signals.last_stale_reason.as_deref())
             .collect::<Vec<_>>(),
@@ -129,11 +134,12 @@ pub(super) async fn nodes(
 
 pub(super) async fn traffic(
     conn: &mut PgConnection,
-    changed: &Changed<'_>,
+    updated: &Updated<'_>,
     time: &BatchTime,
 ) -> Result<(), sqlx::Error> {
-    let ids: Vec<&str> = changed.iter().map(|c| c.0.as_str()).collect();
-    let column = |f: fn(&Node) -> i64| -> Vec<i64> { changed.iter().map(|c| f(c.1)).collect() };
+    let ids: Vec<&str> = updated.iter().map(|c| c.0.as_str()).collect();
+    let column =
+        |f: fn(&NodeState) -> i64| -> Vec<i64> { updated.iter().map(|c| f(c.1)).collect() };
     sqlx::query(
         r#"UPDATE "traffic_stats" AS t SET
              "totalUpload" = u.total_up, "totalDownload" = u.total_down,
@@ -151,7 +157,7 @@ pub(super) async fn traffic(
     .bind(column(|n| n.total_download))
     .bind(column(|n| n.period_upload))
     .bind(column(|n| n.period_download))
-    .bind(changed.iter().map(|c| c.1.period_start).collect::<Vec<_>>())
+    .bind(updated.iter().map(|c| c.1.period_start).collect::<Vec<_>>())
     .bind(column(|n| n.position.rx))
     .bind(column(|n| n.position.tx))
     .execute(&mut *conn)
@@ -161,11 +167,11 @@ pub(super) async fn traffic(
 
 pub(super) async fn history(
     conn: &mut PgConnection,
-    changed: &Changed<'_>,
+    updated: &Updated<'_>,
     time: &BatchTime,
 ) -> Result<(), sqlx::Error> {
-    let ids: Vec<&str> = changed.iter().map(|c| c.0.as_str()).collect();
-    let load = |i: usize| -> Vec<f64> { changed.iter().map(|c| c.2.last.load[i]).collect() };
+    let ids: Vec<&str> = updated.iter().map(|c| c.0.as_str()).collect();
+    let load = |i: usize| -> Vec<f64> { updated.iter().map(|c| c.2.last.load[i]).collect() };
     sqlx::query(
         r#"INSERT INTO "node_history"
              ("nodeId", "bucket", "upload", "download", "load1", "load5", "load15", "heartbeats")
@@ -181,12 +187,12 @@ pub(super) async fn history(
     )
     .bind(time.bucket())
     .bind(&ids)
-    .bind(changed.iter().map(|c| c.2.upload).collect::<Vec<_>>())
-    .bind(changed.iter().map(|c| c.2.download).collect::<Vec<_>>())
+    .bind(updated.iter().map(|c| c.2.upload).collect::<Vec<_>>())
+    .bind(updated.iter().map(|c| c.2.download).collect::<Vec<_>>())
     .bind(load(0))
     .bind(load(1))
     .bind(load(2))
-    .bind(changed.iter().map(|c| c.2.heartbeats).collect::<Vec<_>>())
+    .bind(updated.iter().map(|c| c.2.heartbeats).collect::<Vec<_>>())
     .execute(&mut *conn)
     .await?;
     Ok(())
@@ -194,18 +200,18 @@ pub(super) async fn history(
 
 pub(super) async fn interfaces(
     conn: &mut PgConnection,
-    changed: &Changed<'_>,
+    updated: &Updated<'_>,
     time: &BatchTime,
 ) -> Result<(), sqlx::Error> {
     // One row per node and name: entries that share a name (an interface
     // gone, and a new one that took its name) are added up.
-    let refreshed: Vec<_> = changed.iter().filter(|c| c.2.refresh_interfaces).collect();
+    let refreshed: Vec<_> = updated.iter().filter(|c| c.2.refresh_interfaces).collect();
     if refreshed.is_empty() {
         return Ok(());
     }
     let mut merged: BTreeMap<(&str, &str), Interface> = BTreeMap::new();
-    for (id, _, change) in &refreshed {
-        for interface in &change.last.interfaces {
+    for (id, _, update) in &refreshed {
+        for interface in &update.last.interfaces {
             merged
                 .entry((id.as_str(), interface.name.as_str()))
                 .and_modify(|row| row.merge(interface))
@@ -278,7 +284,7 @@ pub(super) async fn interfaces(
 /// flooded; its traffic is in the node's totals all the same.
 async fn interface_history(
     conn: &mut PgConnection,
-    refreshed: &[&(&String, &Node<'_>, &Change<'_>)],
+    refreshed: &[&(&String, &NodeState<'_>, &NodeUpdate<'_>)],
     rows: &[(&str, &Interface)],
     time: &BatchTime,
 ) -> Result<(), sqlx::Error> {
@@ -350,19 +356,19 @@ async fn interface_history(
 /// Archives the periods that ended in this batch, with their rates.
 pub(super) async fn closed_periods(
     conn: &mut PgConnection,
-    changed: &Changed<'_>,
+    updated: &Updated<'_>,
     time: &BatchTime,
 ) -> Result<(), sqlx::Error> {
-    for (id, _, change) in changed {
-        for period in &change.closed {
+    for (id, _, update) in updated {
+        for period in &update.closed {
             // Its rates come later (the upkeep), outside the batch's locks.
-            archive(
+            archive::insert(
                 conn,
                 id,
                 (period.start, period.end),
                 (period.upload, period.download),
                 period.mode,
-                "schedule",
+                ClosedBy::Schedule,
                 time.now,
             )
             .await?;
@@ -371,44 +377,15 @@ pub(super) async fn closed_periods(
     Ok(())
 }
 
-/// Inserts one `billing_periods` row, its rates to be computed later
-/// ([`billing::rates::fill_pending`]).
-pub async fn archive(
-    conn: &mut PgConnection,
-    node_id: &str,
-    (start, end): (chrono::NaiveDateTime, chrono::NaiveDateTime),
-    (upload, download): (i64, i64),
-    mode: billing::Mode,
-    closed_by: &str,
-    now: chrono::NaiveDateTime,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        r#"INSERT INTO "billing_periods" ("nodeId", "start", "end", "upload", "download",
-             "mode", "closedBy", "closedAt")
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"#,
-    )
-    .bind(node_id)
-    .bind(start)
-    .bind(end)
-    .bind(upload)
-    .bind(download)
-    .bind(mode.as_str())
-    .bind(closed_by)
-    .bind(now)
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
 /// Records the deltas held as anomalies in this batch.
 pub(super) async fn anomalies(
     conn: &mut PgConnection,
-    changed: &Changed<'_>,
+    updated: &Updated<'_>,
     time: &BatchTime,
 ) -> Result<(), sqlx::Error> {
-    let held: Vec<(&str, &super::Hold)> = changed
+    let held: Vec<(&str, &HeldDelta)> = updated
         .iter()
-        .flat_map(|(id, _, change)| change.held.iter().map(|h| (id.as_str(), h)))
+        .flat_map(|(id, _, update)| update.held.iter().map(|h| (id.as_str(), h)))
         .collect();
     if held.is_empty() {
         return Ok(());
@@ -454,11 +431,11 @@ pub(super) async fn anomalies(
 /// none was).
 pub(super) async fn quota_crossings(
     conn: &mut PgConnection,
-    changed: &Changed<'_>,
+    updated: &Updated<'_>,
     time: &BatchTime,
     outbox: &mut Outbox,
 ) -> Result<(), sqlx::Error> {
-    let crossings: Vec<quota::Crossing> = changed
+    let crossings: Vec<quota::Crossing> = updated
         .iter()
         .flat_map(|c| c.2.crossings.iter().cloned())
         .collect();
@@ -466,5 +443,49 @@ pub(super) async fn quota_crossings(
         return Ok(());
     }
     quota::record(conn, &crossings, outbox, &time.quota).await?;
+    Ok(())
+}
+
+/// Writes the signals of nodes whose traffic the batch did not change
+/// (those whose traffic it updated get them with the `nodes` update).
+pub(super) async fn signals(
+    conn: &mut PgConnection,
+    nodes: &[(&str, &Signals)],
+) -> Result<(), sqlx::Error> {
+    if nodes.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        r#"UPDATE "nodes" AS n SET
+             "clockOffsetMs" = u.clock, "staleHeartbeats" = u.stale, "staleRun" = u.run,
+             "lastStaleAt" = u.stale_at, "lastStaleReason" = u.reason
+           FROM UNNEST($1::text[], $2::int8[], $3::int8[], $4::int4[], $5::timestamp(3)[],
+                       $6::text[])
+             AS u(id, clock, stale, run, stale_at, reason)
+           WHERE n."id" = u.id"#,
+    )
+    .bind(nodes.iter().map(|n| n.0).collect::<Vec<_>>())
+    .bind(
+        nodes
+            .iter()
+            .map(|n| n.1.clock_offset_ms)
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        nodes
+            .iter()
+            .map(|n| n.1.stale_heartbeats)
+            .collect::<Vec<_>>(),
+    )
+    .bind(nodes.iter().map(|n| n.1.stale_run).collect::<Vec<_>>())
+    .bind(nodes.iter().map(|n| n.1.last_stale_at).collect::<Vec<_>>())
+    .bind(
+        nodes
+            .iter()
+            .map(|n| n.1.last_stale_reason.as_deref())
+            .collect::<Vec<_>>(),
+    )
+    .execute(conn)
+    .await?;
     Ok(())
 }

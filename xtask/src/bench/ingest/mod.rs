@@ -15,7 +15,8 @@
 //!   each (`--unary`: a `Send` call per heartbeat) over a few shared HTTP/2
 //!   channels. After a warm-up, applied replies are counted over the
 //!   measured window, and the collector's receipt-to-commit latencies of that
-//!   window are taken from its [`LatencyLog`].
+//!   window are taken from its "heartbeat answered" trace events
+//!   ([`observe::Latencies`]).
 //!
 //! Then the agents stop and every node's stored counters are checked against
 //! the last heartbeat acknowledged as applied to it ([`check`]): a mismatch
@@ -46,17 +47,12 @@ use std::{
 
 use anyhow::{Context as _, anyhow, bail, ensure};
 use sqlx::PgPool;
-use tally_collector::{
-    db,
-    devdb::TempCluster,
-    ingest::{self, LatencyLog},
-    nodes, serve,
-};
+use tally_collector::{db, devdb::TempCluster, ingest, nodes, serve};
 use tokio::{net::TcpListener, sync::oneshot, task::JoinSet};
 
 use self::{
     agents::{Agents, SimNode},
-    observe::{Batches, CpuSample, Statements},
+    observe::{Batches, CpuSample, Latencies, Statements},
     pgbench::PgbenchRun,
     report::{Baseline, IngestRun, PgFacts, ReaderRun, Report},
 };
@@ -156,7 +152,7 @@ pub fn run(args: &IngestArgs) -> anyhow::Result<()> {
         !args.pgbench_clients.is_empty(),
         "--pgbench-clients needs at least one client count"
     );
-    let batches = observe::install_logging(&args.log)?;
+    let (batches, latencies) = observe::install_logging(&args.log)?;
     let mut builder = TempCluster::builder()
         .fsync(true)
         .max_connections(200 + args.writers);
@@ -187,6 +183,7 @@ pub fn run(args: &IngestArgs) -> anyhow::Result<()> {
         postmaster: observe::postmaster_pid(&cluster.data_dir()),
         args,
         batches: &batches,
+        latencies: &latencies,
         agents: agent_runtime.handle().clone(),
     };
     let result = runtime.block_on(async {
@@ -229,6 +226,7 @@ struct Setup<'a> {
     postmaster: Option<i32>,
     args: &'a IngestArgs,
     batches: &'a Arc<Batches>,
+    latencies: &'a Arc<Latencies>,
     /// The runtime the simulated agents run on.
     agents: tokio::runtime::Handle,
 }
@@ -292,7 +290,8 @@ async fn pgbench_runs(setup: &Setup<'_>, url: &str, when: &str) -> anyhow::Resul
 
 /// The collector and its simulated agents.
 async fn collector(setup: &Setup<'_>) -> anyhow::Result<IngestRun> {
-    let (cluster, args, batches) = (setup.cluster, setup.args, setup.batches);
+    let (cluster, args, batches, latencies) =
+        (setup.cluster, setup.args, setup.batches, setup.latencies);
     let url = cluster
         .create_database("tally")
         .await
@@ -323,7 +322,6 @@ async fn collector(setup: &Setup<'_>) -> anyhow::Result<IngestRun> {
     let nodes = enrol(&pool, args.nodes).await?;
     checkpoint(&url).await?;
 
-    let latencies = Arc::new(LatencyLog::default());
     let options = serve::Options {
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         tls: None,
@@ -382,7 +380,6 @@ async fn collector(setup: &Setup<'_>) -> anyhow::Result<IngestRun> {
         async {
             let _ = stopped.await;
         },
-        Some(latencies.clone()),
     ));
 
     eprintln!(

@@ -1,13 +1,14 @@
 //! What is watched while the collector runs: its committed batches (from
-//! its own "batch committed" debug event, counted by a tracing layer: no
-//! change to the collector needed), the CPU the machine and this process
-//! use, and, when asked for, pg_stat_statements.
+//! its own "batch committed" debug event) and each heartbeat's time from
+//! receipt to answer (from its "heartbeat answered" trace event), both
+//! taken by tracing layers: no hook in the collector is needed; the CPU the
+//! machine and this process use, and, when asked for, pg_stat_statements.
 
 use std::{
     fmt, fs,
     path::Path,
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicU64, Ordering},
     },
     time::{Duration, Instant},
@@ -111,12 +112,58 @@ impl Visit for BatchFields {
     }
 }
 
-/// Logs to stderr as `filter` says, and counts the collector's batches
-/// (whatever the filter).
-pub(super) fn install_logging(filter: &str) -> anyhow::Result<Arc<Batches>> {
+/// Each heartbeat's time from receipt to answer, in microseconds, as the
+/// collector's writers logged them ("heartbeat answered").
+#[derive(Debug, Default)]
+pub(super) struct Latencies {
+    micros: Mutex<Vec<u32>>,
+}
+
+impl Latencies {
+    /// Takes the latencies logged so far.
+    pub(super) fn take(&self) -> Vec<u32> {
+        self.micros
+            .lock()
+            .map(|mut log| std::mem::take(&mut *log))
+            .unwrap_or_default()
+    }
+}
+
+/// Keeps the latencies of the collector's "heartbeat answered" events.
+struct LatencyLayer(Arc<Latencies>);
+
+impl<S: Subscriber> Layer<S> for LatencyLayer {
+    fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
+        let mut latency = LatencyField(None);
+        event.record(&mut latency);
+        if let (Some(micros), Ok(mut log)) = (latency.0, self.0.micros.lock()) {
+            log.push(u32::try_from(micros).unwrap_or(u32::MAX));
+        }
+    }
+}
+
+struct LatencyField(Option<u64>);
+
+impl Visit for LatencyField {
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        if field.name() == "latency_us" {
+            self.0 = Some(value);
+        }
+    }
+
+    fn record_debug(&mut self, _field: &Field, _value: &dyn fmt::Debug) {}
+}
+
+/// Logs to stderr as `filter` says, and counts the collector's batches and
+/// keeps its heartbeats' latencies (whatever the filter).
+pub(super) fn install_logging(filter: &str) -> anyhow::Result<(Arc<Batches>, Arc<Latencies>)> {
     let batches = Arc::new(Batches::default());
     let counting = BatchLayer(batches.clone()).with_filter(filter_fn(|meta| {
         meta.target() == INGEST_TARGET && *meta.level() == Level::DEBUG
+    }));
+    let latencies = Arc::new(Latencies::default());
+    let timing = LatencyLayer(latencies.clone()).with_filter(filter_fn(|meta| {
+        meta.target() == INGEST_TARGET && *meta.level() == Level::TRACE
     }));
     let filter = EnvFilter::try_new(filter).with_context(|| format!("bad --log {filter:?}"))?;
     let logging = tracing_subscriber::fmt::layer()
@@ -124,10 +171,11 @@ pub(super) fn install_logging(filter: &str) -> anyhow::Result<Arc<Batches>> {
         .with_filter(filter);
     tracing_subscriber::registry()
         .with(counting)
+        .with(timing)
         .with(logging)
         .try_init()
         .context("cannot install the log subscriber")?;
-    Ok(batches)
+    Ok((batches, latencies))
 }
 
 /// The thread name of the collector's runtime (at most 15 bytes: the

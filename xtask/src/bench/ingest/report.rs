@@ -340,7 +340,7 @@ impl Report {
         let _ = writeln!(
             out,
             "  receipt -> commit  p50 {:.1} ms   p99 {:.1} ms   max {:.1} ms   \
-             ({} heartbeats, the collector's LatencyLog)",
+             ({} heartbeats, the collector's trace events)",
             quantile_ms(&run.latency, 0.50),
             quantile_ms(&run.latency, 0.99),
             max_ms(&run.latency),

@@ -6,10 +6,9 @@
 //! `/metrics` and the dashboard.
 
 use chrono::NaiveDateTime;
-use sqlx::PgConnection;
 use tally_proto::v1::StaleReason;
 
-use super::BatchTime;
+use super::batch::BatchTime;
 use crate::validate::Heartbeat;
 
 /// A node whose last this many heartbeats in a row were answered STALE is
@@ -29,7 +28,7 @@ pub fn reason_name(reason: StaleReason) -> &'static str {
 
 /// A node's clock offset and stale counts, as locked for the batch.
 #[derive(Debug, Clone, Default)]
-pub(super) struct Signals {
+pub struct Signals {
     pub clock_offset_ms: Option<i64>,
     pub stale_heartbeats: i64,
     pub stale_run: i32,
@@ -87,50 +86,6 @@ impl Signals {
             self.changed = true;
         }
     }
-}
-
-/// Writes the signals of nodes whose traffic the batch did not change
-/// (those whose traffic it changed get them with the `nodes` update).
-pub(super) async fn write(
-    conn: &mut PgConnection,
-    nodes: &[(&str, &Signals)],
-) -> Result<(), sqlx::Error> {
-    if nodes.is_empty() {
-        return Ok(());
-    }
-    sqlx::query(
-        r#"UPDATE "nodes" AS n SET
-             "clockOffsetMs" = u.clock, "staleHeartbeats" = u.stale, "staleRun" = u.run,
-             "lastStaleAt" = u.stale_at, "lastStaleReason" = u.reason
-           FROM UNNEST($1::text[], $2::int8[], $3::int8[], $4::int4[], $5::timestamp(3)[],
-                       $6::text[])
-             AS u(id, clock, stale, run, stale_at, reason)
-           WHERE n."id" = u.id"#,
-    )
-    .bind(nodes.iter().map(|n| n.0).collect::<Vec<_>>())
-    .bind(
-        nodes
-            .iter()
-            .map(|n| n.1.clock_offset_ms)
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        nodes
-            .iter()
-            .map(|n| n.1.stale_heartbeats)
-            .collect::<Vec<_>>(),
-    )
-    .bind(nodes.iter().map(|n| n.1.stale_run).collect::<Vec<_>>())
-    .bind(nodes.iter().map(|n| n.1.last_stale_at).collect::<Vec<_>>())
-    .bind(
-        nodes
-            .iter()
-            .map(|n| n.1.last_stale_reason.as_deref())
-            .collect::<Vec<_>>(),
-    )
-    .execute(conn)
-    .await?;
-    Ok(())
 }
 
 #[cfg(test)]

@@ -9,14 +9,17 @@
 //! period moves its end, never its start.
 
 use chrono::{DateTime, NaiveDateTime, Utc};
-use sqlx::{PgPool, Row as _, postgres::PgRow};
+use sqlx::PgPool;
 
-use super::{
-    Mode, forecast, rates,
-    settings::{self, Effective},
-    usage,
+use super::calendar::Period;
+use crate::{
+    billing::{
+        Mode, forecast, rates,
+        settings::{self, Effective},
+        usage,
+    },
+    error::Error,
 };
-use crate::{calendar::Period, error::Error};
 
 /// Archived periods listed when no limit is asked for.
 pub const DEFAULT_LIMIT: u32 = 100;
@@ -43,7 +46,7 @@ pub struct CurrentPeriod {
     pub quota: Option<i64>,
     /// `usage` in percent of `quota`, to 0.01.
     pub percent: Option<f64>,
-    /// The usage expected at `end` ([`super::forecast`]).
+    /// The usage expected at `end` ([`crate::billing::forecast`]).
     pub forecast: Option<i64>,
     /// The busiest 5-minute slot so far, bytes per second of the larger
     /// direction.
@@ -98,19 +101,16 @@ pub async fn node(
         .execute(&mut *tx)
         .await?;
     let settings = settings::effective_in(&mut tx, node_id, fallback_day).await?;
-    let row = sqlx::query(
+    let row: Option<(NaiveDateTime, i64, i64)> = sqlx::query_as(
         r#"SELECT "periodStart", "periodUpload", "periodDownload"
            FROM "traffic_stats" WHERE "nodeId" = $1"#,
     )
     .bind(node_id)
     .fetch_optional(&mut *tx)
     .await?;
-    let Some(row) = row else {
+    let Some((start, upload, download)) = row else {
         return Err(Error::NoSuchNode(node_id.to_owned()));
     };
-    let start: NaiveDateTime = row.try_get("periodStart")?;
-    let upload: i64 = row.try_get("periodUpload")?;
-    let download: i64 = row.try_get("periodDownload")?;
     let end = settings
         .settings
         .anchor
@@ -153,31 +153,43 @@ pub fn check_limit(limit: i64) -> Result<u32, Error> {
     }
 }
 
-fn archived(row: &PgRow) -> Result<Archived, sqlx::Error> {
-    let upload: i64 = row.try_get("upload")?;
-    let download: i64 = row.try_get("download")?;
-    let p95_rate: Option<i64> = row.try_get("p95Rate")?;
-    let mode: String = row.try_get("mode")?;
-    let known = mode.parse::<Mode>().ok();
+/// One `billing_periods` row.
+#[derive(sqlx::FromRow)]
+#[sqlx(rename_all = "camelCase")]
+struct ArchivedRow {
+    id: i64,
+    start: NaiveDateTime,
+    end: NaiveDateTime,
+    upload: i64,
+    download: i64,
+    peak_rate: Option<i64>,
+    p95_rate: Option<i64>,
+    mode: String,
+    closed_by: String,
+    closed_at: NaiveDateTime,
+}
+
+fn archived(row: ArchivedRow) -> Archived {
+    let known = row.mode.parse::<Mode>().ok();
     if known.is_none() {
-        tracing::warn!(%mode, "an archived period has a billing mode this collector does not know");
+        tracing::warn!(mode = %row.mode, "an archived period has a billing mode this collector does not know");
     }
-    Ok(Archived {
-        id: row.try_get("id")?,
-        start: row.try_get("start")?,
-        end: row.try_get("end")?,
-        upload,
-        download,
-        peak_rate: row.try_get("peakRate")?,
-        p95_rate,
-        usage: known.and_then(|mode| match (mode, p95_rate) {
+    Archived {
+        id: row.id,
+        start: row.start,
+        end: row.end,
+        upload: row.upload,
+        download: row.download,
+        peak_rate: row.peak_rate,
+        p95_rate: row.p95_rate,
+        usage: known.and_then(|mode| match (mode, row.p95_rate) {
             (Mode::P95, None) => None,
-            (mode, rate) => Some(usage(mode, upload, download, rate.unwrap_or(0))),
+            (mode, rate) => Some(usage(mode, row.upload, row.download, rate.unwrap_or(0))),
         }),
-        mode,
-        closed_by: row.try_get("closedBy")?,
-        closed_at: row.try_get("closedAt")?,
-    })
+        mode: row.mode,
+        closed_by: row.closed_by,
+        closed_at: row.closed_at,
+    }
 }
 
 /// The node's closed periods, newest first, at most `limit` (checked with
@@ -192,7 +204,7 @@ pub async fn periods(pool: &PgPool, node_id: &str, limit: u32) -> Result<Vec<Arc
     if found.is_none() {
         return Err(Error::NoSuchNode(node_id.to_owned()));
     }
-    let rows = sqlx::query(
+    let rows: Vec<ArchivedRow> = sqlx::query_as(
         r#"SELECT "id", "start", "end", "upload", "download", "peakRate", "p95Rate", "mode",
                   "closedBy", "closedAt"
            FROM "billing_periods" WHERE "nodeId" = $1
@@ -204,7 +216,7 @@ pub async fn periods(pool: &PgPool, node_id: &str, limit: u32) -> Result<Vec<Arc
     .fetch_all(&mut *tx)
     .await?;
     tx.commit().await?;
-    Ok(rows.iter().map(archived).collect::<Result<_, _>>()?)
+    Ok(rows.into_iter().map(archived).collect())
 }
 
 #[cfg(test)]

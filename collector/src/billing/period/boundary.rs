@@ -5,7 +5,7 @@
 
 use chrono::{NaiveDateTime, TimeDelta};
 
-use crate::calendar::Anchor;
+use super::calendar::Anchor;
 
 /// Most periods closed at once (a node silent for longer is closed up to
 /// the latest ones; the earlier span goes to the first closed period).

@@ -1,72 +1,26 @@
-//! Periods end on request, and on each node's anchor day (its billing
-//! settings' calendar, or the collector's `--period-reset monthly:DAY` in
-//! UTC for nodes without one). An ended period is archived in
-//! `billing_periods` with its counters and rates, and the node's period
-//! counters restart. A node's period that ended is closed with its next
-//! heartbeat batch (under its row lock, sharing the heartbeat's bytes by
-//! time: [`crate::ingest::boundary`]) or, if the node is quiet, by the
-//! minute [`sweep`]; both check under the lock that `periodStart` is still
+//! Period resets outside heartbeat batches: on request ([`reset`]), and
+//! on each node's anchor day for nodes that are quiet ([`sweep`]). An ended
+//! period is archived in `billing_periods` with its counters
+//! ([`super::archive`]), and the node's period counters restart. A node's
+//! period that ended is closed with its next heartbeat batch (under its row
+//! lock, sharing the heartbeat's bytes by time: [`super::boundary`]) or, if
+//! the node is quiet, by the minute [`sweep`]; both check under the lock that `periodStart` is still
 //! before the boundary, so no replica closes the same period twice. Every
 //! reset is announced as a `period_reset` live event in its transaction
 //! ([`events`]).
 
-use std::{fmt, str::FromStr};
-
 use chrono::{NaiveDateTime, Timelike as _, Utc};
-use sqlx::{PgConnection, PgPool, Row as _, postgres::PgRow};
+use sqlx::{PgConnection, PgPool};
 
+use super::{
+    archive::{self, ClosedBy},
+    boundary,
+};
 use crate::{
     billing::{self, Mode, Stored},
     error::Error,
     events::{self, Notice, Outbox},
-    ingest::{boundary, store::archive},
 };
-
-/// The collector's `--period-reset`: when periods start for nodes whose
-/// billing settings have no anchor day.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Schedule {
-    /// Every month on this day (1–31; in shorter months, the month's last
-    /// day), at 00:00 UTC.
-    Monthly { day: u32 },
-}
-
-impl Schedule {
-    /// The anchor day.
-    pub fn day(self) -> u32 {
-        match self {
-            Schedule::Monthly { day } => day,
-        }
-    }
-}
-
-impl FromStr for Schedule {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad =
-            || format!("{s:?} is not a schedule; expected monthly:DAY (DAY 1-31), e.g. monthly:1");
-        let (kind, day) = s.split_once(':').ok_or_else(bad)?;
-        match kind {
-            "monthly" => {
-                let day: u32 = day.parse().map_err(|_| bad())?;
-                if !(1..=31).contains(&day) {
-                    return Err(bad());
-                }
-                Ok(Schedule::Monthly { day })
-            }
-            _ => Err(bad()),
-        }
-    }
-}
-
-impl fmt::Display for Schedule {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Schedule::Monthly { day } => write!(f, "monthly:{day}"),
-        }
-    }
-}
 
 /// Which nodes a manual reset applies to.
 #[derive(Debug, Clone)]
@@ -89,12 +43,16 @@ pub async fn reset_now(pool: &PgPool, target: &Target) -> Result<u64, Error> {
 }
 
 /// A node's period as locked for closing it.
-#[derive(Clone)]
+#[derive(Clone, sqlx::FromRow)]
 struct Open {
     id: String,
+    #[sqlx(rename = "periodUpload")]
     upload: i64,
+    #[sqlx(rename = "periodDownload")]
     download: i64,
+    #[sqlx(rename = "periodStart")]
     start: NaiveDateTime,
+    #[sqlx(flatten)]
     stored: Stored,
 }
 
@@ -102,7 +60,7 @@ struct Open {
 /// heartbeat batches do) and reads their current periods and settings.
 async fn lock(conn: &mut PgConnection, ids: Option<&[String]>) -> Result<Vec<Open>, Error> {
     // Only constants are formatted in.
-    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
         r#"SELECT n."id", t."periodUpload", t."periodDownload", t."periodStart", {settings}
            FROM "nodes" n JOIN "traffic_stats" t ON t."nodeId" = n."id"
            {join}
@@ -114,19 +72,7 @@ async fn lock(conn: &mut PgConnection, ids: Option<&[String]>) -> Result<Vec<Ope
     )))
     .bind(ids)
     .fetch_all(&mut *conn)
-    .await?;
-    rows.iter()
-        .map(|row| {
-            Ok(Open {
-                id: row.try_get("id")?,
-                upload: row.try_get("periodUpload")?,
-                download: row.try_get("periodDownload")?,
-                start: row.try_get("periodStart")?,
-                stored: Stored::from_row(row)?,
-            })
-        })
-        .collect::<Result<_, sqlx::Error>>()
-        .map_err(Error::from)
+    .await?)
 }
 
 /// Archives `[open.start, end)` of a node with `upload`/`download`.
@@ -135,12 +81,12 @@ async fn close(
     open: &Open,
     end: NaiveDateTime,
     bytes: (i64, i64),
-    closed_by: &str,
+    closed_by: ClosedBy,
     now: NaiveDateTime,
 ) -> Result<(), Error> {
     let mode = open.stored.mode.parse().unwrap_or(Mode::Sum);
     // Its rates come later (the upkeep), outside the locks held now.
-    archive(
+    archive::insert(
         conn,
         &open.id,
         (open.start, end),
@@ -153,13 +99,25 @@ async fn close(
     Ok(())
 }
 
+/// A node's traffic after its period was reset.
+#[derive(sqlx::FromRow)]
+#[sqlx(rename_all = "camelCase")]
+struct Restarted {
+    node_id: String,
+    total_upload: i64,
+    total_download: i64,
+    period_upload: i64,
+    period_download: i64,
+    period_start: NaiveDateTime,
+}
+
 /// Sets the nodes' periods to start at `start` with zero counters.
 async fn restart(
     conn: &mut PgConnection,
     starts: &[(String, NaiveDateTime)],
     now: NaiveDateTime,
-) -> Result<Vec<PgRow>, Error> {
-    Ok(sqlx::query(concat!(
+) -> Result<Vec<Restarted>, Error> {
+    Ok(sqlx::query_as(concat!(
         r#"UPDATE "traffic_stats" AS t SET "periodUpload" = 0, "periodDownload" = 0,
              "periodStart" = u.start, "updatedAt" = $1
            FROM UNNEST($2::text[], $3::timestamp(3)[]) AS u(id, start)
@@ -219,36 +177,34 @@ pub async fn reset(pool: &PgPool, target: &Target) -> Result<Vec<Reset>, Error> 
             node,
             now,
             (node.upload, node.download),
-            "request",
+            ClosedBy::Request,
             now,
         )
         .await?;
     }
     let starts: Vec<_> = open.iter().map(|o| (o.id.clone(), now)).collect();
     let rows = restart(&mut tx, &starts, now).await?;
-    let resets = announce(&mut tx, &rows).await?;
+    let resets = announce(&mut tx, rows).await?;
     tx.commit().await?;
     Ok(resets)
 }
 
 /// Sends a `period_reset` event for each of `rows` (in `conn`'s
 /// transaction) and returns them in id order.
-async fn announce(conn: &mut PgConnection, rows: &[PgRow]) -> Result<Vec<Reset>, Error> {
-    let mut resets = rows
-        .iter()
-        .map(|row| {
-            Ok(Reset {
-                id: row.try_get("nodeId")?,
-                traffic: events::Traffic {
-                    total_upload: row.try_get("totalUpload")?,
-                    total_download: row.try_get("totalDownload")?,
-                    period_upload: row.try_get("periodUpload")?,
-                    period_download: row.try_get("periodDownload")?,
-                    period_start: row.try_get("periodStart")?,
-                },
-            })
+async fn announce(conn: &mut PgConnection, rows: Vec<Restarted>) -> Result<Vec<Reset>, Error> {
+    let mut resets: Vec<Reset> = rows
+        .into_iter()
+        .map(|row| Reset {
+            id: row.node_id,
+            traffic: events::Traffic {
+                total_upload: row.total_upload,
+                total_download: row.total_download,
+                period_upload: row.period_upload,
+                period_download: row.period_download,
+                period_start: row.period_start,
+            },
         })
-        .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        .collect();
     resets.sort_by(|a, b| a.id.cmp(&b.id));
     let mut outbox = Outbox::new();
     for reset in &resets {
@@ -294,12 +250,12 @@ pub async fn sweep(pool: &PgPool, fallback_day: Option<u32>) -> Result<u64, Erro
                 start: period.start,
                 ..node.clone()
             };
-            close(&mut tx, &open, period.end, bytes, "schedule", now).await?;
+            close(&mut tx, &open, period.end, bytes, ClosedBy::Schedule, now).await?;
         }
         starts.push((node.id.clone(), current));
     }
     let rows = restart(&mut tx, &starts, now).await?;
-    let resets = announce(&mut tx, &rows).await?;
+    let resets = announce(&mut tx, rows).await?;
     tx.commit().await?;
     Ok(resets.len() as u64)
 }
@@ -311,7 +267,7 @@ async fn lock_free_due(
     now: NaiveDateTime,
 ) -> Result<Vec<String>, Error> {
     // Only constants are formatted in.
-    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+    let rows: Vec<Current> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         r#"SELECT n."id", t."periodStart", {settings}
            FROM "nodes" n JOIN "traffic_stats" t ON t."nodeId" = n."id"
            {join}
@@ -323,33 +279,24 @@ async fn lock_free_due(
     .bind(fallback_day.is_some())
     .fetch_all(pool)
     .await?;
-    let mut due = Vec::new();
-    for row in &rows {
-        let start: NaiveDateTime = row.try_get("periodStart")?;
-        let Ok(Some(anchor)) = Stored::from_row(row)?
-            .resolve(fallback_day)
-            .map(|s| s.anchor)
-        else {
-            continue;
-        };
-        if boundary::ended(&anchor, start, now).is_some() {
-            due.push(row.try_get("id")?);
-        }
-    }
-    Ok(due)
+    Ok(rows
+        .into_iter()
+        .filter(|row| {
+            let Ok(Some(anchor)) = row.stored.resolve(fallback_day).map(|s| s.anchor) else {
+                return false;
+            };
+            boundary::ended(&anchor, row.period_start, now).is_some()
+        })
+        .map(|row| row.id)
+        .collect())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_and_prints() {
-        assert_eq!("monthly:1".parse(), Ok(Schedule::Monthly { day: 1 }));
-        assert_eq!(Schedule::Monthly { day: 15 }.to_string(), "monthly:15");
-        for bad in ["monthly:0", "monthly:32", "monthly:", "weekly:1", "monthly"] {
-            let error = bad.parse::<Schedule>().expect_err(bad);
-            assert!(error.contains("expected monthly:DAY"), "{error}");
-        }
-    }
+/// When a node's current period started, and its settings.
+#[derive(sqlx::FromRow)]
+struct Current {
+    id: String,
+    #[sqlx(rename = "periodStart")]
+    period_start: NaiveDateTime,
+    #[sqlx(flatten)]
+    stored: Stored,
 }
