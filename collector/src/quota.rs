@@ -1,4 +1,4 @@
-//! Quota events (issue 6): a node's usage crossing a threshold of its quota
+//! Quota events: a node's usage crossing a threshold of its quota
 //! (a percentage, e.g. 80 % and 100 %) is recorded once per node, period
 //! and threshold in `quota_events`, announced as a live event `quota`, and,
 //! when the collector has a webhook, queued in `webhook_deliveries` for

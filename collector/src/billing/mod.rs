@@ -1,4 +1,4 @@
-//! Billing settings and what they make of a period's traffic (issue 6):
+//! Billing settings and what they make of a period's traffic:
 //! the fleet's defaults (`billing_defaults`, one row) and each node's
 //! overrides (`node_settings`), the billing modes, usage, and the forecast
 //! at the period's end. When periods start and end, and what happens when

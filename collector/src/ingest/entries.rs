@@ -1,4 +1,4 @@
-//! Per-interface deltas of one applied heartbeat (issue 6): which entries
+//! Per-interface deltas of one applied heartbeat: which entries
 //! count under the node's rule, which deltas are too large to be real (held
 //! as anomalies instead of counted), and the IPv4/IPv6 parts. Pure: the
 //! node's previous per-entry raw values come in as [`InterfacePositions`], the new

@@ -1,4 +1,4 @@
-//! Period boundaries met by a heartbeat (issue 6): which of the node's
+//! Period boundaries met by a heartbeat: which of the node's
 //! periods have ended by now, and how the heartbeat's bytes are shared
 //! between them and the current period, by the time it covers. Pure; times
 //! are UTC.

@@ -1,4 +1,4 @@
-//! Billing periods on a node's own calendar (issue 6, first part): a period
+//! Billing periods on a node's own calendar: a period
 //! starts at local midnight of its anchor day (1–31) in the node's IANA
 //! time zone, and on the month's last day when the month is shorter, so a
 //! period anchored on the 31st starts on Feb 28 (29), then on Mar 31.
