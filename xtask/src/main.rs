@@ -28,8 +28,10 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Task {
-    /// Set up the eBPF toolchain: rust-src for the nightly, and bpf-linker
-    /// built against the nightly's own LLVM. Does nothing when all is there.
+    /// Set up the eBPF toolchain: the nightly pinned in
+    /// agent-ebpf/rust-toolchain.toml with its rust-src, and bpf-linker built
+    /// against that nightly's own LLVM. Does nothing when all is there.
+    /// (A build of the agent only checks this, and names this command.)
     Setup,
     /// Build the eBPF object (`target/bpfel-unknown-none/release/tally`).
     BuildEbpf,
@@ -111,11 +113,12 @@ fn setup() -> anyhow::Result<toolchain::NightlyInfo> {
     let mut log = |line: &str| eprintln!("setup: {line}");
     let nightly = toolchain::ensure_all(&mut log)?;
     eprintln!(
-        "setup: eBPF toolchain ready ({NIGHTLY} {}, LLVM {}, bpf-linker {})",
+        "setup: eBPF toolchain ready ({} = {} {}, LLVM {}, bpf-linker {})",
+        nightly.toolchain,
         nightly.release,
+        nightly.commit_hash,
         nightly.llvm_major,
         toolchain::BPF_LINKER_VERSION,
-        NIGHTLY = toolchain::NIGHTLY
     );
     Ok(nightly)
 }
@@ -134,7 +137,7 @@ fn status_ok(cmd: &mut Command) -> anyhow::Result<()> {
 fn ebpf_cargo(subcommand: &str) -> anyhow::Result<Command> {
     let mut cmd = Command::new("rustup");
     cmd.current_dir(workspace_root())
-        .args(["run", toolchain::NIGHTLY, "cargo", subcommand])
+        .args(["run", &toolchain::toolchain_name()?, "cargo", subcommand])
         .args(["--package", "tally-agent-ebpf", "--bins", "--release"])
         .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
         .env("PATH", toolchain::path_with_cargo_bin()?)
