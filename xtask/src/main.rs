@@ -5,6 +5,7 @@ mod demo;
 mod disk;
 mod docs;
 mod fuzz;
+mod lint;
 mod packages;
 mod schemathesis;
 mod testrun;
@@ -43,9 +44,12 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// cargo fmt --check, clippy on the workspace, on the eBPF crate and on
-    /// the fuzz targets (fuzz/, with the nightly), and cargo doc (workspace, and the eBPF crate for its target) with
-    /// rustdoc warnings as errors.
+    /// cargo fmt --check; every crate takes the workspace's lints and
+    /// rustfmt.toml is there; no import cycle between modules (beyond those
+    /// in xtask/import-cycles.allow); clippy on the workspace, on the eBPF
+    /// crate and on the fuzz targets (fuzz/, with the pinned nightly), and
+    /// cargo doc (workspace, and the eBPF crate for its target) with rustdoc
+    /// warnings as errors.
     Lint,
     /// Run tally end to end on this machine (as root): a throwaway
     /// PostgreSQL, the collector with its dashboard, and three test hosts
@@ -181,32 +185,7 @@ fn run(task: Task) -> anyhow::Result<()> {
             let docs = docs::check();
             testrun::run(&mut cmd).map(drop).and(docs)
         }
-        Task::Lint => {
-            setup()?;
-            let root = workspace_root();
-            status_ok(
-                Command::new("cargo")
-                    .current_dir(&root)
-                    .args(["fmt", "--all", "--check"]),
-            )?;
-            status_ok(
-                Command::new("cargo")
-                    .current_dir(&root)
-                    .env("PATH", toolchain::path_with_cargo_bin()?)
-                    .args([
-                        "clippy",
-                        "--workspace",
-                        "--all-targets",
-                        "--",
-                        "-D",
-                        "warnings",
-                    ]),
-            )?;
-            status_ok(ebpf_cargo("clippy")?.args(["--", "-D", "warnings"]))?;
-            fuzz::lint()?;
-            docs::check()?;
-            docs::check_ebpf()
-        }
+        Task::Lint => lint::run(),
         Task::Fuzz(args) => fuzz::run(&args),
         Task::Demo(args) => {
             packages::ensure(packages::DEMO)?;
