@@ -1,5 +1,5 @@
 //! Setting the eBPF toolchain up (`cargo xtask setup`): the pinned nightly,
-//! its `rust-src`, and `bpf-linker` built against the nightly's own libLLVM.
+//! its `rust-src` (and `clippy`, for lint), and `bpf-linker` built against the nightly's own libLLVM.
 //! Every step checks first ([`super::check`]) and does nothing when its
 //! result is already there.
 
@@ -25,8 +25,8 @@ fn run_rustup(args: &[&str], what: &str) -> Result<(), SetupError> {
     Ok(())
 }
 
-/// Installs the named toolchain (minimal profile, with `rust-src`) unless it
-/// is there, and returns what it is.
+/// Installs the named toolchain (minimal profile, with the [`COMPONENTS`])
+/// unless it is there, and returns what it is.
 pub fn ensure_nightly(
     toolchain: &str,
     log: &mut dyn FnMut(&str),
@@ -45,7 +45,9 @@ pub fn ensure_nightly(
             "--profile",
             "minimal",
             "--component",
-            "rust-src",
+            COMPONENTS[0],
+            "--component",
+            COMPONENTS[1],
         ],
         "installing the eBPF build's nightly",
     )?;
@@ -56,25 +58,48 @@ pub fn ensure_nightly(
     })
 }
 
-/// Adds `rust-src` to the nightly unless it is there.
-pub fn ensure_rust_src(nightly: &NightlyInfo, log: &mut dyn FnMut(&str)) -> Result<(), SetupError> {
-    if check::has_rust_src(nightly) {
-        return Ok(());
+/// The nightly's components setup installs: `rust-src` for the build
+/// (`-Z build-std`), `clippy` for `cargo xtask lint` on the eBPF and fuzz
+/// crates. The same list as in the pin file.
+pub const COMPONENTS: [&str; 2] = ["rust-src", "clippy"];
+
+/// Whether the nightly has the component (a file it brings is there).
+fn has_component(nightly: &NightlyInfo, component: &str) -> bool {
+    match component {
+        "rust-src" => check::has_rust_src(nightly),
+        _ => nightly
+            .sysroot
+            .join("bin")
+            .join(format!("cargo-{component}"))
+            .exists(),
     }
-    log(&format!(
-        "adding rust-src to the {} toolchain",
-        nightly.toolchain
-    ));
-    run_rustup(
-        &[
-            "component",
-            "add",
-            "rust-src",
-            "--toolchain",
-            &nightly.toolchain,
-        ],
-        "adding rust-src",
-    )
+}
+
+/// Adds the [`COMPONENTS`] the nightly lacks.
+pub fn ensure_components(
+    nightly: &NightlyInfo,
+    log: &mut dyn FnMut(&str),
+) -> Result<(), SetupError> {
+    for component in COMPONENTS {
+        if has_component(nightly, component) {
+            continue;
+        }
+        log(&format!(
+            "adding {component} to the {} toolchain",
+            nightly.toolchain
+        ));
+        run_rustup(
+            &[
+                "component",
+                "add",
+                component,
+                "--toolchain",
+                &nightly.toolchain,
+            ],
+            &format!("adding {component}"),
+        )?;
+    }
+    Ok(())
 }
 
 /// Makes `<dir>/lib/libLLVM.so` and `<dir>/lib/<soname>` point at `target`.
@@ -164,7 +189,7 @@ pub fn ensure_bpf_linker(
 /// Everything the eBPF build needs; cheap when all is in place.
 pub fn ensure_all(log: &mut dyn FnMut(&str)) -> Result<NightlyInfo, SetupError> {
     let nightly = ensure_nightly(&check::toolchain_name()?, log)?;
-    ensure_rust_src(&nightly, log)?;
+    ensure_components(&nightly, log)?;
     ensure_bpf_linker(&nightly, log)?;
     // What the build script checks must now hold.
     check::check()
@@ -173,6 +198,18 @@ pub fn ensure_all(log: &mut dyn FnMut(&str)) -> Result<NightlyInfo, SetupError> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_pin_file_lists_the_same_components() {
+        let line = check::PIN_FILE
+            .lines()
+            .find(|l| l.trim_start().starts_with("components"))
+            .expect("a components line");
+        for component in COMPONENTS {
+            assert!(line.contains(&format!("\"{component}\"")), "{line}");
+        }
+        assert_eq!(line.matches('"').count(), 2 * COMPONENTS.len(), "{line}");
+    }
 
     #[test]
     fn llvm_prefix_links_are_idempotent() {
