@@ -151,9 +151,10 @@ pub fn run(args: &FuzzArgs) -> anyhow::Result<()> {
             .iter()
             .map(|o| {
                 format!(
-                    "{}: {} (reproduce: cargo +nightly fuzz run --fuzz-dir fuzz --debug-assertions {} {})",
+                    "{}: {} (reproduce: cargo +{} fuzz run --fuzz-dir fuzz --debug-assertions {} {})",
                     o.target,
                     o.crash.as_deref().unwrap_or("?"),
+                    nightly.toolchain,
                     o.target,
                     o.crash.as_deref().unwrap_or("?"),
                 )
@@ -285,7 +286,7 @@ fn crash_input(lines: &[String]) -> Option<String> {
 /// `cargo fmt --check` and clippy (warnings are errors) on the fuzz crate,
 /// which `cargo xtask lint` checks beside the workspace.
 pub fn lint() -> anyhow::Result<()> {
-    let nightly = toolchain::nightly()?;
+    let nightly = toolchain::toolchain_name()?;
     let manifest = fuzz_dir().join("Cargo.toml");
     status_ok(
         Command::new("cargo")
@@ -298,13 +299,7 @@ pub fn lint() -> anyhow::Result<()> {
     status_ok(
         Command::new("rustup")
             .current_dir(workspace_root())
-            .args([
-                "run",
-                &nightly.toolchain,
-                "cargo",
-                "clippy",
-                "--all-targets",
-            ])
+            .args(["run", &nightly, "cargo", "clippy", "--all-targets"])
             .arg("--manifest-path")
             .arg(&manifest)
             .args(["--", "-D", "warnings"])

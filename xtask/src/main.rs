@@ -6,8 +6,8 @@ mod demo;
 mod disk;
 mod docs;
 mod fuzz;
+mod lint;
 mod packages;
-mod pointers;
 mod schemathesis;
 mod testrun;
 mod toolchain;
@@ -30,8 +30,10 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Task {
-    /// Set up the eBPF toolchain: rust-src for the nightly, and bpf-linker
-    /// built against the nightly's own LLVM. Does nothing when all is there.
+    /// Set up the eBPF toolchain: the nightly pinned in
+    /// agent-ebpf/rust-toolchain.toml with its rust-src, and bpf-linker built
+    /// against that nightly's own LLVM. Does nothing when all is there.
+    /// (A build of the agent only checks this, and names this command.)
     Setup,
     /// Build the eBPF object (`target/bpfel-unknown-none/release/tally`).
     BuildEbpf,
@@ -43,9 +45,12 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// cargo fmt --check, clippy on the workspace, on the eBPF crate and on
-    /// the fuzz targets (fuzz/, with the nightly), and cargo doc (workspace, and the eBPF crate for its target) with
-    /// rustdoc warnings as errors.
+    /// cargo fmt --check; every crate takes the workspace's lints and
+    /// rustfmt.toml is there; no import cycle between modules (beyond those
+    /// in xtask/import-cycles.allow); clippy on the workspace, on the eBPF
+    /// crate and on the fuzz targets (fuzz/, with the pinned nightly), and
+    /// cargo doc (workspace, and the eBPF crate for its target) with rustdoc
+    /// warnings as errors.
     Lint,
     /// Rewrite the generated part of docs/architecture.md (tables,
     /// commands, modules) from the code; `cargo xtask test` fails while it
@@ -122,11 +127,12 @@ fn setup() -> anyhow::Result<toolchain::NightlyInfo> {
     let mut log = |line: &str| eprintln!("setup: {line}");
     let nightly = toolchain::ensure_all(&mut log)?;
     eprintln!(
-        "setup: eBPF toolchain ready ({NIGHTLY} {}, LLVM {}, bpf-linker {})",
+        "setup: eBPF toolchain ready ({} = {} {}, LLVM {}, bpf-linker {})",
+        nightly.toolchain,
         nightly.release,
+        nightly.commit_hash,
         nightly.llvm_major,
         toolchain::BPF_LINKER_VERSION,
-        NIGHTLY = toolchain::NIGHTLY
     );
     Ok(nightly)
 }
@@ -145,7 +151,7 @@ fn status_ok(cmd: &mut Command) -> anyhow::Result<()> {
 fn ebpf_cargo(subcommand: &str) -> anyhow::Result<Command> {
     let mut cmd = Command::new("rustup");
     cmd.current_dir(workspace_root())
-        .args(["run", toolchain::NIGHTLY, "cargo", subcommand])
+        .args(["run", &toolchain::toolchain_name()?, "cargo", subcommand])
         .args(["--package", "tally-agent-ebpf", "--bins", "--release"])
         .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
         .env("PATH", toolchain::path_with_cargo_bin()?)
@@ -191,33 +197,7 @@ fn run(task: Task) -> anyhow::Result<()> {
             // After the tests, which built both binaries under target/debug.
             tests.and(docs).and_then(|()| architecture::check())
         }
-        Task::Lint => {
-            setup()?;
-            let root = workspace_root();
-            status_ok(
-                Command::new("cargo")
-                    .current_dir(&root)
-                    .args(["fmt", "--all", "--check"]),
-            )?;
-            status_ok(
-                Command::new("cargo")
-                    .current_dir(&root)
-                    .env("PATH", toolchain::path_with_cargo_bin()?)
-                    .args([
-                        "clippy",
-                        "--workspace",
-                        "--all-targets",
-                        "--",
-                        "-D",
-                        "warnings",
-                    ]),
-            )?;
-            status_ok(ebpf_cargo("clippy")?.args(["--", "-D", "warnings"]))?;
-            pointers::check()?;
-            fuzz::lint()?;
-            docs::check()?;
-            docs::check_ebpf()
-        }
+        Task::Lint => lint::run(),
         Task::Architecture { check: false } => architecture::write(),
         Task::Architecture { check: true } => architecture::check(),
         Task::Fuzz(args) => fuzz::run(&args),
