@@ -51,7 +51,12 @@ enum Task {
     /// crate and on the fuzz targets (fuzz/, with the pinned nightly), and
     /// cargo doc (workspace, and the eBPF crate for its target) with rustdoc
     /// warnings as errors.
-    Lint,
+    Lint {
+        /// Only the checks that need no build (rustfmt, the crates' set-up,
+        /// import cycles, stale paths): seconds instead of minutes.
+        #[arg(long)]
+        quick: bool,
+    },
     /// Rewrite the generated part of docs/architecture.md (tables,
     /// commands, modules) from the code; `cargo xtask test` fails while it
     /// is stale.
@@ -197,7 +202,7 @@ fn run(task: Task) -> anyhow::Result<()> {
             // After the tests, which built both binaries under target/debug.
             tests.and(docs).and_then(|()| architecture::check())
         }
-        Task::Lint => lint::run(),
+        Task::Lint { quick } => lint::run(quick),
         Task::Architecture { check: false } => architecture::write(),
         Task::Architecture { check: true } => architecture::check(),
         Task::Fuzz(args) => fuzz::run(&args),
