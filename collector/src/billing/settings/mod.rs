@@ -6,9 +6,10 @@
 //! A patch names only what changes: per field, keep, clear or set. On a
 //! node, clearing removes the override (the fleet's value applies again);
 //! on the fleet, clearing `anchorDay` or `quota` means none, and clearing
-//! any other field restores the built-in default ([`Settings::default`],
-//! time zone `UTC`). Every value is checked before anything is written,
-//! and a refused patch changes nothing.
+//! any other field restores the built-in default
+//! ([`Settings::default`](super::Settings::default), time zone `UTC`).
+//! Every value is checked before anything is written, and a refused patch
+//! changes nothing.
 //!
 //! Changing an anchor day or a time zone (the node's or the fleet's) does
 //! not move the current period's start: the period that runs keeps its
@@ -16,9 +17,9 @@
 //! start, because the store computes boundaries from the settings as they
 //! are when it looks ([`crate::ingest`], [`crate::period`]).
 //!
-//! The parts: [`model`] (the settings, a patch, and what a patch checks),
-//! [`checks`] (single values, shared with the command line), [`json`] (a
-//! patch as the API receives it) and [`store`] (the SQL).
+//! The parts: `model` (the settings, a patch, and what a patch checks),
+//! `checks` (single values, shared with the command line), `json` (a patch
+//! as the API receives it) and `store` (the SQL).
 
 mod checks;
 mod json;

@@ -1,10 +1,11 @@
 //! `tally-collector`: the central service (see `tally-collector --help`).
 //!
-//! The command tree is [`cli`]; each command is a module of its own that
+//! The command tree is `cli`; each command is a module of its own that
 //! owns its options and runs them (`serve`, `migrate`, `node`, `period`,
 //! `top`, `billing`, `periods`, and `calibrate`, `calibrations` and
-//! `anomalies` under [`corrections`]). Commands share nothing but
-//! [`durations`]; the work itself is the library's ([`tally_collector`]).
+//! `anomalies` under `corrections`). Commands share nothing but
+//! `durations`, and import nothing of `cli`; the work itself is the
+//! library's ([`tally_collector`]).
 
 use std::{io::IsTerminal as _, process::ExitCode};
 
