@@ -207,7 +207,7 @@ mod tests {
 
     use clap::CommandFactory as _;
     use tally_collector::{
-        corrections::calibrate::Change,
+        corrections::calibrate::Adjustment,
         views::rankings::{By, Direction},
     };
 
@@ -388,10 +388,10 @@ mod tests {
                 args.total_download
             ),
             (
-                Some(Change::Offset(-5)),
+                Some(Adjustment::Offset(-5)),
                 None,
-                Some(Change::Set(9)),
-                Some(Change::Offset(7))
+                Some(Adjustment::Set(9)),
+                Some(Adjustment::Offset(7))
             )
         );
         assert_eq!(

@@ -6,7 +6,7 @@ use clap::Args;
 use sqlx::PgPool;
 use tally_collector::corrections::{
     Audit,
-    calibrate::{self, Calibration, Change, Changes},
+    calibrate::{self, Adjustment, Calibration, Changes},
 };
 
 use super::time;
@@ -25,22 +25,22 @@ pub struct CalibrateArgs {
     /// `-N`; the total upload moves by the same amount. Without it, the
     /// period upload stays.
     #[arg(long, value_name = "CHANGE", allow_hyphen_values = true)]
-    pub period_upload: Option<Change>,
+    pub period_upload: Option<Adjustment>,
     /// Change the current period's download (bytes received): `=N`, `+N`
     /// or `-N`; the total download moves by the same amount. Without it,
     /// the period download stays.
     #[arg(long, value_name = "CHANGE", allow_hyphen_values = true)]
-    pub period_download: Option<Change>,
+    pub period_download: Option<Adjustment>,
     /// Change the total upload: `=N` sets it (the period stays), `+N`/`-N`
     /// offsets it (on top of a period change). Without it, it moves only
     /// with the period upload.
     #[arg(long, value_name = "CHANGE", allow_hyphen_values = true)]
-    pub total_upload: Option<Change>,
+    pub total_upload: Option<Adjustment>,
     /// Change the total download: `=N` sets it (the period stays),
     /// `+N`/`-N` offsets it (on top of a period change). Without it, it
     /// moves only with the period download.
     #[arg(long, value_name = "CHANGE", allow_hyphen_values = true)]
-    pub total_download: Option<Change>,
+    pub total_download: Option<Adjustment>,
     /// Who makes the change (required; recorded), e.g. your name: 1 to 200
     /// characters.
     #[arg(long, value_name = "NAME")]
