@@ -136,6 +136,9 @@ pub const DEFAULT_MAX_INTERFACE_NAMES: i64 = 4096;
 struct Node<'a> {
     token_hash: String,
     settings: Settings,
+    /// Why the node's stored billing settings cannot be used (then
+    /// `settings` is a placeholder no heartbeat is counted under).
+    unusable_settings: Option<String>,
     position: Position,
     /// The counter sets followed before (loaded only for nodes with a
     /// heartbeat of another set than the followed one).
@@ -281,18 +284,21 @@ async fn lock_nodes<'a>(
                 _ => None,
             };
             let id: String = row.try_get("id")?;
-            let settings = Stored::from_row(&row)?
-                .resolve(time.fallback_day)
-                .unwrap_or_else(|error| {
-                    tracing::warn!(node = %id, %error, "unusable billing settings; using the defaults");
-                    Settings::default()
-                });
+            let (settings, unusable_settings) =
+                match Stored::from_row(&row)?.resolve(time.fallback_day) {
+                    Ok(settings) => (settings, None),
+                    Err(error) => {
+                        tracing::error!(node = %id, %error, "unusable billing settings; the node's heartbeats are refused (UNAVAILABLE) until they are fixed");
+                        (Settings::default(), Some(error.to_string()))
+                    }
+                };
             let positions = row
                 .try_get::<Option<String>, _>("positions")?
                 .and_then(|text| serde_json::from_str(&text).ok());
             let node = Node {
                 token_hash: row.try_get("tokenHash")?,
                 settings,
+                unusable_settings,
                 position: Position {
                     set,
                     generation: row.try_get("generation")?,
@@ -368,6 +374,17 @@ fn decide<'a>(
         .ok_or_else(refused)?;
     if !auth::matches(&job.credentials, &node.token_hash) {
         return Err(refused());
+    }
+    // Counted under another rule than its own, a heartbeat could not be
+    // undone; refused, it is sent again (its counters are cumulative).
+    if let Some(why) = &node.unusable_settings {
+        return Err(Error::Database(sqlx::Error::Decode(
+            format!(
+                "billing settings of node {}: {why}",
+                job.credentials.node_id
+            )
+            .into(),
+        )));
     }
     let heartbeat = &job.heartbeat;
     let reading = &heartbeat.reading;
