@@ -7,7 +7,7 @@ pub mod auth;
 pub mod billing;
 pub mod calendar;
 pub mod cli_check;
-pub(crate) mod connections;
+pub mod connections;
 pub mod corrections;
 pub mod db;
 pub mod devdb;
