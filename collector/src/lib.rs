@@ -16,7 +16,7 @@ pub mod events;
 pub(crate) mod grpc;
 pub mod http;
 pub mod ingest;
-pub(crate) mod log_pace;
+pub mod log_pace;
 pub mod metrics;
 pub mod node_tokens;
 pub mod nodes;
