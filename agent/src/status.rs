@@ -3,22 +3,9 @@
 
 use std::fmt::Write as _;
 
-use crate::{links::kind_name, source::Snapshot};
+use tally_common::units::human_bytes;
 
-/// Bytes in binary units with one decimal (`1.5 MiB`); exact below 1 KiB.
-pub fn human_bytes(bytes: u64) -> String {
-    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
-    if bytes < 1024 {
-        return format!("{bytes} B");
-    }
-    let mut value = bytes as f64 / 1024.0;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    format!("{value:.1} {}", UNITS[unit])
-}
+use crate::{links::kind_name, source::Snapshot};
 
 /// The table `status` prints.
 pub fn render_table(snapshot: &Snapshot, pin_dir: Option<&str>) -> String {
@@ -66,8 +53,8 @@ pub fn render_table(snapshot: &Snapshot, pin_dir: Option<&str>) -> String {
         "total",
         "",
         "",
-        human_bytes(rx),
-        human_bytes(tx)
+        human_bytes(i128::from(rx)),
+        human_bytes(i128::from(tx))
     );
     out
 }
@@ -80,15 +67,6 @@ mod tests {
         source::{InterfaceCounters, SourceKind},
         system::LoadAvg,
     };
-
-    #[test]
-    fn human_units() {
-        assert_eq!(human_bytes(0), "0 B");
-        assert_eq!(human_bytes(1023), "1023 B");
-        assert_eq!(human_bytes(1536), "1.5 KiB");
-        assert_eq!(human_bytes(20 * 1024 * 1024), "20.0 MiB");
-        assert_eq!(human_bytes(u64::MAX), "16.0 EiB");
-    }
 
     #[test]
     fn table_lists_every_interface() {

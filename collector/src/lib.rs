@@ -12,7 +12,7 @@ pub mod db;
 pub mod devdb;
 pub mod error;
 pub mod events;
-pub mod grpc;
+pub(crate) mod grpc;
 pub mod http;
 pub mod ingest;
 pub mod log_pace;

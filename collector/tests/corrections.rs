@@ -24,7 +24,7 @@ use tally_collector::{
     corrections::{
         Audit,
         anomalies::{self, Credit, Decision, Status},
-        calibrate::{self, Change, Changes, Counters},
+        calibrate::{self, Adjustment, Changes, Counters},
     },
     error::Error,
     http::Tokens,
@@ -145,7 +145,7 @@ async fn calibrations_are_audited_and_keep_the_counters_consistent() {
         &fleet.pool,
         &node.id,
         &Changes {
-            period_upload: Some(Change::Offset(-1000)),
+            period_upload: Some(Adjustment::Offset(-1000)),
             ..Changes::default()
         },
         &audit(" alice ", " match provider bill #123 "),
@@ -191,8 +191,8 @@ async fn calibrations_are_audited_and_keep_the_counters_consistent() {
         &fleet.pool,
         "web-1",
         &Changes {
-            total_download: Some(Change::Set(50_000)),
-            period_upload: Some(Change::Set(700)),
+            total_download: Some(Adjustment::Set(50_000)),
+            period_upload: Some(Adjustment::Set(700)),
             ..Changes::default()
         },
         &audit("bob", "new bill"),
@@ -216,29 +216,29 @@ async fn calibrations_are_audited_and_keep_the_counters_consistent() {
     let refusals = [
         (
             Changes {
-                total_download: Some(Change::Set(5999)),
+                total_download: Some(Adjustment::Set(5999)),
                 ..Changes::default()
             },
             "period download (6000) would exceed total download (5999)",
         ),
         (
             Changes {
-                period_upload: Some(Change::Offset(-701)),
+                period_upload: Some(Adjustment::Offset(-701)),
                 ..Changes::default()
             },
             "period upload would be -1 bytes",
         ),
         (
             Changes {
-                total_upload: Some(Change::Offset(i64::MAX - 3199)),
+                total_upload: Some(Adjustment::Offset(i64::MAX - 3199)),
                 ..Changes::default()
             },
             "more than 2^63 - 1",
         ),
         (
             Changes {
-                period_upload: Some(Change::Set(700)),
-                total_download: Some(Change::Offset(0)),
+                period_upload: Some(Adjustment::Set(700)),
+                total_download: Some(Adjustment::Offset(0)),
                 ..Changes::default()
             },
             "changes nothing",
@@ -258,7 +258,7 @@ async fn calibrations_are_audited_and_keep_the_counters_consistent() {
             &fleet.pool,
             "nobody",
             &Changes {
-                total_upload: Some(Change::Offset(1)),
+                total_upload: Some(Adjustment::Offset(1)),
                 ..Changes::default()
             },
             &audit("eve", "x")
@@ -271,7 +271,7 @@ async fn calibrations_are_audited_and_keep_the_counters_consistent() {
         &fleet.pool,
         &node.id,
         &Changes {
-            total_upload: Some(Change::Offset(i64::MAX - 3200)),
+            total_upload: Some(Adjustment::Offset(i64::MAX - 3200)),
             ..Changes::default()
         },
         &audit("eve", "the largest total"),
@@ -323,8 +323,8 @@ async fn heartbeats_after_a_calibration_add_on_top_exactly() {
         &fleet.pool,
         &node.id,
         &Changes {
-            period_download: Some(Change::Offset(-3000)),
-            total_upload: Some(Change::Set(1_000_000)),
+            period_download: Some(Adjustment::Offset(-3000)),
+            total_upload: Some(Adjustment::Set(1_000_000)),
             ..Changes::default()
         },
         &audit("alice", "bill"),
@@ -393,8 +393,8 @@ async fn concurrent_calibrations_and_heartbeats_neither_deadlock_nor_lose_bytes(
                     &pool,
                     id,
                     &Changes {
-                        period_download: Some(Change::Offset(7)),
-                        total_upload: Some(Change::Offset(3)),
+                        period_download: Some(Adjustment::Offset(7)),
+                        total_upload: Some(Adjustment::Offset(3)),
                         ..Changes::default()
                     },
                     &Audit::new("load", "concurrency test").expect("audit"),

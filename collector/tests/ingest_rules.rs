@@ -470,3 +470,46 @@ async fn a_closed_periods_rates_are_computed_after_its_close() {
         "each once"
     );
 }
+
+/// Billing settings this collector cannot use (here a time zone its time
+/// zone database does not know, written by hand or by a newer collector)
+/// refuse the node's heartbeats, transiently (UNAVAILABLE: the agent sends
+/// its cumulative counters again), instead of counting them under the
+/// default rule; other nodes of the batch are not held up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unusable_settings_refuse_the_heartbeats_until_fixed() {
+    let Some(fleet) = Fleet::start("ingest_unusable_settings").await else {
+        return;
+    };
+    let mars = fleet.add_node("mars").await;
+    let earth = fleet.add_node("earth").await;
+    fleet
+        .set_node_settings(&mars.id, r#""anchorDay" = 1, "timeZone" = 'Mars/Olympus'"#)
+        .await;
+    let now = chrono::Utc::now().naive_utc();
+    let mars_beat = || job(&mars.token, fleet::heartbeat("e", 1, 1_000, 100));
+    let answers = apply(
+        &fleet,
+        &[
+            mars_beat(),
+            job(&earth.token, fleet::heartbeat("e", 1, 2_000, 200)),
+        ],
+        now,
+    )
+    .await;
+    assert!(
+        answers[0].starts_with("database error (nothing was stored)")
+            && answers[0].contains("billing settings of node"),
+        "{answers:?}"
+    );
+    assert_eq!(answers[1], "Applied");
+    assert_eq!(fleet.totals(&mars.id).await, (0, 0, 0, 0));
+    assert_eq!(fleet.totals(&earth.id).await, (2_000, 200, 2_000, 200));
+
+    // Fixed: the same counters count, in full.
+    fleet
+        .set_node_settings(&mars.id, r#""timeZone" = 'Europe/Berlin'"#)
+        .await;
+    assert_eq!(apply(&fleet, &[mars_beat()], now).await, ["Applied"]);
+    assert_eq!(fleet.totals(&mars.id).await, (1_000, 100, 1_000, 100));
+}

@@ -30,7 +30,7 @@ use tally_collector::{
     billing::Mode,
     corrections::{
         Audit,
-        calibrate::{self, Change, Changes},
+        calibrate::{self, Adjustment, Changes},
     },
     db,
     events::{self, Kind, Outbox},
@@ -732,7 +732,7 @@ async fn the_check_fires_what_calibrations_and_lowered_quotas_reached() {
         &fleet.pool,
         &node.id,
         &Changes {
-            period_download: Some(Change::Set(850)),
+            period_download: Some(Adjustment::Set(850)),
             ..Changes::default()
         },
         &Audit::new("alice", "match the provider's bill").expect("audit"),

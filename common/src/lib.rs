@@ -6,6 +6,12 @@
 //! the pinned maps before it adopts them.
 #![no_std]
 
+#[cfg(feature = "units")]
+extern crate alloc;
+
+#[cfg(feature = "units")]
+pub mod units;
+
 /// Version of the layout of the types below (and of the pinned maps).
 ///
 /// 1: the four totals per interface. 2: [`IfCounters`] also has the IPv4

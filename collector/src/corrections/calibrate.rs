@@ -19,20 +19,22 @@ use crate::{
     events::{Notice, Outbox, Traffic},
 };
 
-/// How one counter is changed.
+/// How one counter is adjusted: set to a value or offset by a number of
+/// bytes (what `calibrate` takes as a CHANGE, and the API as a
+/// `CounterChange`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Change {
+pub enum Adjustment {
     /// To this value (0 to 2^63 - 1).
     Set(i64),
     /// By this many bytes (negative: fewer).
     Offset(i64),
 }
 
-impl Change {
+impl Adjustment {
     /// A set value given as a decimal string; `field` names it in errors.
-    pub fn set(field: &str, value: &str) -> Result<Change, Error> {
+    pub fn set(field: &str, value: &str) -> Result<Adjustment, Error> {
         match value.trim().parse::<i64>() {
-            Ok(value) if value >= 0 => Ok(Change::Set(value)),
+            Ok(value) if value >= 0 => Ok(Adjustment::Set(value)),
             _ => Err(Error::InvalidArgument(format!(
                 "{field}: {value:?} is not a byte count from 0 to 9223372036854775807"
             ))),
@@ -41,11 +43,11 @@ impl Change {
 
     /// An offset given as a decimal string (with an optional sign);
     /// `field` names it in errors.
-    pub fn offset(field: &str, value: &str) -> Result<Change, Error> {
+    pub fn offset(field: &str, value: &str) -> Result<Adjustment, Error> {
         value
             .trim()
             .parse::<i64>()
-            .map(Change::Offset)
+            .map(Adjustment::Offset)
             .map_err(|_| {
                 Error::InvalidArgument(format!(
                     "{field}: {value:?} is not a whole number of bytes from \
@@ -56,7 +58,7 @@ impl Change {
 }
 
 /// The command line's form: `=N` sets, `+N` adds, `-N` subtracts.
-impl FromStr for Change {
+impl FromStr for Adjustment {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
@@ -71,28 +73,28 @@ impl FromStr for Change {
             if !digits(n) {
                 return Err(bad());
             }
-            return n.parse().map(Change::Set).map_err(|_| bad());
+            return n.parse().map(Adjustment::Set).map_err(|_| bad());
         }
         if let Some(n) = s.strip_prefix('+')
             && digits(n)
         {
-            return n.parse().map(Change::Offset).map_err(|_| bad());
+            return n.parse().map(Adjustment::Offset).map_err(|_| bad());
         }
         if let Some(n) = s.strip_prefix('-')
             && digits(n)
         {
-            return s.parse().map(Change::Offset).map_err(|_| bad());
+            return s.parse().map(Adjustment::Offset).map_err(|_| bad());
         }
         Err(bad())
     }
 }
 
-impl fmt::Display for Change {
+impl fmt::Display for Adjustment {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Change::Set(n) => write!(f, "={n}"),
-            Change::Offset(n) if *n < 0 => write!(f, "{n}"),
-            Change::Offset(n) => write!(f, "+{n}"),
+            Adjustment::Set(n) => write!(f, "={n}"),
+            Adjustment::Offset(n) if *n < 0 => write!(f, "{n}"),
+            Adjustment::Offset(n) => write!(f, "+{n}"),
         }
     }
 }
@@ -101,10 +103,10 @@ impl fmt::Display for Change {
 /// the period moves the total along).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Changes {
-    pub period_upload: Option<Change>,
-    pub period_download: Option<Change>,
-    pub total_upload: Option<Change>,
-    pub total_download: Option<Change>,
+    pub period_upload: Option<Adjustment>,
+    pub period_download: Option<Adjustment>,
+    pub total_upload: Option<Adjustment>,
+    pub total_download: Option<Adjustment>,
 }
 
 /// A node's four counters, in bytes.
@@ -183,21 +185,21 @@ fn nothing_to_calibrate() -> Error {
 fn direction(
     name: &str,
     (period, total): (i64, i64),
-    changes: (Option<Change>, Option<Change>),
+    changes: (Option<Adjustment>, Option<Adjustment>),
 ) -> Result<(i64, i64), Error> {
-    let wide = |change: Option<Change>, now: i64| -> i128 {
+    let wide = |change: Option<Adjustment>, now: i64| -> i128 {
         match change {
             None => i128::from(now),
-            Some(Change::Set(value)) => i128::from(value),
-            Some(Change::Offset(by)) => i128::from(now) + i128::from(by),
+            Some(Adjustment::Set(value)) => i128::from(value),
+            Some(Adjustment::Offset(by)) => i128::from(now) + i128::from(by),
         }
     };
     let new_period = wide(changes.0, period);
     let moved = i128::from(total) + (new_period - i128::from(period));
     let new_total = match changes.1 {
         None => moved,
-        Some(Change::Set(value)) => i128::from(value),
-        Some(Change::Offset(by)) => moved + i128::from(by),
+        Some(Adjustment::Set(value)) => i128::from(value),
+        Some(Adjustment::Offset(by)) => moved + i128::from(by),
     };
     let check = |what: &str, value: i128| -> Result<i64, Error> {
         if value < 0 {
@@ -395,8 +397,8 @@ mod tests {
     #[test]
     fn a_period_change_moves_the_total_by_the_same_amount() {
         let after = Changes {
-            period_upload: Some(Change::Offset(-50)),
-            period_download: Some(Change::Set(500)),
+            period_upload: Some(Adjustment::Offset(-50)),
+            period_download: Some(Adjustment::Set(500)),
             ..Changes::default()
         }
         .apply(BEFORE)
@@ -415,8 +417,8 @@ mod tests {
     #[test]
     fn setting_the_total_changes_only_the_total() {
         let after = Changes {
-            total_upload: Some(Change::Set(5000)),
-            total_download: Some(Change::Offset(-1800)),
+            total_upload: Some(Adjustment::Set(5000)),
+            total_download: Some(Adjustment::Offset(-1800)),
             ..Changes::default()
         }
         .apply(BEFORE)
@@ -432,10 +434,10 @@ mod tests {
         // Both given: the total's set value is final; its offset comes on
         // top of the period's move.
         let after = Changes {
-            period_upload: Some(Change::Set(300)),
-            total_upload: Some(Change::Set(700)),
-            period_download: Some(Change::Offset(10)),
-            total_download: Some(Change::Offset(5)),
+            period_upload: Some(Adjustment::Set(300)),
+            total_upload: Some(Adjustment::Set(700)),
+            period_download: Some(Adjustment::Offset(10)),
+            total_download: Some(Adjustment::Offset(5)),
         }
         .apply(BEFORE)
         .expect("valid");
@@ -453,12 +455,12 @@ mod tests {
     #[test]
     fn inconsistent_or_empty_calibrations_are_refused() {
         let m = refused(Changes {
-            period_upload: Some(Change::Offset(-101)),
+            period_upload: Some(Adjustment::Offset(-101)),
             ..Changes::default()
         });
         assert!(m.starts_with("period upload would be -1 bytes"), "{m}");
         let m = refused(Changes {
-            total_download: Some(Change::Set(199)),
+            total_download: Some(Adjustment::Set(199)),
             ..Changes::default()
         });
         assert!(
@@ -466,24 +468,24 @@ mod tests {
             "{m}"
         );
         let m = refused(Changes {
-            total_upload: Some(Change::Offset(i64::MAX)),
+            total_upload: Some(Adjustment::Offset(i64::MAX)),
             ..Changes::default()
         });
         assert!(m.contains("more than 2^63 - 1"), "{m}");
         let m = refused(Changes {
-            period_upload: Some(Change::Offset(i64::MAX - 950)),
+            period_upload: Some(Adjustment::Offset(i64::MAX - 950)),
             ..Changes::default()
         });
         assert!(m.starts_with("total upload would be"), "{m}");
         let m = refused(Changes {
-            total_upload: Some(Change::Offset(i64::MIN)),
+            total_upload: Some(Adjustment::Offset(i64::MIN)),
             ..Changes::default()
         });
         assert!(m.starts_with("total upload would be -"), "{m}");
         assert!(refused(Changes::default()).starts_with("nothing to calibrate"));
         let m = refused(Changes {
-            period_upload: Some(Change::Set(100)),
-            total_download: Some(Change::Offset(0)),
+            period_upload: Some(Adjustment::Set(100)),
+            total_download: Some(Adjustment::Offset(0)),
             ..Changes::default()
         });
         assert!(m.starts_with("the calibration changes nothing"), "{m}");
@@ -494,14 +496,14 @@ mod tests {
             Err(Error::InvalidArgument(_))
         ));
         let below_zero = Changes {
-            period_upload: Some(Change::Offset(-101)),
+            period_upload: Some(Adjustment::Offset(-101)),
             ..Changes::default()
         };
         assert!(matches!(below_zero.apply(BEFORE), Err(Error::Conflict(_))));
         // At the limits.
         let top = Changes {
-            total_upload: Some(Change::Set(i64::MAX)),
-            period_upload: Some(Change::Set(0)),
+            total_upload: Some(Adjustment::Set(i64::MAX)),
+            period_upload: Some(Adjustment::Set(0)),
             ..Changes::default()
         }
         .apply(BEFORE)
@@ -512,17 +514,17 @@ mod tests {
     #[test]
     fn the_command_line_form_parses_and_prints() {
         for (text, change) in [
-            ("=0", Change::Set(0)),
-            ("=9223372036854775807", Change::Set(i64::MAX)),
-            ("+5", Change::Offset(5)),
-            ("-5", Change::Offset(-5)),
-            ("-9223372036854775808", Change::Offset(i64::MIN)),
+            ("=0", Adjustment::Set(0)),
+            ("=9223372036854775807", Adjustment::Set(i64::MAX)),
+            ("+5", Adjustment::Offset(5)),
+            ("-5", Adjustment::Offset(-5)),
+            ("-9223372036854775808", Adjustment::Offset(i64::MIN)),
         ] {
-            assert_eq!(text.parse::<Change>(), Ok(change), "{text}");
+            assert_eq!(text.parse::<Adjustment>(), Ok(change), "{text}");
         }
-        assert_eq!(Change::Offset(7).to_string(), "+7");
-        assert_eq!(Change::Offset(-7).to_string(), "-7");
-        assert_eq!(Change::Set(7).to_string(), "=7");
+        assert_eq!(Adjustment::Offset(7).to_string(), "+7");
+        assert_eq!(Adjustment::Offset(-7).to_string(), "-7");
+        assert_eq!(Adjustment::Set(7).to_string(), "=7");
         for bad in [
             "5",
             "=",
@@ -536,25 +538,31 @@ mod tests {
             "+1k",
             " =5",
         ] {
-            let error = bad.parse::<Change>().expect_err(bad);
+            let error = bad.parse::<Adjustment>().expect_err(bad);
             assert!(error.contains("=N sets the counter"), "{error}");
         }
     }
 
     #[test]
     fn the_json_forms_parse_and_name_the_field() {
-        assert_eq!(Change::set("f", "12").ok(), Some(Change::Set(12)));
-        assert_eq!(Change::offset("f", "-12").ok(), Some(Change::Offset(-12)));
-        assert_eq!(Change::offset("f", "+12").ok(), Some(Change::Offset(12)));
+        assert_eq!(Adjustment::set("f", "12").ok(), Some(Adjustment::Set(12)));
+        assert_eq!(
+            Adjustment::offset("f", "-12").ok(),
+            Some(Adjustment::Offset(-12))
+        );
+        assert_eq!(
+            Adjustment::offset("f", "+12").ok(),
+            Some(Adjustment::Offset(12))
+        );
         for bad in ["-1", "x", "", "1e3"] {
-            let error = Change::set("period.upload.set", bad).expect_err(bad);
+            let error = Adjustment::set("period.upload.set", bad).expect_err(bad);
             assert!(
                 error.to_string().starts_with("period.upload.set: "),
                 "{error}"
             );
         }
-        let error =
-            Change::offset("total.download.offset", "9223372036854775808").expect_err("too large");
+        let error = Adjustment::offset("total.download.offset", "9223372036854775808")
+            .expect_err("too large");
         assert!(error.to_string().starts_with("total.download.offset: "));
     }
 }

@@ -21,7 +21,7 @@ use crate::{
     corrections::{
         self, Audit,
         anomalies::{self, Credit, Decision},
-        calibrate::{self, Change, Changes},
+        calibrate::{self, Adjustment, Changes},
     },
     error::Error,
     events,
@@ -128,17 +128,17 @@ pub struct NewCalibration {
 impl NewCalibration {
     fn changes(&self) -> Result<Changes, Error> {
         let change =
-            |field: &str, change: Option<&CounterChange>| -> Result<Option<Change>, Error> {
+            |field: &str, change: Option<&CounterChange>| -> Result<Option<Adjustment>, Error> {
                 match change {
                     None => Ok(None),
                     Some(CounterChange {
                         set: Some(value),
                         offset: None,
-                    }) => Change::set(&format!("{field}.set"), value).map(Some),
+                    }) => Adjustment::set(&format!("{field}.set"), value).map(Some),
                     Some(CounterChange {
                         set: None,
                         offset: Some(value),
-                    }) => Change::offset(&format!("{field}.offset"), value).map(Some),
+                    }) => Adjustment::offset(&format!("{field}.offset"), value).map(Some),
                     Some(_) => Err(Error::InvalidArgument(format!(
                         "{field}: give exactly one of set and offset"
                     ))),
@@ -644,10 +644,10 @@ mod tests {
         assert_eq!(
             parsed,
             Changes {
-                period_upload: Some(Change::Set(100)),
-                period_download: Some(Change::Offset(-5)),
+                period_upload: Some(Adjustment::Set(100)),
+                period_download: Some(Adjustment::Offset(-5)),
                 total_upload: None,
-                total_download: Some(Change::Offset(7)),
+                total_download: Some(Adjustment::Offset(7)),
             }
         );
         for (json, starts) in [

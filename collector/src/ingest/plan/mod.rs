@@ -36,6 +36,9 @@ use crate::{
 pub struct NodeState<'a> {
     pub token_hash: String,
     pub settings: Settings,
+    /// Why the node's stored billing settings cannot be used (then
+    /// `settings` is a placeholder no heartbeat is counted under).
+    pub unusable_settings: Option<String>,
     pub position: Position,
     /// The counter sets followed before (loaded only for nodes with a
     /// heartbeat of another set than the followed one).
@@ -241,6 +244,13 @@ fn authenticated<'n, 'a>(
         .ok_or_else(refused)?;
     if !auth::matches(&job.credentials, &node.token_hash) {
         return Err(refused());
+    }
+    // Counted under another rule than its own, a heartbeat could not be
+    // undone; refused, it is sent again (its counters are cumulative).
+    if node.unusable_settings.is_some() {
+        return Err(Error::Unavailable(
+            "the node's billing settings cannot be used (see the collector's log)",
+        ));
     }
     Ok(node)
 }

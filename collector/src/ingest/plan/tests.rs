@@ -81,6 +81,7 @@ fn fresh_node<'a>(settings: Settings) -> NodeState<'a> {
     NodeState {
         token_hash: TOKEN_HASH.to_owned(),
         settings,
+        unusable_settings: None,
         position: Position::default(),
         followed: Followed::default(),
         signals: Signals::default(),

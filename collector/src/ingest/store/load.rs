@@ -98,16 +98,21 @@ fn node_state<'a>(row: LockedRow, time: &BatchTime) -> NodeState<'a> {
         (Some(boot_id), Some(epoch)) => Some(CounterSet { boot_id, epoch }),
         _ => None,
     };
-    let settings = row
-        .settings
-        .resolve(time.fallback_day)
-        .unwrap_or_else(|error| {
-            tracing::warn!(node = %row.id, %error, "unusable billing settings; using the defaults");
-            Settings::default()
-        });
+    let (settings, unusable_settings) = match row.settings.resolve(time.fallback_day) {
+        Ok(settings) => (settings, None),
+        Err(error) => {
+            tracing::error!(
+                node = %row.id,
+                %error,
+                "unusable billing settings; the node's heartbeats are refused (UNAVAILABLE) until they are fixed"
+            );
+            (Settings::default(), Some(error.to_string()))
+        }
+    };
     NodeState {
         token_hash: row.token_hash,
         settings,
+        unusable_settings,
         position: Position {
             set,
             generation: row.generation,

@@ -1,81 +1,53 @@
-//! `tally-collector calibrate`, `calibrations` and `anomalies`: the
-//! command line's side of [`tally_collector::corrections`], printed for
-//! people (exact byte counts).
+//! `tally-collector anomalies list|accept|discard`: the deltas held as
+//! anomalies, and the decisions on them.
 
 use std::collections::HashMap;
 
 use anyhow::Context as _;
-use chrono::NaiveDateTime;
+use clap::{Args, Subcommand, builder::PossibleValuesParser};
 use sqlx::PgPool;
 use tally_collector::{
     corrections::{
         self, Audit,
         anomalies::{self, Decision},
-        calibrate::{self, Calibration, Changes},
     },
     nodes,
 };
 
-use crate::cli::{AnomaliesCommand, CalibrateArgs, DecideArgs};
+use super::time;
 
-fn time(t: NaiveDateTime) -> String {
-    t.and_utc()
-        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+#[derive(Debug, Subcommand)]
+pub enum AnomaliesCommand {
+    /// List every node's anomalies, newest first (at most 1000).
+    List {
+        /// Which anomalies to list: `held` (waiting for a decision),
+        /// `accepted`, `discarded` or `all`.
+        #[arg(long, default_value = "held", value_parser = PossibleValuesParser::new(["held", "accepted", "discarded", "all"]))]
+        status: String,
+    },
+    /// Accept an anomaly: add its bytes to the node's totals and to the
+    /// period it was held in (the current one, or the archived one).
+    Accept(DecideArgs),
+    /// Discard an anomaly: add nothing (it stays listed with the decision).
+    Discard(DecideArgs),
 }
 
-/// `calibrate NODE ...`: applies the changes and prints the audit row.
-pub async fn calibrate(pool: &PgPool, args: CalibrateArgs) -> anyhow::Result<()> {
-    let audit = Audit::new(&args.actor, &args.reason)?;
-    let changes = Changes {
-        period_upload: args.period_upload,
-        period_download: args.period_download,
-        total_upload: args.total_upload,
-        total_download: args.total_download,
-    };
-    let calibration = calibrate::calibrate(pool, &args.node, &changes, &audit)
-        .await
-        .with_context(|| format!("cannot calibrate node {}", args.node))?;
-    println!("node {} calibrated", calibration.node_id);
-    print_calibration(&calibration);
-    Ok(())
-}
-
-/// `calibrations NODE`: the node's calibrations, newest first.
-pub async fn list(pool: &PgPool, node: &str) -> anyhow::Result<()> {
-    let list = calibrate::list(pool, node, corrections::MAX_LIMIT).await?;
-    if list.is_empty() {
-        println!("no calibrations of node {node}");
-    }
-    for calibration in &list {
-        print_calibration(calibration);
-    }
-    Ok(())
-}
-
-fn print_calibration(c: &Calibration) {
-    println!(
-        "calibration {} at {} by {}: {}",
-        c.id,
-        time(c.at),
-        c.actor,
-        c.reason
-    );
-    let b = &c.before;
-    let a = &c.after;
-    let rows = [
-        ("total upload", b.total_upload, a.total_upload),
-        ("total download", b.total_download, a.total_download),
-        ("period upload", b.period_upload, a.period_upload),
-        ("period download", b.period_download, a.period_download),
-    ];
-    for (name, before, after) in rows {
-        let mark = if before == after { "" } else { "  (changed)" };
-        println!("  {name:<16} {before:>20} -> {after:>20}{mark}");
-    }
+#[derive(Debug, Args)]
+pub struct DecideArgs {
+    /// The anomaly's id (as `anomalies list` shows it).
+    pub id: i64,
+    /// Who decides (required; recorded), e.g. your name: 1 to 200
+    /// characters.
+    #[arg(long, value_name = "NAME")]
+    pub actor: String,
+    /// Why (required; recorded), e.g. "a backup really ran at line rate":
+    /// 1 to 1000 characters.
+    #[arg(long, value_name = "TEXT")]
+    pub reason: String,
 }
 
 /// `anomalies list|accept|discard`.
-pub async fn anomalies(pool: &PgPool, command: AnomaliesCommand) -> anyhow::Result<()> {
+pub async fn run(pool: &PgPool, command: AnomaliesCommand) -> anyhow::Result<()> {
     match command {
         AnomaliesCommand::List { status } => {
             let filter = anomalies::filter(&status)?;

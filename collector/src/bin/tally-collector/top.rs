@@ -7,10 +7,15 @@
 use std::{
     fmt::Write as _,
     io::{IsTerminal as _, Write as _},
+    time::Duration,
 };
 
 use anyhow::Context as _;
 use chrono::{NaiveDateTime, Utc};
+use clap::{
+    Args,
+    builder::{PossibleValuesParser, TypedValueParser as _},
+};
 use sqlx::PgPool;
 use tally_collector::{
     error::Error,
@@ -20,12 +25,68 @@ use tally_collector::{
     },
 };
 
-use crate::cli::TopArgs;
+use tally_common::units::human_bytes;
+
+use crate::durations::parse_interval;
 
 /// Cursor home, then clear the screen.
 const CLEAR: &str = "\x1b[H\x1b[2J";
 /// Longer names are cut (with `…`) to keep the tables readable.
 const NAME_WIDTH: usize = 32;
+
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    /// Redraw every --interval until Ctrl-C (default: print once and exit).
+    #[arg(long)]
+    pub watch: bool,
+
+    /// How often --watch redraws (at least 1s), e.g. `2s` or `1m`.
+    #[arg(long, default_value = "2s", value_parser = parse_interval, value_name = "DURATION")]
+    pub interval: Duration,
+
+    /// What to rank: the totals, the current period's counters, or the
+    /// history of the last --window.
+    #[arg(long, default_value = "total", value_parser = PossibleValuesParser::new(["total", "period", "window"]).try_map(|s| s.parse::<By>()))]
+    pub by: By,
+
+    /// Which direction to rank: upload (sent), download (received) or both
+    /// together.
+    #[arg(long, default_value = "both", value_parser = PossibleValuesParser::new(["upload", "download", "both"]).try_map(|s| s.parse::<Direction>()))]
+    pub direction: Direction,
+
+    /// How many nodes the ranking shows (1 to 1000).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=i64::from(rankings::MAX_LIMIT)), value_name = "N")]
+    pub limit: u32,
+
+    /// With --by window: how far back history counts (1m to 366d), e.g.
+    /// `24h` or `7days`.
+    #[arg(long, default_value = "24h", value_parser = parse_window, value_name = "DURATION")]
+    pub window: Duration,
+
+    /// Show exact byte counts instead of KiB, MiB, GiB, …
+    #[arg(long)]
+    pub bytes: bool,
+
+    /// A node not heard from for this long is shown offline; the same
+    /// setting (and variable) as `serve --offline-after`.
+    #[arg(
+        long,
+        env = "TALLY_OFFLINE_AFTER",
+        default_value = "30s",
+        value_parser = humantime::parse_duration,
+        value_name = "DURATION"
+    )]
+    pub offline_after: Duration,
+}
+
+/// A window of history to rank by: from a minute to 366 days.
+fn parse_window(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if !(rankings::MIN_WINDOW..=rankings::MAX_WINDOW).contains(&d) {
+        return Err("must be from 1m to 366d".into());
+    }
+    Ok(d)
+}
 
 /// Prints the screen once, or (`--watch`) every interval until Ctrl-C.
 pub async fn run(pool: &PgPool, args: &TopArgs) -> anyhow::Result<()> {
@@ -104,7 +165,11 @@ async fn screen(pool: &PgPool, args: &TopArgs, query: &rankings::Query) -> Resul
 /// The screen: a header line, the ranking, the node table.
 pub fn render(args: &TopArgs, now: NaiveDateTime, ranking: &Ranking, nodes: &[Node]) -> String {
     let bytes = |n: i128| {
-        if args.bytes { n.to_string() } else { human(n) }
+        if args.bytes {
+            n.to_string()
+        } else {
+            human_bytes(n)
+        }
     };
     let online = nodes
         .iter()
@@ -204,22 +269,6 @@ pub fn render(args: &TopArgs, now: NaiveDateTime, ranking: &Ranking, nodes: &[No
     out
 }
 
-/// A byte count in IEC units: `512 B`, `1.5 KiB`, `3.0 GiB`.
-pub fn human(bytes: i128) -> String {
-    const UNITS: [&str; 8] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB", "ZiB"];
-    if bytes.abs() < 1024 {
-        return format!("{bytes} B");
-    }
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    // 1023.95 and up would print as 1024.0: use the next unit.
-    while value.abs() >= 1023.95 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    format!("{value:.1} {}", UNITS[unit])
-}
-
 /// `2026-11-25 10:00:00 UTC`.
 fn time(t: NaiveDateTime) -> String {
     format!("{} UTC", t.format("%Y-%m-%d %H:%M:%S"))
@@ -292,29 +341,6 @@ mod tests {
     };
 
     use super::*;
-
-    #[test]
-    fn bytes_in_iec_units() {
-        let cases: [(i128, &str); 14] = [
-            (0, "0 B"),
-            (1, "1 B"),
-            (1023, "1023 B"),
-            (1024, "1.0 KiB"),
-            (1536, "1.5 KiB"),
-            (1024 * 1024 - 1, "1.0 MiB"),
-            (10 * 1024 * 1024 + 512 * 1024, "10.5 MiB"),
-            (3 << 30, "3.0 GiB"),
-            (1 << 40, "1.0 TiB"),
-            (5 << 50, "5.0 PiB"),
-            (i128::from(i64::MAX), "8.0 EiB"),
-            (i128::from(i64::MAX) * 2, "16.0 EiB"),
-            (1 << 80, "1024.0 ZiB"),
-            (-2048, "-2.0 KiB"),
-        ];
-        for (bytes, text) in cases {
-            assert_eq!(human(bytes), text, "{bytes}");
-        }
-    }
 
     #[test]
     fn ages_and_names() {

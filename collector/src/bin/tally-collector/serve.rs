@@ -1,0 +1,502 @@
+//! `tally-collector serve`: its options, and starting the service
+//! ([`tally_collector::serve`]) from them until SIGTERM or SIGINT.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use anyhow::Context as _;
+use clap::{Args, builder::BoolishValueParser};
+use sqlx::PgPool;
+use tally_collector::{db, http, ingest, period::Schedule, webhook};
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::durations::{parse_interval, parse_positive_duration};
+
+/// The log target of this command's own lines, as when they were written
+/// in `main.rs` (log filters and readers keep working).
+const LOG_TARGET: &str = "tally_collector";
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address and port to accept the agents' gRPC connections on (TLS
+    /// unless --insecure-plaintext). `0.0.0.0` listens on every IPv4
+    /// address; port 0 picks a free port (logged at start).
+    #[arg(
+        long,
+        env = "TALLY_LISTEN",
+        default_value = "0.0.0.0:50051",
+        value_name = "ADDRESS"
+    )]
+    pub listen: SocketAddr,
+
+    /// Address and port for the HTTP side: the dashboard (`/`), the JSON
+    /// API and its event stream under `/api/v1`, `/metrics`, and health
+    /// checks (`/healthz`, `/readyz`). It is plain HTTP: put a
+    /// TLS-terminating proxy in front when it leaves the host. Without it,
+    /// no HTTP is served.
+    #[arg(long, env = "TALLY_HTTP_LISTEN", value_name = "ADDRESS")]
+    pub http_listen: Option<SocketAddr>,
+
+    /// A node not heard from for this long is shown offline (in the API,
+    /// the dashboard and /metrics). Keep it a few heartbeat intervals long,
+    /// e.g. `30s` or `2m`.
+    #[arg(
+        long,
+        env = "TALLY_OFFLINE_AFTER",
+        default_value = "30s",
+        value_parser = humantime::parse_duration,
+        value_name = "DURATION"
+    )]
+    pub offline_after: Duration,
+
+    /// Bearer token for the HTTP admin endpoints (enrol and remove nodes,
+    /// reset periods); it also reads. Use at least 32 random characters.
+    /// Without it, the admin endpoints answer 403.
+    #[arg(
+        long,
+        env = "TALLY_ADMIN_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub admin_token: Option<String>,
+
+    /// Bearer token required to read the HTTP API, the event stream and
+    /// `/metrics` (the admin token reads too). Without it, reading is open
+    /// to anyone who reaches --http-listen.
+    #[arg(
+        long,
+        env = "TALLY_READ_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub read_token: Option<String>,
+
+    /// PEM file with the certificate chain the gRPC side presents to
+    /// agents (the server's certificate first); needs --tls-key. Without
+    /// --tls-cert and --tls-key, `serve` refuses to start unless
+    /// --insecure-plaintext is given.
+    #[arg(
+        long,
+        env = "TALLY_TLS_CERT",
+        requires = "tls_key",
+        value_name = "FILE"
+    )]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM file with the private key of --tls-cert; needs --tls-cert.
+    /// Without both, `serve` refuses to start unless --insecure-plaintext
+    /// is given.
+    #[arg(
+        long,
+        env = "TALLY_TLS_KEY",
+        requires = "tls_cert",
+        value_name = "FILE"
+    )]
+    pub tls_key: Option<PathBuf>,
+
+    /// Serve gRPC without TLS: node tokens and counters cross the network
+    /// in the clear. Only for a trusted network or a local test; cannot be
+    /// combined with --tls-cert/--tls-key.
+    #[arg(
+        long,
+        env = "TALLY_INSECURE_PLAINTEXT",
+        value_parser = BoolishValueParser::new()
+    )]
+    pub insecure_plaintext: bool,
+
+    /// Do not apply pending migrations at start (when they are applied
+    /// separately with `tally-collector migrate`, e.g. before rolling out
+    /// several collectors). The schema must then be up to date already.
+    #[arg(
+        long,
+        env = "TALLY_NO_MIGRATE",
+        value_parser = BoolishValueParser::new()
+    )]
+    pub no_migrate: bool,
+
+    /// Ask every agent to send its heartbeats at this interval (at least
+    /// 1s), e.g. `10s`. Without it, each agent keeps its own --interval.
+    #[arg(
+        long,
+        env = "TALLY_HEARTBEAT_INTERVAL",
+        value_parser = parse_interval,
+        value_name = "DURATION"
+    )]
+    pub heartbeat_interval: Option<Duration>,
+
+    /// The anchor day of nodes whose billing settings have none (neither
+    /// their own nor the fleet's, see `billing`): `monthly:DAY` (DAY 1 to
+    /// 31) starts a period on that day of every month at 00:00 UTC (on
+    /// the last day of shorter months). Ended periods are archived. Safe
+    /// with several collectors. Without it (and without anchor days in the
+    /// billing settings), periods end only by hand (`period reset` or the
+    /// admin API).
+    #[arg(long, env = "TALLY_PERIOD_RESET", value_name = "SCHEDULE")]
+    pub period_reset: Option<Schedule>,
+
+    /// How long load and traffic history is kept (checked every ten
+    /// minutes; older buckets are deleted), e.g. `30days`, `12weeks`. The
+    /// counters themselves are never deleted.
+    #[arg(
+        long,
+        env = "TALLY_HISTORY_RETENTION",
+        default_value = "30days",
+        value_parser = humantime::parse_duration,
+        value_name = "DURATION"
+    )]
+    pub history_retention: Duration,
+
+    /// How far a node's clock (its heartbeats' time) may be off the
+    /// collector's, ahead or behind, before the node is shown as having a
+    /// skewed clock and a warning is logged (e.g. `5m`, `30s`). A wrong
+    /// clock never makes a heartbeat count less: counter sets are ordered
+    /// without it.
+    #[arg(
+        long,
+        env = "TALLY_MAX_CLOCK_SKEW",
+        default_value = "5m",
+        value_parser = humantime::parse_duration,
+        value_name = "DURATION"
+    )]
+    pub max_clock_skew: Duration,
+
+    /// Most heartbeats written to the database in one transaction (1 to
+    /// 10000). A batch is whatever queued up while the previous one was
+    /// being written: one heartbeat under light load, up to this many under
+    /// heavy load.
+    #[arg(
+        long,
+        env = "TALLY_MAX_BATCH",
+        default_value_t = 512,
+        value_parser = clap::value_parser!(u32).range(1..=10_000),
+        value_name = "N"
+    )]
+    pub max_batch: u32,
+
+    /// Concurrent database writers (1 to 64), each with its own
+    /// connection: the node channel's pool. The HTTP side and the upkeep
+    /// have pools of their own (--reader-connections, and 2), so that
+    /// readers never take the writers' connections.
+    #[arg(
+        long,
+        env = "TALLY_WRITERS",
+        default_value_t = 4,
+        value_parser = clap::value_parser!(u32).range(1..=64),
+        value_name = "N"
+    )]
+    pub writers: u32,
+
+    /// Database connections of the HTTP side (1 to 64): the API, the
+    /// dashboard, the event stream and `/metrics`.
+    #[arg(
+        long,
+        env = "TALLY_READER_CONNECTIONS",
+        default_value_t = 4,
+        value_parser = clap::value_parser!(u32).range(1..=64),
+        value_name = "N"
+    )]
+    pub reader_connections: u32,
+
+    /// Longest a database statement of the node channel or the HTTP side
+    /// may run (PostgreSQL's statement_timeout, set on every connection),
+    /// and longest a heartbeat batch may take; the upkeep's statements
+    /// (retention, period sweeps) may run 30 times as long. A batch past it
+    /// is rolled back and its heartbeats answered UNAVAILABLE (agents send
+    /// again); a read past it is answered 503.
+    #[arg(
+        long,
+        env = "TALLY_STATEMENT_TIMEOUT",
+        default_value = "10s",
+        value_parser = parse_positive_duration,
+        value_name = "DURATION"
+    )]
+    pub statement_timeout: Duration,
+
+    /// Longest a database statement may wait for a row lock (PostgreSQL's
+    /// lock_timeout, set on every connection).
+    #[arg(
+        long,
+        env = "TALLY_LOCK_TIMEOUT",
+        default_value = "5s",
+        value_parser = parse_positive_duration,
+        value_name = "DURATION"
+    )]
+    pub lock_timeout: Duration,
+
+    /// Expensive reads this collector serves at once (1 to 256): history
+    /// (`/api/v1/nodes/{id}/history`) and window rankings. More are
+    /// answered 503 with `Retry-After: 1` (the dashboard asks again), so
+    /// that readers cannot hold the database's time the heartbeats need.
+    #[arg(
+        long,
+        env = "TALLY_MAX_EXPENSIVE_READS",
+        default_value_t = 2,
+        value_parser = clap::value_parser!(u32).range(1..=256),
+        value_name = "N"
+    )]
+    pub max_expensive_reads: u32,
+
+    /// Live event streams (`/api/v1/events`: dashboards and other
+    /// subscribers) this collector keeps open at once (1 to 100000); more
+    /// are answered 503 with `Retry-After: 1`.
+    #[arg(
+        long,
+        env = "TALLY_MAX_EVENT_STREAMS",
+        default_value_t = 256,
+        value_parser = clap::value_parser!(u32).range(1..=100_000),
+        value_name = "N"
+    )]
+    pub max_event_streams: u32,
+
+    /// Concurrent heartbeat calls on one connection (1 to 100000). Each
+    /// agent keeps one heartbeat stream open; a load balancer may carry
+    /// thousands of agents on one connection.
+    #[arg(
+        long,
+        env = "TALLY_MAX_STREAMS_PER_CONNECTION",
+        default_value_t = 4096,
+        value_parser = clap::value_parser!(u32).range(1..=100_000),
+        value_name = "N"
+    )]
+    pub max_streams_per_connection: u32,
+
+    /// One node's heartbeats are taken at most one per this interval, after
+    /// a burst of 20 (what an agent sends at once after an outage); more
+    /// are refused with RESOURCE_EXHAUSTED and the time to wait, which the
+    /// agent honours. Nothing is lost: the next heartbeat brings the same
+    /// cumulative counters. Counted per collector replica. `0s`: no limit.
+    #[arg(
+        long,
+        env = "TALLY_MIN_HEARTBEAT_INTERVAL",
+        default_value = "500ms",
+        value_parser = parse_min_heartbeat_interval,
+        value_name = "DURATION"
+    )]
+    pub min_heartbeat_interval: Duration,
+
+    /// Interface names with history per node and minute. A node that
+    /// reports more names in one minute (one that makes names up) gets no
+    /// history rows for the rest: history cannot be flooded. Their traffic
+    /// is still in the node's totals, periods and history.
+    #[arg(
+        long,
+        env = "TALLY_MAX_INTERFACE_NAMES",
+        default_value_t = 4096,
+        value_parser = clap::value_parser!(u32).range(1..=1_000_000),
+        value_name = "N"
+    )]
+    pub max_interface_names: u32,
+
+    /// A heartbeat stream that sends nothing for this long is ended (an
+    /// agent sends every few seconds, and opens a new stream with its next
+    /// heartbeat), so that calls that only hold streams open are let go.
+    #[arg(
+        long,
+        env = "TALLY_STREAM_IDLE_TIMEOUT",
+        default_value = "2m",
+        value_parser = parse_positive_duration,
+        value_name = "DURATION"
+    )]
+    pub stream_idle_timeout: Duration,
+
+    /// A new connection (node channel or HTTP) must send its first bytes
+    /// within this time, and finish its TLS handshake (if any) within it, or
+    /// it is closed: connections that only hold a socket cannot pile up.
+    #[arg(
+        long,
+        env = "TALLY_HANDSHAKE_TIMEOUT",
+        default_value = "10s",
+        value_parser = parse_positive_duration,
+        value_name = "DURATION"
+    )]
+    pub handshake_timeout: Duration,
+
+    /// Connections open at once on the node channel (each agent keeps one;
+    /// a load balancer that speaks HTTP/2 carries many agents on each).
+    /// More are closed as soon as they are accepted. Each takes a file
+    /// descriptor: the collector raises its open-file limit to the hard
+    /// limit and warns when the connection limits do not fit in it.
+    #[arg(
+        long,
+        env = "TALLY_MAX_CONNECTIONS",
+        default_value_t = 100_000,
+        value_parser = clap::value_parser!(u32).range(1..),
+        value_name = "N"
+    )]
+    pub max_connections: u32,
+
+    /// Connections open at once on the node channel from one source address.
+    /// An agent needs one; a load balancer that keeps the nodes' addresses
+    /// shows each node's, one that speaks HTTP/2 multiplexes up to
+    /// --max-streams-per-connection agents on each connection. Behind a
+    /// TCP-level balancer that hides the nodes' addresses, raise it to the
+    /// share of the fleet one balancer address carries.
+    #[arg(
+        long,
+        env = "TALLY_MAX_CONNECTIONS_PER_ADDRESS",
+        default_value_t = 4096,
+        value_parser = clap::value_parser!(u32).range(1..),
+        value_name = "N"
+    )]
+    pub max_connections_per_address: u32,
+
+    /// Connections open at once on the HTTP side (browsers, API clients,
+    /// Prometheus). More are closed as soon as they are accepted.
+    #[arg(
+        long,
+        env = "TALLY_MAX_HTTP_CONNECTIONS",
+        default_value_t = 10_000,
+        value_parser = clap::value_parser!(u32).range(1..),
+        value_name = "N"
+    )]
+    pub max_http_connections: u32,
+
+    /// Connections open at once on the HTTP side from one source address (a
+    /// browser opens a few; an office behind one NAT address shares it).
+    #[arg(
+        long,
+        env = "TALLY_MAX_HTTP_CONNECTIONS_PER_ADDRESS",
+        default_value_t = 256,
+        value_parser = clap::value_parser!(u32).range(1..),
+        value_name = "N"
+    )]
+    pub max_http_connections_per_address: u32,
+
+    /// An HTTP/1 request's headers must come within this time after the
+    /// connection is ready for it; an idle keep-alive connection is closed
+    /// after it too.
+    #[arg(
+        long,
+        env = "TALLY_HEADER_READ_TIMEOUT",
+        default_value = "30s",
+        value_parser = parse_positive_duration,
+        value_name = "DURATION"
+    )]
+    pub header_read_timeout: Duration,
+
+    /// Where to POST quota events (JSON; each call is signed with
+    /// --webhook-secret and retried with backoff until a 2xx answer, up to
+    /// 12 attempts), e.g. `https://hooks.example.com/tally`. Needs
+    /// --webhook-secret. Without it, no webhook is called.
+    #[arg(
+        long,
+        env = "TALLY_WEBHOOK_URL",
+        requires = "webhook_secret",
+        value_parser = webhook::parse_url,
+        value_name = "URL"
+    )]
+    pub webhook_url: Option<webhook::Url>,
+
+    /// The key of the webhook calls' signature: each call carries
+    /// `x-tally-signature: sha256=<hex HMAC-SHA256 of the body>`. Required
+    /// with --webhook-url; without it, no webhook is called. Meant to be
+    /// set in the environment (TALLY_WEBHOOK_SECRET), not on the command
+    /// line where other users can see it.
+    #[arg(
+        long,
+        env = "TALLY_WEBHOOK_SECRET",
+        hide_env_values = true,
+        value_name = "SECRET"
+    )]
+    pub webhook_secret: Option<String>,
+}
+
+/// At most a minute (an agent's interval is at least a second; a limit
+/// above a minute would refuse every agent's regular heartbeats).
+fn parse_min_heartbeat_interval(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if d > Duration::from_secs(60) {
+        return Err("must be at most 1m (0s: no limit)".into());
+    }
+    Ok(d)
+}
+
+/// The certificate and key files to serve TLS with.
+pub type TlsFiles = Option<(PathBuf, PathBuf)>;
+
+/// The certificate and key to serve TLS with; `None` only when plaintext is
+/// asked for explicitly.
+pub fn tls_files(args: &ServeArgs) -> anyhow::Result<TlsFiles> {
+    match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Ok(Some((cert.clone(), key.clone()))),
+        _ if args.insecure_plaintext => Ok(None),
+        _ => anyhow::bail!(
+            "no TLS certificate given: pass --tls-cert and --tls-key, or --insecure-plaintext to serve without TLS"
+        ),
+    }
+}
+
+pub async fn run(pool: PgPool, args: ServeArgs, tls: TlsFiles) -> anyhow::Result<()> {
+    if !args.no_migrate {
+        let count = db::migrate(&pool)
+            .await
+            .context("cannot apply the database migrations")?;
+        tracing::info!(target: LOG_TARGET, migrations = count, "database schema up to date");
+    }
+    if let Some(interval) = args.heartbeat_interval
+        && interval < args.min_heartbeat_interval
+    {
+        anyhow::bail!(
+            "--heartbeat-interval {} is shorter than --min-heartbeat-interval {}: the agents \
+             would be asked to send faster than they are taken",
+            humantime::format_duration(interval),
+            humantime::format_duration(args.min_heartbeat_interval)
+        );
+    }
+    let options = tally_collector::serve::Options {
+        listen: args.listen,
+        tls,
+        heartbeat_interval: args.heartbeat_interval,
+        max_clock_skew: args.max_clock_skew,
+        history_retention: args.history_retention,
+        ingest: ingest::Config {
+            max_batch: args.max_batch as usize,
+            writers: args.writers as usize,
+            schedule: args.period_reset,
+            max_interface_names: i64::from(args.max_interface_names),
+            ..ingest::Config::default()
+        },
+        http_listen: args.http_listen,
+        offline_after: args.offline_after,
+        tokens: http::Tokens {
+            admin: args.admin_token.filter(|t| !t.is_empty()),
+            read: args.read_token.filter(|t| !t.is_empty()),
+        },
+        database: db::Budget {
+            readers: args.reader_connections,
+            statement_timeout: args.statement_timeout,
+            lock_timeout: args.lock_timeout,
+            ..db::Budget::default()
+        },
+        max_expensive_reads: args.max_expensive_reads as usize,
+        max_event_streams: args.max_event_streams as usize,
+        max_streams_per_connection: args.max_streams_per_connection,
+        stream_idle_timeout: args.stream_idle_timeout,
+        min_heartbeat_interval: args.min_heartbeat_interval,
+        handshake_timeout: args.handshake_timeout,
+        max_connections: args.max_connections as usize,
+        max_connections_per_address: args.max_connections_per_address as usize,
+        max_http_connections: args.max_http_connections as usize,
+        max_http_connections_per_address: args.max_http_connections_per_address as usize,
+        header_read_timeout: args.header_read_timeout,
+        webhook: match (args.webhook_url, args.webhook_secret) {
+            (Some(url), Some(secret)) => {
+                Some(webhook::Config::new(url, &secret).context("cannot use --webhook-secret")?)
+            }
+            _ => None,
+        },
+    };
+    if let Some(schedule) = args.period_reset {
+        tracing::info!(target: LOG_TARGET, %schedule, "period counters reset on schedule");
+    }
+    let listeners = tally_collector::serve::bind(&options).await?;
+    let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+    let shutdown = async move {
+        let signal = tokio::select! {
+            _ = terminate.recv() => "SIGTERM",
+            _ = interrupt.recv() => "SIGINT",
+        };
+        tracing::info!(target: LOG_TARGET, signal, "stopping");
+    };
+    tally_collector::serve::serve(pool, options, listeners, shutdown).await
+}
