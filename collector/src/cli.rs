@@ -986,9 +986,9 @@ mod tests {
 
     #[test]
     fn every_option_is_explained() {
-        tally_collector::cli_check::check(
+        tally_testkit::cli_check::check(
             &Cli::command(),
-            &tally_collector::cli_check::Policy {
+            &tally_testkit::cli_check::Policy {
                 no_env: NO_ENV,
                 secrets: SECRETS,
                 other_env: &["DATABASE_URL"],
@@ -998,7 +998,7 @@ mod tests {
 
     #[test]
     fn the_database_help_states_the_real_timeout() {
-        let help = tally_collector::cli_check::rendered_help(
+        let help = tally_testkit::cli_check::rendered_help(
             Cli::command(),
             &["tally-collector".to_owned()],
         );

@@ -21,11 +21,11 @@ use std::{
 
 use common::{AGENT, Agent, Link, privileged, udp_burst};
 use futures_util::{Stream, stream};
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 use tally_proto::v1::{
     HeartbeatReply, HeartbeatRequest, InterfaceState, Outcome, Refusal,
     heartbeat_server::{Heartbeat, HeartbeatServer},
 };
+use tally_testkit::certs;
 use tonic::{
     Request, Response, Status, Streaming,
     transport::{Identity, Server, ServerTlsConfig, server::TcpIncoming},
@@ -1081,27 +1081,17 @@ fn help_documents_the_collector_flags() {
 /// Writes a CA, another CA, and a certificate for 127.0.0.1 and localhost
 /// that the first one signed; returns both CA files and the server identity.
 fn certificates(dir: &Path) -> (PathBuf, PathBuf, Identity) {
-    let ca = |name: &str| {
-        let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(DnType::CommonName, format!("tally test {name}"));
-        let issuer =
-            CertifiedIssuer::self_signed(params, KeyPair::generate().expect("CA key")).expect("CA");
-        let path = dir.join(format!("{name}.pem"));
-        fs::write(&path, issuer.pem()).expect("write CA");
-        (path, issuer)
-    };
-    let (ca_path, issuer) = ca("ca");
-    let (other_path, _) = ca("other-ca");
-    let key = KeyPair::generate().expect("server key");
-    let cert = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
-        .expect("server params")
-        .signed_by(&key, &issuer)
-        .expect("server certificate");
-    let identity = Identity::from_pem(cert.pem(), key.serialize_pem());
-    (ca_path, other_path, identity)
+    let pki = certs::Pki::new(&["127.0.0.1", "localhost"]).expect("certificates");
+    let ca_path = dir.join("ca.pem");
+    fs::write(&ca_path, &pki.ca_pem).expect("write CA");
+    let other_path = dir.join("other-ca.pem");
+    let other = certs::other_authority_pem("other-ca").expect("other CA");
+    fs::write(&other_path, other).expect("write CA");
+    (
+        ca_path,
+        other_path,
+        Identity::from_pem(pki.cert_pem, pki.key_pem),
+    )
 }
 
 #[test]

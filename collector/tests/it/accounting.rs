@@ -22,13 +22,13 @@ use tally_collector::{
     accounting::{CounterSet, Reading, StaleReason},
     auth::{self, Credentials},
     db,
-    devdb::TempCluster,
     ingest::{Applied, BatchTime, Job, store},
     nodes,
     period::{self, Target},
     validate::{Heartbeat, Interface},
 };
 use tally_proto::v1::Outcome;
+use tally_testkit::devdb::TempCluster;
 
 /// One counter set: where it starts and its successive readings.
 #[derive(Debug, Clone)]

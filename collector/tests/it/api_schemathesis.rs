@@ -51,11 +51,7 @@ fn schemathesis(test: &str) -> Option<PathBuf> {
         "needs schemathesis at {} (`cargo xtask test` installs it)",
         program.display()
     );
-    if std::env::var("TALLY_REQUIRE_PRIVILEGED").is_ok_and(|v| v == "1") {
-        panic!("{test}: {reason}, but TALLY_REQUIRE_PRIVILEGED=1");
-    }
-    use std::io::Write as _;
-    let _ = writeln!(std::io::stderr(), "SKIP {test}: {reason}");
+    tally_testkit::skip::skip(test, &reason);
     None
 }
 

@@ -5,7 +5,7 @@
 use crate::common;
 
 use sqlx::{AssertSqlSafe, Connection as _, PgConnection, migrate::Migrator};
-use tally_collector::devdb::TempCluster;
+use tally_testkit::devdb::TempCluster;
 
 static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
 

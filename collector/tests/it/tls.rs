@@ -8,41 +8,12 @@ use crate::common::{self, browser};
 use std::{process::Command, time::Duration};
 
 use common::fleet::{self, Fleet, Process};
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use tally_proto::v1::{Outcome, heartbeat_client::HeartbeatClient};
+use tally_testkit::certs::Pki;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig};
 
-struct Pki {
-    ca_pem: String,
-    cert_pem: String,
-    key_pem: String,
-}
-
 fn pki() -> Pki {
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca =
-        CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("ca key")).expect("ca");
-    let key = KeyPair::generate().expect("key");
-    let cert = CertificateParams::new(vec!["localhost".to_owned()])
-        .expect("params")
-        .signed_by(&key, &ca)
-        .expect("cert");
-    Pki {
-        ca_pem: ca.pem(),
-        cert_pem: cert.pem(),
-        key_pem: key.serialize_pem(),
-    }
-}
-
-impl Pki {
-    /// Writes the collector's certificate and key into `dir`: their paths.
-    fn write(&self, dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
-        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-        std::fs::write(&cert, &self.cert_pem).expect("write cert");
-        std::fs::write(&key, &self.key_pem).expect("write key");
-        (cert, key)
-    }
+    Pki::new(&["localhost"]).expect("certificates")
 }
 
 async fn tls_client(
@@ -68,7 +39,7 @@ async fn tls_serves_clients_that_trust_the_ca_only() {
     let node = fleet.add_node("t").await;
     let dir = tempfile::tempdir().expect("temp dir");
     let ours = pki();
-    let (cert, key) = ours.write(dir.path());
+    let (cert, key) = ours.write_server(dir.path()).expect("write cert and key");
     let server = Process::start_with(
         &fleet.url,
         &[
@@ -249,7 +220,7 @@ async fn sockets_that_only_hold_connections_are_closed_while_nodes_and_a_browser
     ];
     let dir = tempfile::tempdir().expect("temp dir");
     let ours = pki();
-    let (cert, key) = ours.write(dir.path());
+    let (cert, key) = ours.write_server(dir.path()).expect("write cert and key");
     let http_port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("a free port")

@@ -16,7 +16,6 @@
 
 use std::{
     fs,
-    io::Write as _,
     net::TcpListener,
     path::{Path, PathBuf},
     process::{Command, Stdio},
@@ -38,7 +37,7 @@ fn missing() -> Vec<String> {
     if !Path::new("/sys/fs/bpf").is_dir() {
         missing.push("/sys/fs/bpf does not exist".to_owned());
     }
-    let pg = tally_collector::devdb::pg_bin_dir();
+    let pg = tally_testkit::devdb::pg_bin_dir();
     if !pg.join("postgres").is_file() || !pg.join("initdb").is_file() {
         missing.push(format!("no PostgreSQL binaries in {}", pg.display()));
     }
@@ -130,12 +129,9 @@ fn demo_counts_exactly_and_leaves_nothing_behind() {
     let missing = missing();
     if !missing.is_empty() {
         let reason = missing.join(", ");
-        if std::env::var("TALLY_REQUIRE_PRIVILEGED").is_ok_and(|v| v == "1") {
-            panic!("{TEST}: cannot run ({reason}) but TALLY_REQUIRE_PRIVILEGED=1");
-        }
-        let _ = writeln!(
-            std::io::stderr(),
-            "SKIP {TEST}: needs root with network namespaces, bpffs and PostgreSQL 15 ({reason})"
+        tally_testkit::skip::skip(
+            TEST,
+            &format!("needs root with network namespaces, bpffs and PostgreSQL 15 ({reason})"),
         );
         return;
     }

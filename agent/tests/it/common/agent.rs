@@ -175,10 +175,6 @@ impl Agent {
         status["epoch"].as_str().expect("epoch").to_owned()
     }
 
-    pub fn pid(&self) -> u32 {
-        self.child.as_ref().expect("running").id()
-    }
-
     /// SIGKILL, as a crash would.
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -17,12 +17,9 @@ use std::{
 };
 
 use sqlx::{PgPool, Row as _};
-use tally_collector::{
-    db,
-    devdb::{self, TempCluster},
-    nodes,
-};
+use tally_collector::{db, nodes};
 use tally_proto::v1::{HeartbeatReply, HeartbeatRequest, heartbeat_client::HeartbeatClient};
+use tally_testkit::devdb::{self, TempCluster};
 use tokio::runtime::Runtime;
 
 use super::{AGENT, Link, NetNs, veth};

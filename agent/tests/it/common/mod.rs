@@ -6,7 +6,6 @@
 //! These tests need root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN for setns).
 //! Without it they skip and say why; with `TALLY_REQUIRE_PRIVILEGED=1` (as CI
 //! sets it) they fail instead.
-#![allow(dead_code, reason = "each test binary uses a different part")]
 
 mod agent;
 mod collector;
@@ -15,23 +14,15 @@ mod netns;
 mod traffic;
 
 use std::{
-    io::Write as _,
     path::Path,
     process::{Command, Output, Stdio},
     sync::atomic::{AtomicU32, Ordering},
 };
 
-#[allow(unused_imports, reason = "each test binary uses a different part")]
 pub use agent::{Agent, pin_dir};
-#[allow(unused_imports, reason = "each test binary uses a different part")]
-pub use collector::{
-    CONTROL_IFACE, Collector, Store, control_link, reporting_args, send_as, tail, totals,
-};
-#[allow(unused_imports, reason = "each test binary uses a different part")]
+pub use collector::{CONTROL_IFACE, Collector, Store, control_link, reporting_args, send_as, tail};
 pub use kernel::{assert_exact, program_exists, tcx_programs};
-#[allow(unused_imports, reason = "each test binary uses a different part")]
 pub use netns::{Link, NetNs, Stats, set_up, veth, veth_counted_from_birth, wait_oper_up};
-#[allow(unused_imports, reason = "each test binary uses a different part")]
 pub use traffic::{tcp_transfer, udp_burst};
 
 pub const AGENT: &str = env!("CARGO_BIN_EXE_tally-agent");
@@ -40,12 +31,6 @@ static NEXT: AtomicU32 = AtomicU32::new(1);
 
 fn unique() -> u32 {
     NEXT.fetch_add(1, Ordering::Relaxed)
-}
-
-fn say(text: &str) {
-    // Written to the real stderr, past the test harness's capture, so that a
-    // skip is visible in the run's output.
-    let _ = writeln!(std::io::stderr(), "{text}");
 }
 
 /// Whether the privileged tests can run here; prints why not, or panics when
@@ -70,12 +55,10 @@ pub fn privileged(test: &str) -> bool {
         return true;
     }
     let reason = missing.join(", ");
-    if std::env::var("TALLY_REQUIRE_PRIVILEGED").is_ok_and(|v| v == "1") {
-        panic!("{test}: privileged test cannot run ({reason}) but TALLY_REQUIRE_PRIVILEGED=1");
-    }
-    say(&format!(
-        "SKIP {test}: needs root with network namespaces and bpffs ({reason})"
-    ));
+    tally_testkit::skip::skip(
+        test,
+        &format!("needs root with network namespaces and bpffs ({reason})"),
+    );
     false
 }
 

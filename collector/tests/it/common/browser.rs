@@ -17,6 +17,7 @@ use std::{
 use fantoccini::{Client, ClientBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
 use serde_json::{Value, json};
+use tally_testkit::skip::skip;
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
@@ -51,16 +52,6 @@ fn binary(variable: &str, default: &str) -> PathBuf {
     std::env::var_os(variable)
         .filter(|v| !v.is_empty())
         .map_or_else(|| PathBuf::from(default), PathBuf::from)
-}
-
-/// Says why `test` cannot run here, or panics when CI demands it.
-fn skip(test: &str, reason: &str) {
-    if std::env::var("TALLY_REQUIRE_PRIVILEGED").is_ok_and(|v| v == "1") {
-        panic!("{test}: {reason}, but TALLY_REQUIRE_PRIVILEGED=1");
-    }
-    // Past the test harness's capture, as the PostgreSQL tests say it.
-    use std::io::Write as _;
-    let _ = writeln!(std::io::stderr(), "SKIP {test}: {reason}");
 }
 
 impl Browser {

@@ -9,16 +9,21 @@ use std::{
 };
 
 use sqlx::{PgPool, Row as _};
-use tally_collector::{db, devdb::TempCluster, ingest, nodes, serve};
+use tally_collector::{db, ingest, nodes, serve};
 use tally_proto::v1::{
     HeartbeatReply, HeartbeatRequest, InterfaceCounters, InterfaceState, LoadAverage,
     heartbeat_client::HeartbeatClient,
 };
+use tally_testkit::devdb::TempCluster;
 use tokio::sync::{mpsc, oneshot};
 use tonic::{Request, Status, Streaming, transport::Channel};
 
 /// A migrated database on its own cluster.
 pub struct Fleet {
+    #[allow(
+        dead_code,
+        reason = "held for its drop: the server stops with the fleet"
+    )]
     pub cluster: TempCluster,
     pub url: String,
     pub pool: PgPool,

@@ -5,9 +5,8 @@
 //! `TALLY_PG_BIN`), and, when run as root, the `postgres` OS user. Without
 //! them they skip and say why; with `TALLY_REQUIRE_PRIVILEGED=1` (as CI sets
 //! it) they fail instead.
-#![allow(dead_code, reason = "each test binary uses a different part")]
 
-use tally_collector::devdb::{self, TempCluster};
+use tally_testkit::devdb::{self, TempCluster};
 
 /// A fresh, running cluster for `test`, or `None` after saying why there
 /// can be none ([`devdb::start_or_skip`]).

@@ -48,10 +48,10 @@ use anyhow::{Context as _, anyhow, bail, ensure};
 use sqlx::PgPool;
 use tally_collector::{
     db,
-    devdb::TempCluster,
     ingest::{self, LatencyLog},
     nodes, serve,
 };
+use tally_testkit::devdb::TempCluster;
 use tokio::{net::TcpListener, sync::oneshot, task::JoinSet};
 
 use self::{

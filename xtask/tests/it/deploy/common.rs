@@ -2,7 +2,6 @@
 //! binaries are, the binaries' `--help` text, and saying why a check skips.
 
 use std::{
-    io::Write as _,
     path::{Path, PathBuf},
     process::Command,
 };
@@ -59,15 +58,8 @@ pub fn collector_help() -> String {
     help("tally-collector", &["serve"])
 }
 
-/// Says why `test` cannot run here, or panics when CI demands that it runs
-/// (`TALLY_REQUIRE_PRIVILEGED=1`).
-pub fn skip(test: &str, reason: &str) {
-    if std::env::var("TALLY_REQUIRE_PRIVILEGED").is_ok_and(|v| v == "1") {
-        panic!("{test}: {reason}, but TALLY_REQUIRE_PRIVILEGED=1");
-    }
-    // Past the test harness's capture, as the other skipping tests say it.
-    let _ = writeln!(std::io::stderr(), "SKIP {test}: {reason}");
-}
+/// Says why `test` cannot run here, or fails when CI demands that it runs.
+pub use tally_testkit::skip::skip;
 
 /// The `NAME=value` settings of a systemd environment file, commented-out
 /// examples (`#NAME=value`) included, as `(name, commented)`.

@@ -144,14 +144,7 @@ pub fn start_or_skip(test: &str) -> Option<TempCluster> {
     match TempCluster::start() {
         Ok(cluster) => Some(cluster),
         Err(e) if e.is_unavailable() => {
-            if std::env::var("TALLY_REQUIRE_PRIVILEGED").is_ok_and(|v| v == "1") {
-                panic!("{test}: needs PostgreSQL ({e}) but TALLY_REQUIRE_PRIVILEGED=1");
-            }
-            use io::Write as _;
-            let _ = writeln!(
-                io::stderr(),
-                "SKIP {test}: needs PostgreSQL 15 binaries ({e})"
-            );
+            crate::skip::skip(test, &format!("needs PostgreSQL 15 binaries ({e})"));
             None
         }
         Err(e) => panic!("{test}: cannot start a temporary PostgreSQL: {e}"),
