@@ -258,9 +258,9 @@ mod tests {
 
     #[test]
     fn every_option_is_explained() {
-        tally_collector::cli_check::check(
+        tally_testkit::cli_check::check(
             &Cli::command(),
-            &tally_collector::cli_check::Policy {
+            &tally_testkit::cli_check::Policy {
                 no_env: NO_ENV,
                 ..Default::default()
             },

@@ -5,11 +5,9 @@
 pub mod accounting;
 pub mod auth;
 pub mod billing;
-pub mod cli_check;
 pub mod connections;
 pub mod corrections;
 pub mod db;
-pub mod devdb;
 pub mod error;
 pub mod events;
 pub(crate) mod grpc;

@@ -1,5 +1,5 @@
 //! schemathesis (PyPI), which the HTTP API's schema test runs
-//! (`collector/tests/api_schemathesis.rs`): a Python virtual environment
+//! (`collector/tests/it/api_schemathesis.rs`): a Python virtual environment
 //! under the target directory with the exact versions of
 //! `xtask/schemathesis-requirements.txt`, made with Debian's `python3 -m
 //! venv` (package `python3-venv`, see [`crate::packages`]) when missing or

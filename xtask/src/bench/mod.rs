@@ -47,7 +47,7 @@ use std::{
 use anyhow::ensure;
 
 use self::{
-    net::{TestNet, leftover_namespaces},
+    net::TestNet,
     programs::Programs,
     report::report,
     rounds::{run_cost, throughput},
@@ -77,7 +77,7 @@ pub fn ebpf() -> anyhow::Result<()> {
     let result = measure(&object, &net);
     // Undo everything before reporting, and say so if any of it failed.
     let deleted = net.delete();
-    let leftovers = leftover_namespaces(&net.prefix);
+    let leftovers = tally_testkit::netns::namespaces_named(&net.prefix);
     let report = result?;
     deleted?;
     let leftovers = leftovers?;

@@ -56,7 +56,7 @@ impl Traffic {
             socket
                 .set_read_timeout(Some(RECV_TIMEOUT))
                 .context("cannot set a read timeout")?;
-            Ok(socket)
+            Ok::<_, anyhow::Error>(socket)
         })?;
         let sender = net.b.ns.enter(|| {
             let from = SocketAddrV4::new(net.b.addr, 0);
@@ -64,7 +64,7 @@ impl Traffic {
             socket
                 .connect(to)
                 .with_context(|| format!("cannot connect to {to}"))?;
-            Ok(socket)
+            Ok::<_, anyhow::Error>(socket)
         })?;
         Ok(Self { receiver, sender })
     }

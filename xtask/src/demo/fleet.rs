@@ -11,7 +11,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use serde_json::json;
-use tally_collector::devdb::TempCluster;
+use tally_testkit::devdb::TempCluster;
 
 use super::{DemoArgs, api::Api, summary};
 

@@ -54,7 +54,7 @@ pub fn clean(runs_dir: &Path) -> anyhow::Result<()> {
             if let Err(e) = ip(&["link", "delete", name])
                 && Path::new("/sys/class/net").join(name).exists()
             {
-                return Err(e);
+                return Err(e.into());
             }
             removed.push(format!("link {name}"));
         }

@@ -15,21 +15,17 @@
 //! so nothing but the demo's own traffic crosses a counted interface and the
 //! kernel's statistics of `eth0` are the exact figures to check against.
 //!
-//! Every namespace is deleted when its [`Netns`] is dropped (with the veths
-//! in it; a veth's peer goes with it).
+//! Every namespace ([`Netns`], from tally-testkit) is deleted when dropped
+//! (with the veths in it; a veth's peer goes with it).
 
 use std::{
-    fs::{self, File},
-    io,
     net::Ipv4Addr,
-    os::fd::{AsRawFd as _, RawFd},
-    path::{Path, PathBuf},
-    process::Command,
     thread,
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, anyhow, bail};
+use anyhow::{Context as _, bail};
+pub use tally_testkit::netns::{IfStats, Netns, ip};
 
 /// Every namespace, pin directory and run directory of the demo starts
 /// with this, then the pid of the `xtask` process that made it.
@@ -43,184 +39,13 @@ pub const CONTROL_IF: &str = "ctl0";
 /// The hub's "internet" address (TEST-NET-2), on its loopback.
 pub const INTERNET: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
 
-/// A network namespace made by the demo, deleted when dropped.
-pub struct Netns {
-    pub name: String,
-    /// Held open to enter the namespace; closed before it is deleted.
-    file: Option<File>,
-}
-
-impl Netns {
-    /// `ip netns add`, IPv6 off (no router solicitations or DAD probes on
-    /// the counted interfaces), `lo` up.
-    fn create(name: String) -> anyhow::Result<Self> {
-        ip(&["netns", "add", &name])?;
-        let mut ns = Self { name, file: None };
-        let path = ns.path();
-        ns.file =
-            Some(File::open(&path).with_context(|| format!("cannot open {}", path.display()))?);
-        ns.enter(|| {
-            for key in ["all", "default"] {
-                let path = format!("/proc/sys/net/ipv6/conf/{key}/disable_ipv6");
-                match fs::write(&path, "1") {
-                    // A kernel without IPv6 has nothing to turn off.
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                    other => other.with_context(|| format!("cannot write {path}"))?,
-                }
-            }
-            Ok(())
-        })?;
-        ns.ip(&["link", "set", "lo", "up"])?;
-        Ok(ns)
-    }
-
-    pub fn path(&self) -> PathBuf {
-        Path::new("/run/netns").join(&self.name)
-    }
-
-    /// A descriptor of the namespace, for `setns` in a child process.
-    pub fn raw_fd(&self) -> anyhow::Result<RawFd> {
-        self.file
-            .as_ref()
-            .map(File::as_raw_fd)
-            .with_context(|| format!("namespace {} is deleted", self.name))
-    }
-
-    /// `ip -n <name> <args>`.
-    pub fn ip(&self, args: &[&str]) -> anyhow::Result<String> {
-        let mut all = vec!["-n", self.name.as_str()];
-        all.extend_from_slice(args);
-        ip(&all)
-    }
-
-    /// Runs `f` on a thread that entered this namespace: sockets it makes
-    /// and `/proc/sys/net` files it opens are this namespace's.
-    pub fn enter<T: Send>(
-        &self,
-        f: impl FnOnce() -> anyhow::Result<T> + Send,
-    ) -> anyhow::Result<T> {
-        let fd = self.raw_fd()?;
-        thread::scope(|scope| {
-            scope
-                .spawn(|| {
-                    // SAFETY: a valid namespace descriptor; setns changes
-                    // the network namespace of this short-lived thread only.
-                    if unsafe { libc::setns(fd, libc::CLONE_NEWNET) } != 0 {
-                        return Err(io::Error::last_os_error())
-                            .with_context(|| format!("cannot enter namespace {}", self.name));
-                    }
-                    f()
-                })
-                .join()
-                .map_err(|_| anyhow!("a thread in namespace {} panicked", self.name))?
-        })
-    }
-
-    /// Writes a sysctl of this namespace (`net.ipv4.ip_forward` →
-    /// `/proc/sys/net/ipv4/ip_forward`).
-    fn sysctl(&self, key: &str, value: &str) -> anyhow::Result<()> {
-        let path = format!("/proc/sys/{}", key.replace('.', "/"));
-        self.enter(|| fs::write(&path, value).with_context(|| format!("cannot write {path}")))
-    }
-
-    /// The kernel's statistics of `iface`, read from
-    /// `/sys/class/net/<iface>/statistics` inside the namespace.
-    pub fn kernel_stats(&self, iface: &str) -> anyhow::Result<IfStats> {
-        let dir = format!("/sys/class/net/{iface}/statistics");
-        let files = [
-            "rx_bytes",
-            "tx_bytes",
-            "rx_packets",
-            "tx_packets",
-            "rx_dropped",
-            "tx_dropped",
-        ]
-        .map(|file| format!("{dir}/{file}"));
-        let mut args = vec!["netns", "exec", self.name.as_str(), "cat"];
-        args.extend(files.iter().map(String::as_str));
-        let text = ip(&args)?;
-        let values: Vec<u64> = text
-            .split_whitespace()
-            .map(str::parse)
-            .collect::<Result<_, _>>()
-            .with_context(|| format!("unexpected contents of {dir}: {text:?}"))?;
-        let [
-            rx_bytes,
-            tx_bytes,
-            rx_packets,
-            tx_packets,
-            rx_dropped,
-            tx_dropped,
-        ] = values[..]
-        else {
-            bail!("unexpected contents of {dir}: {text:?}");
-        };
-        Ok(IfStats {
-            rx_bytes,
-            tx_bytes,
-            rx_packets,
-            tx_packets,
-            rx_dropped,
-            tx_dropped,
-        })
-    }
-
-    /// Waits until the kernel reports `iface` operationally up (until then
-    /// its qdisc drops what is sent, after our egress hook counted it).
-    fn wait_oper_up(&self, iface: &str) -> anyhow::Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let json = self.ip(&["-j", "link", "show", "dev", iface])?;
-            if json.contains("\"operstate\":\"UP\"") {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!("{iface} in {} did not come up within 10 s", self.name);
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn delete(&mut self) -> anyhow::Result<()> {
-        // Our descriptor would keep the namespace (and its veths) alive.
-        if self.file.take().is_some() {
-            ip(&["netns", "delete", &self.name])?;
-        }
-        Ok(())
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        if let Err(error) = self.delete() {
-            eprintln!("demo: {error:#}");
-        }
-    }
-}
-
-/// An interface's counters as the kernel keeps them.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct IfStats {
-    pub rx_bytes: u64,
-    pub tx_bytes: u64,
-    pub rx_packets: u64,
-    pub tx_packets: u64,
-    pub rx_dropped: u64,
-    pub tx_dropped: u64,
-}
-
-impl IfStats {
-    /// What was counted since `earlier` (counters only grow).
-    pub fn since(&self, earlier: &Self) -> Self {
-        Self {
-            rx_bytes: self.rx_bytes.saturating_sub(earlier.rx_bytes),
-            tx_bytes: self.tx_bytes.saturating_sub(earlier.tx_bytes),
-            rx_packets: self.rx_packets.saturating_sub(earlier.rx_packets),
-            tx_packets: self.tx_packets.saturating_sub(earlier.tx_packets),
-            rx_dropped: self.rx_dropped.saturating_sub(earlier.rx_dropped),
-            tx_dropped: self.tx_dropped.saturating_sub(earlier.tx_dropped),
-        }
-    }
+/// A host's (or the hub's) namespace `name`: IPv6 off (no router
+/// solicitations or DAD probes on the counted interfaces), `lo` up.
+fn create_namespace(name: String) -> anyhow::Result<Netns> {
+    let ns = Netns::create(name)?;
+    ns.disable_ipv6()?;
+    ns.ip(&["link", "set", "lo", "up"])?;
+    Ok(ns)
 }
 
 /// One test host.
@@ -245,13 +70,13 @@ impl Network {
     /// pid). Whatever was made is deleted again if a step fails.
     pub fn create(run: u32, names: &[&'static str]) -> anyhow::Result<Self> {
         let control = control_subnet(run)?;
-        let hub = Netns::create(format!("{PREFIX}{run}-hub"))?;
+        let hub = create_namespace(format!("{PREFIX}{run}-hub"))?;
         hub.sysctl("net.ipv4.ip_forward", "1")?;
         hub.ip(&["addr", "add", &format!("{INTERNET}/32"), "dev", "lo"])?;
         let collector_addr = Ipv4Addr::new(10, 215, control, 1);
         let mut hosts = Vec::new();
         for (index, &name) in names.iter().enumerate() {
-            let ns = Netns::create(format!("{PREFIX}{run}-{name}"))?;
+            let ns = create_namespace(format!("{PREFIX}{run}-{name}"))?;
             let n = u8::try_from(index + 1).context("too many hosts")?;
             let addr = data_link(&ns, &hub, name, n)?;
             let letter = name.chars().next().unwrap_or('x');
@@ -274,7 +99,7 @@ impl Network {
     pub fn kernel_counts(&self) -> anyhow::Result<Vec<IfStats>> {
         self.hosts
             .iter()
-            .map(|host| host.ns.kernel_stats(COUNTED_IF))
+            .map(|host| Ok(host.ns.kernel_stats(COUNTED_IF)?))
             .collect()
     }
 
@@ -305,7 +130,7 @@ impl Network {
         for host in &mut self.hosts {
             result = result.and(host.ns.delete());
         }
-        result.and(self.hub.delete())
+        Ok(result.and(self.hub.delete())?)
     }
 }
 
@@ -380,23 +205,4 @@ fn control_subnet(run: u32) -> anyhow::Result<u8> {
         .map(|i| u8::try_from((start + i) % 250).unwrap_or(0))
         .find(|c| !json.contains(&format!("\"10.215.{c}.")))
         .context("no free 10.215.x.0/24 subnet for the control links")
-}
-
-/// Runs `ip <args>`; its stdout, or an error with its stderr.
-pub fn ip(args: &[&str]) -> anyhow::Result<String> {
-    let out = Command::new("ip").args(args).output().with_context(|| {
-        format!(
-            "cannot run `ip {}` (is iproute2 installed?)",
-            args.join(" ")
-        )
-    })?;
-    if !out.status.success() {
-        bail!(
-            "`ip {}` failed ({}): {}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }

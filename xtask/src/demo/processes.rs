@@ -191,7 +191,7 @@ impl Proc {
 
     /// The last lines of the log.
     pub fn log_tail(&self) -> String {
-        tally_collector::devdb::tail(&self.log, LOG_TAIL)
+        tally_testkit::devdb::tail(&self.log, LOG_TAIL)
             .unwrap_or_else(|e| format!("(cannot read {}: {e})", self.log.display()))
     }
 }

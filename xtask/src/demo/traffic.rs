@@ -122,8 +122,9 @@ impl Traffic {
         for stream in PLAN {
             let (from_ns, _) = end(net, stream.from)?;
             let (to_ns, to_addr) = end(net, stream.to)?;
-            let listener =
-                to_ns.enter(|| Ok(TcpListener::bind(SocketAddr::from((to_addr, 0)))?))?;
+            let listener = to_ns.enter(|| {
+                Ok::<_, anyhow::Error>(TcpListener::bind(SocketAddr::from((to_addr, 0)))?)
+            })?;
             let target = listener.local_addr()?;
             let sending = from_ns.enter(|| {
                 TcpStream::connect_timeout(&target, Duration::from_secs(5))

@@ -272,9 +272,9 @@ mod tests {
 
     #[test]
     fn every_option_is_explained() {
-        tally_collector::cli_check::check(
+        tally_testkit::cli_check::check(
             &Cli::command(),
-            &tally_collector::cli_check::Policy {
+            &tally_testkit::cli_check::Policy {
                 no_env: NO_ENV,
                 secrets: SECRETS,
                 other_env: &["DATABASE_URL"],
@@ -284,7 +284,7 @@ mod tests {
 
     #[test]
     fn the_database_help_states_the_real_timeout() {
-        let help = tally_collector::cli_check::rendered_help(
+        let help = tally_testkit::cli_check::rendered_help(
             Cli::command(),
             &["tally-collector".to_owned()],
         );
@@ -315,7 +315,7 @@ mod tests {
         let text = error.to_string();
         assert!(text.contains("cannot be used with"), "{text}");
         assert!(text.contains("Usage: tally-collector serve"), "{text}");
-        // TALLY_INSECURE_PLAINTEXT=false beside TLS: tests/cli.rs.
+        // TALLY_INSECURE_PLAINTEXT=false beside TLS: tests/it/cli.rs.
         parse(&["--insecure-plaintext"]).expect("plaintext alone");
     }
 

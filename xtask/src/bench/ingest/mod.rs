@@ -47,7 +47,8 @@ use std::{
 
 use anyhow::{Context as _, anyhow, bail, ensure};
 use sqlx::PgPool;
-use tally_collector::{db, devdb::TempCluster, ingest, nodes, serve};
+use tally_collector::{db, ingest, nodes, serve};
+use tally_testkit::devdb::TempCluster;
 use tokio::{net::TcpListener, sync::oneshot, task::JoinSet};
 
 use self::{

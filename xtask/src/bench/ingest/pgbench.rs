@@ -5,7 +5,7 @@
 use std::process::Command;
 
 use anyhow::{Context as _, bail};
-use tally_collector::devdb::TempCluster;
+use tally_testkit::devdb::TempCluster;
 
 use super::observe::{self, CpuSample, CpuUse};
 

@@ -1,0 +1,343 @@
+//! The real `tally-collector serve` binary run inside a test namespace
+//! (through `nsenter`), logging into a file, against a database the test
+//! made: it can be killed with SIGKILL and started again on the same
+//! address, and is killed on drop; its HTTP side (API, `/metrics`) too when
+//! asked for. [`Store`] is the database such a collector stores into, with
+//! the node tokens the agents report with. [`send_as`] sends one heartbeat
+//! from a namespace, as another agent with a node's token would.
+
+use std::{
+    fs,
+    io::{Read as _, Write as _},
+    net::{SocketAddr, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use sqlx::{PgPool, Row as _};
+use tally_collector::{db, nodes};
+use tally_proto::v1::{HeartbeatReply, HeartbeatRequest, heartbeat_client::HeartbeatClient};
+use tally_testkit::devdb::{self, TempCluster};
+use tokio::runtime::Runtime;
+
+use super::{AGENT, Link, NetNs, veth};
+
+/// The name of the veth (in the agent's namespace) that carries the
+/// heartbeats: the agent is told not to count it.
+pub const CONTROL_IFACE: &str = "tca";
+
+/// `tally-collector serve` inside a namespace.
+pub struct Collector {
+    ns_path: PathBuf,
+    listen: SocketAddr,
+    /// Where its HTTP side listens, when it has one.
+    http: Option<SocketAddr>,
+    database_url: String,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Collector {
+    fn binary() -> PathBuf {
+        // Built beside the agent by `cargo test --workspace` (the collector
+        // package's own tests need it).
+        let path = PathBuf::from(AGENT).with_file_name("tally-collector");
+        assert!(
+            path.exists(),
+            "{} is missing: build it first (`cargo build -p tally-collector`, or run the whole suite with `cargo xtask test`)",
+            path.display()
+        );
+        path
+    }
+
+    /// Starts it in `ns`, listening for plaintext gRPC on `listen`, and
+    /// waits until it listens.
+    pub fn start(ns: &NetNs, listen: SocketAddr, database_url: String, log: PathBuf) -> Self {
+        Self::start_serving(ns, listen, None, database_url, log)
+    }
+
+    /// As [`Collector::start`], serving the HTTP side on `http` too.
+    pub fn start_serving(
+        ns: &NetNs,
+        listen: SocketAddr,
+        http: Option<SocketAddr>,
+        database_url: String,
+        log: PathBuf,
+    ) -> Self {
+        let mut collector = Collector {
+            ns_path: ns.path(),
+            listen,
+            http,
+            database_url,
+            log,
+            child: None,
+        };
+        collector.spawn(ns);
+        collector
+    }
+
+    /// Starts it (again), and waits until it listens.
+    pub fn spawn(&mut self, ns: &NetNs) {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("collector log");
+        let child = Command::new("nsenter")
+            .arg(format!("--net={}", self.ns_path.display()))
+            .arg("--")
+            .arg(Self::binary())
+            .args([
+                "serve",
+                "--insecure-plaintext",
+                "--log",
+                "info,tally_collector=debug",
+                "--listen",
+            ])
+            .arg(self.listen.to_string())
+            .args(
+                self.http
+                    .iter()
+                    .flat_map(|http| ["--http-listen".to_owned(), http.to_string()]),
+            )
+            .env("DATABASE_URL", &self.database_url)
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn tally-collector");
+        self.child = Some(child);
+        let listen = self.listen;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !ns
+            .run(move || TcpStream::connect_timeout(&listen, Duration::from_millis(200)).is_ok())
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the collector did not listen within 30 s; log:\n{}",
+                self.log()
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The URL agents report to.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.listen)
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `GET path` on its HTTP side, from `ns`: the status and the body.
+    pub fn get(&self, ns: &NetNs, path: &str) -> (u16, String) {
+        let address = self.http.expect("started with an HTTP side");
+        let request = format!("GET {path} HTTP/1.0\r\nHost: tally\r\n\r\n");
+        let raw = ns.run(move || {
+            let mut stream =
+                TcpStream::connect_timeout(&address, Duration::from_secs(5)).expect("connect");
+            stream
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .expect("timeout");
+            stream.write_all(request.as_bytes()).expect("request");
+            let mut raw = String::new();
+            stream.read_to_string(&mut raw).expect("response");
+            raw
+        });
+        let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        (status, body.to_owned())
+    }
+}
+
+/// Sends `heartbeat` with `token` to the collector at `url`, from `ns`, as
+/// another agent would: the reply, or the refusal.
+pub fn send_as(
+    ns: &NetNs,
+    url: &str,
+    token: &str,
+    heartbeat: HeartbeatRequest,
+) -> Result<HeartbeatReply, tonic::Status> {
+    let (url, token) = (url.to_owned(), token.to_owned());
+    ns.run(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async move {
+            let mut client = HeartbeatClient::connect(url).await.expect("connect");
+            let mut request = tonic::Request::new(heartbeat);
+            request.metadata_mut().insert(
+                "authorization",
+                format!("Bearer {token}").parse().expect("metadata"),
+            );
+            client.send(request).await.map(tonic::Response::into_inner)
+        })
+    })
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A second veth pair between `link`'s hosts (`tca` in a, `tcb` in b) for
+/// the heartbeats, so that the counted link carries only the test's
+/// traffic; returns the address in b a collector there listens on.
+pub fn control_link(link: &Link, port: u16) -> SocketAddr {
+    let (_, in_b) = veth(&link.a, &link.b, CONTROL_IFACE, "tcb", 2, true);
+    SocketAddr::from((in_b, port))
+}
+
+/// The agent's arguments to report to `collector_url` with the token in
+/// `token_file` every second, without counting [`CONTROL_IFACE`].
+pub fn reporting_args<'a>(collector_url: &'a str, token_file: &'a Path) -> Vec<&'a str> {
+    vec![
+        "--collector",
+        collector_url,
+        "--insecure-plaintext",
+        "--token-file",
+        token_file.to_str().expect("utf-8 path"),
+        "--interval",
+        "1s",
+        "--exclude",
+        CONTROL_IFACE,
+    ]
+}
+
+/// A throwaway PostgreSQL cluster with the collector's schema: the runtime
+/// and pool the test reads it with, and a directory for the nodes' token
+/// files and the collector's log.
+pub struct Store {
+    pub pg: TempCluster,
+    pub runtime: Runtime,
+    pub url: String,
+    pub pool: PgPool,
+    pub dir: tempfile::TempDir,
+}
+
+impl Store {
+    /// `None` (having said why) where no PostgreSQL can run.
+    pub fn start_or_skip(test: &str) -> Option<Self> {
+        let pg = devdb::start_or_skip(test)?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let url = runtime
+            .block_on(pg.create_database("tally"))
+            .expect("database");
+        let pool = runtime.block_on(async {
+            let pool = db::connect(&url, 2).await.expect("connect");
+            db::migrate(&pool).await.expect("migrate");
+            pool
+        });
+        let dir = tempfile::tempdir().expect("temp dir");
+        Some(Self {
+            pg,
+            runtime,
+            url,
+            pool,
+            dir,
+        })
+    }
+
+    /// Adds a node, and writes its token into a file for the agent.
+    pub fn add_node(&self, name: &str) -> (nodes::Added, PathBuf) {
+        let node = self
+            .runtime
+            .block_on(nodes::add(&self.pool, name))
+            .expect("node add");
+        let token_file = self.dir.path().join(format!("token-{}", node.id));
+        fs::write(&token_file, format!("{}\n", node.token)).expect("token file");
+        (node, token_file)
+    }
+
+    /// The collector, in `ns` on `listen`, storing here.
+    pub fn collector(&self, ns: &NetNs, listen: SocketAddr) -> Collector {
+        Collector::start(
+            ns,
+            listen,
+            self.url.clone(),
+            self.dir.path().join("collector.log"),
+        )
+    }
+
+    /// As [`Store::collector`], with its HTTP side on `http`.
+    pub fn collector_serving(&self, ns: &NetNs, listen: SocketAddr, http: SocketAddr) -> Collector {
+        Collector::start_serving(
+            ns,
+            listen,
+            Some(http),
+            self.url.clone(),
+            self.dir.path().join("collector.log"),
+        )
+    }
+
+    /// The node's stored `(totalDownload, totalUpload)`.
+    pub fn totals(&self, node: &str) -> Option<(u64, u64)> {
+        self.runtime.block_on(totals(&self.pool, node))
+    }
+
+    /// Polls the node's stored totals until they equal `expected` (or
+    /// `within` passed); returns the last value seen.
+    pub fn wait_for_totals(
+        &self,
+        node: &str,
+        expected: (u64, u64),
+        within: Duration,
+    ) -> Option<(u64, u64)> {
+        let deadline = Instant::now() + within;
+        loop {
+            let stored = self.totals(node);
+            if stored == Some(expected) || Instant::now() >= deadline {
+                return stored;
+            }
+            thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    /// A new pool (after PostgreSQL was restarted under the old one).
+    pub fn reconnect(&mut self) {
+        self.pool = self.runtime.block_on(async {
+            self.pool.close().await;
+            db::connect(&self.url, 2).await.expect("reconnect")
+        });
+    }
+}
+
+/// A node's stored `(totalDownload, totalUpload)`, if it has a row.
+pub async fn totals(pool: &PgPool, node: &str) -> Option<(u64, u64)> {
+    let row = sqlx::query(
+        r#"SELECT "totalDownload", "totalUpload" FROM "traffic_stats" WHERE "nodeId" = $1"#,
+    )
+    .bind(node)
+    .fetch_one(pool)
+    .await
+    .ok()?;
+    let get = |c: &str| row.try_get::<i64, _>(c).ok().map(|v| v as u64);
+    Some((get("totalDownload")?, get("totalUpload")?))
+}
+
+/// The last `lines` lines of `text`.
+pub fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}

@@ -1,0 +1,80 @@
+//! Test hosts for the agent's integration tests: network namespaces joined by
+//! veth pairs, made by the test and removed afterwards; the real agent binary
+//! running inside them; traffic only between those namespaces; and the
+//! kernel's own view (interface statistics, BPF_PROG_QUERY) to check against.
+//!
+//! These tests need root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN for setns).
+//! Without it they skip and say why; with `TALLY_REQUIRE_PRIVILEGED=1` (as CI
+//! sets it) they fail instead.
+
+mod agent;
+mod collector;
+mod kernel;
+mod netns;
+mod traffic;
+
+use std::{
+    path::Path,
+    process::{Command, Output, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+pub use agent::{Agent, pin_dir};
+pub use collector::{CONTROL_IFACE, Collector, Store, control_link, reporting_args, send_as, tail};
+pub use kernel::{assert_exact, program_exists, tcx_programs};
+pub use netns::{Link, NetNs, Stats, set_up, veth, veth_counted_from_birth, wait_oper_up};
+pub use traffic::{tcp_transfer, udp_burst};
+
+pub const AGENT: &str = env!("CARGO_BIN_EXE_tally-agent");
+
+static NEXT: AtomicU32 = AtomicU32::new(1);
+
+fn unique() -> u32 {
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Whether the privileged tests can run here; prints why not, or panics when
+/// `TALLY_REQUIRE_PRIVILEGED=1` demands them.
+pub fn privileged(test: &str) -> bool {
+    let mut missing = Vec::new();
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        missing.push("not running as root".to_owned());
+    }
+    for tool in ["ip", "nsenter"] {
+        if Command::new(tool).arg("-V").output().is_err()
+            && Command::new(tool).arg("--version").output().is_err()
+        {
+            missing.push(format!("`{tool}` is not installed"));
+        }
+    }
+    if !Path::new("/sys/fs/bpf").is_dir() {
+        missing.push("/sys/fs/bpf does not exist".to_owned());
+    }
+    if missing.is_empty() {
+        return true;
+    }
+    let reason = missing.join(", ");
+    tally_testkit::skip::skip(
+        test,
+        &format!("needs root with network namespaces and bpffs ({reason})"),
+    );
+    false
+}
+
+/// Runs a command, panicking with its output when it fails.
+pub fn sh(program: &str, args: &[&str]) -> Output {
+    let out = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {} failed: {}\n{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
