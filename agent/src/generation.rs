@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::state;
+use crate::durable;
 
 /// The file's name in the state directory.
 pub const FILE_NAME: &str = "generation";
@@ -145,7 +145,7 @@ impl Generations {
     fn save(&self) {
         // Serializing plain strings and numbers cannot fail.
         let bytes = serde_json::to_vec(&self.record).unwrap_or_default();
-        if let Err(error) = state::replace_durably(&self.dir, FILE_NAME, &bytes) {
+        if let Err(error) = durable::replace_durably(&self.dir, FILE_NAME, &bytes) {
             tracing::error!(
                 %error,
                 "cannot keep the counter sets' generations: after a reboot the collector may \

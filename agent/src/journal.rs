@@ -35,7 +35,7 @@ use std::{
 use prost::Message as _;
 use tally_proto::{limits, v1::HeartbeatRequest};
 
-use crate::state;
+use crate::durable;
 
 /// The journal's file name in the state directory.
 pub const FILE_NAME: &str = "journal";
@@ -193,12 +193,12 @@ impl Journal {
     /// Replaces `name` in the state directory with `entries`, durably.
     fn write_as(&self, name: &str, entries: &[HeartbeatRequest]) -> Result<(), JournalError> {
         let bytes = encode(entries)?;
-        state::replace_durably(&self.dir, name, &bytes).map_err(JournalError::from)
+        durable::replace_durably(&self.dir, name, &bytes).map_err(JournalError::from)
     }
 }
 
-impl From<state::WriteError> for JournalError {
-    fn from(e: state::WriteError) -> Self {
+impl From<durable::WriteError> for JournalError {
+    fn from(e: durable::WriteError) -> Self {
         JournalError::Io {
             action: e.action,
             path: e.path,
@@ -209,7 +209,7 @@ impl From<state::WriteError> for JournalError {
 
 /// fsync of a directory, so that a rename or removal in it is durable.
 fn sync_dir(dir: &Path) -> Result<(), JournalError> {
-    state::sync_dir(dir).map_err(JournalError::from)
+    durable::sync_dir(dir).map_err(JournalError::from)
 }
 
 /// The journal file for `entries`.

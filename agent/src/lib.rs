@@ -8,6 +8,7 @@
 mod cli;
 pub mod clock;
 mod diagnose;
+mod durable;
 mod ebpf;
 mod filter;
 pub mod generation;

@@ -32,21 +32,6 @@ const IFLA_TUN_TYPE: u16 = 3;
 const IFF_TUN: u8 = 0x0001;
 const IFF_TAP: u8 = 0x0002;
 
-/// The name of a kind in the agent's JSON and in `status` (the contract's
-/// name, shared with the collector).
-pub fn kind_name(kind: LinkKind) -> &'static str {
-    kind.name()
-}
-
-/// `#[serde(serialize_with = "crate::links::serialize_kind")]`: a
-/// [`LinkKind`] as its [`kind_name`].
-pub fn serialize_kind<S: serde::Serializer>(
-    kind: &LinkKind,
-    serializer: S,
-) -> Result<S::Ok, S::Error> {
-    serializer.serialize_str(kind_name(*kind))
-}
-
 /// Is this the name a container runtime gives its bridges? `docker*`,
 /// `br-` + 12 hex digits (Docker's user-defined networks), `podman*`,
 /// `cni*`, `virbr*` (libvirt).
@@ -472,10 +457,10 @@ mod tests {
     #[test]
     fn every_kind_has_its_own_name() {
         let names: BTreeSet<&str> = (0..=12)
-            .map(|value| kind_name(LinkKind::try_from(value).expect("a kind")))
+            .map(|value| LinkKind::try_from(value).expect("a kind").name())
             .collect();
         assert_eq!(names.len(), 13);
-        assert_eq!(kind_name(LinkKind::ContainerBridge), "container_bridge");
+        assert_eq!(LinkKind::ContainerBridge.name(), "container_bridge");
         assert!(LinkKind::try_from(13).is_err(), "a new kind needs a name");
     }
 

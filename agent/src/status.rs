@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use tally_common::units::human_bytes;
 
-use crate::{links::kind_name, source::Snapshot};
+use crate::source::Snapshot;
 
 /// The table `status` prints.
 pub fn render_table(snapshot: &Snapshot, pin_dir: Option<&str>) -> String {
@@ -33,7 +33,7 @@ pub fn render_table(snapshot: &Snapshot, pin_dir: Option<&str>) -> String {
             "{:<16} {:>7} {:<16} {:>20} {:>20} {:>14} {:>14}  {}{}",
             i.name,
             i.ifindex,
-            kind_name(i.kind),
+            i.kind.name(),
             i.rx_bytes,
             i.tx_bytes,
             i.rx_packets,

@@ -183,7 +183,9 @@ pub enum Notice<'a> {
         usage: i64,
         #[serde(serialize_with = "decimal")]
         quota: i64,
-        mode: crate::billing::Mode,
+        /// The billing mode's name (`Mode::as_str` of `billing`, which
+        /// builds on this module's events).
+        mode: &'static str,
         #[serde(serialize_with = "timestamp")]
         at: NaiveDateTime,
     },

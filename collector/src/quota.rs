@@ -144,7 +144,7 @@ pub async fn record_events(
             threshold: e.threshold,
             usage: e.usage,
             quota: e.quota,
-            mode: e.mode,
+            mode: e.mode.as_str(),
             at: e.at,
         });
     }

@@ -6,7 +6,7 @@ use std::{fs, io};
 use tally_common::ATTACH_NETLINK;
 
 use super::{
-    hooks::{detach_netlink, remove_link_pin},
+    hooks::{detach_netlink, ifname, remove_link_pin},
     maps::pinned_ifaces,
 };
 use crate::pins::{Hook, PinLayout, PinLock};
@@ -18,19 +18,6 @@ pub struct DetachReport {
     pub netlink_filters_removed: usize,
     pub maps_unpinned: usize,
     pub dir_removed: bool,
-}
-
-/// The name of the interface with `ifindex` in this network namespace.
-pub fn ifname(ifindex: u32) -> Option<String> {
-    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
-    // SAFETY: buf has IF_NAMESIZE bytes, as if_indextoname requires.
-    let ptr = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr()) };
-    if ptr.is_null() {
-        return None;
-    }
-    // SAFETY: on success buf holds a NUL-terminated name.
-    let name = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) };
-    Some(name.to_string_lossy().into_owned())
 }
 
 /// Removes links, netlink filters, maps and the pin directory.

@@ -7,28 +7,25 @@
 //! netlink), so the kernel never stops counting and never counts a packet
 //! twice.
 
-use std::{collections::BTreeMap, io, time::Duration};
+use std::{collections::BTreeMap, time::Duration};
 
-use aya::{
-    Ebpf, EbpfLoader,
-    programs::{ProgramError, SchedClassifier},
-};
+use aya::{Ebpf, EbpfLoader, programs::SchedClassifier};
 use tally_common::{
     ATTACH_NETLINK, ATTACH_TCX, IFACE_ATTACHED, IFACE_ATTACHING, IFACE_GONE, IfCounters, IfaceInfo,
     LAYOUT_VERSION, MAX_INTERFACES, META_MAGIC, Meta, maps, programs,
 };
 
-use super::maps::{MapsError, PinnedMaps, name_to_bytes};
+pub use super::error::EngineError;
+use super::maps::{PinnedMaps, name_to_bytes};
 use super::{
-    detach::ifname,
     epoch_hex, fold,
-    hooks::{self, Attached},
+    hooks::{self, Attached, ifname},
     legacy::{OLD_LAYOUT, OldSet, SupersededSet},
 };
 use crate::{
     clock,
     filter::IfaceFilter,
-    pins::{Hook, PinDirError, PinLayout},
+    pins::{Hook, PinLayout},
 };
 
 /// The eBPF object built from `agent-ebpf` by `build.rs`.
@@ -43,41 +40,6 @@ pub enum AttachMode {
     Tcx,
     /// `cls_bpf` filters on the clsact qdisc, via netlink.
     Netlink,
-}
-
-/// A failure to load or attach.
-#[derive(Debug, thiserror::Error)]
-pub enum EngineError {
-    #[error(transparent)]
-    PinDir(#[from] PinDirError),
-    #[error(transparent)]
-    Maps(#[from] MapsError),
-    #[error("cannot load the eBPF object: {0}")]
-    Load(#[source] aya::EbpfError),
-    #[error("cannot load the program {program} into the kernel: {source}")]
-    LoadProgram {
-        program: &'static str,
-        source: ProgramError,
-    },
-    #[error("the eBPF object has no program {0} (a build problem)")]
-    MissingProgram(&'static str),
-    #[error("cannot attach to {iface} ({hook}): {source}")]
-    Attach {
-        iface: String,
-        hook: &'static str,
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
-    #[error("cannot pin the link of {iface} ({hook}) at {path}: {source}")]
-    PinLink {
-        iface: String,
-        hook: &'static str,
-        path: String,
-        source: aya::pin::PinError,
-    },
-    #[error("cannot read the random source for the counter epoch: {0}")]
-    Random(String),
-    #[error("{0}")]
-    Io(#[from] io::Error),
 }
 
 fn program_name(hook: Hook) -> &'static str {

@@ -10,7 +10,7 @@ use aya::programs::{
     tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions, TcError, TcHandle},
 };
 
-use super::engine::EngineError;
+use super::error::EngineError;
 use crate::pins::Hook;
 
 /// Priority and handle of our `cls_bpf` filters in netlink mode.
@@ -189,4 +189,16 @@ pub fn remove_link_pin(path: &std::path::Path) {
             }
         }
     }
+}
+/// The name of the interface with `ifindex` in this network namespace.
+pub fn ifname(ifindex: u32) -> Option<String> {
+    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: buf has IF_NAMESIZE bytes, as if_indextoname requires.
+    let ptr = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr()) };
+    if ptr.is_null() {
+        return None;
+    }
+    // SAFETY: on success buf holds a NUL-terminated name.
+    let name = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) };
+    Some(name.to_string_lossy().into_owned())
 }

@@ -3,6 +3,7 @@
 
 pub mod detach;
 pub mod engine;
+mod error;
 pub mod fold;
 pub mod hooks;
 pub mod legacy;

@@ -1,14 +1,13 @@
 //! The eBPF counter source: the pinned maps (and, once, the final counts of
 //! a set of an older layout that the agent took over).
 
-use super::{CounterSource, FamilyCounters, InterfaceCounters, Snapshot, SourceKind};
+use super::{CounterSource, FamilyCounters, InterfaceCounters, LinkKind, Snapshot, SourceKind};
 use crate::{
     ebpf::{
         epoch_hex,
         legacy::SupersededSet,
         maps::{IfaceRecord, PinnedMaps},
     },
-    links::LinkKind,
     pins::PinLayout,
     system,
 };

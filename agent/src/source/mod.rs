@@ -10,7 +10,9 @@ pub use ebpf::{EbpfSource, superseded_snapshot};
 pub use procfs::{ProcfsSource, Rebase};
 use serde::Serialize;
 
-use crate::{links::LinkKind, system::LoadAvg};
+pub use tally_proto::v1::LinkKind;
+
+use crate::system::LoadAvg;
 
 /// Which source a snapshot came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
@@ -32,6 +34,12 @@ impl SourceKind {
     }
 }
 
+/// `#[serde(serialize_with = "serialize_kind")]`: a [`LinkKind`] as its
+/// name in the contract ([`LinkKind::name`]), shared with the collector.
+fn serialize_kind<S: serde::Serializer>(kind: &LinkKind, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(kind.name())
+}
+
 /// One interface's cumulative counters.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct InterfaceCounters {
@@ -44,11 +52,11 @@ pub struct InterfaceCounters {
     /// `false` once the interface is gone or no longer counted (its last
     /// counts are still reported).
     pub attached: bool,
-    /// The link's kind (`"veth"`, `"physical"`, ...; see
-    /// [`crate::links::kind_name`]). The sources leave it `unspecified`; the
+    /// The link's kind (`"veth"`, `"physical"`, ...: the contract's name,
+    /// [`LinkKind::name`]). The sources leave it `unspecified`; the
     /// agent fills it from rtnetlink (still `unspecified` for the retired
     /// entry).
-    #[serde(serialize_with = "crate::links::serialize_kind")]
+    #[serde(serialize_with = "serialize_kind")]
     pub kind: LinkKind,
     /// Whether the interface carries an IPv4 or IPv6 default route of the
     /// main table (filled like `kind`).

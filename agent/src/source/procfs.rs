@@ -52,8 +52,8 @@ use std::{
 
 use tokio::sync::Notify;
 
-use super::{CounterSource, InterfaceCounters, Snapshot, SourceKind};
-use crate::{clock, ebpf::maps::RETIRED_NAME, filter::IfaceFilter, links::LinkKind, system};
+use super::{CounterSource, InterfaceCounters, LinkKind, Snapshot, SourceKind};
+use crate::{clock, ebpf::maps::RETIRED_NAME, filter::IfaceFilter, system};
 
 /// Reads `/proc/net/dev` of the agent's network namespace.
 pub struct ProcfsSource {

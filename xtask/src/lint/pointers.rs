@@ -52,8 +52,12 @@ pub fn check() -> anyhow::Result<()> {
         let searched = file
             .extension()
             .is_some_and(|e| SEARCHED.iter().any(|s| e == *s));
-        // The fuzz corpora and generated files are data, not pointers.
-        if !searched || file.starts_with("fuzz/corpus") {
+        // The fuzz corpora are data; the changelog records paths as they
+        // were; this file's tests name missing paths on purpose.
+        let exempt = file.starts_with("fuzz/corpus")
+            || file == Path::new("CHANGELOG.md")
+            || file == Path::new("xtask/src/lint/pointers.rs");
+        if !searched || exempt {
             continue;
         }
         let Ok(text) = fs::read_to_string(root.join(&file)) else {
