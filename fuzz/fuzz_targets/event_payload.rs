@@ -169,7 +169,8 @@ fn with_notice<R>(input: &NoticeInput, f: impl FnOnce(&Notice<'_>) -> R) -> R {
                 Mode::Upload,
                 Mode::Download,
                 Mode::P95,
-            ][usize::from(*mode) % 5],
+            ][usize::from(*mode) % 5]
+                .as_str(),
             at: time(*at_ms),
         },
         NoticeInput::Calibration {
