@@ -28,6 +28,8 @@ use sqlx::{
 };
 use tokio::sync::{broadcast, watch};
 
+pub use crate::load::Load;
+
 /// The NOTIFY channel.
 pub const CHANNEL: &str = "tally_events";
 
@@ -113,7 +115,7 @@ impl Event {
 /// A node's `traffic_stats` as an event carries them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct Traffic {
+pub struct TrafficCounters {
     #[serde(serialize_with = "decimal")]
     pub total_upload: i64,
     #[serde(serialize_with = "decimal")]
@@ -124,14 +126,6 @@ pub struct Traffic {
     pub period_download: i64,
     #[serde(serialize_with = "timestamp")]
     pub period_start: NaiveDateTime,
-}
-
-/// Load averages over 1, 5 and 15 minutes.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-pub struct Load {
-    pub one: f64,
-    pub five: f64,
-    pub fifteen: f64,
 }
 
 /// What happened to a node's enrolment.
@@ -153,11 +147,14 @@ pub enum Notice<'a> {
         #[serde(serialize_with = "timestamp")]
         last_seen: NaiveDateTime,
         load: Load,
-        traffic: Traffic,
+        traffic: TrafficCounters,
     },
     /// The node's period counters were reset; its traffic after the reset.
     #[serde(rename_all = "camelCase")]
-    PeriodReset { node_id: &'a str, traffic: Traffic },
+    PeriodReset {
+        node_id: &'a str,
+        traffic: TrafficCounters,
+    },
     /// A delta too large for its interface was held (an `anomalies` row)
     /// instead of counted.
     #[serde(rename_all = "camelCase")]
@@ -195,7 +192,7 @@ pub enum Notice<'a> {
     Calibration {
         node_id: &'a str,
         calibration_id: i64,
-        traffic: Traffic,
+        traffic: TrafficCounters,
     },
     /// An admin accepted or discarded a held delta (`status`: `accepted`
     /// or `discarded`; `credited`: where its bytes were added); the node's
@@ -210,7 +207,7 @@ pub enum Notice<'a> {
         #[serde(serialize_with = "decimal")]
         download: i64,
         credited: &'a str,
-        traffic: Traffic,
+        traffic: TrafficCounters,
     },
     /// The node's last `run` heartbeats in a row were answered STALE
     /// (announced once per run, when it reaches
@@ -490,8 +487,8 @@ mod tests {
             .expect("valid time")
     }
 
-    fn traffic(n: i64) -> Traffic {
-        Traffic {
+    fn traffic(n: i64) -> TrafficCounters {
+        TrafficCounters {
             total_upload: n,
             total_download: i64::MAX,
             period_upload: 0,

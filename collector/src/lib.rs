@@ -13,6 +13,7 @@ pub mod events;
 pub(crate) mod grpc;
 pub mod http;
 pub mod ingest;
+pub mod load;
 pub mod log_pace;
 pub mod metrics;
 pub mod node_tokens;

@@ -19,7 +19,7 @@ use chrono::{DateTime, NaiveDateTime};
 use libfuzzer_sys::fuzz_target;
 use tally_collector::{
     billing::Mode,
-    events::{Event, Load, MAX_PAYLOAD, NodeChange, Notice, Outbox, Traffic, unpack},
+    events::{Event, Load, MAX_PAYLOAD, NodeChange, Notice, Outbox, TrafficCounters, unpack},
 };
 
 #[derive(Debug, Arbitrary)]
@@ -101,8 +101,8 @@ fn time(unix_ms: i64) -> NaiveDateTime {
         .naive_utc()
 }
 
-fn traffic(t: &TrafficInput) -> Traffic {
-    Traffic {
+fn traffic(t: &TrafficInput) -> TrafficCounters {
+    TrafficCounters {
         total_upload: t.total_upload,
         total_download: t.total_download,
         period_upload: t.period_upload,

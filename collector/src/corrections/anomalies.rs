@@ -15,7 +15,7 @@ use sqlx::{AssertSqlSafe, PgConnection, PgPool, Row as _, postgres::PgRow};
 use super::{Audit, Locked, check_limit, lock_node, node_id, write_traffic};
 use crate::{
     error::Error,
-    events::{Notice, Outbox, Traffic},
+    events::{Notice, Outbox, TrafficCounters},
 };
 
 /// Where an anomaly stands.
@@ -236,7 +236,7 @@ impl Credit {
 pub struct Decided {
     pub anomaly: Anomaly,
     pub credit: Credit,
-    pub traffic: Traffic,
+    pub traffic: TrafficCounters,
 }
 
 /// Decides anomaly `id` once, in one transaction: locks the node's rows

@@ -16,7 +16,7 @@ use sqlx::{AssertSqlSafe, PgConnection, PgPool, Row as _, postgres::PgRow};
 use super::{Audit, Locked, lock_node, node_id, write_traffic};
 use crate::{
     error::Error,
-    events::{Notice, Outbox, Traffic},
+    events::{Notice, Outbox, TrafficCounters},
 };
 
 /// How one counter is adjusted: set to a value or offset by a number of
@@ -118,8 +118,8 @@ pub struct Counters {
     pub period_download: i64,
 }
 
-impl From<&Traffic> for Counters {
-    fn from(t: &Traffic) -> Self {
+impl From<&TrafficCounters> for Counters {
+    fn from(t: &TrafficCounters) -> Self {
         Counters {
             total_upload: t.total_upload,
             total_download: t.total_download,

@@ -13,7 +13,7 @@ pub mod calibrate;
 
 use sqlx::{PgConnection, Row as _};
 
-use crate::{error::Error, events::Traffic};
+use crate::{error::Error, events::TrafficCounters};
 
 /// Longest actor (in characters, after trimming).
 pub const MAX_ACTOR: usize = 200;
@@ -69,7 +69,7 @@ impl Audit {
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Locked {
     id: String,
-    traffic: Traffic,
+    traffic: TrafficCounters,
 }
 
 /// Locks the rows of the node whose id (or else name) is `node`, as
@@ -90,7 +90,7 @@ async fn lock_node(conn: &mut PgConnection, node: &str) -> Result<Option<Locked>
     row.map(|row| {
         Ok(Locked {
             id: row.try_get("id")?,
-            traffic: Traffic {
+            traffic: TrafficCounters {
                 total_upload: row.try_get("totalUpload")?,
                 total_download: row.try_get("totalDownload")?,
                 period_upload: row.try_get("periodUpload")?,

@@ -379,8 +379,8 @@ pub struct CorrectedTraffic {
     pub period_start: Time,
 }
 
-impl From<events::Traffic> for CorrectedTraffic {
-    fn from(t: events::Traffic) -> Self {
+impl From<events::TrafficCounters> for CorrectedTraffic {
+    fn from(t: events::TrafficCounters) -> Self {
         CorrectedTraffic {
             total_upload: t.total_upload.into(),
             total_download: t.total_download.into(),

@@ -13,12 +13,12 @@ use super::{
     AppState,
     auth::Reader,
     corrections::Calibration,
-    nodes::Load,
     openapi::{ErrorBody, TAG_NODES},
     params::{self, Counter, Path, Query, Time},
 };
 use crate::{
     error::Error,
+    load::Load,
     views::history::{self as view, Range},
 };
 
@@ -160,7 +160,7 @@ pub async fn get(
                 upload: p.upload.into(),
                 download: p.download.into(),
                 heartbeats: p.heartbeats,
-                load: p.load.map(Load::from),
+                load: p.load,
             })
             .collect(),
         interfaces: history

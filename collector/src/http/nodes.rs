@@ -20,7 +20,7 @@ use super::{
     openapi::{self, ErrorBody, TAG_NODES},
     params::{Counter, Path, Time},
 };
-use crate::{billing::CountRule, error::Error, validate, views};
+use crate::{billing::CountRule, error::Error, load::Load, validate, views};
 
 /// Every node.
 #[derive(Debug, Serialize, ToSchema)]
@@ -163,14 +163,6 @@ pub struct FamilyBytes {
     pub tx: Counter,
 }
 
-/// Load averages over 1, 5 and 15 minutes.
-#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
-pub struct Load {
-    pub one: f64,
-    pub five: f64,
-    pub fifteen: f64,
-}
-
 /// The node's exact traffic counters in bytes (upload = sent, download =
 /// received), as the seed's `traffic_stats` holds them.
 #[derive(Debug, Serialize, ToSchema)]
@@ -258,16 +250,6 @@ pub struct Interface {
     pub ipv6: Option<FamilyBytes>,
 }
 
-impl From<views::nodes::Load> for Load {
-    fn from(load: views::nodes::Load) -> Self {
-        Load {
-            one: load.one,
-            five: load.five,
-            fifteen: load.fifteen,
-        }
-    }
-}
-
 impl From<views::nodes::Directions> for Directions {
     fn from(d: views::nodes::Directions) -> Self {
         Directions {
@@ -307,7 +289,7 @@ impl Node {
             hostname: node.hostname,
             online,
             last_seen: node.last_seen.map(Time),
-            load: node.load.map(Load::from),
+            load: node.load,
             kernel: node.kernel,
             agent_version: node.agent_version,
             source: node.source,

@@ -10,6 +10,7 @@ use std::time::Duration;
 use chrono::NaiveDateTime;
 use sqlx::{AssertSqlSafe, PgPool, Row as _, postgres::PgRow};
 
+pub use crate::load::Load;
 use crate::{
     billing::{CountRule, SETTINGS_COLUMNS, SETTINGS_JOIN},
     error::Error,
@@ -27,7 +28,7 @@ pub struct Node {
     pub kernel: Option<String>,
     pub agent_version: Option<String>,
     pub source: Option<String>,
-    pub traffic: Traffic,
+    pub traffic: TrafficStats,
     /// Bytes by address family since enrolment, counted by the node's rule.
     pub families: Families,
     /// Which interfaces the node's traffic is counted from (its own
@@ -98,18 +99,10 @@ pub struct FamilyBytes {
     pub tx: i64,
 }
 
-/// Load averages over 1, 5 and 15 minutes.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Load {
-    pub one: f64,
-    pub five: f64,
-    pub fifteen: f64,
-}
-
 /// The node's `traffic_stats` row (upload = bytes sent, download = bytes
 /// received).
 #[derive(Debug, Clone, PartialEq)]
-pub struct Traffic {
+pub struct TrafficStats {
     pub total_upload: i64,
     pub total_download: i64,
     pub period_upload: i64,
@@ -201,7 +194,7 @@ fn node(row: &PgRow) -> Result<Node, Error> {
         kernel: row.try_get("kernel")?,
         agent_version: row.try_get("agentVersion")?,
         source: row.try_get("source")?,
-        traffic: Traffic {
+        traffic: TrafficStats {
             total_upload: row.try_get("totalUpload")?,
             total_download: row.try_get("totalDownload")?,
             period_upload: row.try_get("periodUpload")?,

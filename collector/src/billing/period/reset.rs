@@ -34,7 +34,7 @@ pub enum Target {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reset {
     pub id: String,
-    pub traffic: events::Traffic,
+    pub traffic: events::TrafficCounters,
 }
 
 /// Resets period counters now; returns how many nodes were reset.
@@ -196,7 +196,7 @@ async fn announce(conn: &mut PgConnection, rows: Vec<Restarted>) -> Result<Vec<R
         .into_iter()
         .map(|row| Reset {
             id: row.node_id,
-            traffic: events::Traffic {
+            traffic: events::TrafficCounters {
                 total_upload: row.total_upload,
                 total_download: row.total_download,
                 period_upload: row.period_upload,

@@ -336,7 +336,7 @@ mod tests {
     use std::time::Duration;
 
     use tally_collector::views::{
-        nodes::{Load, Traffic},
+        nodes::{Load, TrafficStats},
         rankings::Ranked,
     };
 
@@ -388,7 +388,7 @@ mod tests {
             kernel: None,
             agent_version: None,
             source: None,
-            traffic: Traffic {
+            traffic: TrafficStats {
                 total_upload: up,
                 total_download: 2048,
                 period_upload: 0,

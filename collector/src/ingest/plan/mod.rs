@@ -456,8 +456,8 @@ fn crossings(
 
 impl NodeState<'_> {
     /// The traffic as the batch leaves it so far.
-    pub fn traffic(&self) -> events::Traffic {
-        events::Traffic {
+    pub fn traffic(&self) -> events::TrafficCounters {
+        events::TrafficCounters {
             total_upload: self.total_upload,
             total_download: self.total_download,
             period_upload: self.period_upload,
