@@ -11,7 +11,7 @@ use std::{fs, path::Path};
 use chrono::{DateTime, NaiveDateTime};
 use prost::Message as _;
 use tally_agent::{generation::Generations, journal};
-use tally_collector::events::{Load, NodeChange, Notice, Outbox, Traffic};
+use tally_collector::events::{Load, NodeChange, Notice, Outbox, TrafficCounters};
 use tally_proto::v1::{
     FamilyCounters, HeartbeatRequest, InterfaceCounters, InterfaceState, LinkKind, LoadAverage,
 };
@@ -85,7 +85,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // bytes: events to pack, from pseudo-random bytes.
     let mut outbox = Outbox::new();
     let at = time(1_796_000_000_123);
-    let traffic = Traffic {
+    let traffic = TrafficCounters {
         total_upload: 1_234_567,
         total_download: i64::MAX,
         period_upload: 0,
