@@ -1,11 +1,17 @@
 //! tally's collector: authenticates nodes, turns their raw cumulative
 //! counters into exact totals in PostgreSQL (README.md, "The counting
 //! rules, in the collector"), and serves people.
+//!
+//! The library is public only as far as its users need: the binary
+//! (`src/bin/tally-collector/`), xtask's benchmarks and demo, the
+//! integration tests and the fuzz targets. Everything else is
+//! `pub(crate)`, so that a module's API can change without looking beyond
+//! the crate.
 
 pub mod accounting;
 pub mod auth;
 pub mod billing;
-pub mod connections;
+pub(crate) mod connections;
 pub mod corrections;
 pub mod db;
 pub mod error;
@@ -13,10 +19,10 @@ pub mod events;
 pub(crate) mod grpc;
 pub mod http;
 pub mod ingest;
-pub mod load;
-pub mod log_pace;
+pub(crate) mod load;
+pub(crate) mod log_pace;
 pub mod metrics;
-pub mod node_tokens;
+pub(crate) mod node_tokens;
 pub mod nodes;
 pub mod quota;
 pub mod serve;

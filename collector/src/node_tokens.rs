@@ -68,10 +68,6 @@ impl NodeTokens {
             .len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// Reads every node's token hash again.
     pub async fn reload(&self, pool: &PgPool) -> Result<(), sqlx::Error> {
         let rows = sqlx::query(r#"SELECT "id", "tokenHash" FROM "nodes""#)

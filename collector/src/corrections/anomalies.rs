@@ -10,7 +10,7 @@
 use std::{fmt, str::FromStr};
 
 use chrono::NaiveDateTime;
-use sqlx::{AssertSqlSafe, PgConnection, PgPool, Row as _, postgres::PgRow};
+use sqlx::{AssertSqlSafe, PgConnection, PgPool};
 
 use super::{Audit, Locked, check_limit, lock_node, node_id, write_traffic};
 use crate::{
@@ -45,6 +45,14 @@ impl fmt::Display for Status {
     }
 }
 
+impl TryFrom<String> for Status {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
 impl FromStr for Status {
     type Err = String;
 
@@ -71,8 +79,9 @@ pub fn filter(value: &str) -> Result<Filter, Error> {
     })
 }
 
-/// A stored anomaly.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A stored anomaly (a row of `anomalies`).
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+#[sqlx(rename_all = "camelCase")]
 pub struct Anomaly {
     pub id: i64,
     pub node_id: String,
@@ -88,6 +97,7 @@ pub struct Anomaly {
     pub limit_bytes: i64,
     /// The node's period when the delta was held.
     pub period_start: NaiveDateTime,
+    #[sqlx(try_from = "String")]
     pub status: Status,
     pub decided_at: Option<NaiveDateTime>,
     pub decided_by: Option<String>,
@@ -100,36 +110,11 @@ const COLUMNS: &str = r#""id", "nodeId", "interface", "ifindex", "detectedAt", "
     "download", "elapsedMs", "limitBytes", "periodStart", "status", "decidedAt", "decidedBy",
     "reason""#;
 
-fn from_row(row: &PgRow) -> Result<Anomaly, sqlx::Error> {
-    let status: String = row.try_get("status")?;
-    Ok(Anomaly {
-        id: row.try_get("id")?,
-        node_id: row.try_get("nodeId")?,
-        interface: row.try_get("interface")?,
-        ifindex: row.try_get("ifindex")?,
-        detected_at: row.try_get("detectedAt")?,
-        upload: row.try_get("upload")?,
-        download: row.try_get("download")?,
-        elapsed_ms: row.try_get("elapsedMs")?,
-        limit_bytes: row.try_get("limitBytes")?,
-        period_start: row.try_get("periodStart")?,
-        status: status
-            .parse()
-            .map_err(|e: String| sqlx::Error::ColumnDecode {
-                index: "status".into(),
-                source: e.into(),
-            })?,
-        decided_at: row.try_get("decidedAt")?,
-        decided_by: row.try_get("decidedBy")?,
-        reason: row.try_get("reason")?,
-    })
-}
-
 /// Every node's anomalies of `status` (all with `None`), newest first, at
 /// most `limit`.
 pub async fn list(pool: &PgPool, status: Filter, limit: i64) -> Result<Vec<Anomaly>, Error> {
     let limit = check_limit(limit)?;
-    let rows = sqlx::query(AssertSqlSafe(format!(
+    Ok(sqlx::query_as(AssertSqlSafe(format!(
         r#"SELECT {COLUMNS} FROM "anomalies"
            WHERE ($1::text IS NULL OR "status" = $1)
            ORDER BY "detectedAt" DESC, "id" DESC LIMIT $2"#
@@ -137,8 +122,7 @@ pub async fn list(pool: &PgPool, status: Filter, limit: i64) -> Result<Vec<Anoma
     .bind(status.map(Status::as_str))
     .bind(limit)
     .fetch_all(pool)
-    .await?;
-    Ok(rows.iter().map(from_row).collect::<Result<_, _>>()?)
+    .await?)
 }
 
 /// The anomalies of the node whose id (or else name) is `node`, as
@@ -152,7 +136,7 @@ pub async fn of_node(
     let limit = check_limit(limit)?;
     let mut conn = pool.acquire().await?;
     let id = node_id(&mut conn, node).await?;
-    let rows = sqlx::query(AssertSqlSafe(format!(
+    Ok(sqlx::query_as(AssertSqlSafe(format!(
         r#"SELECT {COLUMNS} FROM "anomalies"
            WHERE "nodeId" = $1 AND ($2::text IS NULL OR "status" = $2)
            ORDER BY "detectedAt" DESC, "id" DESC LIMIT $3"#
@@ -161,8 +145,7 @@ pub async fn of_node(
     .bind(status.map(Status::as_str))
     .bind(limit)
     .fetch_all(&mut *conn)
-    .await?;
-    Ok(rows.iter().map(from_row).collect::<Result<_, _>>()?)
+    .await?)
 }
 
 /// What an admin decides.
@@ -257,7 +240,7 @@ pub async fn decide(
         .await?
         .ok_or_else(missing)?;
     let mut locked = lock_node(&mut tx, &node).await?.ok_or_else(missing)?;
-    let row = sqlx::query(AssertSqlSafe(format!(
+    let anomaly: Anomaly = sqlx::query_as(AssertSqlSafe(format!(
         r#"SELECT {COLUMNS} FROM "anomalies" WHERE "id" = $1 AND "nodeId" = $2 FOR UPDATE"#
     )))
     .bind(id)
@@ -265,7 +248,6 @@ pub async fn decide(
     .fetch_optional(&mut *tx)
     .await?
     .ok_or_else(missing)?;
-    let anomaly = from_row(&row)?;
     if anomaly.status != Status::Held {
         return Err(Error::Conflict(format!(
             "anomaly {id} was {} already{}{}: an anomaly is decided once",
@@ -285,7 +267,7 @@ pub async fn decide(
         Decision::Discard => Credit::Nothing,
         Decision::Accept => accept(&mut tx, &mut locked, &anomaly).await?,
     };
-    let row = sqlx::query(AssertSqlSafe(format!(
+    let anomaly: Anomaly = sqlx::query_as(AssertSqlSafe(format!(
         r#"UPDATE "anomalies" SET "status" = $2,
              "decidedAt" = date_trunc('milliseconds', now() AT TIME ZONE 'UTC'),
              "decidedBy" = $3, "reason" = $4
@@ -298,7 +280,6 @@ pub async fn decide(
     .bind(audit.reason())
     .fetch_one(&mut *tx)
     .await?;
-    let anomaly = from_row(&row)?;
     let mut outbox = Outbox::new();
     outbox.push(&Notice::AnomalyDecided {
         node_id: &locked.id,
@@ -328,6 +309,16 @@ pub async fn decide(
     })
 }
 
+/// The `billing_periods` row an accepted anomaly's bytes are added to.
+#[derive(sqlx::FromRow)]
+struct ArchivedPeriod {
+    id: i64,
+    start: NaiveDateTime,
+    end: NaiveDateTime,
+    upload: i64,
+    download: i64,
+}
+
 /// Adds `anomaly`'s bytes to the locked node's totals and to its period
 /// (current or archived); refuses a sum above 2^63 - 1.
 async fn accept(
@@ -352,7 +343,7 @@ async fn accept(
             add("period download", traffic.period_download, anomaly.download)?;
         Credit::CurrentPeriod
     } else {
-        let archived = sqlx::query(
+        let archived: Option<ArchivedPeriod> = sqlx::query_as(
             r#"SELECT "id", "start", "end", "upload", "download" FROM "billing_periods"
                WHERE "nodeId" = $1 AND "start" = $2
                ORDER BY "id" DESC LIMIT 1
@@ -363,16 +354,12 @@ async fn accept(
         .fetch_optional(&mut *conn)
         .await?;
         match archived {
-            Some(row) => {
-                let id: i64 = row.try_get("id")?;
-                let upload = add(
-                    "archived period's upload",
-                    row.try_get("upload")?,
-                    anomaly.upload,
-                )?;
+            Some(period) => {
+                let id = period.id;
+                let upload = add("archived period's upload", period.upload, anomaly.upload)?;
                 let download = add(
                     "archived period's download",
-                    row.try_get("download")?,
+                    period.download,
                     anomaly.download,
                 )?;
                 sqlx::query(
@@ -386,8 +373,8 @@ async fn accept(
                 .await?;
                 Credit::ArchivedPeriod {
                     id,
-                    start: row.try_get("start")?,
-                    end: row.try_get("end")?,
+                    start: period.start,
+                    end: period.end,
                 }
             }
             None => Credit::TotalsOnly,

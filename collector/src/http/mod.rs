@@ -8,19 +8,19 @@
 //! through [`crate::views`] and only map to JSON; `params` holds the
 //! extractors and value types they share; `openapi` the generated document.
 
-pub mod admin;
-pub mod auth;
+pub(crate) mod admin;
+pub(crate) mod auth;
 pub mod billing;
-pub mod corrections;
+pub(crate) mod corrections;
 mod dashboard;
 mod events;
-pub mod history;
-pub mod listener;
+pub(crate) mod history;
+pub(crate) mod listener;
 mod metrics;
 pub mod nodes;
-pub mod openapi;
-pub mod params;
-pub mod quota;
+pub(crate) mod openapi;
+pub(crate) mod params;
+pub(crate) mod quota;
 pub mod rankings;
 
 use std::{sync::Arc, time::Duration};

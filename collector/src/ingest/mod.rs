@@ -6,10 +6,10 @@
 //! lets one collector keep up with thousands of nodes. Each batch's size,
 //! transaction time and outcomes are counted in [`Metrics`].
 
-pub mod batch;
-pub mod entries;
+pub(crate) mod batch;
+pub(crate) mod entries;
 mod plan;
-pub mod signals;
+pub(crate) mod signals;
 pub mod store;
 
 use std::{

@@ -5,7 +5,7 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use chrono::{DateTime, NaiveDateTime};
-use sqlx::{AssertSqlSafe, PgPool, Row as _};
+use sqlx::{AssertSqlSafe, PgPool};
 
 use super::{BIGINT_MAX, nodes::Load};
 use crate::{
@@ -172,7 +172,7 @@ pub async fn node(
             load: None,
         })
         .collect();
-    let rows = sqlx::query(AssertSqlSafe(format!(
+    let rows: Vec<NodeStep> = sqlx::query_as(AssertSqlSafe(format!(
         r#"SELECT {step_of} AS k,
                   LEAST(sum("upload"), {BIGINT_MAX})::bigint AS upload,
                   LEAST(sum("download"), {BIGINT_MAX})::bigint AS download,
@@ -190,17 +190,17 @@ pub async fn node(
     .bind(range.end())
     .fetch_all(&mut *tx)
     .await?;
-    for row in &rows {
-        let Some(point) = index(row.try_get("k")?).and_then(|k| points.get_mut(k)) else {
+    for row in rows {
+        let Some(point) = index(row.k).and_then(|k| points.get_mut(k)) else {
             continue;
         };
-        point.upload = row.try_get("upload")?;
-        point.download = row.try_get("download")?;
-        point.heartbeats = row.try_get("heartbeats")?;
+        point.upload = row.upload;
+        point.download = row.download;
+        point.heartbeats = row.heartbeats;
         point.load = Some(Load {
-            one: row.try_get("load1")?,
-            five: row.try_get("load5")?,
-            fifteen: row.try_get("load15")?,
+            one: row.load1,
+            five: row.load5,
+            fifteen: row.load15,
         });
     }
 
@@ -251,7 +251,7 @@ pub async fn node(
     for name in current {
         interfaces.entry(name).or_insert_with(|| empty.clone());
     }
-    let rows = sqlx::query(AssertSqlSafe(format!(
+    let rows: Vec<InterfaceStep> = sqlx::query_as(AssertSqlSafe(format!(
         r#"SELECT "name", {step_of} AS k,
                   LEAST(sum("rxBytes"), {BIGINT_MAX})::bigint AS rx,
                   LEAST(sum("txBytes"), {BIGINT_MAX})::bigint AS tx
@@ -265,13 +265,11 @@ pub async fn node(
     .bind(range.end())
     .fetch_all(&mut *tx)
     .await?;
-    for row in &rows {
-        let series = interfaces
-            .entry(row.try_get("name")?)
-            .or_insert_with(|| empty.clone());
-        if let Some(point) = index(row.try_get("k")?).and_then(|k| series.get_mut(k)) {
-            point.rx = row.try_get("rx")?;
-            point.tx = row.try_get("tx")?;
+    for row in rows {
+        let series = interfaces.entry(row.name).or_insert_with(|| empty.clone());
+        if let Some(point) = index(row.k).and_then(|k| series.get_mut(k)) {
+            point.rx = row.rx;
+            point.tx = row.tx;
         }
     }
     let calibrations = calibrate::between(&mut tx, id, range.start, range.end()).await?;
@@ -285,6 +283,28 @@ pub async fn node(
             .map(|(name, points)| InterfaceSeries { name, points })
             .collect(),
     })
+}
+
+/// One step of `node_history` (step `k` of the range), added up.
+#[derive(sqlx::FromRow)]
+struct NodeStep {
+    k: i64,
+    upload: i64,
+    download: i64,
+    heartbeats: i64,
+    /// The load of the step's latest minute.
+    load1: f64,
+    load5: f64,
+    load15: f64,
+}
+
+/// One step of one interface's `interface_history`, added up.
+#[derive(sqlx::FromRow)]
+struct InterfaceStep {
+    name: String,
+    k: i64,
+    rx: i64,
+    tx: i64,
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 //! plain structs with the stored values (BIGINT counters as `i64`, times as
 //! UTC `NaiveDateTime`); turning them into JSON or text is the caller's job.
 
-pub mod history;
+pub(crate) mod history;
 pub mod nodes;
 pub mod rankings;
 

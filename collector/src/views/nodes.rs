@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use chrono::NaiveDateTime;
-use sqlx::{AssertSqlSafe, PgPool, Row as _, postgres::PgRow};
+use sqlx::{AssertSqlSafe, PgPool};
 
 pub use crate::load::Load;
 use crate::{
@@ -101,7 +101,8 @@ pub struct FamilyBytes {
 
 /// The node's `traffic_stats` row (upload = bytes sent, download = bytes
 /// received).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+#[sqlx(rename_all = "camelCase")]
 pub struct TrafficStats {
     pub total_upload: i64,
     pub total_download: i64,
@@ -176,80 +177,105 @@ fn select_nodes() -> String {
     )
 }
 
-fn node(row: &PgRow) -> Result<Node, Error> {
-    let load = match (
-        row.try_get::<Option<f64>, _>("load1")?,
-        row.try_get::<Option<f64>, _>("load5")?,
-        row.try_get::<Option<f64>, _>("load15")?,
-    ) {
-        (Some(one), Some(five), Some(fifteen)) => Some(Load { one, five, fifteen }),
-        _ => None,
-    };
-    Ok(Node {
-        id: row.try_get("id")?,
-        name: row.try_get("name")?,
-        hostname: row.try_get("hostname")?,
-        last_seen: row.try_get("lastSeen")?,
-        load,
-        kernel: row.try_get("kernel")?,
-        agent_version: row.try_get("agentVersion")?,
-        source: row.try_get("source")?,
-        traffic: TrafficStats {
-            total_upload: row.try_get("totalUpload")?,
-            total_download: row.try_get("totalDownload")?,
-            period_upload: row.try_get("periodUpload")?,
-            period_download: row.try_get("periodDownload")?,
-            period_start: row.try_get("periodStart")?,
-            updated_at: row.try_get("updatedAt")?,
-        },
-        families: Families {
-            ipv4: Directions {
-                upload: row.try_get("ipv4Upload")?,
-                download: row.try_get("ipv4Download")?,
-            },
-            ipv6: Directions {
-                upload: row.try_get("ipv6Upload")?,
-                download: row.try_get("ipv6Download")?,
-            },
-        },
-        count_rule: row.try_get::<&str, _>("countRule")?.parse()?,
-        quota_crossed: row.try_get("quotaCrossed")?,
-        counter_set: match (row.try_get("bootId")?, row.try_get("epoch")?) {
+/// One row of [`select_nodes`], column for column.
+#[derive(sqlx::FromRow)]
+#[sqlx(rename_all = "camelCase")]
+struct NodeRow {
+    id: String,
+    name: String,
+    hostname: Option<String>,
+    last_seen: Option<NaiveDateTime>,
+    load1: Option<f64>,
+    load5: Option<f64>,
+    load15: Option<f64>,
+    kernel: Option<String>,
+    agent_version: Option<String>,
+    source: Option<String>,
+    ipv4_upload: i64,
+    ipv4_download: i64,
+    ipv6_upload: i64,
+    ipv6_download: i64,
+    boot_id: Option<String>,
+    epoch: Option<String>,
+    generation: i64,
+    epoch_created_at: Option<i64>,
+    clock_offset_ms: Option<i64>,
+    stale_heartbeats: i64,
+    stale_run: i32,
+    last_stale_at: Option<NaiveDateTime>,
+    last_stale_reason: Option<String>,
+    #[sqlx(flatten)]
+    traffic: TrafficStats,
+    quota_crossed: Option<i32>,
+    count_rule: String,
+}
+
+impl TryFrom<NodeRow> for Node {
+    type Error = Error;
+
+    fn try_from(row: NodeRow) -> Result<Self, Error> {
+        let load = match (row.load1, row.load5, row.load15) {
+            (Some(one), Some(five), Some(fifteen)) => Some(Load { one, five, fifteen }),
+            _ => None,
+        };
+        let counter_set = match (row.boot_id, row.epoch) {
             (Some(boot_id), Some(epoch)) => Some(CounterSet {
                 boot_id,
                 epoch,
-                generation: row.try_get("generation")?,
-                created_unix_ns: row
-                    .try_get::<Option<i64>, _>("epochCreatedAt")?
-                    .unwrap_or(0),
+                generation: row.generation,
+                created_unix_ns: row.epoch_created_at.unwrap_or(0),
             }),
             _ => None,
-        },
-        clock_offset_ms: row.try_get("clockOffsetMs")?,
-        stale: Stale {
-            heartbeats: row.try_get("staleHeartbeats")?,
-            run: row.try_get("staleRun")?,
-            last_at: row.try_get("lastStaleAt")?,
-            last_reason: row.try_get("lastStaleReason")?,
-        },
-    })
+        };
+        Ok(Node {
+            id: row.id,
+            name: row.name,
+            hostname: row.hostname,
+            last_seen: row.last_seen,
+            load,
+            kernel: row.kernel,
+            agent_version: row.agent_version,
+            source: row.source,
+            traffic: row.traffic,
+            families: Families {
+                ipv4: Directions {
+                    upload: row.ipv4_upload,
+                    download: row.ipv4_download,
+                },
+                ipv6: Directions {
+                    upload: row.ipv6_upload,
+                    download: row.ipv6_download,
+                },
+            },
+            count_rule: row.count_rule.parse()?,
+            quota_crossed: row.quota_crossed,
+            counter_set,
+            clock_offset_ms: row.clock_offset_ms,
+            stale: Stale {
+                heartbeats: row.stale_heartbeats,
+                run: row.stale_run,
+                last_at: row.last_stale_at,
+                last_reason: row.last_stale_reason,
+            },
+        })
+    }
 }
 
 /// Every node, by name then id (byte order, whatever the database's
 /// collation).
 pub async fn list(pool: &PgPool) -> Result<Vec<Node>, Error> {
-    let rows = sqlx::query(AssertSqlSafe(format!(
+    let rows: Vec<NodeRow> = sqlx::query_as(AssertSqlSafe(format!(
         r#"{} ORDER BY n."name" COLLATE "C", n."id" COLLATE "C""#,
         select_nodes()
     )))
     .fetch_all(pool)
     .await?;
-    rows.iter().map(node).collect()
+    rows.into_iter().map(Node::try_from).collect()
 }
 
 /// The node with this id.
 pub async fn get(pool: &PgPool, id: &str) -> Result<Node, Error> {
-    let row = sqlx::query(AssertSqlSafe(format!(
+    let row: Option<NodeRow> = sqlx::query_as(AssertSqlSafe(format!(
         r#"{} WHERE n."id" = $1"#,
         select_nodes()
     )))
@@ -257,7 +283,7 @@ pub async fn get(pool: &PgPool, id: &str) -> Result<Node, Error> {
     .fetch_optional(pool)
     .await?;
     match row {
-        Some(row) => node(&row),
+        Some(row) => Node::try_from(row),
         None => Err(Error::NoSuchNode(id.to_owned())),
     }
 }
@@ -273,7 +299,7 @@ pub async fn exists(pool: &PgPool, id: &str) -> Result<bool, Error> {
 
 /// The node's interfaces, by name.
 pub async fn interfaces(pool: &PgPool, id: &str) -> Result<Vec<Interface>, Error> {
-    let rows = sqlx::query(
+    let rows: Vec<InterfaceRow> = sqlx::query_as(
         r#"SELECT "name", "ifindex", "state", "rxBytes", "txBytes", "rxPackets", "txPackets",
                   "updatedAt", "kind", "defaultRoute",
                   "ipv4RxBytes", "ipv4TxBytes", "ipv6RxBytes", "ipv6TxBytes"
@@ -282,29 +308,50 @@ pub async fn interfaces(pool: &PgPool, id: &str) -> Result<Vec<Interface>, Error
     .bind(id)
     .fetch_all(pool)
     .await?;
-    let family = |row: &PgRow, rx: &str, tx: &str| -> Result<Option<FamilyBytes>, sqlx::Error> {
-        Ok(match (row.try_get(rx)?, row.try_get(tx)?) {
+    Ok(rows.into_iter().map(Interface::from).collect())
+}
+
+/// One row of `interface_stats` as [`interfaces`] selects it.
+#[derive(sqlx::FromRow)]
+#[sqlx(rename_all = "camelCase")]
+struct InterfaceRow {
+    name: String,
+    ifindex: i64,
+    state: String,
+    rx_bytes: i64,
+    tx_bytes: i64,
+    rx_packets: i64,
+    tx_packets: i64,
+    updated_at: NaiveDateTime,
+    kind: String,
+    default_route: bool,
+    ipv4_rx_bytes: Option<i64>,
+    ipv4_tx_bytes: Option<i64>,
+    ipv6_rx_bytes: Option<i64>,
+    ipv6_tx_bytes: Option<i64>,
+}
+
+impl From<InterfaceRow> for Interface {
+    fn from(row: InterfaceRow) -> Self {
+        let family = |rx, tx| match (rx, tx) {
             (Some(rx), Some(tx)) => Some(FamilyBytes { rx, tx }),
             _ => None,
-        })
-    };
-    let interface = |row: &PgRow| -> Result<Interface, sqlx::Error> {
-        Ok(Interface {
-            name: row.try_get("name")?,
-            ifindex: row.try_get("ifindex")?,
-            state: row.try_get("state")?,
-            rx_bytes: row.try_get("rxBytes")?,
-            tx_bytes: row.try_get("txBytes")?,
-            rx_packets: row.try_get("rxPackets")?,
-            tx_packets: row.try_get("txPackets")?,
-            updated_at: row.try_get("updatedAt")?,
-            kind: row.try_get("kind")?,
-            default_route: row.try_get("defaultRoute")?,
-            ipv4: family(row, "ipv4RxBytes", "ipv4TxBytes")?,
-            ipv6: family(row, "ipv6RxBytes", "ipv6TxBytes")?,
-        })
-    };
-    Ok(rows.iter().map(interface).collect::<Result<_, _>>()?)
+        };
+        Interface {
+            name: row.name,
+            ifindex: row.ifindex,
+            state: row.state,
+            rx_bytes: row.rx_bytes,
+            tx_bytes: row.tx_bytes,
+            rx_packets: row.rx_packets,
+            tx_packets: row.tx_packets,
+            updated_at: row.updated_at,
+            kind: row.kind,
+            default_route: row.default_route,
+            ipv4: family(row.ipv4_rx_bytes, row.ipv4_tx_bytes),
+            ipv6: family(row.ipv6_rx_bytes, row.ipv6_tx_bytes),
+        }
+    }
 }
 
 /// `(id, periodStart)` of one node (`Some(id)`) or of every node, by id.
@@ -312,16 +359,12 @@ pub async fn period_starts(
     pool: &PgPool,
     id: Option<&str>,
 ) -> Result<Vec<(String, NaiveDateTime)>, Error> {
-    let rows = sqlx::query(
+    Ok(sqlx::query_as(
         r#"SELECT "nodeId", "periodStart" FROM "traffic_stats"
            WHERE $1::text IS NULL OR "nodeId" = $1
            ORDER BY "nodeId" COLLATE "C""#,
     )
     .bind(id)
     .fetch_all(pool)
-    .await?;
-    Ok(rows
-        .iter()
-        .map(|row| Ok((row.try_get("nodeId")?, row.try_get("periodStart")?)))
-        .collect::<Result<_, sqlx::Error>>()?)
+    .await?)
 }

@@ -7,8 +7,8 @@
 //! batches close the periods of active nodes with [`boundary`] and
 //! [`archive`]; nothing here depends on the ingestion.
 
-pub mod archive;
-pub mod boundary;
+pub(crate) mod archive;
+pub(crate) mod boundary;
 pub mod calendar;
 mod reset;
 mod schedule;
