@@ -113,8 +113,9 @@ impl Event {
 }
 
 /// A node's `traffic_stats` as an event carries them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, sqlx::FromRow)]
 #[serde(rename_all = "camelCase")]
+#[sqlx(rename_all = "camelCase")]
 pub struct TrafficCounters {
     #[serde(serialize_with = "decimal")]
     pub total_upload: i64,

@@ -2,7 +2,7 @@
 //! remove. Adding and removing are announced as `nodes` live events.
 
 use chrono::NaiveDateTime;
-use sqlx::{PgConnection, PgPool, Row as _};
+use sqlx::{PgConnection, PgPool};
 
 use crate::{
     auth,
@@ -19,7 +19,8 @@ pub struct Added {
 }
 
 /// A row of `node list`.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+#[sqlx(rename_all = "camelCase")]
 pub struct Listed {
     pub id: String,
     pub name: String,
@@ -79,7 +80,7 @@ pub async fn add(pool: &PgPool, name: &str) -> Result<Added, Error> {
 
 /// Every node, by name.
 pub async fn list(pool: &PgPool) -> Result<Vec<Listed>, Error> {
-    let rows = sqlx::query(
+    Ok(sqlx::query_as(
         r#"SELECT n."id", n."name", n."hostname", n."lastSeen",
                   t."totalUpload", t."totalDownload", t."periodUpload", t."periodDownload",
                   t."periodStart"
@@ -87,29 +88,13 @@ pub async fn list(pool: &PgPool) -> Result<Vec<Listed>, Error> {
            ORDER BY n."name""#,
     )
     .fetch_all(pool)
-    .await?;
-    rows.iter()
-        .map(|row| {
-            Ok(Listed {
-                id: row.try_get("id")?,
-                name: row.try_get("name")?,
-                hostname: row.try_get("hostname")?,
-                last_seen: row.try_get("lastSeen")?,
-                total_upload: row.try_get("totalUpload")?,
-                total_download: row.try_get("totalDownload")?,
-                period_upload: row.try_get("periodUpload")?,
-                period_download: row.try_get("periodDownload")?,
-                period_start: row.try_get("periodStart")?,
-            })
-        })
-        .collect::<Result<_, sqlx::Error>>()
-        .map_err(Error::from)
+    .await?)
 }
 
 /// Removes the node with this id or name, and everything stored of it.
 pub async fn remove(pool: &PgPool, node: &str) -> Result<String, Error> {
     let mut tx = pool.begin().await?;
-    let row = sqlx::query(
+    let id: Option<String> = sqlx::query_scalar(
         r#"DELETE FROM "nodes" WHERE "id" = (SELECT "id" FROM "nodes" WHERE "id" = $1 OR "name" = $1
                                              ORDER BY ("id" = $1) DESC LIMIT 1)
            RETURNING "id""#,
@@ -117,10 +102,9 @@ pub async fn remove(pool: &PgPool, node: &str) -> Result<String, Error> {
     .bind(node)
     .fetch_optional(&mut *tx)
     .await?;
-    let Some(row) = row else {
+    let Some(id) = id else {
         return Err(Error::NoSuchNode(node.to_owned()));
     };
-    let id: String = row.try_get("id")?;
     announce(&mut tx, &id, NodeChange::Removed).await?;
     tx.commit().await?;
     Ok(id)

@@ -11,7 +11,7 @@
 pub mod anomalies;
 pub mod calibrate;
 
-use sqlx::{PgConnection, Row as _};
+use sqlx::PgConnection;
 
 use crate::{error::Error, events::TrafficCounters};
 
@@ -66,9 +66,10 @@ impl Audit {
 }
 
 /// A node's id and `traffic_stats`, as locked.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 struct Locked {
     id: String,
+    #[sqlx(flatten)]
     traffic: TrafficCounters,
 }
 
@@ -76,7 +77,7 @@ struct Locked {
 /// heartbeat batches lock them: `nodes` then `traffic_stats`, in one
 /// statement. `None` when there is no such node.
 async fn lock_node(conn: &mut PgConnection, node: &str) -> Result<Option<Locked>, sqlx::Error> {
-    let row = sqlx::query(
+    sqlx::query_as(
         r#"SELECT n."id", t."totalUpload", t."totalDownload", t."periodUpload",
                   t."periodDownload", t."periodStart"
            FROM "nodes" n JOIN "traffic_stats" t ON t."nodeId" = n."id"
@@ -86,20 +87,7 @@ async fn lock_node(conn: &mut PgConnection, node: &str) -> Result<Option<Locked>
     )
     .bind(node)
     .fetch_optional(&mut *conn)
-    .await?;
-    row.map(|row| {
-        Ok(Locked {
-            id: row.try_get("id")?,
-            traffic: TrafficCounters {
-                total_upload: row.try_get("totalUpload")?,
-                total_download: row.try_get("totalDownload")?,
-                period_upload: row.try_get("periodUpload")?,
-                period_download: row.try_get("periodDownload")?,
-                period_start: row.try_get("periodStart")?,
-            },
-        })
-    })
-    .transpose()
+    .await
 }
 
 /// Writes a locked node's counters (and `updatedAt`).
