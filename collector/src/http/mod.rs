@@ -109,7 +109,7 @@ pub fn routes() -> Router<AppState> {
 }
 
 /// The JSON API: each route registered with its OpenAPI description, so
-/// that [`openapi::document`] describes exactly what is served.
+/// that `openapi::document` describes exactly what is served.
 pub fn api() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(openapi::base())
         .routes(routes!(nodes::list, admin::add))
