@@ -119,6 +119,16 @@ impl ContainerHost {
             "link", "add", BRIDGE, "address", BRIDGE_MAC, "type", "bridge",
         ]);
         ip(&["addr", "add", &format!("{BRIDGE_IP}/24"), "dev", BRIDGE]);
+        // A bridge that snoops multicast joins the all-snoopers group
+        // (224.0.0.106) when it comes up: an IGMPv3 report then and its
+        // repetition up to a second later, which could fall between the
+        // first reading of the counts and the agent's start. Both within
+        // milliseconds instead, long before anything is counted.
+        host.sysctl(
+            &format!("net.ipv4.conf.{BRIDGE}.igmpv3_unsolicited_report_interval"),
+            "10",
+        )
+        .expect("IGMPv3 report interval");
         for (i, container) in (0u8..).zip(containers.iter()) {
             let port = format!("vethc{i}");
             let mac = format!("02:7a:11:32:01:{i:02x}");
