@@ -1,12 +1,14 @@
-//! Network namespaces for the demo and the benchmarks: a [`Netns`] made
-//! with `ip netns add`, entered by a short-lived thread (`setns`) so that
-//! sockets and interface names are its own, configured with `ip -n`, its
-//! interfaces' kernel statistics ([`IfStats`]) read from inside, and
-//! deleted (with the veths in it) when dropped.
+//! Network namespaces for the tests, the demo and the benchmarks: a
+//! [`Netns`] made with `ip netns add`, entered by a short-lived thread
+//! (`setns`) so that sockets and interface names are its own, configured
+//! with `ip -n`, its interfaces' kernel statistics ([`IfStats`]) read from
+//! inside, and deleted (with the veths in it) when dropped; and
+//! [`VethPair`], a veth pair between two of them with static neighbours.
 
 use std::{
     fs::{self, File},
     io,
+    net::Ipv4Addr,
     os::fd::{AsRawFd as _, RawFd},
     path::{Path, PathBuf},
     process::{Command, ExitStatus},
@@ -93,6 +95,15 @@ impl Netns {
         Ok(ns)
     }
 
+    /// [`Self::create`], then IPv6 off ([`Self::disable_ipv6`]) and `lo`
+    /// up: a host whose interfaces carry only what it is made to send.
+    pub fn create_host(name: String) -> Result<Self, NetnsError> {
+        let ns = Self::create(name)?;
+        ns.disable_ipv6()?;
+        ns.set_up("lo")?;
+        Ok(ns)
+    }
+
     /// Where `ip` keeps it: `/run/netns/<name>`.
     pub fn path(&self) -> PathBuf {
         Path::new("/run/netns").join(&self.name)
@@ -111,6 +122,27 @@ impl Netns {
         let mut all = vec!["-n", self.name.as_str()];
         all.extend_from_slice(args);
         ip(&all)
+    }
+
+    /// `ip netns exec <name> <program> <args>`: its stdout. The program
+    /// also sees the namespace's `/sys` (its interfaces' files).
+    pub fn exec(&self, program: &str, args: &[&str]) -> Result<String, NetnsError> {
+        let mut all = vec!["netns", "exec", self.name.as_str(), program];
+        all.extend_from_slice(args);
+        ip(&all)
+    }
+
+    /// `ip -n <name> link set <iface> up` (without waiting for it: see
+    /// [`Self::wait_oper_up`]).
+    pub fn set_up(&self, iface: &str) -> Result<(), NetnsError> {
+        self.ip(&["link", "set", iface, "up"]).map(drop)
+    }
+
+    /// [`Self::enter`] for a closure that returns its value (not a
+    /// `Result`): fails only if the namespace cannot be entered or `f`
+    /// panics.
+    pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> Result<T, NetnsError> {
+        self.enter(|| Ok::<_, NetnsError>(f()))
     }
 
     /// Runs `f` on a thread that entered this namespace: sockets it makes,
@@ -173,9 +205,7 @@ impl Netns {
             "tx_dropped",
         ]
         .map(|file| format!("{dir}/{file}"));
-        let mut args = vec!["netns", "exec", self.name.as_str(), "cat"];
-        args.extend(files.iter().map(String::as_str));
-        let text = ip(&args)?;
+        let text = self.exec("cat", &files.each_ref().map(String::as_str))?;
         let unexpected = || NetnsError::Stats {
             dir: dir.clone(),
             text: text.clone(),
@@ -204,6 +234,21 @@ impl Netns {
             rx_dropped,
             tx_dropped,
         })
+    }
+
+    /// The kernel's statistics of `iface` once they stop moving: read every
+    /// 300 ms until two readings agree, or the last reading after 10 s.
+    pub fn settle(&self, iface: &str) -> Result<IfStats, NetnsError> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut last = self.kernel_stats(iface)?;
+        loop {
+            thread::sleep(Duration::from_millis(300));
+            let now = self.kernel_stats(iface)?;
+            if now == last || Instant::now() > deadline {
+                return Ok(now);
+            }
+            last = now;
+        }
     }
 
     /// Waits until the kernel reports `iface` operationally up (until then
@@ -243,7 +288,8 @@ impl Drop for Netns {
     }
 }
 
-/// An interface's counters as the kernel keeps them.
+/// An interface's counters as the kernel keeps them (or as something that
+/// counts the same interface reports them, its drops left at zero).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct IfStats {
     pub rx_bytes: u64,
@@ -265,6 +311,139 @@ impl IfStats {
             rx_dropped: self.rx_dropped.saturating_sub(earlier.rx_dropped),
             tx_dropped: self.tx_dropped.saturating_sub(earlier.tx_dropped),
         }
+    }
+
+    /// What was counted since `earlier`; `None` if a counter went down (the
+    /// interface was replaced, or whatever counted it lost counts).
+    pub fn checked_since(&self, earlier: &Self) -> Option<Self> {
+        Some(Self {
+            rx_bytes: self.rx_bytes.checked_sub(earlier.rx_bytes)?,
+            tx_bytes: self.tx_bytes.checked_sub(earlier.tx_bytes)?,
+            rx_packets: self.rx_packets.checked_sub(earlier.rx_packets)?,
+            tx_packets: self.tx_packets.checked_sub(earlier.tx_packets)?,
+            rx_dropped: self.rx_dropped.checked_sub(earlier.rx_dropped)?,
+            tx_dropped: self.tx_dropped.checked_sub(earlier.tx_dropped)?,
+        })
+    }
+
+    /// The traffic counters without the drops: `(rx_bytes, tx_bytes,
+    /// rx_packets, tx_packets)`.
+    pub fn traffic(&self) -> (u64, u64, u64, u64) {
+        (
+            self.rx_bytes,
+            self.tx_bytes,
+            self.rx_packets,
+            self.tx_packets,
+        )
+    }
+}
+
+/// A veth pair between two namespaces: each end has an IPv4 address (in a
+/// /24) and a permanent neighbour entry for the other end, so that no ARP
+/// crosses it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VethPair {
+    /// The end in the first namespace.
+    pub a: VethEnd,
+    /// The end in the second namespace.
+    pub b: VethEnd,
+}
+
+/// One end of a [`VethPair`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VethEnd {
+    /// The interface's name in its namespace.
+    pub iface: String,
+    /// Its IPv4 address (in a /24).
+    pub addr: Ipv4Addr,
+    /// Its MAC address.
+    pub mac: [u8; 6],
+}
+
+impl VethEnd {
+    /// The MAC address as `ip` writes it: `02:7a:11:01:00:01`.
+    pub fn mac_text(&self) -> String {
+        self.mac.map(|octet| format!("{octet:02x}")).join(":")
+    }
+}
+
+impl VethPair {
+    /// Ends `if_a` and `if_b` on the /24 whose first three octets are
+    /// `subnet`: addresses `subnet`.1 and `subnet`.2, MAC addresses
+    /// `mac`:00:01 and `mac`:00:02 (locally administered ones start with
+    /// 0x02). Nothing is made yet: see [`Self::create`].
+    pub fn new(if_a: &str, if_b: &str, subnet: [u8; 3], mac: [u8; 4]) -> Self {
+        let [s0, s1, s2] = subnet;
+        let [m0, m1, m2, m3] = mac;
+        let end = |iface: &str, n: u8| VethEnd {
+            iface: iface.to_owned(),
+            addr: Ipv4Addr::new(s0, s1, s2, n),
+            mac: [m0, m1, m2, m3, 0, n],
+        };
+        Self {
+            a: end(if_a, 1),
+            b: end(if_b, 2),
+        }
+    }
+
+    /// Makes the pair, end `a` in namespace `a` and end `b` in `b`, each
+    /// with its address and the other's neighbour entry; both ends stay
+    /// down ([`Self::set_up`]). What a failed step leaves goes with the
+    /// namespaces.
+    pub fn create(&self, a: &Netns, b: &Netns) -> Result<(), NetnsError> {
+        let (mac_a, mac_b) = (self.a.mac_text(), self.b.mac_text());
+        ip(&[
+            "link",
+            "add",
+            &self.a.iface,
+            "address",
+            &mac_a,
+            "netns",
+            &a.name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &self.b.iface,
+            "address",
+            &mac_b,
+            "netns",
+            &b.name,
+        ])?;
+        for (ns, end) in [(a, &self.a), (b, &self.b)] {
+            ns.ip(&[
+                "addr",
+                "add",
+                &format!("{}/24", end.addr),
+                "dev",
+                &end.iface,
+            ])?;
+        }
+        for (ns, end, peer, peer_mac) in
+            [(a, &self.a, &self.b, &mac_b), (b, &self.b, &self.a, &mac_a)]
+        {
+            ns.ip(&[
+                "neigh",
+                "replace",
+                &peer.addr.to_string(),
+                "lladdr",
+                peer_mac,
+                "dev",
+                &end.iface,
+                "nud",
+                "permanent",
+            ])?;
+        }
+        Ok(())
+    }
+
+    /// Sets both ends up, and waits until the kernel reports both
+    /// operationally up ([`Netns::wait_oper_up`]).
+    pub fn set_up(&self, a: &Netns, b: &Netns) -> Result<(), NetnsError> {
+        a.set_up(&self.a.iface)?;
+        b.set_up(&self.b.iface)?;
+        a.wait_oper_up(&self.a.iface)?;
+        b.wait_oper_up(&self.b.iface)
     }
 }
 

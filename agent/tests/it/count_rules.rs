@@ -37,10 +37,13 @@ use std::{
 };
 
 use common::{
-    Agent, CONTROL_IFACE, Collector, NetNs, Stats, Store, privileged, reporting_args, set_up, sh,
-    tail, tcp_transfer, udp_burst, veth, wait_oper_up,
+    Agent, CONTROL_IFACE, Collector, Store, netns, privileged, reporting_args, tail, veth,
 };
 use tally_collector::nodes;
+use tally_testkit::{
+    netns::{IfStats, Netns, NetnsError},
+    traffic::{tcp_transfer, udp_burst},
+};
 
 const COLLECTOR_PORT: u16 = 50_061;
 
@@ -66,10 +69,10 @@ fn container_ip(i: u8) -> Ipv4Addr {
 
 /// The namespaces of the container-like host.
 struct ContainerHost {
-    host: NetNs,
+    host: Netns,
     /// The far side of the uplink (and the collector's namespace).
-    inet: NetNs,
-    containers: [NetNs; 2],
+    inet: Netns,
+    containers: [Netns; 2],
     /// The interfaces the agent counts: [`COUNTED`], and [`STACKED`] if
     /// the kernel could make it.
     counted: Vec<&'static str>,
@@ -81,28 +84,34 @@ struct ContainerHost {
 
 impl ContainerHost {
     fn build() -> Self {
-        let host = NetNs::new("host");
-        let inet = NetNs::new("inet");
-        let containers = [NetNs::new("c0"), NetNs::new("c1")];
-        let ip = |args: &[&str]| host.exec("ip", args);
+        let host = netns("host");
+        let inet = netns("inet");
+        let containers = [netns("c0"), netns("c1")];
+        let ip = |args: &[&str]| {
+            host.ip(args).expect("ip in host");
+        };
 
         // The uplink, with the default route; the heartbeat link beside it.
-        let (up_ip, inet_ip) = veth(&host, &inet, UPLINK, "wan0", 1, true);
+        let uplink = veth(UPLINK, "wan0", 1);
+        uplink.create(&host, &inet).expect("the uplink");
+        uplink.set_up(&host, &inet).expect("the uplink up");
+        let (up_ip, inet_ip) = (uplink.a.addr, uplink.b.addr);
         ip(&["route", "add", "default", "via", &inet_ip.to_string()]);
-        let (_, control_ip) = veth(&host, &inet, CONTROL_IFACE, "tcb", 2, true);
-        host.exec("sysctl", &["-q", "-w", "net.ipv4.ip_forward=1"]);
-        inet.exec(
-            "ip",
-            &[
-                "route",
-                "add",
-                "10.213.50.0/24",
-                "via",
-                &up_ip.to_string(),
-                "dev",
-                "wan0",
-            ],
-        );
+        let control = veth(CONTROL_IFACE, "tcb", 2);
+        control.create(&host, &inet).expect("the heartbeat link");
+        control.set_up(&host, &inet).expect("the heartbeat link up");
+        let control_ip = control.b.addr;
+        host.sysctl("net.ipv4.ip_forward", "1").expect("forwarding");
+        inet.ip(&[
+            "route",
+            "add",
+            "10.213.50.0/24",
+            "via",
+            &up_ip.to_string(),
+            "dev",
+            "wan0",
+        ])
+        .expect("the route to the containers");
 
         // docker0 and one veth port per container; static neighbours
         // everywhere, so that no ARP muddles the counts.
@@ -110,30 +119,38 @@ impl ContainerHost {
             "link", "add", BRIDGE, "address", BRIDGE_MAC, "type", "bridge",
         ]);
         ip(&["addr", "add", &format!("{BRIDGE_IP}/24"), "dev", BRIDGE]);
+        // A bridge that snoops multicast joins the all-snoopers group
+        // (224.0.0.106) when it comes up: an IGMPv3 report then and its
+        // repetition up to a second later, which could fall between the
+        // first reading of the counts and the agent's start. Both within
+        // milliseconds instead, long before anything is counted.
+        host.sysctl(
+            &format!("net.ipv4.conf.{BRIDGE}.igmpv3_unsolicited_report_interval"),
+            "10",
+        )
+        .expect("IGMPv3 report interval");
         for (i, container) in (0u8..).zip(containers.iter()) {
             let port = format!("vethc{i}");
             let mac = format!("02:7a:11:32:01:{i:02x}");
-            sh(
-                "ip",
-                &[
-                    "-n",
-                    &host.name,
-                    "link",
-                    "add",
-                    &port,
-                    "type",
-                    "veth",
-                    "peer",
-                    "name",
-                    "eth0",
-                    "address",
-                    &mac,
-                    "netns",
-                    &container.name,
-                ],
-            );
+            host.ip(&[
+                "link",
+                "add",
+                &port,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "address",
+                &mac,
+                "netns",
+                &container.name,
+            ])
+            .expect("a container's veth pair");
             ip(&["link", "set", &port, "master", BRIDGE]);
-            let c = |args: &[&str]| container.exec("ip", args);
+            let c = |args: &[&str]| {
+                container.ip(args).expect("ip in a container");
+            };
             c(&[
                 "addr",
                 "add",
@@ -141,8 +158,8 @@ impl ContainerHost {
                 "dev",
                 "eth0",
             ]);
-            set_up(&host, &port);
-            set_up(container, "eth0");
+            host.set_up(&port).expect("a bridge port up");
+            container.set_up("eth0").expect("a container's eth0 up");
             c(&["route", "add", "default", "via", &BRIDGE_IP.to_string()]);
             c(&[
                 "neigh",
@@ -167,12 +184,12 @@ impl ContainerHost {
                 "permanent",
             ]);
         }
-        set_up(&host, BRIDGE);
+        host.set_up(BRIDGE).expect("the bridge up");
         for name in COUNTED {
-            wait_oper_up(&host, name);
+            host.wait_oper_up(name).expect("up");
         }
         for container in &containers {
-            wait_oper_up(container, "eth0");
+            container.wait_oper_up("eth0").expect("up");
         }
         let mut counted = COUNTED.to_vec();
         if macvlan(&host, STACKED, UPLINK) {
@@ -190,11 +207,11 @@ impl ContainerHost {
 
     /// The kernel's statistics of every counted interface of `host`, once
     /// none of them moves any more.
-    fn settle(&self) -> BTreeMap<&'static str, Stats> {
-        let read = || -> BTreeMap<&'static str, Stats> {
+    fn settle(&self) -> BTreeMap<&'static str, IfStats> {
+        let read = || -> BTreeMap<&'static str, IfStats> {
             self.counted
                 .iter()
-                .map(|name| (*name, self.host.kernel_stats(name)))
+                .map(|name| (*name, self.host.kernel_stats(name).expect("stats")))
                 .collect()
         };
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -210,10 +227,9 @@ impl ContainerHost {
     }
 
     fn ifindex(&self, name: &str) -> u64 {
-        let out = self
-            .host
-            .exec("cat", &[&format!("/sys/class/net/{name}/ifindex")]);
-        String::from_utf8_lossy(&out.stdout)
+        self.host
+            .exec("cat", &[&format!("/sys/class/net/{name}/ifindex")])
+            .expect("cat ifindex")
             .trim()
             .parse()
             .expect("an ifindex")
@@ -225,25 +241,30 @@ impl ContainerHost {
         let [c0, c1] = &self.containers;
         let pace = Duration::from_millis(2);
         thread::scope(|scope| {
-            scope.spawn(|| tcp_transfer(c0, &self.inet, self.inet_ip, 3 << 20, pace));
-            scope.spawn(|| tcp_transfer(&self.inet, c1, container_ip(1), 2 << 20, pace));
+            scope.spawn(|| {
+                tcp_transfer(c0, &self.inet, self.inet_ip, 3 << 20, pace)
+                    .expect("TCP out of container 0")
+            });
+            scope.spawn(|| {
+                tcp_transfer(&self.inet, c1, container_ip(1), 2 << 20, pace)
+                    .expect("TCP into container 1")
+            });
         });
-        udp_burst(c1, &self.inet, self.inet_ip, container_ip(1), 600, 1_000);
+        udp_burst(c1, container_ip(1), &self.inet, self.inet_ip, 600, 1_000)
+            .expect("UDP out of container 1");
     }
 }
 
 /// Adds a macvlan `name` on `parent`, left down; `false` (with the reason
 /// printed) when the kernel cannot make one.
-fn macvlan(ns: &NetNs, name: &str, parent: &str) -> bool {
-    let out = Command::new("ip")
-        .args(["-n", &ns.name, "link", "add", "link", parent, "name", name])
-        .args(["type", "macvlan", "mode", "bridge"])
-        .output()
-        .expect("run ip");
-    if out.status.success() {
-        return true;
-    }
-    let err = String::from_utf8_lossy(&out.stderr);
+fn macvlan(ns: &Netns, name: &str, parent: &str) -> bool {
+    let err = match ns.ip(&[
+        "link", "add", "link", parent, "name", name, "type", "macvlan", "mode", "bridge",
+    ]) {
+        Ok(_) => return true,
+        Err(NetnsError::Ip { stderr, .. }) => stderr,
+        Err(error) => panic!("ip link add {name} type macvlan: {error}"),
+    };
     assert!(
         err.contains("Unknown device type") || err.contains("not supported"),
         "ip link add {name} type macvlan: {err}"
@@ -260,8 +281,14 @@ fn macvlan(ns: &NetNs, name: &str, parent: &str) -> bool {
 /// readings, as the agent counts them: a bridge's rx statistics leave out
 /// the Ethernet header of each frame passed up to the host, which its
 /// ingress hook counts.
-fn counted(name: &str, start: &BTreeMap<&str, Stats>, end: &BTreeMap<&str, Stats>) -> (u64, u64) {
-    let stats = end[name].since(&start[name]);
+fn counted(
+    name: &str,
+    start: &BTreeMap<&str, IfStats>,
+    end: &BTreeMap<&str, IfStats>,
+) -> (u64, u64) {
+    let stats = end[name]
+        .checked_since(&start[name])
+        .expect("counters only grow");
     let header = if name == BRIDGE {
         ETHERNET_HEADER * stats.rx_packets
     } else {
@@ -272,7 +299,7 @@ fn counted(name: &str, start: &BTreeMap<&str, Stats>, end: &BTreeMap<&str, Stats
 
 /// What the two rules must count over a run: `(download, upload)` of every
 /// counted interface, and of the uplink alone.
-fn expected(start: &BTreeMap<&str, Stats>, end: &BTreeMap<&str, Stats>) -> [(u64, u64); 2] {
+fn expected(start: &BTreeMap<&str, IfStats>, end: &BTreeMap<&str, IfStats>) -> [(u64, u64); 2] {
     let all = start.keys().fold((0, 0), |(rx, tx), name| {
         let (r, t) = counted(name, start, end);
         (rx + r, tx + t)

@@ -13,9 +13,8 @@ use crate::common;
 
 use std::{thread, time::Duration};
 
-use common::{
-    Agent, Link, Stats, Store, control_link, privileged, reporting_args, tail, tcp_transfer,
-};
+use common::{Agent, Link, Store, control_link, privileged, reporting_args, tail};
+use tally_testkit::{netns::IfStats, traffic::tcp_transfer};
 
 const COLLECTOR_PORT: u16 = 50_051;
 
@@ -31,6 +30,7 @@ fn with_traffic(link: &Link, during: impl FnOnce()) {
                 16 * 1024 * 1024,
                 Duration::from_millis(15),
             )
+            .expect("TCP b to a")
         });
         during();
     });
@@ -52,7 +52,7 @@ fn totals_equal_the_kernel_counts_across_kills_of_agent_collector_and_postgres()
     let link = Link::new();
     let mut collector = store.collector(&link.b, control_link(&link, COLLECTOR_PORT));
 
-    let kernel_start = link.a.settle(&link.if_a);
+    let kernel_start = link.a.settle(&link.if_a).expect("stats");
     let collector_url = collector.url();
     let mut agent = Agent::start(&link.a, &reporting_args(&collector_url, &token_file));
     agent.wait_for(&link.if_a);
@@ -80,7 +80,12 @@ fn totals_equal_the_kernel_counts_across_kills_of_agent_collector_and_postgres()
     });
 
     // Traffic has stopped: the kernel's counts are final.
-    let kernel: Stats = link.a.settle(&link.if_a).since(&kernel_start);
+    let kernel: IfStats = link
+        .a
+        .settle(&link.if_a)
+        .expect("stats")
+        .checked_since(&kernel_start)
+        .expect("counters only grow");
     assert!(kernel.rx_bytes > 3 * 16 * 1024 * 1024, "{kernel:?}");
     let expected = (kernel.rx_bytes, kernel.tx_bytes);
 

@@ -6,7 +6,8 @@ use crate::common;
 
 use std::time::Duration;
 
-use common::{Agent, Link, assert_exact, privileged, tcp_transfer, tcx_programs, udp_burst};
+use common::{Agent, Link, assert_exact, privileged, tcx_programs};
+use tally_testkit::traffic::{tcp_transfer, udp_burst};
 
 const TCP_BYTES: usize = 20 * 1024 * 1024;
 const UDP_DATAGRAMS: usize = 25_000;
@@ -22,21 +23,30 @@ fn counts_equal_the_kernel_statistics_both_ways() {
     agent_a.wait_for(&link.if_a);
     agent_b.wait_for(&link.if_b);
 
-    let kernel_a0 = link.a.settle(&link.if_a);
-    let kernel_b0 = link.b.settle(&link.if_b);
+    let kernel_a0 = link.a.settle(&link.if_a).expect("stats of a");
+    let kernel_b0 = link.b.settle(&link.if_b).expect("stats of b");
     let ours_a0 = agent_a.counters(&link.if_a);
     let ours_b0 = agent_b.counters(&link.if_b);
 
     // At least 20 MB of TCP and 50,000 small UDP datagrams, each way.
-    tcp_transfer(&link.b, &link.a, link.ip_a, TCP_BYTES, Duration::ZERO);
-    tcp_transfer(&link.a, &link.b, link.ip_b, TCP_BYTES, Duration::ZERO);
-    udp_burst(&link.b, &link.a, link.ip_a, link.ip_b, UDP_DATAGRAMS, 32);
-    udp_burst(&link.a, &link.b, link.ip_b, link.ip_a, UDP_DATAGRAMS, 32);
+    tcp_transfer(&link.b, &link.a, link.ip_a, TCP_BYTES, Duration::ZERO).expect("TCP b to a");
+    tcp_transfer(&link.a, &link.b, link.ip_b, TCP_BYTES, Duration::ZERO).expect("TCP a to b");
+    udp_burst(&link.b, link.ip_b, &link.a, link.ip_a, UDP_DATAGRAMS, 32).expect("UDP b to a");
+    udp_burst(&link.a, link.ip_a, &link.b, link.ip_b, UDP_DATAGRAMS, 32).expect("UDP a to b");
 
-    let kernel_a = link.a.settle(&link.if_a).since(&kernel_a0);
-    let kernel_b = link.b.settle(&link.if_b).since(&kernel_b0);
-    let ours_a = agent_a.counters(&link.if_a).since(&ours_a0);
-    let ours_b = agent_b.counters(&link.if_b).since(&ours_b0);
+    let grown = "counters only grow";
+    let kernel_a = link.a.settle(&link.if_a).expect("stats of a");
+    let kernel_a = kernel_a.checked_since(&kernel_a0).expect(grown);
+    let kernel_b = link.b.settle(&link.if_b).expect("stats of b");
+    let kernel_b = kernel_b.checked_since(&kernel_b0).expect(grown);
+    let ours_a = agent_a
+        .counters(&link.if_a)
+        .checked_since(&ours_a0)
+        .expect(grown);
+    let ours_b = agent_b
+        .counters(&link.if_b)
+        .checked_since(&ours_b0)
+        .expect(grown);
 
     assert!(
         kernel_a.rx_bytes >= TCP_BYTES as u64 && kernel_a.tx_bytes >= TCP_BYTES as u64,
@@ -59,9 +69,9 @@ fn loopback_is_not_counted() {
 
     // Traffic over lo inside the namespace.
     let lo = std::net::Ipv4Addr::LOCALHOST;
-    tcp_transfer(&link.a, &link.a, lo, 4 * 1024 * 1024, Duration::ZERO);
-    udp_burst(&link.a, &link.a, lo, lo, 1_000, 64);
-    let kernel_lo = link.a.settle("lo");
+    tcp_transfer(&link.a, &link.a, lo, 4 * 1024 * 1024, Duration::ZERO).expect("TCP over lo");
+    udp_burst(&link.a, lo, &link.a, lo, 1_000, 64).expect("UDP over lo");
+    let kernel_lo = link.a.settle("lo").expect("stats of lo");
     assert!(
         kernel_lo.rx_bytes >= 4 * 1024 * 1024,
         "the kernel saw the loopback traffic"

@@ -20,7 +20,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Agent, NetNs, Stats, assert_exact, privileged, set_up, veth, wait_oper_up};
+use common::{Agent, assert_exact, netns, privileged, veth};
+use tally_testkit::netns::{IfStats, Netns};
 
 const ETHERNET: u64 = 14;
 const IPV4_UDP: u64 = 20 + 8;
@@ -158,8 +159,8 @@ impl Split {
 
 /// Two namespaces joined by a quiet veth pair with IPv4 and IPv6 addresses.
 struct DualStack {
-    a: NetNs,
-    b: NetNs,
+    a: Netns,
+    b: Netns,
     v4: (Ipv4Addr, Ipv4Addr),
     v6: (Ipv6Addr, Ipv6Addr),
     mac_a: [u8; 6],
@@ -171,58 +172,51 @@ const SUBNET: u8 = 61;
 
 impl DualStack {
     fn new() -> Self {
-        let a = NetNs::new("fa");
-        let b = NetNs::new("fb");
+        let a = netns("fa");
+        let b = netns("fb");
         // IPv4 addresses and static neighbours; still down.
-        let v4 = veth(&a, &b, IF_A, IF_B, SUBNET, false);
-        let mac = |end: u8| [0x02, 0x7a, 0x11, SUBNET, 0x00, end];
+        let pair = veth(IF_A, IF_B, SUBNET);
+        pair.create(&a, &b).expect("the veth pair");
         let v6 = (
             Ipv6Addr::new(0xfd7a, 0x11, u16::from(SUBNET), 0, 0, 0, 0, 1),
             Ipv6Addr::new(0xfd7a, 0x11, u16::from(SUBNET), 0, 0, 0, 0, 2),
         );
         for (ns, iface, ip, peer_ip, peer_mac) in [
-            (&a, IF_A, v6.0, v6.1, mac(2)),
-            (&b, IF_B, v6.1, v6.0, mac(1)),
+            (&a, IF_A, v6.0, v6.1, pair.b.mac_text()),
+            (&b, IF_B, v6.1, v6.0, pair.a.mac_text()),
         ] {
             quiet_ipv6(ns, iface);
-            ns.exec(
-                "ip",
-                &[
-                    "-6",
-                    "addr",
-                    "add",
-                    &format!("{ip}/64"),
-                    "dev",
-                    iface,
-                    "nodad",
-                ],
-            );
-            ns.exec(
-                "ip",
-                &[
-                    "-6",
-                    "neigh",
-                    "replace",
-                    &peer_ip.to_string(),
-                    "lladdr",
-                    &mac_text(peer_mac),
-                    "dev",
-                    iface,
-                    "nud",
-                    "permanent",
-                ],
-            );
+            ns.ip(&[
+                "-6",
+                "addr",
+                "add",
+                &format!("{ip}/64"),
+                "dev",
+                iface,
+                "nodad",
+            ])
+            .expect("IPv6 address");
+            ns.ip(&[
+                "-6",
+                "neigh",
+                "replace",
+                &peer_ip.to_string(),
+                "lladdr",
+                &peer_mac,
+                "dev",
+                iface,
+                "nud",
+                "permanent",
+            ])
+            .expect("IPv6 neighbour");
         }
-        set_up(&a, IF_A);
-        set_up(&b, IF_B);
-        wait_oper_up(&a, IF_A);
-        wait_oper_up(&b, IF_B);
+        pair.set_up(&a, &b).expect("the veth pair up");
         let net = Self {
             a,
             b,
-            v4,
+            v4: (pair.a.addr, pair.b.addr),
             v6,
-            mac_a: mac(1),
+            mac_a: pair.a.mac,
         };
         net.wait_quiet();
         net
@@ -232,7 +226,7 @@ impl DualStack {
     /// link's coming up set off, MLD reports above all, is over by then).
     fn wait_quiet(&self) {
         let deadline = Instant::now() + Duration::from_secs(20);
-        let mut last = self.a.kernel_stats(IF_A);
+        let mut last = self.a.kernel_stats(IF_A).expect("stats");
         let mut still_since = Instant::now();
         while still_since.elapsed() < Duration::from_secs(1) {
             assert!(
@@ -240,7 +234,7 @@ impl DualStack {
                 "the link did not fall quiet within 20 s: {last:?}"
             );
             thread::sleep(Duration::from_millis(100));
-            let now = self.a.kernel_stats(IF_A);
+            let now = self.a.kernel_stats(IF_A).expect("stats");
             if now != last {
                 last = now;
                 still_since = Instant::now();
@@ -254,40 +248,34 @@ impl DualStack {
 /// advertisements taken, and MLD's unsolicited reports (sent when a group is
 /// joined) within milliseconds instead of up to a second apart. Set while
 /// the interface is down and IPv6 still off on it.
-fn quiet_ipv6(ns: &NetNs, iface: &str) {
-    let knob = |name: &str, value: &str| format!("net.ipv6.conf.{iface}.{name}={value}");
-    ns.exec(
-        "sysctl",
-        &[
-            "-q",
-            "-w",
-            &knob("addr_gen_mode", "1"),
-            &knob("accept_ra", "0"),
-            &knob("router_solicitations", "0"),
-            &knob("accept_dad", "0"),
-            &knob("dad_transmits", "0"),
-            &knob("mldv1_unsolicited_report_interval", "10"),
-            &knob("mldv2_unsolicited_report_interval", "10"),
-            &knob("disable_ipv6", "0"),
-        ],
-    );
-}
-
-fn mac_text(mac: [u8; 6]) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
+fn quiet_ipv6(ns: &Netns, iface: &str) {
+    for (name, value) in [
+        ("addr_gen_mode", "1"),
+        ("accept_ra", "0"),
+        ("router_solicitations", "0"),
+        ("accept_dad", "0"),
+        ("dad_transmits", "0"),
+        ("mldv1_unsolicited_report_interval", "10"),
+        ("mldv2_unsolicited_report_interval", "10"),
+        ("disable_ipv6", "0"),
+    ] {
+        ns.sysctl(&format!("net.ipv6.conf.{iface}.{name}"), value)
+            .expect("sysctl");
+    }
 }
 
 /// Sends `burst` as UDP datagrams from `from_ip` in `from` to a socket on
 /// `to_ip` in `to`, paced so that the veth's backlog never overflows. The
 /// receiving socket is returned: it must stay open until the counting is
 /// over (a datagram to a closed port would bring an ICMP error back).
-fn udp(from: &NetNs, to: &NetNs, from_ip: IpAddr, to_ip: IpAddr, burst: Burst) -> UdpSocket {
-    let receiver = to.run(move || UdpSocket::bind(SocketAddr::new(to_ip, 0)).expect("bind"));
+fn udp(from: &Netns, to: &Netns, from_ip: IpAddr, to_ip: IpAddr, burst: Burst) -> UdpSocket {
+    let receiver = to
+        .run(move || UdpSocket::bind(SocketAddr::new(to_ip, 0)).expect("bind"))
+        .expect("run in the namespace");
     let target = receiver.local_addr().expect("addr");
-    let sender = from.run(move || UdpSocket::bind(SocketAddr::new(from_ip, 0)).expect("bind"));
+    let sender = from
+        .run(move || UdpSocket::bind(SocketAddr::new(from_ip, 0)).expect("bind"))
+        .expect("run in the namespace");
     let payload = vec![0x5a_u8; burst.payload];
     for i in 0..burst.count {
         let sent = sender.send_to(&payload, target).expect("send");
@@ -303,7 +291,7 @@ fn udp(from: &NetNs, to: &NetNs, from_ip: IpAddr, to_ip: IpAddr, burst: Burst) -
 /// `iface` in `from` to `dst_mac` (an AF_PACKET socket; they cross the link
 /// and are dropped by the receiving stack after its statistics and our
 /// ingress hook counted them).
-fn raw_frames(from: &NetNs, iface: &'static str, dst_mac: [u8; 6], burst: Burst) {
+fn raw_frames(from: &Netns, iface: &'static str, dst_mac: [u8; 6], burst: Burst) {
     from.run(move || {
         let ifname = std::ffi::CString::new(iface).expect("name");
         // SAFETY: a valid NUL-terminated name.
@@ -350,7 +338,8 @@ fn raw_frames(from: &NetNs, iface: &'static str, dst_mac: [u8; 6], burst: Burst)
         }
         // SAFETY: closing the socket made above.
         unsafe { libc::close(fd) };
-    });
+    })
+    .expect("run in the namespace");
 }
 
 #[test]
@@ -365,8 +354,8 @@ fn ipv4_and_ipv6_of_known_sizes_are_split_exactly() {
     agent_b.wait_for(IF_B);
     net.wait_quiet();
 
-    let kernel_a0 = net.a.kernel_stats(IF_A);
-    let kernel_b0 = net.b.kernel_stats(IF_B);
+    let kernel_a0 = net.a.kernel_stats(IF_A).expect("stats of a");
+    let kernel_b0 = net.b.kernel_stats(IF_B).expect("stats of b");
     let ours_a0 = Split::read(&agent_a, IF_A);
     let ours_b0 = Split::read(&agent_b, IF_B);
 
@@ -380,8 +369,11 @@ fn ipv4_and_ipv6_of_known_sizes_are_split_exactly() {
     ];
     raw_frames(&net.b, IF_B, net.mac_a, RAW_B_TO_A);
 
-    let kernel_a = net.a.settle(IF_A).since(&kernel_a0);
-    let kernel_b = net.b.settle(IF_B).since(&kernel_b0);
+    let grown = "counters only grow";
+    let kernel_a = net.a.settle(IF_A).expect("stats of a");
+    let kernel_a = kernel_a.checked_since(&kernel_a0).expect(grown);
+    let kernel_b = net.b.settle(IF_B).expect("stats of b");
+    let kernel_b = kernel_b.checked_since(&kernel_b0).expect(grown);
     let ours_a = Split::read(&agent_a, IF_A).since(&ours_a0);
     let ours_b = Split::read(&agent_b, IF_B).since(&ours_b0);
 
@@ -416,12 +408,12 @@ fn ipv4_and_ipv6_of_known_sizes_are_split_exactly() {
         );
         assert_exact(
             side,
-            &Stats {
+            &IfStats {
                 rx_bytes: ours.total.rx_bytes,
                 tx_bytes: ours.total.tx_bytes,
                 rx_packets: ours.total.rx_packets,
                 tx_packets: ours.total.tx_packets,
-                ..Stats::default()
+                ..IfStats::default()
             },
             &kernel,
         );

@@ -19,13 +19,13 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use common::{AGENT, Agent, Link, privileged, udp_burst};
+use common::{AGENT, Agent, Link, privileged};
 use futures_util::{Stream, stream};
 use tally_proto::v1::{
     HeartbeatReply, HeartbeatRequest, InterfaceState, Outcome, Refusal,
     heartbeat_server::{Heartbeat, HeartbeatServer},
 };
-use tally_testkit::certs;
+use tally_testkit::{certs, traffic::udp_burst};
 use tonic::{
     Request, Response, Status, Streaming,
     transport::{Identity, Server, ServerTlsConfig, server::TcpIncoming},
@@ -1168,7 +1168,8 @@ fn ebpf_heartbeats_carry_the_exact_counters_and_grow_across_a_restart() {
     // so the heartbeats themselves do not show in the counters).
     let listener = link
         .a
-        .run(|| StdTcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind in the namespace"));
+        .run(|| StdTcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind in the namespace"))
+        .expect("run in the namespace");
     let collector = Collector::start_on(listener, Log::default(), None);
     let dir = tempfile::tempdir().expect("tempdir");
     let token = token_file(dir.path()).display().to_string();
@@ -1186,8 +1187,8 @@ fn ebpf_heartbeats_carry_the_exact_counters_and_grow_across_a_restart() {
         ],
     );
     agent.wait_for(&link.if_a);
-    udp_burst(&link.b, &link.a, link.ip_a, link.ip_b, 1_000, 100);
-    link.a.settle(&link.if_a);
+    udp_burst(&link.b, link.ip_b, &link.a, link.ip_a, 1_000, 100).expect("UDP b to a");
+    link.a.settle(&link.if_a).expect("stats");
     let ours = agent.counters(&link.if_a);
     assert!(ours.rx_packets >= 1_000, "{ours:?}");
 

@@ -32,10 +32,10 @@ use std::{
 };
 
 use common::{
-    Agent, Collector, Link, Stats, Store, control_link, privileged, reporting_args, send_as, tail,
-    tcp_transfer,
+    Agent, Collector, Link, Store, control_link, privileged, reporting_args, send_as, tail,
 };
 use tally_proto::v1::{HeartbeatRequest, InterfaceCounters, InterfaceState, LoadAverage, Outcome};
+use tally_testkit::{netns::IfStats, traffic::tcp_transfer};
 
 const COLLECTOR_PORT: u16 = 50_051;
 /// How long the stored totals may take to reach the kernel's.
@@ -51,7 +51,8 @@ fn transfer(link: &Link) {
         link.ip_a,
         4 * 1024 * 1024,
         Duration::from_millis(2),
-    );
+    )
+    .expect("TCP b to a");
 }
 
 fn files_in(dir: &Path) -> Vec<String> {
@@ -84,7 +85,7 @@ fn journal_survives_a_reboot(test: &str, collector_first: bool) {
     let link = Link::new();
     let mut collector = store.collector(&link.b, control_link(&link, COLLECTOR_PORT));
 
-    let kernel_start = link.a.settle(&link.if_a);
+    let kernel_start = link.a.settle(&link.if_a).expect("stats");
     let collector_url = collector.url();
     let mut args = reporting_args(&collector_url, &token_file);
     args.extend(["--final-heartbeat-timeout", "1s"]);
@@ -109,7 +110,12 @@ fn journal_survives_a_reboot(test: &str, collector_first: bool) {
 
     // Traffic flows and is stored.
     transfer(&link);
-    let so_far = link.a.settle(&link.if_a).since(&kernel_start);
+    let so_far = link
+        .a
+        .settle(&link.if_a)
+        .expect("stats")
+        .checked_since(&kernel_start)
+        .expect("counters only grow");
     let stored = store.wait_for_totals(&node.id, (so_far.rx_bytes, so_far.tx_bytes), WITHIN);
     assert_eq!(
         stored,
@@ -122,7 +128,7 @@ fn journal_survives_a_reboot(test: &str, collector_first: bool) {
     // its last heartbeat: the journal keeps it.
     collector.kill9();
     transfer(&link);
-    let kernel_stop = link.a.settle(&link.if_a);
+    let kernel_stop = link.a.settle(&link.if_a).expect("stats");
     agent.stop();
     assert!(
         journal.exists(),
@@ -176,7 +182,7 @@ fn journal_survives_a_reboot(test: &str, collector_first: bool) {
     let second_epoch = agent.epoch();
     assert_ne!(second_epoch, first_epoch, "a new epoch after the reboot");
     // Nothing crossed the link while no agent counted.
-    let kernel_reboot = link.a.settle(&link.if_a);
+    let kernel_reboot = link.a.settle(&link.if_a).expect("stats");
     assert_eq!(
         kernel_reboot, kernel_stop,
         "the link was quiet between the two boots"
@@ -184,15 +190,19 @@ fn journal_survives_a_reboot(test: &str, collector_first: bool) {
 
     // The new boot counts from zero.
     transfer(&link);
-    let kernel_end = link.a.settle(&link.if_a);
-    let new_boot = kernel_end.since(&kernel_reboot);
+    let kernel_end = link.a.settle(&link.if_a).expect("stats");
+    let new_boot = kernel_end
+        .checked_since(&kernel_reboot)
+        .expect("counters only grow");
     assert_eq!(
         agent.counters(&link.if_a).traffic(),
         new_boot.traffic(),
         "the new boot's counters start at zero"
     );
 
-    let kernel: Stats = kernel_end.since(&kernel_start);
+    let kernel: IfStats = kernel_end
+        .checked_since(&kernel_start)
+        .expect("counters only grow");
     let expected = (kernel.rx_bytes, kernel.tx_bytes);
     let stored = store.wait_for_totals(&node.id, expected, WITHIN);
     assert_eq!(
@@ -276,8 +286,13 @@ fn journal_goes_before_the_new_boot_when_the_collector_comes_back_later() {
 
 /// The agent's (download, upload) totals as the kernel counted them on
 /// `link`'s counted interface between `from` and now.
-fn kernel_since(link: &Link, from: &Stats) -> (u64, u64) {
-    let now = link.a.settle(&link.if_a).since(from);
+fn kernel_since(link: &Link, from: &IfStats) -> (u64, u64) {
+    let now = link
+        .a
+        .settle(&link.if_a)
+        .expect("stats")
+        .checked_since(from)
+        .expect("counters only grow");
     (now.rx_bytes, now.tx_bytes)
 }
 
@@ -301,7 +316,7 @@ struct Scene {
     link: Link,
     node: tally_collector::nodes::Added,
     token_file: std::path::PathBuf,
-    start: Stats,
+    start: IfStats,
     store: Store,
 }
 
@@ -328,7 +343,7 @@ impl Scene {
             "TALLY_BOOT_ID_FILE",
             boot_id_file.to_str().expect("utf-8 path"),
         )];
-        let start = link.a.settle(&link.if_a);
+        let start = link.a.settle(&link.if_a).expect("stats");
         let mut agent = Agent::start_with_env(&link.a, &args, &env);
         agent.wait_for(&link.if_a);
         Some(Scene {
@@ -408,7 +423,7 @@ fn a_reboot_that_lost_the_state_directory_still_counts_the_new_boot() {
     fs::remove_dir_all(&scene.agent.state_dir).expect("lose the state directory");
     let before_reboot = scene.store.totals(&scene.node.id).expect("totals");
     let log_before = scene.agent.log().len();
-    let reboot = scene.link.a.settle(&scene.link.if_a);
+    let reboot = scene.link.a.settle(&scene.link.if_a).expect("stats");
     scene.agent.restart();
     scene.agent.wait_for(&scene.link.if_a);
     transfer(&scene.link);
@@ -532,7 +547,7 @@ fn an_agent_whose_heartbeats_are_stale_says_so_and_is_shown() {
     );
 
     // What the log says to do: a new counter set. It counts again.
-    let restart = scene.link.a.settle(&scene.link.if_a);
+    let restart = scene.link.a.settle(&scene.link.if_a).expect("stats");
     scene.new_counter_set();
     transfer(&scene.link);
     scene.counts(

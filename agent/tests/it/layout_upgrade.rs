@@ -280,15 +280,13 @@ fn counters_of_layout_1_are_taken_over_and_their_last_counts_kept_for_the_collec
     agent.kill9();
     assert!(agent.detach().status.success(), "detach");
     let _ = fs::remove_file(agent.state_dir.join("journal"));
-    let ifindex: u32 = String::from_utf8_lossy(
-        &link
-            .a
-            .exec("cat", &[&format!("/sys/class/net/{}/ifindex", link.if_a)])
-            .stdout,
-    )
-    .trim()
-    .parse()
-    .expect("ifindex");
+    let ifindex: u32 = link
+        .a
+        .exec("cat", &[&format!("/sys/class/net/{}/ifindex", link.if_a)])
+        .expect("cat ifindex")
+        .trim()
+        .parse()
+        .expect("ifindex");
     let planted = plant(&agent.pin_dir, &link.if_a, ifindex);
 
     agent.restart();

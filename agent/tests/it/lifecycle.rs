@@ -10,9 +10,10 @@ use std::{
 };
 
 use common::{
-    Agent, Link, assert_exact, privileged, program_exists, set_up, tcp_transfer, tcx_programs,
-    udp_burst, veth, veth_counted_from_birth, wait_oper_up,
+    Agent, Link, assert_exact, privileged, program_exists, tcx_programs, veth,
+    veth_counted_from_birth,
 };
+use tally_testkit::traffic::{tcp_transfer, udp_burst};
 
 #[test]
 fn an_interface_created_later_is_counted_and_an_excluded_one_is_not() {
@@ -25,19 +26,24 @@ fn an_interface_created_later_is_counted_and_an_excluded_one_is_not() {
 
     // Created after the agent started; down until the agent counts it, so
     // that every packet it ever carried is one the agent saw.
-    let (ip_new, ip_new_peer) = veth(&link.a, &link.b, "tvnew", "tvnewp", 2, false);
+    let new = veth("tvnew", "tvnewp", 2);
+    new.create(&link.a, &link.b).expect("tvnew");
     agent.wait_for("tvnew");
-    set_up(&link.a, "tvnew");
-    set_up(&link.b, "tvnewp");
+    link.a.set_up("tvnew").expect("tvnew up");
+    link.b.set_up("tvnewp").expect("tvnewp up");
+    let (ip_new, ip_new_peer) = (new.a.addr, new.b.addr);
     // And one the filter leaves out.
-    let (ip_skip, ip_skip_peer) = veth(&link.a, &link.b, "tvxskip", "tvxskipp", 3, true);
+    let skip = veth("tvxskip", "tvxskipp", 3);
+    skip.create(&link.a, &link.b).expect("tvxskip");
+    skip.set_up(&link.a, &link.b).expect("tvxskip up");
+    let (ip_skip, ip_skip_peer) = (skip.a.addr, skip.b.addr);
 
-    tcp_transfer(&link.b, &link.a, ip_new, 2 * 1024 * 1024, Duration::ZERO);
-    udp_burst(&link.a, &link.b, ip_new_peer, ip_new, 2_000, 100);
-    tcp_transfer(&link.b, &link.a, ip_skip, 1024 * 1024, Duration::ZERO);
-    udp_burst(&link.a, &link.b, ip_skip_peer, ip_skip, 500, 100);
+    tcp_transfer(&link.b, &link.a, ip_new, 2 * 1024 * 1024, Duration::ZERO).expect("TCP to tvnew");
+    udp_burst(&link.a, ip_new, &link.b, ip_new_peer, 2_000, 100).expect("UDP from tvnew");
+    tcp_transfer(&link.b, &link.a, ip_skip, 1024 * 1024, Duration::ZERO).expect("TCP to tvxskip");
+    udp_burst(&link.a, ip_skip, &link.b, ip_skip_peer, 500, 100).expect("UDP from tvxskip");
 
-    let kernel_new = link.a.settle("tvnew");
+    let kernel_new = link.a.settle("tvnew").expect("stats");
     assert!(kernel_new.rx_bytes > 2 * 1024 * 1024, "{kernel_new:?}");
     assert_exact(
         "interface created later",
@@ -69,9 +75,11 @@ fn an_interface_that_goes_keeps_its_counts_and_loses_its_attachment() {
     let link = Link::new();
     let mut agent = Agent::start(&link.a, &[]);
     let ip = veth_counted_from_birth(&link, &mut agent, "tvgone", "tvgonep", 4);
-    tcp_transfer(&link.b, &link.a, ip, 1024 * 1024, Duration::ZERO);
-    let kernel = link.a.settle("tvgone");
-    link.a.exec("ip", &["link", "del", "tvgone"]);
+    tcp_transfer(&link.b, &link.a, ip, 1024 * 1024, Duration::ZERO).expect("TCP");
+    let kernel = link.a.settle("tvgone").expect("stats");
+    link.a
+        .ip(&["link", "del", "tvgone"])
+        .expect("delete tvgone");
 
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -110,32 +118,38 @@ fn kill_9_in_the_middle_of_a_transfer_loses_nothing() {
     let mut agent = Agent::start(&link.a, &[]);
     agent.wait_for(&link.if_a);
     let epoch = agent.epoch();
-    let kernel0 = link.a.settle(&link.if_a);
+    let kernel0 = link.a.settle(&link.if_a).expect("stats");
     let ours0 = agent.counters(&link.if_a);
 
     // ~32 MiB in 64 KiB writes, 2 ms apart: about a second and a half.
-    let (b, a, ip) = (link.b.path(), link.a.path(), link.ip_a);
-    let transfer = {
-        let (b, a) = (
-            common::NetNs { name: name_of(&b) },
-            common::NetNs { name: name_of(&a) },
-        );
-        thread::spawn(move || {
-            tcp_transfer(&b, &a, ip, 32 * 1024 * 1024, Duration::from_millis(2));
-            // These are borrowed names: do not delete the namespaces here.
-            std::mem::forget(b);
-            std::mem::forget(a);
-        })
-    };
-    thread::sleep(Duration::from_millis(400));
-    agent.kill9();
-    thread::sleep(Duration::from_millis(300));
-    agent.restart();
-    agent.wait_for(&link.if_a);
-    transfer.join().expect("transfer");
+    thread::scope(|scope| {
+        let transfer = scope.spawn(|| {
+            tcp_transfer(
+                &link.b,
+                &link.a,
+                link.ip_a,
+                32 * 1024 * 1024,
+                Duration::from_millis(2),
+            )
+        });
+        thread::sleep(Duration::from_millis(400));
+        agent.kill9();
+        thread::sleep(Duration::from_millis(300));
+        agent.restart();
+        agent.wait_for(&link.if_a);
+        transfer
+            .join()
+            .expect("the transfer's thread")
+            .expect("transfer");
+    });
 
-    let kernel = link.a.settle(&link.if_a).since(&kernel0);
-    let ours = agent.counters(&link.if_a).since(&ours0);
+    let grown = "counters only grow";
+    let kernel = link.a.settle(&link.if_a).expect("stats");
+    let kernel = kernel.checked_since(&kernel0).expect(grown);
+    let ours = agent
+        .counters(&link.if_a)
+        .checked_since(&ours0)
+        .expect(grown);
     assert!(kernel.rx_bytes > 32 * 1024 * 1024, "{kernel:?}");
     assert_exact("across kill -9 and restart", &ours, &kernel);
     assert_eq!(
@@ -148,13 +162,6 @@ fn kill_9_in_the_middle_of_a_transfer_loses_nothing() {
         "{}",
         agent.log()
     );
-}
-
-fn name_of(path: &std::path::Path) -> String {
-    path.file_name()
-        .and_then(|n| n.to_str())
-        .expect("netns name")
-        .to_owned()
 }
 
 /// Stops the agent, detaches, and checks with the kernel's view (not the
@@ -198,8 +205,9 @@ fn detach_and_check(agent: &mut Agent, link: &Link) {
     for hook in ["ingress", "egress"] {
         let filters = link
             .a
-            .exec("tc", &["filter", "show", "dev", &link.if_a, hook]);
-        assert!(filters.stdout.is_empty(), "no tc filter left on {hook}");
+            .exec("tc", &["filter", "show", "dev", &link.if_a, hook])
+            .expect("tc filter show");
+        assert!(filters.is_empty(), "no tc filter left on {hook}");
     }
     let deadline = Instant::now() + Duration::from_secs(5);
     for (_, id) in programs {
@@ -264,37 +272,42 @@ fn netlink_mode_counts_exactly_adopts_its_filters_and_detaches_cleanly() {
     // Someone else's filter on the same hook (after ours) must survive us,
     // and still see every packet: ours lets the classification go on.
     link.a
-        .exec("tc", &["qdisc", "add", "dev", &link.if_a, "clsact"]);
-    link.a.exec(
-        "tc",
-        &[
-            "filter", "add", "dev", &link.if_a, "ingress", "pref", "40000", "protocol", "all",
-            "u32", "match", "u32", "0", "0", "classid", "1:1",
-        ],
-    );
+        .exec("tc", &["qdisc", "add", "dev", &link.if_a, "clsact"])
+        .expect("tc qdisc add");
+    link.a
+        .exec(
+            "tc",
+            &[
+                "filter", "add", "dev", &link.if_a, "ingress", "pref", "40000", "protocol", "all",
+                "u32", "match", "u32", "0", "0", "classid", "1:1",
+            ],
+        )
+        .expect("tc filter add");
     let mut agent = Agent::start(&link.a, &["--attach", "netlink"]);
     agent.wait_for(&link.if_a);
-    let kernel0 = link.a.settle(&link.if_a);
+    let kernel0 = link.a.settle(&link.if_a).expect("stats");
     let ours0 = agent.counters(&link.if_a);
-    tcp_transfer(&link.b, &link.a, link.ip_a, 4 * 1024 * 1024, Duration::ZERO);
+    tcp_transfer(&link.b, &link.a, link.ip_a, 4 * 1024 * 1024, Duration::ZERO).expect("TCP");
     agent.kill9();
     agent.restart();
     agent.wait_for(&link.if_a);
-    udp_burst(&link.a, &link.b, link.ip_b, link.ip_a, 5_000, 64);
-    let kernel = link.a.settle(&link.if_a).since(&kernel0);
+    udp_burst(&link.a, link.ip_a, &link.b, link.ip_b, 5_000, 64).expect("UDP");
+    let grown = "counters only grow";
+    let kernel = link.a.settle(&link.if_a).expect("stats");
+    let kernel = kernel.checked_since(&kernel0).expect(grown);
     assert_exact(
         "netlink mode",
-        &agent.counters(&link.if_a).since(&ours0),
+        &agent
+            .counters(&link.if_a)
+            .checked_since(&ours0)
+            .expect(grown),
         &kernel,
     );
 
-    let shown = String::from_utf8_lossy(
-        &link
-            .a
-            .exec("tc", &["filter", "show", "dev", &link.if_a, "ingress"])
-            .stdout,
-    )
-    .into_owned();
+    let shown = link
+        .a
+        .exec("tc", &["filter", "show", "dev", &link.if_a, "ingress"])
+        .expect("tc filter show");
     assert_eq!(
         shown.matches("name tally_ingress").count(),
         1,
@@ -308,13 +321,10 @@ fn netlink_mode_counts_exactly_adopts_its_filters_and_detaches_cleanly() {
         "detach failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let after = String::from_utf8_lossy(
-        &link
-            .a
-            .exec("tc", &["filter", "show", "dev", &link.if_a, "ingress"])
-            .stdout,
-    )
-    .into_owned();
+    let after = link
+        .a
+        .exec("tc", &["filter", "show", "dev", &link.if_a, "ingress"])
+        .expect("tc filter show");
     assert!(!after.contains("tally"), "our filter is gone:\n{after}");
     assert!(
         after.contains("u32") && after.contains("pref 40000"),
@@ -335,8 +345,8 @@ fn a_long_gone_interface_is_folded_into_the_retired_entry_and_totals_stay() {
     );
     agent.wait_for(&link.if_a);
     let ip = veth_counted_from_birth(&link, &mut agent, "tvfold", "tvfoldp", 5);
-    tcp_transfer(&link.b, &link.a, ip, 1024 * 1024, Duration::ZERO);
-    let kernel = link.a.settle("tvfold");
+    tcp_transfer(&link.b, &link.a, ip, 1024 * 1024, Duration::ZERO).expect("TCP");
+    let kernel = link.a.settle("tvfold").expect("stats");
     let total_of = |status: &serde_json::Value| -> (u64, u64, u64, u64) {
         status["interfaces"]
             .as_array()
@@ -353,7 +363,9 @@ fn a_long_gone_interface_is_folded_into_the_retired_entry_and_totals_stay() {
             })
     };
     let before = agent.status().expect("status");
-    link.a.exec("ip", &["link", "del", "tvfold"]);
+    link.a
+        .ip(&["link", "del", "tvfold"])
+        .expect("delete tvfold");
 
     let deadline = Instant::now() + Duration::from_secs(15);
     while agent.iface("tvfold").is_some() {
@@ -370,7 +382,8 @@ fn a_long_gone_interface_is_folded_into_the_retired_entry_and_totals_stay() {
     // The veth that stays may have moved meanwhile; everything else is equal.
     let moved = agent
         .counters(&link.if_a)
-        .since(&Agent::stats_in(&before, &link.if_a));
+        .checked_since(&Agent::stats_in(&before, &link.if_a))
+        .expect("counters only grow");
     let (b, a) = (total_of(&before), total_of(&after));
     assert_eq!(
         (
@@ -397,16 +410,19 @@ fn a_renamed_interface_keeps_counting_under_its_new_name() {
     let link = Link::new();
     let mut agent = Agent::start(&link.a, &[]);
     let ip = veth_counted_from_birth(&link, &mut agent, "tvold", "tvoldp", 6);
-    tcp_transfer(&link.b, &link.a, ip, 1024 * 1024, Duration::ZERO);
-    link.a.settle("tvold");
-    link.a.exec("ip", &["link", "set", "tvold", "down"]);
+    tcp_transfer(&link.b, &link.a, ip, 1024 * 1024, Duration::ZERO).expect("TCP");
+    link.a.settle("tvold").expect("stats");
     link.a
-        .exec("ip", &["link", "set", "tvold", "name", "tvnew2"]);
-    set_up(&link.a, "tvnew2");
-    wait_oper_up(&link.a, "tvnew2");
+        .ip(&["link", "set", "tvold", "down"])
+        .expect("tvold down");
+    link.a
+        .ip(&["link", "set", "tvold", "name", "tvnew2"])
+        .expect("rename tvold");
+    link.a.set_up("tvnew2").expect("tvnew2 up");
+    link.a.wait_oper_up("tvnew2").expect("tvnew2 up");
     agent.wait_for("tvnew2");
-    tcp_transfer(&link.b, &link.a, ip, 1024 * 1024, Duration::ZERO);
-    let kernel = link.a.settle("tvnew2");
+    tcp_transfer(&link.b, &link.a, ip, 1024 * 1024, Duration::ZERO).expect("TCP");
+    let kernel = link.a.settle("tvnew2").expect("stats");
     assert!(
         agent.iface("tvold").is_none(),
         "the old name is gone from status"

@@ -20,18 +20,18 @@ use std::{
     io::Write as _,
     net::{Ipv4Addr, TcpListener as StdTcpListener},
     pin::Pin,
-    process::Command,
     sync::{Arc, Mutex},
     thread,
     time::{Duration, Instant},
 };
 
-use common::{Agent, NetNs, privileged, set_up, sh, veth, wait_oper_up};
+use common::{Agent, netns, privileged, veth};
 use futures_util::{Stream, stream};
 use tally_proto::v1::{
     HeartbeatReply, HeartbeatRequest, InterfaceState, LinkKind, Outcome,
     heartbeat_server::{Heartbeat, HeartbeatServer},
 };
+use tally_testkit::netns::{Netns, NetnsError};
 use tonic::{
     Request, Response, Status, Streaming,
     transport::{Server, server::TcpIncoming},
@@ -157,16 +157,14 @@ fn say(text: &str) {
 
 /// `ip -n <ns> link add <name> <spec...>`; `false` (with the reason printed)
 /// when the kernel cannot make that kind of link here.
-fn try_link(ns: &NetNs, name: &str, spec: &[&str]) -> bool {
-    let out = Command::new("ip")
-        .args(["-n", &ns.name, "link", "add"])
-        .args(spec)
-        .output()
-        .expect("run ip");
-    if out.status.success() {
-        return true;
-    }
-    let err = String::from_utf8_lossy(&out.stderr);
+fn try_link(ns: &Netns, name: &str, spec: &[&str]) -> bool {
+    let mut args = vec!["link", "add"];
+    args.extend_from_slice(spec);
+    let err = match ns.ip(&args) {
+        Ok(_) => return true,
+        Err(NetnsError::Ip { stderr, .. }) => stderr,
+        Err(error) => panic!("ip link add {}: {error}", spec.join(" ")),
+    };
     let unsupported = [
         "Unknown device type",
         "Operation not supported",
@@ -189,37 +187,36 @@ fn try_link(ns: &NetNs, name: &str, spec: &[&str]) -> bool {
 /// about each interface of `host` (its kind; the default routes are checked
 /// per step).
 struct ContainerHost {
-    host: NetNs,
+    host: Netns,
     /// The far side of the uplinks.
-    _upstream: NetNs,
-    _containers: [NetNs; 2],
+    _upstream: Netns,
+    _containers: [Netns; 2],
     kinds: BTreeMap<String, LinkKind>,
 }
 
 impl ContainerHost {
     fn build() -> Self {
-        let host = NetNs::new("host");
+        let host = netns("host");
         // The test namespaces start without IPv6; this one needs it for its
         // IPv6 default route (set before the links are made, which take
         // the default).
-        host.exec(
-            "sysctl",
-            &[
-                "-q",
-                "-w",
-                "net.ipv6.conf.all.disable_ipv6=0",
-                "net.ipv6.conf.default.disable_ipv6=0",
-            ],
-        );
-        let upstream = NetNs::new("up");
-        let containers = [NetNs::new("c1"), NetNs::new("c2")];
+        for key in ["all", "default"] {
+            host.sysctl(&format!("net.ipv6.conf.{key}.disable_ipv6"), "0")
+                .expect("IPv6 on");
+        }
+        let upstream = netns("up");
+        let containers = [netns("c1"), netns("c2")];
         let mut kinds = BTreeMap::new();
-        let ip = |args: &[&str]| host.exec("ip", args);
+        let ip = |args: &[&str]| {
+            host.ip(args).expect("ip in host");
+        };
 
         // Two uplink candidates towards "upstream": up0 carries the default
         // routes at the start, up1 takes them over later.
         for (name, peer, subnet) in [("up0", "wan0", 1u8), ("up1", "wan1", 2)] {
-            veth(&host, &upstream, name, peer, subnet, true);
+            let uplink = veth(name, peer, subnet);
+            uplink.create(&host, &upstream).expect("an uplink");
+            uplink.set_up(&host, &upstream).expect("an uplink up");
             ip(&[
                 "-6",
                 "addr",
@@ -249,30 +246,26 @@ impl ContainerHost {
         kinds.insert("docker0".into(), LinkKind::ContainerBridge);
         for (i, container) in containers.iter().enumerate() {
             let port = format!("vethc{i}");
-            sh(
-                "ip",
-                &[
-                    "-n",
-                    &host.name,
-                    "link",
-                    "add",
-                    &port,
-                    "type",
-                    "veth",
-                    "peer",
-                    "name",
-                    "eth0",
-                    "netns",
-                    &container.name,
-                ],
-            );
+            host.ip(&[
+                "link",
+                "add",
+                &port,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                &container.name,
+            ])
+            .expect("a container's veth pair");
             ip(&["link", "set", &port, "master", "docker0"]);
-            set_up(&host, &port);
-            set_up(container, "eth0");
+            host.set_up(&port).expect("a bridge port up");
+            container.set_up("eth0").expect("a container's eth0 up");
             kinds.insert(port, LinkKind::Veth);
         }
-        set_up(&host, "docker0");
-        wait_oper_up(&host, "vethc0");
+        host.set_up("docker0").expect("docker0 up");
+        host.wait_oper_up("vethc0").expect("vethc0 up");
 
         ip(&["link", "add", "br0", "type", "bridge"]);
         kinds.insert("br0".into(), LinkKind::Bridge);
@@ -328,7 +321,7 @@ impl ContainerHost {
     }
 
     fn ip(&self, args: &[&str]) {
-        self.host.exec("ip", args);
+        self.host.ip(args).expect("ip in host");
     }
 }
 
@@ -475,7 +468,8 @@ fn expect_status(agent: &Agent, want: &BTreeMap<String, (LinkKind, bool)>, step:
 fn start_agent(net: &ContainerHost, extra: &[&str]) -> (Recorder, Agent, tempfile::TempDir) {
     let listener = net
         .host
-        .run(|| StdTcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind in the namespace"));
+        .run(|| StdTcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind in the namespace"))
+        .expect("run in the namespace");
     let recorder = Recorder::start(listener);
     let dir = tempfile::tempdir().expect("tempdir");
     let token = dir.path().join("token");

@@ -16,7 +16,8 @@
 //! kernel's statistics of `eth0` are the exact figures to check against.
 //!
 //! Every namespace ([`Netns`], from tally-testkit) is deleted when dropped
-//! (with the veths in it; a veth's peer goes with it).
+//! (with the veths in it; a veth's peer goes with it); the counted links
+//! are tally-testkit's [`VethPair`]s.
 
 use std::{
     net::Ipv4Addr,
@@ -25,6 +26,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
+use tally_testkit::netns::VethPair;
 pub use tally_testkit::netns::{IfStats, Netns, ip};
 
 /// Every namespace, pin directory and run directory of the demo starts
@@ -38,15 +40,6 @@ pub const COUNTED_IF: &str = "eth0";
 pub const CONTROL_IF: &str = "ctl0";
 /// The hub's "internet" address (TEST-NET-2), on its loopback.
 pub const INTERNET: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
-
-/// A host's (or the hub's) namespace `name`: IPv6 off (no router
-/// solicitations or DAD probes on the counted interfaces), `lo` up.
-fn create_namespace(name: String) -> anyhow::Result<Netns> {
-    let ns = Netns::create(name)?;
-    ns.disable_ipv6()?;
-    ns.ip(&["link", "set", "lo", "up"])?;
-    Ok(ns)
-}
 
 /// One test host.
 pub struct Host {
@@ -70,13 +63,13 @@ impl Network {
     /// pid). Whatever was made is deleted again if a step fails.
     pub fn create(run: u32, names: &[&'static str]) -> anyhow::Result<Self> {
         let control = control_subnet(run)?;
-        let hub = create_namespace(format!("{PREFIX}{run}-hub"))?;
+        let hub = Netns::create_host(format!("{PREFIX}{run}-hub"))?;
         hub.sysctl("net.ipv4.ip_forward", "1")?;
         hub.ip(&["addr", "add", &format!("{INTERNET}/32"), "dev", "lo"])?;
         let collector_addr = Ipv4Addr::new(10, 215, control, 1);
         let mut hosts = Vec::new();
         for (index, &name) in names.iter().enumerate() {
-            let ns = create_namespace(format!("{PREFIX}{run}-{name}"))?;
+            let ns = Netns::create_host(format!("{PREFIX}{run}-{name}"))?;
             let n = u8::try_from(index + 1).context("too many hosts")?;
             let addr = data_link(&ns, &hub, name, n)?;
             let letter = name.chars().next().unwrap_or('x');
@@ -138,36 +131,11 @@ impl Network {
 /// route through the hub) ═ `<name>` in the hub (10.216.n.2/24), static
 /// neighbours both ways, both up. Returns the host's address.
 fn data_link(host: &Netns, hub: &Netns, name: &str, n: u8) -> anyhow::Result<Ipv4Addr> {
-    let host_mac = format!("02:7a:de:{n:02x}:00:01");
-    let hub_mac = format!("02:7a:de:{n:02x}:00:02");
-    ip(&[
-        "link", "add", COUNTED_IF, "address", &host_mac, "netns", &host.name, "type", "veth",
-        "peer", "name", name, "address", &hub_mac, "netns", &hub.name,
-    ])?;
-    let host_addr = Ipv4Addr::new(10, 216, n, 1);
-    let hub_addr = Ipv4Addr::new(10, 216, n, 2);
-    for (ns, iface, addr, peer, peer_mac) in [
-        (host, COUNTED_IF, host_addr, hub_addr, &hub_mac),
-        (hub, name, hub_addr, host_addr, &host_mac),
-    ] {
-        ns.ip(&["addr", "add", &format!("{addr}/24"), "dev", iface])?;
-        ns.ip(&[
-            "neigh",
-            "replace",
-            &peer.to_string(),
-            "lladdr",
-            peer_mac,
-            "dev",
-            iface,
-            "nud",
-            "permanent",
-        ])?;
-        ns.ip(&["link", "set", iface, "up"])?;
-    }
-    host.wait_oper_up(COUNTED_IF)?;
-    hub.wait_oper_up(name)?;
-    host.ip(&["route", "add", "default", "via", &hub_addr.to_string()])?;
-    Ok(host_addr)
+    let pair = VethPair::new(COUNTED_IF, name, [10, 216, n], [0x02, 0x7a, 0xde, n]);
+    pair.create(host, hub)?;
+    pair.set_up(host, hub)?;
+    host.ip(&["route", "add", "default", "via", &pair.b.addr.to_string()])?;
+    Ok(pair.a.addr)
 }
 
 /// The control link of host number `n`: `ctl0` (10.215.c.(n+1)/32) ═

@@ -12,7 +12,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::{AGENT, NetNs, Stats, unique};
+use tally_testkit::netns::{IfStats, Netns};
+
+use super::{AGENT, unique};
 
 /// The agent, running in a namespace with its own pin directory. Dropping it
 /// kills the process and removes every pin (`tally-agent detach`).
@@ -46,12 +48,12 @@ fn agent_cmd(ns_path: &Path) -> Command {
 }
 
 impl Agent {
-    pub fn start(ns: &NetNs, args: &[&str]) -> Self {
+    pub fn start(ns: &Netns, args: &[&str]) -> Self {
         Self::start_with_env(ns, args, &[])
     }
 
     /// Starts the agent with `env` set as well.
-    pub fn start_with_env(ns: &NetNs, args: &[&str], env: &[(&str, &str)]) -> Self {
+    pub fn start_with_env(ns: &Netns, args: &[&str], env: &[(&str, &str)]) -> Self {
         let logdir = tempfile::tempdir().expect("tempdir");
         let mut agent = Self {
             ns_path: ns.path(),
@@ -127,23 +129,23 @@ impl Agent {
     }
 
     /// One interface's counters from a `status --json` document.
-    pub fn stats_in(status: &serde_json::Value, name: &str) -> Stats {
+    pub fn stats_in(status: &serde_json::Value, name: &str) -> IfStats {
         let list = status["interfaces"].as_array().expect("interfaces");
         let i = list
             .iter()
             .find(|i| i["name"] == name)
             .unwrap_or_else(|| panic!("{name} in {status}"));
         let n = |k: &str| i[k].as_u64().unwrap_or_else(|| panic!("{k} in {i}"));
-        Stats {
+        IfStats {
             rx_bytes: n("rx_bytes"),
             tx_bytes: n("tx_bytes"),
             rx_packets: n("rx_packets"),
             tx_packets: n("tx_packets"),
-            ..Stats::default()
+            ..IfStats::default()
         }
     }
 
-    pub fn counters(&self, name: &str) -> Stats {
+    pub fn counters(&self, name: &str) -> IfStats {
         let status = self
             .status()
             .unwrap_or_else(|| panic!("no status; agent log:\n{}", self.log()));

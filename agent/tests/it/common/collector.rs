@@ -20,9 +20,10 @@ use sqlx::{PgPool, Row as _};
 use tally_collector::{db, nodes};
 use tally_proto::v1::{HeartbeatReply, HeartbeatRequest, heartbeat_client::HeartbeatClient};
 use tally_testkit::devdb::{self, TempCluster};
+use tally_testkit::netns::Netns;
 use tokio::runtime::Runtime;
 
-use super::{AGENT, Link, NetNs, veth};
+use super::{AGENT, Link, veth};
 
 /// The name of the veth (in the agent's namespace) that carries the
 /// heartbeats: the agent is told not to count it.
@@ -54,13 +55,13 @@ impl Collector {
 
     /// Starts it in `ns`, listening for plaintext gRPC on `listen`, and
     /// waits until it listens.
-    pub fn start(ns: &NetNs, listen: SocketAddr, database_url: String, log: PathBuf) -> Self {
+    pub fn start(ns: &Netns, listen: SocketAddr, database_url: String, log: PathBuf) -> Self {
         Self::start_serving(ns, listen, None, database_url, log)
     }
 
     /// As [`Collector::start`], serving the HTTP side on `http` too.
     pub fn start_serving(
-        ns: &NetNs,
+        ns: &Netns,
         listen: SocketAddr,
         http: Option<SocketAddr>,
         database_url: String,
@@ -79,7 +80,7 @@ impl Collector {
     }
 
     /// Starts it (again), and waits until it listens.
-    pub fn spawn(&mut self, ns: &NetNs) {
+    pub fn spawn(&mut self, ns: &Netns) {
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -114,6 +115,7 @@ impl Collector {
         let deadline = Instant::now() + Duration::from_secs(30);
         while !ns
             .run(move || TcpStream::connect_timeout(&listen, Duration::from_millis(200)).is_ok())
+            .expect("run in the namespace")
         {
             assert!(
                 Instant::now() < deadline,
@@ -142,20 +144,22 @@ impl Collector {
     }
 
     /// `GET path` on its HTTP side, from `ns`: the status and the body.
-    pub fn get(&self, ns: &NetNs, path: &str) -> (u16, String) {
+    pub fn get(&self, ns: &Netns, path: &str) -> (u16, String) {
         let address = self.http.expect("started with an HTTP side");
         let request = format!("GET {path} HTTP/1.0\r\nHost: tally\r\n\r\n");
-        let raw = ns.run(move || {
-            let mut stream =
-                TcpStream::connect_timeout(&address, Duration::from_secs(5)).expect("connect");
-            stream
-                .set_read_timeout(Some(Duration::from_secs(10)))
-                .expect("timeout");
-            stream.write_all(request.as_bytes()).expect("request");
-            let mut raw = String::new();
-            stream.read_to_string(&mut raw).expect("response");
-            raw
-        });
+        let raw = ns
+            .run(move || {
+                let mut stream =
+                    TcpStream::connect_timeout(&address, Duration::from_secs(5)).expect("connect");
+                stream
+                    .set_read_timeout(Some(Duration::from_secs(10)))
+                    .expect("timeout");
+                stream.write_all(request.as_bytes()).expect("request");
+                let mut raw = String::new();
+                stream.read_to_string(&mut raw).expect("response");
+                raw
+            })
+            .expect("run in the namespace");
         let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
         let status = head
             .split_whitespace()
@@ -169,7 +173,7 @@ impl Collector {
 /// Sends `heartbeat` with `token` to the collector at `url`, from `ns`, as
 /// another agent would: the reply, or the refusal.
 pub fn send_as(
-    ns: &NetNs,
+    ns: &Netns,
     url: &str,
     token: &str,
     heartbeat: HeartbeatRequest,
@@ -190,6 +194,7 @@ pub fn send_as(
             client.send(request).await.map(tonic::Response::into_inner)
         })
     })
+    .expect("run in the namespace")
 }
 
 impl Drop for Collector {
@@ -202,8 +207,10 @@ impl Drop for Collector {
 /// the heartbeats, so that the counted link carries only the test's
 /// traffic; returns the address in b a collector there listens on.
 pub fn control_link(link: &Link, port: u16) -> SocketAddr {
-    let (_, in_b) = veth(&link.a, &link.b, CONTROL_IFACE, "tcb", 2, true);
-    SocketAddr::from((in_b, port))
+    let pair = veth(CONTROL_IFACE, "tcb", 2);
+    pair.create(&link.a, &link.b).expect("the control link");
+    pair.set_up(&link.a, &link.b).expect("the control link up");
+    SocketAddr::from((pair.b.addr, port))
 }
 
 /// The agent's arguments to report to `collector_url` with the token in
@@ -271,7 +278,7 @@ impl Store {
     }
 
     /// The collector, in `ns` on `listen`, storing here.
-    pub fn collector(&self, ns: &NetNs, listen: SocketAddr) -> Collector {
+    pub fn collector(&self, ns: &Netns, listen: SocketAddr) -> Collector {
         Collector::start(
             ns,
             listen,
@@ -281,7 +288,7 @@ impl Store {
     }
 
     /// As [`Store::collector`], with its HTTP side on `http`.
-    pub fn collector_serving(&self, ns: &NetNs, listen: SocketAddr, http: SocketAddr) -> Collector {
+    pub fn collector_serving(&self, ns: &Netns, listen: SocketAddr, http: SocketAddr) -> Collector {
         Collector::start_serving(
             ns,
             listen,

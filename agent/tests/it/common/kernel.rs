@@ -3,11 +3,11 @@
 //! exists, and an exact comparison of the agent's counters with the kernel's
 //! interface statistics that explains any drops when they differ.
 
-use super::{NetNs, Stats};
+use tally_testkit::netns::{IfStats, Netns};
 
 /// The programs attached to an interface's TCX hooks, by name, as the kernel
 /// reports them (BPF_PROG_QUERY), asked from inside the namespace.
-pub fn tcx_programs(ns: &NetNs, iface: &str) -> Vec<(String, u32)> {
+pub fn tcx_programs(ns: &Netns, iface: &str) -> Vec<(String, u32)> {
     let iface = iface.to_owned();
     ns.run(move || {
         use aya::programs::{SchedClassifier, TcAttachType};
@@ -20,6 +20,7 @@ pub fn tcx_programs(ns: &NetNs, iface: &str) -> Vec<(String, u32)> {
         }
         out
     })
+    .expect("run in the namespace")
 }
 
 /// Whether the kernel still knows a BPF program with this id.
@@ -30,7 +31,7 @@ pub fn program_exists(id: u32) -> bool {
 }
 
 /// Asserts `ours == kernel` for the four traffic counters, explaining drops.
-pub fn assert_exact(what: &str, ours: &Stats, kernel: &Stats) {
+pub fn assert_exact(what: &str, ours: &IfStats, kernel: &IfStats) {
     assert_eq!(
         ours.traffic(),
         kernel.traffic(),

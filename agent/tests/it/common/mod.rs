@@ -1,7 +1,9 @@
 //! Test hosts for the agent's integration tests: network namespaces joined by
-//! veth pairs, made by the test and removed afterwards; the real agent binary
-//! running inside them; traffic only between those namespaces; and the
-//! kernel's own view (interface statistics, BPF_PROG_QUERY) to check against.
+//! veth pairs (tally-testkit's, named and numbered here), made by the test
+//! and removed afterwards; the real agent binary running inside them; a real
+//! collector; and the kernel's own view (BPF_PROG_QUERY) to check against.
+//! Traffic between the namespaces and their interface statistics come from
+//! tally-testkit (`traffic`, `netns`).
 //!
 //! These tests need root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN for setns).
 //! Without it they skip and say why; with `TALLY_REQUIRE_PRIVILEGED=1` (as CI
@@ -11,19 +13,17 @@ mod agent;
 mod collector;
 mod kernel;
 mod netns;
-mod traffic;
 
 use std::{
     path::Path,
-    process::{Command, Output, Stdio},
+    process::Command,
     sync::atomic::{AtomicU32, Ordering},
 };
 
 pub use agent::{Agent, pin_dir};
 pub use collector::{CONTROL_IFACE, Collector, Store, control_link, reporting_args, send_as, tail};
 pub use kernel::{assert_exact, program_exists, tcx_programs};
-pub use netns::{Link, NetNs, Stats, set_up, veth, veth_counted_from_birth, wait_oper_up};
-pub use traffic::{tcp_transfer, udp_burst};
+pub use netns::{Link, netns, veth, veth_counted_from_birth};
 
 pub const AGENT: &str = env!("CARGO_BIN_EXE_tally-agent");
 
@@ -60,21 +60,4 @@ pub fn privileged(test: &str) -> bool {
         &format!("needs root with network namespaces and bpffs ({reason})"),
     );
     false
-}
-
-/// Runs a command, panicking with its output when it fails.
-pub fn sh(program: &str, args: &[&str]) -> Output {
-    let out = Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
-    assert!(
-        out.status.success(),
-        "{program} {} failed: {}\n{}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
 }
