@@ -118,14 +118,21 @@ pub struct Budget {
 /// `DELETE` of a day of history is long).
 pub const UPKEEP_STATEMENTS: u32 = 30;
 
+/// The HTTP side's connections, unless set (`--reader-connections`).
+pub const DEFAULT_READERS: u32 = 4;
+/// A statement's time limit, unless set (`--statement-timeout`).
+pub const DEFAULT_STATEMENT_TIMEOUT: Duration = Duration::from_secs(10);
+/// A statement's wait for a lock, unless set (`--lock-timeout`).
+pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(5);
+
 impl Default for Budget {
     fn default() -> Self {
         Self {
             writers: 4,
-            readers: 4,
+            readers: DEFAULT_READERS,
             upkeep: 2,
-            statement_timeout: Duration::from_secs(10),
-            lock_timeout: Duration::from_secs(5),
+            statement_timeout: DEFAULT_STATEMENT_TIMEOUT,
+            lock_timeout: DEFAULT_LOCK_TIMEOUT,
         }
     }
 }

@@ -80,6 +80,82 @@ pub struct Options {
     pub header_read_timeout: Duration,
 }
 
+/// The defaults of [`crate::serve::Options`]
+/// ([`crate::serve::Options::new`]), which are also the defaults of
+/// `tally-collector serve`'s flags. Those of ingestion and of the database
+/// connections are beside their settings:
+/// [`crate::ingest::DEFAULT_MAX_BATCH`], [`crate::ingest::DEFAULT_WRITERS`],
+/// [`crate::ingest::batch::DEFAULT_MAX_INTERFACE_NAMES`],
+/// [`crate::db::DEFAULT_READERS`], [`crate::db::DEFAULT_STATEMENT_TIMEOUT`]
+/// and [`crate::db::DEFAULT_LOCK_TIMEOUT`].
+pub mod defaults {
+    use std::time::Duration;
+
+    use crate::ingest::batch::DEFAULT_MAX_CLOCK_SKEW_MS;
+
+    /// A node's clock further off ours is warned about: five minutes.
+    pub const MAX_CLOCK_SKEW: Duration = Duration::from_millis(DEFAULT_MAX_CLOCK_SKEW_MS as u64);
+    /// History older than this is deleted: 30 days.
+    pub const HISTORY_RETENTION: Duration = Duration::from_secs(30 * 86_400);
+    /// A node not heard from for this long is shown offline.
+    pub const OFFLINE_AFTER: Duration = Duration::from_secs(30);
+    /// Expensive reads served at once.
+    pub const MAX_EXPENSIVE_READS: u32 = 2;
+    /// Event streams open at once.
+    pub const MAX_EVENT_STREAMS: u32 = 256;
+    /// Concurrent heartbeat calls per connection.
+    pub const MAX_STREAMS_PER_CONNECTION: u32 = 4096;
+    /// One node's heartbeats are taken at most one per this interval.
+    pub const MIN_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(500);
+    /// A heartbeat stream silent for this long is ended: two minutes.
+    pub const STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+    /// A new connection's first bytes and TLS handshake must come within
+    /// this time.
+    pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+    /// Connections open at once on the node channel.
+    pub const MAX_CONNECTIONS: u32 = 100_000;
+    /// Connections open at once on the node channel from one address.
+    pub const MAX_CONNECTIONS_PER_ADDRESS: u32 = 4096;
+    /// Connections open at once on the HTTP side.
+    pub const MAX_HTTP_CONNECTIONS: u32 = 10_000;
+    /// Connections open at once on the HTTP side from one address.
+    pub const MAX_HTTP_CONNECTIONS_PER_ADDRESS: u32 = 256;
+    /// An HTTP/1 request's headers must come within this time.
+    pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+}
+
+impl Options {
+    /// The gRPC side on `listen` (plaintext), no HTTP side, no webhook, no
+    /// tokens, and every other setting at its default ([`defaults`], as
+    /// `tally-collector serve` has them without flags).
+    pub fn new(listen: SocketAddr) -> Self {
+        Self {
+            listen,
+            tls: None,
+            heartbeat_interval: None,
+            max_clock_skew: defaults::MAX_CLOCK_SKEW,
+            history_retention: defaults::HISTORY_RETENTION,
+            ingest: ingest::Config::default(),
+            http_listen: None,
+            offline_after: defaults::OFFLINE_AFTER,
+            tokens: http::Tokens::default(),
+            webhook: None,
+            database: db::Budget::default(),
+            max_expensive_reads: defaults::MAX_EXPENSIVE_READS as usize,
+            max_event_streams: defaults::MAX_EVENT_STREAMS as usize,
+            max_streams_per_connection: defaults::MAX_STREAMS_PER_CONNECTION,
+            min_heartbeat_interval: defaults::MIN_HEARTBEAT_INTERVAL,
+            stream_idle_timeout: defaults::STREAM_IDLE_TIMEOUT,
+            handshake_timeout: defaults::HANDSHAKE_TIMEOUT,
+            max_connections: defaults::MAX_CONNECTIONS as usize,
+            max_connections_per_address: defaults::MAX_CONNECTIONS_PER_ADDRESS as usize,
+            max_http_connections: defaults::MAX_HTTP_CONNECTIONS as usize,
+            max_http_connections_per_address: defaults::MAX_HTTP_CONNECTIONS_PER_ADDRESS as usize,
+            header_read_timeout: defaults::HEADER_READ_TIMEOUT,
+        }
+    }
+}
+
 /// The bound sockets, so that the caller knows the addresses before serving.
 pub struct Listeners {
     pub grpc: TcpListener,

@@ -45,7 +45,7 @@ pub const TEST: &[Need] = &[
     POSTGRESQL,
     Need {
         package: "util-linux",
-        programs: &["nsenter", "setpriv"],
+        programs: &["unshare", "setpriv"],
         files: &[],
         why: "tests in other namespaces and as an unprivileged user",
     },

@@ -309,7 +309,7 @@ fn expected(start: &BTreeMap<&str, IfStats>, end: &BTreeMap<&str, IfStats>) -> [
 
 /// `tally-collector <args>` against the test's database.
 fn collector_cli(url: &str, args: &[&str]) -> String {
-    let binary = Path::new(common::AGENT).with_file_name("tally-collector");
+    let binary = common::Collector::binary();
     let out = Command::new(&binary)
         .args(args)
         .env("DATABASE_URL", url)

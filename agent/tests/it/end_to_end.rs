@@ -70,7 +70,7 @@ fn totals_equal_the_kernel_counts_across_kills_of_agent_collector_and_postgres()
         thread::sleep(before);
         collector.kill9();
         thread::sleep(away);
-        collector.spawn(&link.b);
+        collector.restart();
     });
     with_traffic(&link, || {
         thread::sleep(before);

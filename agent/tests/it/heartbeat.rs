@@ -13,19 +13,19 @@ use std::{
     net::{Ipv4Addr, TcpListener as StdTcpListener},
     path::{Path, PathBuf},
     pin::Pin,
-    process::{Child, Command, ExitStatus, Output, Stdio},
+    process::{Command, ExitStatus, Output, Stdio},
     sync::{Arc, Mutex},
     thread,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use common::{AGENT, Agent, Link, privileged};
+use common::{AGENT, Agent, Link, QUOTED_LINES, privileged};
 use futures_util::{Stream, stream};
 use tally_proto::v1::{
     HeartbeatReply, HeartbeatRequest, InterfaceState, Outcome, Refusal,
     heartbeat_server::{Heartbeat, HeartbeatServer},
 };
-use tally_testkit::{certs, traffic::udp_burst};
+use tally_testkit::{certs, process::Process, traffic::udp_burst};
 use tonic::{
     Request, Response, Status, Streaming,
     transport::{Identity, Server, ServerTlsConfig, server::TcpIncoming},
@@ -307,79 +307,59 @@ impl Drop for Collector {
     }
 }
 
-/// The agent binary, `run --source procfs`, logging at debug into a file.
+/// The agent binary, `run --source procfs`, logging at debug into a file (a
+/// testkit [`Process`]); killed when dropped.
 struct ProcfsAgent {
-    child: Option<Child>,
-    log: PathBuf,
+    process: Process,
     _dir: tempfile::TempDir,
 }
 
 impl ProcfsAgent {
     fn start(args: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let log = dir.path().join("agent.log");
-        let file = fs::File::create(&log).expect("log");
-        let child = clean_command()
+        let mut command = clean_command();
+        command
             .args(["run", "--source", "procfs", "--log", "debug"])
             .args(args)
             // Its own state directory; a test may name another with
             // --state-dir.
-            .env("TALLY_STATE_DIR", dir.path().join("state"))
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().expect("log"))
-            .stderr(file)
-            .spawn()
-            .expect("spawn tally-agent");
-        Self {
-            child: Some(child),
-            log,
-            _dir: dir,
-        }
+            .env("TALLY_STATE_DIR", dir.path().join("state"));
+        let process = Process::builder("the agent", command, dir.path().join("agent.log"))
+            .quoted_lines(QUOTED_LINES)
+            .stop_timeout(Duration::from_secs(10))
+            .start()
+            .unwrap_or_else(|e| panic!("{e}"));
+        Self { process, _dir: dir }
     }
 
     fn log(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
+        self.process.log().unwrap_or_default()
     }
 
     fn terminate(&self) -> Instant {
-        let child = self.child.as_ref().expect("running");
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        assert!(self.process.is_running(), "the agent runs");
+        self.process.terminate();
         Instant::now()
     }
 
-    /// Waits for the exit; returns its status and when it was seen.
-    fn wait_exit(&mut self, within: Duration) -> (ExitStatus, Instant) {
-        let mut child = self.child.take().expect("running");
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = child.try_wait().expect("wait") {
-                return (status, Instant::now());
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "the agent did not exit within {within:?}; log:\n{}",
-                    self.log()
-                );
-            }
-            thread::sleep(Duration::from_millis(10));
+    /// Waits for the exit (at most 10 s, then it is killed); returns its
+    /// status and when it was seen.
+    fn wait_exit(&mut self) -> (ExitStatus, Instant) {
+        match self.process.wait() {
+            Ok(status) => (status, Instant::now()),
+            Err(e) => panic!("{e}; log:\n{}", self.log()),
         }
     }
 }
 
 impl Drop for ProcfsAgent {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+        if let Err(e) = self.process.kill() {
+            eprintln!("{e}");
         }
     }
 }
 
-/// The agent binary with none of its settings inherited from this
-/// environment.
 fn clean_command() -> Command {
     let mut cmd = Command::new(AGENT);
     for (key, _) in std::env::vars_os() {
@@ -545,7 +525,7 @@ fn sigterm_sends_a_last_heartbeat_promptly() {
     ]);
     let first = collector.wait_for(1, Duration::from_secs(10), || agent.log());
     let signalled = agent.terminate();
-    let (status, exited) = agent.wait_exit(Duration::from_secs(10));
+    let (status, exited) = agent.wait_exit();
     assert!(status.success(), "{status}; log:\n{}", agent.log());
     assert!(
         exited - signalled < Duration::from_secs(3),
@@ -597,7 +577,7 @@ fn without_a_collector_the_last_heartbeat_waits_only_the_final_timeout() {
         thread::sleep(Duration::from_millis(50));
     }
     let signalled = agent.terminate();
-    let (status, exited) = agent.wait_exit(Duration::from_secs(10));
+    let (status, exited) = agent.wait_exit();
     assert!(status.success(), "{status}; log:\n{}", agent.log());
     let took = exited - signalled;
     assert!(
@@ -799,7 +779,7 @@ fn leave_a_journal(token: &Path, state: &Path) -> JournalFile {
         thread::sleep(Duration::from_millis(50));
     }
     agent.terminate();
-    let (status, _) = agent.wait_exit(Duration::from_secs(10));
+    let (status, _) = agent.wait_exit();
     assert!(status.success(), "{status}; log:\n{}", agent.log());
     let log = agent.log();
     assert!(log.contains("journal written"), "{log}");

@@ -160,7 +160,7 @@ fn journal_survives_a_reboot(test: &str, collector_first: bool) {
 
     let log_before = agent.log().len();
     if collector_first {
-        collector.spawn(&link.b);
+        collector.restart();
         agent.restart();
     } else {
         agent.restart();
@@ -176,7 +176,7 @@ fn journal_survives_a_reboot(test: &str, collector_first: bool) {
             thread::sleep(Duration::from_millis(100));
         }
         thread::sleep(Duration::from_secs(2));
-        collector.spawn(&link.b);
+        collector.restart();
     }
     agent.wait_for(&link.if_a);
     let second_epoch = agent.epoch();

@@ -57,7 +57,7 @@ impl BatchTime {
             fallback_day,
             quota: quota::Config::default(),
             max_clock_skew_ms: DEFAULT_MAX_CLOCK_SKEW_MS,
-            max_interface_names: DEFAULT_MAX_INTERFACE_NAMES,
+            max_interface_names: i64::from(DEFAULT_MAX_INTERFACE_NAMES),
         }
     }
 
@@ -100,4 +100,4 @@ pub const INTERFACE_REFRESH: Duration = Duration::from_secs(10);
 /// `--max-clock-skew`'s default, in milliseconds (five minutes).
 pub const DEFAULT_MAX_CLOCK_SKEW_MS: i64 = 300_000;
 /// Interface names with a history row per node and minute, unless set.
-pub const DEFAULT_MAX_INTERFACE_NAMES: i64 = 4096;
+pub const DEFAULT_MAX_INTERFACE_NAMES: u32 = 4096;

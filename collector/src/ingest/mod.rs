@@ -22,13 +22,18 @@ use sqlx::PgPool;
 use tally_proto::v1::Outcome;
 use tokio::sync::{mpsc, oneshot};
 
-pub use self::batch::{Applied, BatchTime, Job};
+pub use self::batch::{Applied, BatchTime, DEFAULT_MAX_INTERFACE_NAMES, Job};
 use crate::{
     billing::period::Schedule,
     error::{DbFailure, Error},
     metrics::Metrics,
     quota,
 };
+
+/// Most heartbeats in one transaction, unless set (`--max-batch`).
+pub const DEFAULT_MAX_BATCH: u32 = 512;
+/// Writer tasks, unless set (`--writers`).
+pub const DEFAULT_WRITERS: u32 = 4;
 
 /// How ingestion runs.
 #[derive(Debug, Clone)]
@@ -58,14 +63,14 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Self {
-            max_batch: 512,
-            writers: 4,
+            max_batch: DEFAULT_MAX_BATCH as usize,
+            writers: DEFAULT_WRITERS as usize,
             queue: 65_536,
             schedule: None,
             quota: quota::Config::default(),
             max_clock_skew: Duration::from_millis(batch::DEFAULT_MAX_CLOCK_SKEW_MS as u64),
             batch_deadline: Duration::from_secs(10),
-            max_interface_names: batch::DEFAULT_MAX_INTERFACE_NAMES,
+            max_interface_names: i64::from(batch::DEFAULT_MAX_INTERFACE_NAMES),
         }
     }
 }

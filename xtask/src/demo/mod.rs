@@ -147,7 +147,7 @@ fn build() -> anyhow::Result<Binaries> {
             .env("PATH", crate::toolchain::path_with_cargo_bin()?)
             .args(["build", "-p", "tally-agent", "-p", "tally-collector"]),
     )?;
-    Binaries::in_dir(&target_dir().join("debug"))
+    Ok(Binaries::in_dir(&target_dir().join("debug"))?)
 }
 
 /// Cargo's target directory (`CARGO_TARGET_DIR`, else `target/`).

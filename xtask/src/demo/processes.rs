@@ -1,23 +1,24 @@
 //! The demo's processes: the real `tally-agent` (one per host, inside its
-//! namespace) and `tally-collector` (in the root namespace), each a child
-//! with its own log file, in its own process group (a Ctrl-C in the terminal
-//! reaches only the demo, which stops them in order), and asked by the
-//! kernel to stop (SIGTERM) if the demo dies without stopping them.
+//! namespace) and `tally-collector` (in the root namespace), each a
+//! [`Process`] (from tally-testkit) with its own log file, in its own
+//! process group (a Ctrl-C in the terminal reaches only the demo, which
+//! stops them in order), and asked by the kernel to stop (SIGTERM) if the
+//! demo dies without stopping them.
 //!
-//! Dropping a [`Proc`] stops it (SIGTERM, then SIGKILL); dropping an
-//! [`Agent`] also removes its attachments and pins.
+//! Dropping a [`Collector`] or an [`Agent`] stops it (SIGTERM, then
+//! SIGKILL); dropping an [`Agent`] also removes its attachments and pins.
 
 use std::{
     fs, io,
     net::SocketAddr,
-    os::{fd::RawFd, unix::process::CommandExt as _},
     path::{Path, PathBuf},
-    process::{Child, Command, ExitStatus, Output, Stdio},
-    thread,
-    time::{Duration, Instant},
+    process::{Command, Output, Stdio},
+    time::Duration,
 };
 
 use anyhow::{Context as _, bail};
+pub use tally_testkit::process::Binaries;
+use tally_testkit::process::{Process, enter_netns};
 
 use super::{
     api::Api,
@@ -25,184 +26,42 @@ use super::{
     wait_until,
 };
 
-/// How long a process may take to exit after SIGTERM before it is killed.
-const STOP_TIMEOUT: Duration = Duration::from_secs(15);
-/// How many lines of a log an error message quotes.
-const LOG_TAIL: usize = 20;
-
-/// The binaries the demo runs.
-#[derive(Debug, Clone)]
-pub struct Binaries {
-    pub agent: PathBuf,
-    pub collector: PathBuf,
-}
-
-impl Binaries {
-    /// `tally-agent` and `tally-collector` in `dir`.
-    pub fn in_dir(dir: &Path) -> anyhow::Result<Self> {
-        let bins = Self {
-            agent: dir.join("tally-agent"),
-            collector: dir.join("tally-collector"),
-        };
-        for bin in [&bins.agent, &bins.collector] {
-            if !bin.is_file() {
-                bail!(
-                    "{} is missing: build it (`cargo build -p tally-agent -p tally-collector`)",
-                    bin.display()
-                );
-            }
-        }
-        Ok(bins)
-    }
-}
-
 /// A command with a clean environment (nothing of the caller's `TALLY_*`
-/// settings leaks into the demo), run in the network namespace `netns` if
-/// given.
-fn command(program: &Path, netns: Option<RawFd>) -> Command {
+/// settings leaks into the demo).
+fn command(program: &Path) -> Command {
     let mut cmd = Command::new(program);
     cmd.env_clear().stdin(Stdio::null()).env("NO_COLOR", "1");
     if let Some(path) = std::env::var_os("PATH") {
         cmd.env("PATH", path);
     }
-    if let Some(fd) = netns {
-        // SAFETY: setns is async-signal-safe and touches no memory of the
-        // parent; `fd` stays open in the parent until the child has spawned.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-    }
     cmd
 }
 
-/// A long-running child process with its log file.
-pub struct Proc {
+/// Starts `cmd` as a [`Process`] logging to `log`: in its own process
+/// group, sent SIGTERM if the demo dies. Every process is started from the
+/// demo's main thread (the death signal is tied to the starting thread).
+fn spawn(
     what: String,
-    child: Option<Child>,
+    cmd: Command,
     log: PathBuf,
+    netns: Option<PathBuf>,
+) -> anyhow::Result<Process> {
+    let mut builder = Process::builder(what, cmd, log)
+        .own_process_group()
+        .parent_death_signal(libc::SIGTERM);
+    if let Some(path) = netns {
+        builder = builder.netns(path);
+    }
+    Ok(builder.start()?)
 }
 
-impl Proc {
-    /// Spawns `cmd` with stdout and stderr appended to `log`.
-    fn spawn(what: String, mut cmd: Command, log: PathBuf) -> anyhow::Result<Self> {
-        let file = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .with_context(|| format!("cannot open {}", log.display()))?;
-        let parent = std::process::id();
-        cmd.stdout(file.try_clone().context("cannot duplicate a log file")?)
-            .stderr(file)
-            .process_group(0);
-        // SAFETY: prctl and getppid are async-signal-safe and touch no memory
-        // of the parent. The death signal is tied to the forking thread:
-        // every process is spawned from the demo's main thread.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                // The demo died before prctl: nobody would signal us.
-                if u32::try_from(libc::getppid()).ok() != Some(parent) {
-                    return Err(io::Error::from_raw_os_error(libc::ESRCH));
-                }
-                Ok(())
-            });
-        }
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("cannot start {what} ({cmd:?})"))?;
-        Ok(Self {
-            what,
-            child: Some(child),
-            log,
-        })
-    }
-
-    /// An error if the process has exited, quoting its log.
-    pub fn ensure_running(&mut self) -> anyhow::Result<()> {
-        let Some(child) = self.child.as_mut() else {
-            bail!("{} was stopped", self.what);
-        };
-        if let Some(status) = child.try_wait().context("cannot wait for a child")? {
-            self.child = None;
-            bail!(
-                "{} exited ({status}); the end of {}:\n{}",
-                self.what,
-                self.log.display(),
-                self.log_tail()
-            );
-        }
-        Ok(())
-    }
-
-    /// Sends SIGTERM (and does not wait).
-    pub fn terminate(&self) {
-        if let Some(child) = &self.child
-            && let Ok(pid) = i32::try_from(child.id())
-        {
-            // SAFETY: signalling our own, not yet reaped, child.
-            unsafe { libc::kill(pid, libc::SIGTERM) };
-        }
-    }
-
-    /// Waits for the process to exit after [`terminate`](Self::terminate);
-    /// SIGKILL after [`STOP_TIMEOUT`] (an error then).
-    pub fn wait(&mut self) -> anyhow::Result<ExitStatus> {
-        let Some(mut child) = self.child.take() else {
-            bail!("{} was already stopped", self.what);
-        };
-        let deadline = Instant::now() + STOP_TIMEOUT;
-        loop {
-            if let Some(status) = child.try_wait().context("cannot wait for a child")? {
-                return Ok(status);
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                bail!(
-                    "{} did not stop within {STOP_TIMEOUT:?} of SIGTERM and was killed",
-                    self.what
-                );
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// SIGTERM and wait; an error unless it exits successfully.
-    pub fn stop(&mut self) -> anyhow::Result<()> {
-        self.terminate();
-        let status = self.wait()?;
-        if !status.success() {
-            bail!(
-                "{} exited with {status}; the end of {}:\n{}",
-                self.what,
-                self.log.display(),
-                self.log_tail()
-            );
-        }
-        Ok(())
-    }
-
-    /// The last lines of the log.
-    pub fn log_tail(&self) -> String {
-        tally_testkit::devdb::tail(&self.log, LOG_TAIL)
-            .unwrap_or_else(|e| format!("(cannot read {}: {e})", self.log.display()))
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if self.child.is_some() {
-            self.terminate();
-            if let Err(error) = self.wait() {
-                eprintln!("demo: {error:#}");
-            }
+/// Stops `proc` if it runs (SIGTERM, then SIGKILL), for a drop: what goes
+/// wrong is said, not returned.
+fn stop_in_drop(proc: &mut Process) {
+    if proc.is_running() {
+        proc.terminate();
+        if let Err(error) = proc.wait() {
+            eprintln!("demo: {error:#}");
         }
     }
 }
@@ -210,7 +69,7 @@ impl Drop for Proc {
 /// `tally-collector serve` in the root namespace: gRPC on the control
 /// links' address, HTTP on 127.0.0.1.
 pub struct Collector {
-    pub proc: Proc,
+    pub proc: Process,
 }
 
 impl Collector {
@@ -224,14 +83,14 @@ impl Collector {
         admin_token: &str,
         run_dir: &Path,
     ) -> anyhow::Result<Self> {
-        let migrate = command(&bins.collector, None)
+        let migrate = command(&bins.collector)
             .arg("migrate")
             .env("DATABASE_URL", database_url)
             .output()
             .with_context(|| format!("cannot run {}", bins.collector.display()))?;
         ensure_success("tally-collector migrate", &migrate)?;
 
-        let mut cmd = command(&bins.collector, None);
+        let mut cmd = command(&bins.collector);
         cmd.args([
             "serve",
             "--insecure-plaintext",
@@ -245,10 +104,11 @@ impl Collector {
         .arg(api.addr().to_string())
         .env("DATABASE_URL", database_url)
         .env("TALLY_ADMIN_TOKEN", admin_token);
-        let mut proc = Proc::spawn(
+        let mut proc = spawn(
             "tally-collector".to_owned(),
             cmd,
             run_dir.join("collector.log"),
+            None,
         )?;
         wait_until("the collector to be ready", Duration::from_secs(60), || {
             proc.ensure_running()?;
@@ -264,10 +124,16 @@ impl Collector {
     }
 }
 
+impl Drop for Collector {
+    fn drop(&mut self) {
+        stop_in_drop(&mut self.proc);
+    }
+}
+
 /// One host's `tally-agent run`, with its own pin directory.
 pub struct Agent {
     pub host: &'static str,
-    pub proc: Proc,
+    pub proc: Process,
     bin: PathBuf,
     ns_path: PathBuf,
     pin_dir: PathBuf,
@@ -290,7 +156,7 @@ impl Agent {
         run_dir: &Path,
     ) -> anyhow::Result<Self> {
         let pin_dir = Self::pin_dir(run, host.name);
-        let mut cmd = command(&bins.agent, Some(host.ns.raw_fd()?));
+        let mut cmd = command(&bins.agent);
         cmd.arg("run")
             .arg("--pin-dir")
             .arg(&pin_dir)
@@ -303,10 +169,11 @@ impl Agent {
             .arg("--insecure-plaintext")
             .arg("--token-file")
             .arg(token_file);
-        let proc = Proc::spawn(
+        let proc = spawn(
             format!("the agent of {}", host.name),
             cmd,
             run_dir.join(format!("agent-{}.log", host.name)),
+            Some(host.ns.path()),
         )?;
         Ok(Self {
             host: host.name,
@@ -319,10 +186,9 @@ impl Agent {
 
     /// Runs `tally-agent <args> --pin-dir <ours>` in the agent's namespace.
     fn cli(&self, args: &[&str]) -> anyhow::Result<Output> {
-        let ns = fs::File::open(&self.ns_path)
-            .with_context(|| format!("cannot open {}", self.ns_path.display()))?;
-        command(&self.bin, Some(std::os::fd::AsRawFd::as_raw_fd(&ns)))
-            .args(args)
+        let mut cmd = command(&self.bin);
+        enter_netns(&mut cmd, &self.ns_path)?;
+        cmd.args(args)
             .arg("--pin-dir")
             .arg(&self.pin_dir)
             .output()
@@ -370,12 +236,7 @@ impl Agent {
 
 impl Drop for Agent {
     fn drop(&mut self) {
-        if self.proc.child.is_some() {
-            self.proc.terminate();
-            if let Err(error) = self.proc.wait() {
-                eprintln!("demo: {error:#}");
-            }
-        }
+        stop_in_drop(&mut self.proc);
         if let Err(error) = self.detach() {
             eprintln!("demo: {error:#}");
         }

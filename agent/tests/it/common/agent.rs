@@ -1,20 +1,24 @@
-//! The real `tally-agent` binary run inside a test namespace (through
-//! `nsenter`) with its own pin directory under /sys/fs/bpf, its own state
-//! directory (`TALLY_STATE_DIR`, in a temporary directory) and a debug log: an
-//! [`Agent`] can be started, stopped, killed and restarted, asked for its
-//! `status --json`, and on drop is killed and detached so no pin is left.
+//! The real `tally-agent` binary run inside a test namespace (a [`Process`]
+//! from tally-testkit) with its own pin directory under /sys/fs/bpf, its own
+//! state directory (`TALLY_STATE_DIR`, in a temporary directory) and a debug
+//! log: an [`Agent`] can be started, stopped, killed and restarted, asked
+//! for its `status --json`, and on drop is killed and detached so no pin is
+//! left.
 
 use std::{
     fs,
     path::{Path, PathBuf},
-    process::{Child, Command, Output, Stdio},
+    process::{Command, Output, Stdio},
     thread,
     time::{Duration, Instant},
 };
 
-use tally_testkit::netns::{IfStats, Netns};
+use tally_testkit::{
+    netns::{IfStats, Netns},
+    process::{Process, ProcessError, enter_netns},
+};
 
-use super::{AGENT, unique};
+use super::{AGENT, QUOTED_LINES, unique};
 
 /// The agent, running in a namespace with its own pin directory. Dropping it
 /// kills the process and removes every pin (`tally-agent detach`).
@@ -23,11 +27,9 @@ pub struct Agent {
     pub pin_dir: PathBuf,
     /// Where the agent keeps its reboot journal.
     pub state_dir: PathBuf,
-    pub args: Vec<String>,
-    /// Environment variables the agent runs with, besides the state dir.
-    pub env: Vec<(String, String)>,
-    child: Option<Child>,
-    log: PathBuf,
+    /// `tally-agent run` with the test's arguments and environment; a
+    /// restart runs the same.
+    process: Process,
     _logdir: tempfile::TempDir,
 }
 
@@ -39,12 +41,11 @@ pub fn pin_dir() -> PathBuf {
     ))
 }
 
-fn agent_cmd(ns_path: &Path) -> Command {
-    let mut cmd = Command::new("nsenter");
-    cmd.arg(format!("--net={}", ns_path.display()))
-        .arg("--")
-        .arg(AGENT);
-    cmd
+/// `tally-agent`, to be run in the namespace at `ns_path`.
+fn agent_cmd(ns_path: &Path) -> Result<Command, ProcessError> {
+    let mut cmd = Command::new(AGENT);
+    enter_netns(&mut cmd, ns_path)?;
+    Ok(cmd)
 }
 
 impl Agent {
@@ -55,59 +56,54 @@ impl Agent {
     /// Starts the agent with `env` set as well.
     pub fn start_with_env(ns: &Netns, args: &[&str], env: &[(&str, &str)]) -> Self {
         let logdir = tempfile::tempdir().expect("tempdir");
-        let mut agent = Self {
-            ns_path: ns.path(),
-            pin_dir: pin_dir(),
-            state_dir: logdir.path().join("state"),
-            args: args.iter().map(|s| s.to_string()).collect(),
-            env: env
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            child: None,
-            log: logdir.path().join("agent.log"),
-            _logdir: logdir,
-        };
-        agent.spawn();
-        agent
-    }
-
-    fn spawn(&mut self) {
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .expect("log file");
-        let child = agent_cmd(&self.ns_path)
+        let ns_path = ns.path();
+        let pin_dir = pin_dir();
+        let state_dir = logdir.path().join("state");
+        let mut command = Command::new(AGENT);
+        command
             .arg("run")
             .arg("--pin-dir")
-            .arg(&self.pin_dir)
+            .arg(&pin_dir)
             .arg("--log")
             .arg("debug")
-            .args(&self.args)
-            .env("TALLY_STATE_DIR", &self.state_dir)
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("spawn tally-agent");
-        self.child = Some(child);
+            .args(args)
+            .env("TALLY_STATE_DIR", &state_dir)
+            .envs(env.iter().copied());
+        let process = Process::builder("the agent", command, logdir.path().join("agent.log"))
+            .netns(&ns_path)
+            .quoted_lines(QUOTED_LINES)
+            // As long as `stop` waited before it asserted.
+            .stop_timeout(Duration::from_secs(10))
+            .start()
+            .unwrap_or_else(|e| panic!("{e}"));
+        Self {
+            ns_path,
+            pin_dir,
+            state_dir,
+            process,
+            _logdir: logdir,
+        }
     }
 
     pub fn log(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
+        self.process.log().unwrap_or_default()
     }
 
     /// Runs `tally-agent <args> --pin-dir <ours>` in the namespace.
     pub fn cli(&self, args: &[&str]) -> Output {
+        self.try_cli(args).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// As [`Agent::cli`]; an error (not a panic) when it cannot run.
+    fn try_cli(&self, args: &[&str]) -> Result<Output, String> {
         agent_cmd(&self.ns_path)
+            .map_err(|e| e.to_string())?
             .args(args)
             .arg("--pin-dir")
             .arg(&self.pin_dir)
             .stdin(Stdio::null())
             .output()
-            .expect("run tally-agent")
+            .map_err(|e| format!("cannot run tally-agent: {e}"))
     }
 
     pub fn status(&self) -> Option<serde_json::Value> {
@@ -159,10 +155,8 @@ impl Agent {
             if self.iface(name).is_some_and(|i| i["attached"] == true) {
                 return;
             }
-            if let Some(child) = self.child.as_mut()
-                && let Ok(Some(status)) = child.try_wait()
-            {
-                panic!("the agent exited ({status}); its log:\n{}", self.log());
+            if let Err(e) = self.process.ensure_running() {
+                panic!("{e}");
             }
             thread::sleep(Duration::from_millis(100));
         }
@@ -179,36 +173,25 @@ impl Agent {
 
     /// SIGKILL, as a crash would.
     pub fn kill9(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+        if let Err(e) = self.process.kill() {
+            eprintln!("{e}");
         }
     }
 
     /// SIGTERM, and waits for a clean exit.
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            // SAFETY: signalling our own child.
-            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(10);
-            loop {
-                if let Ok(Some(status)) = child.try_wait() {
-                    assert!(
-                        status.success(),
-                        "agent exited with {status}; log:\n{}",
-                        self.log()
-                    );
-                    return;
-                }
-                assert!(Instant::now() < deadline, "agent did not stop on SIGTERM");
-                thread::sleep(Duration::from_millis(50));
-            }
+        if self.process.is_running()
+            && let Err(e) = self.process.stop()
+        {
+            panic!("{e}");
         }
     }
 
+    /// Starts it again, with the same arguments, pins and state, after
+    /// [`Agent::stop`] or [`Agent::kill9`].
     pub fn restart(&mut self) {
-        assert!(self.child.is_none(), "stop the agent first");
-        self.spawn();
+        assert!(!self.process.is_running(), "stop the agent first");
+        self.process.restart().unwrap_or_else(|e| panic!("{e}"));
     }
 
     pub fn detach(&self) -> Output {
@@ -219,7 +202,8 @@ impl Agent {
 impl Drop for Agent {
     fn drop(&mut self) {
         self.kill9();
-        let _ = self.detach();
+        // Not `detach`: the namespace may be gone, and a drop must not panic.
+        let _ = self.try_cli(&["detach"]);
         let _ = fs::remove_dir_all(&self.pin_dir);
     }
 }

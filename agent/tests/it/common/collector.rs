@@ -1,17 +1,17 @@
-//! The real `tally-collector serve` binary run inside a test namespace
-//! (through `nsenter`), logging into a file, against a database the test
-//! made: it can be killed with SIGKILL and started again on the same
-//! address, and is killed on drop; its HTTP side (API, `/metrics`) too when
-//! asked for. [`Store`] is the database such a collector stores into, with
-//! the node tokens the agents report with. [`send_as`] sends one heartbeat
-//! from a namespace, as another agent with a node's token would.
+//! The real `tally-collector serve` binary run inside a test namespace (a
+//! [`Process`] from tally-testkit), logging into a file, against a database
+//! the test made: it can be killed with SIGKILL and started again on the
+//! same address, and is killed on drop; its HTTP side (API, `/metrics`) too
+//! when asked for. [`Store`] is the database such a collector stores into,
+//! with the node tokens the agents report with. [`send_as`] sends one
+//! heartbeat from a namespace, as another agent with a node's token would.
 
 use std::{
     fs,
     io::{Read as _, Write as _},
     net::{SocketAddr, TcpStream},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::Command,
     thread,
     time::{Duration, Instant},
 };
@@ -19,11 +19,14 @@ use std::{
 use sqlx::{PgPool, Row as _};
 use tally_collector::{db, nodes};
 use tally_proto::v1::{HeartbeatReply, HeartbeatRequest, heartbeat_client::HeartbeatClient};
-use tally_testkit::devdb::{self, TempCluster};
-use tally_testkit::netns::Netns;
+use tally_testkit::{
+    devdb::{self, TempCluster},
+    netns::Netns,
+    process::{Binaries, Process},
+};
 use tokio::runtime::Runtime;
 
-use super::{AGENT, Link, veth};
+use super::{AGENT, Link, QUOTED_LINES, veth};
 
 /// The name of the veth (in the agent's namespace) that carries the
 /// heartbeats: the agent is told not to count it.
@@ -31,26 +34,20 @@ pub const CONTROL_IFACE: &str = "tca";
 
 /// `tally-collector serve` inside a namespace.
 pub struct Collector {
-    ns_path: PathBuf,
     listen: SocketAddr,
     /// Where its HTTP side listens, when it has one.
     http: Option<SocketAddr>,
-    database_url: String,
-    log: PathBuf,
-    child: Option<Child>,
+    process: Process,
 }
 
 impl Collector {
-    fn binary() -> PathBuf {
+    /// The `tally-collector` binary beside the agent's.
+    pub fn binary() -> PathBuf {
         // Built beside the agent by `cargo test --workspace` (the collector
         // package's own tests need it).
-        let path = PathBuf::from(AGENT).with_file_name("tally-collector");
-        assert!(
-            path.exists(),
-            "{} is missing: build it first (`cargo build -p tally-collector`, or run the whole suite with `cargo xtask test`)",
-            path.display()
-        );
-        path
+        Binaries::beside(Path::new(AGENT))
+            .unwrap_or_else(|e| panic!("{e} (or run the whole suite with `cargo xtask test`)"))
+            .collector
     }
 
     /// Starts it in `ns`, listening for plaintext gRPC on `listen`, and
@@ -67,29 +64,8 @@ impl Collector {
         database_url: String,
         log: PathBuf,
     ) -> Self {
-        let mut collector = Collector {
-            ns_path: ns.path(),
-            listen,
-            http,
-            database_url,
-            log,
-            child: None,
-        };
-        collector.spawn(ns);
-        collector
-    }
-
-    /// Starts it (again), and waits until it listens.
-    pub fn spawn(&mut self, ns: &Netns) {
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .expect("collector log");
-        let child = Command::new("nsenter")
-            .arg(format!("--net={}", self.ns_path.display()))
-            .arg("--")
-            .arg(Self::binary())
+        let mut command = Command::new(Self::binary());
+        command
             .args([
                 "serve",
                 "--insecure-plaintext",
@@ -97,33 +73,41 @@ impl Collector {
                 "info,tally_collector=debug",
                 "--listen",
             ])
-            .arg(self.listen.to_string())
+            .arg(listen.to_string())
             .args(
-                self.http
-                    .iter()
+                http.iter()
                     .flat_map(|http| ["--http-listen".to_owned(), http.to_string()]),
             )
-            .env("DATABASE_URL", &self.database_url)
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("spawn tally-collector");
-        self.child = Some(child);
-        let listen = self.listen;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !ns
-            .run(move || TcpStream::connect_timeout(&listen, Duration::from_millis(200)).is_ok())
-            .expect("run in the namespace")
+            .env("DATABASE_URL", database_url)
+            .env("NO_COLOR", "1");
+        let process = Process::builder("the collector", command, log)
+            .netns(ns.path())
+            .quoted_lines(QUOTED_LINES)
+            .start()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut collector = Collector {
+            listen,
+            http,
+            process,
+        };
+        collector.wait_listening();
+        collector
+    }
+
+    fn wait_listening(&mut self) {
+        if let Err(e) = self
+            .process
+            .wait_listening(self.listen, Duration::from_secs(30))
         {
-            assert!(
-                Instant::now() < deadline,
-                "the collector did not listen within 30 s; log:\n{}",
-                self.log()
-            );
-            thread::sleep(Duration::from_millis(50));
+            panic!("{e}");
         }
+    }
+
+    /// Starts it again after [`Collector::kill9`], on the same address, and
+    /// waits until it listens.
+    pub fn restart(&mut self) {
+        self.process.restart().unwrap_or_else(|e| panic!("{e}"));
+        self.wait_listening();
     }
 
     /// The URL agents report to.
@@ -133,14 +117,13 @@ impl Collector {
 
     /// SIGKILL, as a crash would.
     pub fn kill9(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+        if let Err(e) = self.process.kill() {
+            eprintln!("{e}");
         }
     }
 
     pub fn log(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
+        self.process.log().unwrap_or_default()
     }
 
     /// `GET path` on its HTTP side, from `ns`: the status and the body.

@@ -27,6 +27,9 @@ pub use netns::{Link, netns, veth, veth_counted_from_birth};
 
 pub const AGENT: &str = env!("CARGO_BIN_EXE_tally-agent");
 
+/// How many lines of a process's log a failure quotes.
+pub const QUOTED_LINES: usize = 200;
+
 static NEXT: AtomicU32 = AtomicU32::new(1);
 
 fn unique() -> u32 {
@@ -41,7 +44,7 @@ pub fn privileged(test: &str) -> bool {
     if unsafe { libc::geteuid() } != 0 {
         missing.push("not running as root".to_owned());
     }
-    for tool in ["ip", "nsenter"] {
+    for tool in ["ip", "unshare"] {
         if Command::new(tool).arg("-V").output().is_err()
             && Command::new(tool).arg("--version").output().is_err()
         {

@@ -346,6 +346,55 @@ mod tests {
         );
     }
 
+    /// The flags' defaults are `serve::Options::new`'s: each default as
+    /// the help shows it (`30days`) reads back as the library's value.
+    #[test]
+    fn serve_defaults_are_the_librarys() {
+        let cli = Cli::try_parse_from(["tally-collector", "serve"]).expect("no flags");
+        let Command::Serve(args) = cli.command else {
+            panic!("not serve");
+        };
+        let options = tally_collector::serve::Options::new(args.listen);
+        assert_eq!(args.offline_after, options.offline_after);
+        assert_eq!(args.history_retention, options.history_retention);
+        assert_eq!(args.max_clock_skew, options.max_clock_skew);
+        assert_eq!(args.min_heartbeat_interval, options.min_heartbeat_interval);
+        assert_eq!(args.stream_idle_timeout, options.stream_idle_timeout);
+        assert_eq!(args.handshake_timeout, options.handshake_timeout);
+        assert_eq!(args.header_read_timeout, options.header_read_timeout);
+        assert_eq!(args.statement_timeout, options.database.statement_timeout);
+        assert_eq!(args.lock_timeout, options.database.lock_timeout);
+        assert_eq!(args.reader_connections, options.database.readers);
+        assert_eq!(args.max_batch as usize, options.ingest.max_batch);
+        assert_eq!(args.writers as usize, options.ingest.writers);
+        assert_eq!(
+            i64::from(args.max_interface_names),
+            options.ingest.max_interface_names
+        );
+        assert_eq!(
+            args.max_expensive_reads as usize,
+            options.max_expensive_reads
+        );
+        assert_eq!(args.max_event_streams as usize, options.max_event_streams);
+        assert_eq!(
+            args.max_streams_per_connection,
+            options.max_streams_per_connection
+        );
+        assert_eq!(args.max_connections as usize, options.max_connections);
+        assert_eq!(
+            args.max_connections_per_address as usize,
+            options.max_connections_per_address
+        );
+        assert_eq!(
+            args.max_http_connections as usize,
+            options.max_http_connections
+        );
+        assert_eq!(
+            args.max_http_connections_per_address as usize,
+            options.max_http_connections_per_address
+        );
+    }
+
     #[test]
     fn schedules_and_intervals_are_checked() {
         let error = Cli::try_parse_from(["tally-collector", "serve", "--period-reset", "weekly:1"])

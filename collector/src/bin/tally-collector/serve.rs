@@ -6,7 +6,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use anyhow::Context as _;
 use clap::{Args, builder::BoolishValueParser};
 use sqlx::PgPool;
-use tally_collector::{db, http, ingest, period::Schedule, webhook};
+use tally_collector::{db, http, ingest, period::Schedule, serve, webhook};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::durations::{parse_interval, parse_positive_duration};
@@ -42,7 +42,7 @@ pub struct ServeArgs {
     #[arg(
         long,
         env = "TALLY_OFFLINE_AFTER",
-        default_value = "30s",
+        default_value = text(serve::defaults::OFFLINE_AFTER),
         value_parser = humantime::parse_duration,
         value_name = "DURATION"
     )]
@@ -139,7 +139,7 @@ pub struct ServeArgs {
     #[arg(
         long,
         env = "TALLY_HISTORY_RETENTION",
-        default_value = "30days",
+        default_value = text(serve::defaults::HISTORY_RETENTION),
         value_parser = humantime::parse_duration,
         value_name = "DURATION"
     )]
@@ -153,7 +153,7 @@ pub struct ServeArgs {
     #[arg(
         long,
         env = "TALLY_MAX_CLOCK_SKEW",
-        default_value = "5m",
+        default_value = text(serve::defaults::MAX_CLOCK_SKEW),
         value_parser = humantime::parse_duration,
         value_name = "DURATION"
     )]
@@ -166,7 +166,7 @@ pub struct ServeArgs {
     #[arg(
         long,
         env = "TALLY_MAX_BATCH",
-        default_value_t = 512,
+        default_value_t = ingest::DEFAULT_MAX_BATCH,
         value_parser = clap::value_parser!(u32).range(1..=10_000),
         value_name = "N"
     )]
@@ -179,7 +179,7 @@ pub struct ServeArgs {
     #[arg(
         long,
         env = "TALLY_WRITERS",
-        default_value_t = 4,
+        default_value_t = ingest::DEFAULT_WRITERS,
         value_parser = clap::value_parser!(u32).range(1..=64),
         value_name = "N"
     )]
@@ -190,7 +190,7 @@ pub struct ServeArgs {
     #[arg(
         long,
         env = "TALLY_READER_CONNECTIONS",
-        default_value_t = 4,
+        default_value_t = db::DEFAULT_READERS,
         value_parser = clap::value_parser!(u32).range(1..=64),
         value_name = "N"
     )]
@@ -205,7 +205,7 @@ pub struct ServeArgs {
     #[arg(
         long,
         env = "TALLY_STATEMENT_TIMEOUT",
-        default_value = "10s",
+        default_value = text(db::DEFAULT_STATEMENT_TIMEOUT),
         value_parser = parse_positive_duration,
         value_name = "DURATION"
     )]
@@ -216,7 +216,7 @@ pub struct ServeArgs {
     #[arg(
         long,
         env = "TALLY_LOCK_TIMEOUT",
-        default_value = "5s",
+        default_value = text(db::DEFAULT_LOCK_TIMEOUT),
         value_parser = parse_positive_duration,
         value_name = "DURATION"
     )]
@@ -229,7 +229,7 @@ pub struct ServeArgs {
     #[arg(
         long,
         env = "TALLY_MAX_EXPENSIVE_READS",
-        default_value_t = 2,
+        default_value_t = serve::defaults::MAX_EXPENSIVE_READS,
         value_parser = clap::value_parser!(u32).range(1..=256),
         value_name = "N"
     )]
@@ -241,7 +241,7 @@ pub struct ServeArgs {
     #[arg(
         long,
         env = "TALLY_MAX_EVENT_STREAMS",
-        default_value_t = 256,
+        default_value_t = serve::defaults::MAX_EVENT_STREAMS,
         value_parser = clap::value_parser!(u32).range(1..=100_000),
         value_name = "N"
     )]
@@ -253,7 +253,7 @@ pub struct ServeArgs {
     #[arg(
         long,
         env = "TALLY_MAX_STREAMS_PER_CONNECTION",
-        default_value_t = 4096,
+        default_value_t = serve::defaults::MAX_STREAMS_PER_CONNECTION,
         value_parser = clap::value_parser!(u32).range(1..=100_000),
         value_name = "N"
     )]
@@ -267,7 +267,7 @@ pub struct ServeArgs {
     #[arg(
         long,
         env = "TALLY_MIN_HEARTBEAT_INTERVAL",
-        default_value = "500ms",
+        default_value = text(serve::defaults::MIN_HEARTBEAT_INTERVAL),
         value_parser = parse_min_heartbeat_interval,
         value_name = "DURATION"
     )]
@@ -280,7 +280,7 @@ pub struct ServeArgs {
     #[arg(
         long,
         env = "TALLY_MAX_INTERFACE_NAMES",
-        default_value_t = 4096,
+        default_value_t = ingest::DEFAULT_MAX_INTERFACE_NAMES,
         value_parser = clap::value_parser!(u32).range(1..=1_000_000),
         value_name = "N"
     )]
@@ -292,7 +292,7 @@ pub struct ServeArgs {
     #[arg(
         long,
         env = "TALLY_STREAM_IDLE_TIMEOUT",
-        default_value = "2m",
+        default_value = text(serve::defaults::STREAM_IDLE_TIMEOUT),
         value_parser = parse_positive_duration,
         value_name = "DURATION"
     )]
@@ -304,7 +304,7 @@ pub struct ServeArgs {
     #[arg(
         long,
         env = "TALLY_HANDSHAKE_TIMEOUT",
-        default_value = "10s",
+        default_value = text(serve::defaults::HANDSHAKE_TIMEOUT),
         value_parser = parse_positive_duration,
         value_name = "DURATION"
     )]
@@ -318,7 +318,7 @@ pub struct ServeArgs {
     #[arg(
         long,
         env = "TALLY_MAX_CONNECTIONS",
-        default_value_t = 100_000,
+        default_value_t = serve::defaults::MAX_CONNECTIONS,
         value_parser = clap::value_parser!(u32).range(1..),
         value_name = "N"
     )]
@@ -333,7 +333,7 @@ pub struct ServeArgs {
     #[arg(
         long,
         env = "TALLY_MAX_CONNECTIONS_PER_ADDRESS",
-        default_value_t = 4096,
+        default_value_t = serve::defaults::MAX_CONNECTIONS_PER_ADDRESS,
         value_parser = clap::value_parser!(u32).range(1..),
         value_name = "N"
     )]
@@ -344,7 +344,7 @@ pub struct ServeArgs {
     #[arg(
         long,
         env = "TALLY_MAX_HTTP_CONNECTIONS",
-        default_value_t = 10_000,
+        default_value_t = serve::defaults::MAX_HTTP_CONNECTIONS,
         value_parser = clap::value_parser!(u32).range(1..),
         value_name = "N"
     )]
@@ -355,7 +355,7 @@ pub struct ServeArgs {
     #[arg(
         long,
         env = "TALLY_MAX_HTTP_CONNECTIONS_PER_ADDRESS",
-        default_value_t = 256,
+        default_value_t = serve::defaults::MAX_HTTP_CONNECTIONS_PER_ADDRESS,
         value_parser = clap::value_parser!(u32).range(1..),
         value_name = "N"
     )]
@@ -367,7 +367,7 @@ pub struct ServeArgs {
     #[arg(
         long,
         env = "TALLY_HEADER_READ_TIMEOUT",
-        default_value = "30s",
+        default_value = text(serve::defaults::HEADER_READ_TIMEOUT),
         value_parser = parse_positive_duration,
         value_name = "DURATION"
     )]
@@ -398,6 +398,12 @@ pub struct ServeArgs {
         value_name = "SECRET"
     )]
     pub webhook_secret: Option<String>,
+}
+
+/// A default duration as the flags take it and their help shows it
+/// (`30s`, `5m`, `30days`).
+fn text(duration: Duration) -> String {
+    humantime::format_duration(duration).to_string()
 }
 
 /// At most a minute (an agent's interval is at least a second; a limit

@@ -2,19 +2,18 @@
 //! process or as real `tally-collector` processes), and heartbeats to send.
 
 use std::{
-    io::{BufRead as _, BufReader},
     net::SocketAddr,
-    process::{Child, Command, Stdio},
+    process::Command,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use sqlx::{PgPool, Row as _};
-use tally_collector::{db, ingest, nodes, serve};
+use tally_collector::{db, nodes, serve};
 use tally_proto::v1::{
     HeartbeatReply, HeartbeatRequest, InterfaceCounters, InterfaceState, LoadAverage,
     heartbeat_client::HeartbeatClient,
 };
-use tally_testkit::devdb::TempCluster;
+use tally_testkit::{devdb::TempCluster, process};
 use tokio::sync::{mpsc, oneshot};
 use tonic::{Request, Status, Streaming, transport::Channel};
 
@@ -127,31 +126,11 @@ impl Fleet {
     /// As [`Fleet::serve_here`], with the options changed by `tweak` (e.g.
     /// to configure the HTTP tokens).
     pub async fn serve_here_with(&self, tweak: impl FnOnce(&mut serve::Options)) -> InProcess {
-        let mut options = serve::Options {
-            listen: "127.0.0.1:0".parse().expect("address"),
-            tls: None,
-            heartbeat_interval: None,
-            max_clock_skew: Duration::from_secs(300),
-            history_retention: Duration::from_secs(86_400),
-            ingest: ingest::Config::default(),
-            http_listen: Some("127.0.0.1:0".parse().expect("address")),
-            offline_after: Duration::from_secs(30),
-            tokens: Default::default(),
-            webhook: None,
-            database: Default::default(),
-            max_expensive_reads: 2,
-            max_event_streams: 256,
-            max_streams_per_connection: 4096,
-            stream_idle_timeout: Duration::from_secs(120),
-            handshake_timeout: Duration::from_secs(10),
-            // Tests send as fast as they can; the pace has its own test.
-            min_heartbeat_interval: Duration::ZERO,
-            max_connections: 100_000,
-            max_connections_per_address: 4096,
-            max_http_connections: 10_000,
-            max_http_connections_per_address: 256,
-            header_read_timeout: Duration::from_secs(30),
-        };
+        let mut options = serve::Options::new("127.0.0.1:0".parse().expect("address"));
+        options.http_listen = Some("127.0.0.1:0".parse().expect("address"));
+        options.history_retention = Duration::from_secs(86_400);
+        // Tests send as fast as they can; the pace has its own test.
+        options.min_heartbeat_interval = Duration::ZERO;
         tweak(&mut options);
         let listeners = serve::bind(&options).await.expect("bind");
         let address = listeners.grpc.local_addr().expect("address");
@@ -186,10 +165,12 @@ pub struct InProcess {
     _stop: oneshot::Sender<()>,
 }
 
-/// A `tally-collector serve` process; killed when dropped.
+/// A `tally-collector serve` process (a testkit [`process::Process`]);
+/// killed when dropped, its log printed if the test failed.
 pub struct Process {
     pub address: SocketAddr,
-    child: Child,
+    process: process::Process,
+    _dir: tempfile::TempDir,
 }
 
 impl Process {
@@ -201,53 +182,56 @@ impl Process {
 
     /// As [`Process::start`], with `args` instead of `--insecure-plaintext`.
     pub fn start_with(database_url: &str, args: &[&str]) -> Process {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tally-collector"))
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_tally-collector"));
+        command
             .args(["serve", "--listen", "127.0.0.1:0", "--log", "info"])
             .args(args)
             // Tests send as fast as they can; the pace's own test gives
             // its interval in `args` (which win over the environment).
             .env("TALLY_MIN_HEARTBEAT_INTERVAL", "0s")
             .env("DATABASE_URL", database_url)
-            .env("NO_COLOR", "1")
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start tally-collector");
-        let stderr = child.stderr.take().expect("stderr");
-        let (found, address) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut found = Some(found);
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(addr) = line
-                    .contains("serving tally.v1.Heartbeat")
-                    .then_some(&line)
-                    .and_then(|line| line.split_once("address="))
-                    .and_then(|(_, rest)| rest.split_whitespace().next())
-                    .and_then(|a| a.parse::<SocketAddr>().ok())
-                    && let Some(found) = found.take()
-                {
-                    let _ = found.send(addr);
-                }
-                eprintln!("[collector] {line}");
-            }
-        });
-        let address = address
-            .recv_timeout(Duration::from_secs(30))
-            .expect("the collector says where it listens");
-        Process { address, child }
+            .env("NO_COLOR", "1");
+        let mut process =
+            process::Process::builder("tally-collector", command, dir.path().join("collector.log"))
+                .start()
+                .unwrap_or_else(|e| panic!("{e}"));
+        let address = process
+            .wait_for_line(
+                "the collector to say where it listens",
+                Duration::from_secs(30),
+                |line| {
+                    line.contains("serving tally.v1.Heartbeat")
+                        .then_some(line)
+                        .and_then(|line| line.split_once("address="))
+                        .and_then(|(_, rest)| rest.split_whitespace().next())
+                        .and_then(|a| a.parse::<SocketAddr>().ok())
+                },
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
+        Process {
+            address,
+            process,
+            _dir: dir,
+        }
     }
-}
 
-impl Process {
     /// Its process id.
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.process.pid().expect("the collector runs")
     }
 }
 
 impl Drop for Process {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Err(e) = self.process.kill() {
+            eprintln!("{e}");
+        }
+        if std::thread::panicking() {
+            for line in self.process.log().unwrap_or_default().lines() {
+                eprintln!("[collector] {line}");
+            }
+        }
     }
 }
 

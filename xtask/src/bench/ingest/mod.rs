@@ -75,11 +75,11 @@ pub struct IngestArgs {
     pub warmup: u64,
 
     /// The collector's writer tasks (`tally-collector serve --writers`).
-    #[arg(long, default_value_t = ingest::Config::default().writers as u32, value_parser = clap::value_parser!(u32).range(1..=64))]
+    #[arg(long, default_value_t = ingest::DEFAULT_WRITERS, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub writers: u32,
 
     /// Most heartbeats in one transaction (`tally-collector serve --max-batch`).
-    #[arg(long, default_value_t = ingest::Config::default().max_batch as u32, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    #[arg(long, default_value_t = ingest::DEFAULT_MAX_BATCH, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub max_batch: u32,
 
     /// HTTP/2 connections the agents share (nodes are spread over them).
@@ -323,37 +323,14 @@ async fn collector(setup: &Setup<'_>) -> anyhow::Result<IngestRun> {
     let nodes = enrol(&pool, args.nodes).await?;
     checkpoint(&url).await?;
 
-    let options = serve::Options {
-        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-        tls: None,
-        heartbeat_interval: None,
-        max_clock_skew: Duration::from_secs(300),
-        history_retention: Duration::from_secs(30 * 86_400),
-        ingest: ingest::Config {
-            writers: args.writers as usize,
-            max_batch: args.max_batch as usize,
-            ..ingest::Config::default()
-        },
-        http_listen: history
-            .as_ref()
-            .map(|_| SocketAddr::from(([127, 0, 0, 1], 0))),
-        offline_after: Duration::from_secs(30),
-        tokens: Default::default(),
-        webhook: None,
-        database: Default::default(),
-        max_expensive_reads: 2,
-        max_event_streams: 256,
-        max_streams_per_connection: 4096,
-        stream_idle_timeout: Duration::from_secs(120),
-        handshake_timeout: Duration::from_secs(10),
-        // The simulated agents send as fast as the collector takes them.
-        min_heartbeat_interval: Duration::ZERO,
-        max_connections: 100_000,
-        max_connections_per_address: 4096,
-        max_http_connections: 10_000,
-        max_http_connections_per_address: 256,
-        header_read_timeout: Duration::from_secs(30),
-    };
+    let mut options = serve::Options::new(SocketAddr::from(([127, 0, 0, 1], 0)));
+    options.ingest.writers = args.writers as usize;
+    options.ingest.max_batch = args.max_batch as usize;
+    options.http_listen = history
+        .as_ref()
+        .map(|_| SocketAddr::from(([127, 0, 0, 1], 0)));
+    // The simulated agents send as fast as the collector takes them.
+    options.min_heartbeat_interval = Duration::ZERO;
     let listener = TcpListener::bind(options.listen)
         .await
         .context("cannot listen on 127.0.0.1")?;
