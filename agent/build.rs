@@ -5,7 +5,11 @@
 //! is set up — the nightly with `rust-src`, `bpf-linker` built against that
 //! nightly's LLVM — and otherwise stops with one message naming
 //! `cargo xtask setup`, which installs what is missing. `AYA_BUILD_SKIP=1`
-//! skips the check and the eBPF build.
+//! skips the check and the eBPF build. It also gives the crate the commit
+//! it is built from (`TALLY_COMMIT`, common/build/version.rs).
+
+#[path = "../common/build/version.rs"]
+mod version;
 
 #[path = "../xtask/src/toolchain/check.rs"]
 #[allow(dead_code, reason = "shared with xtask, which uses all of it")]
@@ -14,6 +18,8 @@ mod toolchain;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    println!("cargo:rerun-if-changed=../common/build/version.rs");
+    version::emit_commit();
     println!("cargo:rerun-if-env-changed=AYA_BUILD_SKIP");
     println!("cargo:rerun-if-env-changed={}", toolchain::TOOLCHAIN_ENV);
     println!("cargo:rerun-if-changed=../xtask/src/toolchain/check.rs");

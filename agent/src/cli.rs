@@ -51,7 +51,7 @@ const ON: [&str; 14] = [
 /// counters pinned on the bpf filesystem so that restarts lose nothing, and
 /// reports them with the load average.
 #[derive(Debug, Parser)]
-#[command(name = "tally-agent", version, propagate_version = true)]
+#[command(name = "tally-agent", version = crate::VERSION, propagate_version = true)]
 pub struct Cli {
     /// Directory on the bpf filesystem where the counters, their epoch and the
     /// attachments are pinned; `run` creates it. Give each agent its own (one

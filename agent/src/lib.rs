@@ -25,6 +25,10 @@ mod system;
 
 use std::process::ExitCode;
 
+/// The agent's version and the commit it was built from, as `--version`
+/// and the start-up log line print them: `0.1.0 (1a2b3c4d5e6f)`.
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("TALLY_COMMIT"), ")");
+
 use anyhow::Context as _;
 use clap::Parser as _;
 use tracing_subscriber::EnvFilter;

@@ -50,6 +50,7 @@ impl Stop {
 }
 
 pub async fn run(args: RunArgs, layout: PinLayout) -> anyhow::Result<()> {
+    tracing::info!(version = %crate::VERSION, "tally-agent starting");
     let mut stop = Stop::listen()?;
     let filter = IfaceFilter::new(&args.filter.include, &args.filter.exclude)?;
     // Checked before anything is attached: a bad URL or token stops here.

@@ -8,6 +8,10 @@
 //! `pub(crate)`, so that a module's API can change without looking beyond
 //! the crate.
 
+/// The collector's version and the commit it was built from, as
+/// `--version` and the start-up log line print them: `0.1.0 (1a2b3c4d5e6f)`.
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("TALLY_COMMIT"), ")");
+
 pub mod accounting;
 pub mod auth;
 pub mod billing;

@@ -147,6 +147,36 @@ pub fn check(root: &Command, policy: &Policy<'_>) {
     );
 }
 
+/// Checks a binary's `--version` line: `<name> <version> (<commit>)`, the
+/// commit being the one checked out in `repo` (its first 12 hex digits,
+/// after a release tag and with `-dirty` as `git describe` puts it), or
+/// `unknown` where git cannot tell. Panics with what was printed otherwise.
+pub fn assert_version_line(printed: &str, name: &str, version: &str, repo: &std::path::Path) {
+    let commit = std::process::Command::new("git")
+        .current_dir(repo)
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .output()
+        .ok()
+        .filter(|out| out.status.success())
+        .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_owned());
+    let line = printed.trim_end();
+    let prefix = format!("{name} {version} (");
+    let inside = line
+        .strip_prefix(&prefix)
+        .and_then(|rest| rest.strip_suffix(')'))
+        .unwrap_or_else(|| panic!("`--version` printed {line:?}, not `{prefix}<commit>)`"));
+    match commit {
+        Some(commit) => assert!(
+            inside.contains(&commit),
+            "`--version` printed {line:?}: the commit checked out is {commit}"
+        ),
+        None => assert_eq!(
+            inside, "unknown",
+            "`--version` printed {line:?} outside a checkout"
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use clap::{Arg, ArgAction};

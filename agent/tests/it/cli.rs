@@ -20,6 +20,18 @@ fn stderr(out: &Output) -> String {
 }
 
 #[test]
+fn version_names_the_commit() {
+    let out = agent(&["--version"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    tally_testkit::cli_check::assert_version_line(
+        &String::from_utf8_lossy(&out.stdout),
+        "tally-agent",
+        env!("CARGO_PKG_VERSION"),
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")),
+    );
+}
+
+#[test]
 fn help_explains_every_run_flag() {
     let out = agent(&["run", "--help"]);
     assert!(out.status.success());

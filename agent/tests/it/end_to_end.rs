@@ -132,4 +132,16 @@ fn totals_equal_the_kernel_counts_across_kills_of_agent_collector_and_postgres()
         "SIGTERM sends a last heartbeat\n{}",
         context()
     );
+    // Both say at start which version (and commit) runs.
+    let version = concat!("version=", env!("CARGO_PKG_VERSION"), " (");
+    assert!(
+        log.contains("tally-agent starting") && log.contains(version),
+        "the agent logs its version at start\n{log}"
+    );
+    let collector_log = collector.log();
+    assert!(
+        collector_log.contains("tally-collector serving") && collector_log.contains(version),
+        "the collector logs its version at start\n{}",
+        tail(&collector_log, 60)
+    );
 }

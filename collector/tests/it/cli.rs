@@ -134,6 +134,24 @@ fn errors_are_one_clear_line() {
     }
 }
 
+#[test]
+fn version_names_the_commit() {
+    let out = collector(&["--version"])
+        .output()
+        .expect("run tally-collector");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    tally_testkit::cli_check::assert_version_line(
+        &String::from_utf8_lossy(&out.stdout),
+        "tally-collector",
+        env!("CARGO_PKG_VERSION"),
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")),
+    );
+}
+
 /// `tally-collector` with none of this environment's `TALLY_…` settings.
 fn collector(args: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_tally-collector"));

@@ -46,7 +46,7 @@ use crate::{
 /// Every command works on the database given by --database-url or
 /// DATABASE_URL.
 #[derive(Debug, Parser)]
-#[command(name = "tally-collector", version)]
+#[command(name = "tally-collector", version = tally_collector::VERSION)]
 pub struct Cli {
     #[command(flatten)]
     pub db: DbArgs,

@@ -432,6 +432,7 @@ pub fn tls_files(args: &ServeArgs) -> anyhow::Result<TlsFiles> {
 }
 
 pub async fn run(pool: PgPool, args: ServeArgs, tls: TlsFiles) -> anyhow::Result<()> {
+    tracing::info!(target: LOG_TARGET, version = %tally_collector::VERSION, "tally-collector serving");
     if !args.no_migrate {
         let count = db::migrate(&pool)
             .await
