@@ -50,7 +50,6 @@ impl Stop {
 }
 
 pub async fn run(args: RunArgs, layout: PinLayout) -> anyhow::Result<()> {
-    tracing::info!(version = %crate::VERSION, "tally-agent starting");
     let mut stop = Stop::listen()?;
     let filter = IfaceFilter::new(&args.filter.include, &args.filter.exclude)?;
     // Checked before anything is attached: a bad URL or token stops here.
@@ -65,6 +64,8 @@ pub async fn run(args: RunArgs, layout: PinLayout) -> anyhow::Result<()> {
         }
         None => None,
     };
+    // After every check of the settings: a refusal stays one line.
+    tracing::info!(version = %crate::VERSION, "tally-agent starting");
     match args.source {
         SourceKind::Ebpf => run_ebpf(&args, layout, filter, collector, &mut stop).await,
         SourceKind::Procfs => {

@@ -432,7 +432,6 @@ pub fn tls_files(args: &ServeArgs) -> anyhow::Result<TlsFiles> {
 }
 
 pub async fn run(pool: PgPool, args: ServeArgs, tls: TlsFiles) -> anyhow::Result<()> {
-    tracing::info!(target: LOG_TARGET, version = %tally_collector::VERSION, "tally-collector serving");
     if !args.no_migrate {
         let count = db::migrate(&pool)
             .await
@@ -495,6 +494,8 @@ pub async fn run(pool: PgPool, args: ServeArgs, tls: TlsFiles) -> anyhow::Result
     if let Some(schedule) = args.period_reset {
         tracing::info!(target: LOG_TARGET, %schedule, "period counters reset on schedule");
     }
+    // After every check of the settings: a refusal stays one line.
+    tracing::info!(target: LOG_TARGET, version = %tally_collector::VERSION, "tally-collector serving");
     let listeners = tally_collector::serve::bind(&options).await?;
     let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
