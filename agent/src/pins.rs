@@ -21,7 +21,7 @@ use tally_common::maps;
 
 /// The default pin directory.
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/tally";
-const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+const BPF_FS_MAGIC: u64 = 0xcafe_4a11;
 const BPFFS_ROOT: &str = "/sys/fs/bpf";
 
 /// A problem with the pin directory.
@@ -185,7 +185,15 @@ pub fn is_bpffs(path: &Path) -> bool {
     let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
     // SAFETY: c_path is NUL-terminated and stat is a valid out-pointer.
     let rc = unsafe { libc::statfs(c_path.as_ptr(), &mut stat) };
-    rc == 0 && stat.f_type == BPF_FS_MAGIC
+    // `f_type` is signed in glibc (`__fsword_t`) and unsigned in musl
+    // (`unsigned long`); file system magic numbers are positive either way.
+    #[allow(
+        clippy::unnecessary_cast,
+        clippy::cast_sign_loss,
+        reason = "the type differs between C libraries"
+    )]
+    let f_type = stat.f_type as u64;
+    rc == 0 && f_type == BPF_FS_MAGIC
 }
 
 fn mount_bpffs(target: &Path) -> io::Result<()> {
