@@ -19,10 +19,16 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::{status_ok, target_dir, toolchain, workspace_root};
+use crate::{
+    cargo_tool::{self, CargoTool},
+    status_ok, target_dir, toolchain, workspace_root,
+};
 
 /// The cargo-fuzz release installed when none (or another) is there.
-pub const CARGO_FUZZ_VERSION: &str = "0.13.2";
+pub const CARGO_FUZZ: CargoTool = CargoTool {
+    krate: "cargo-fuzz",
+    version: "0.13.2",
+};
 
 /// Every fuzz target (`fuzz/fuzz_targets/<name>.rs`).
 pub const TARGETS: [&str; 5] = [
@@ -78,34 +84,6 @@ fn cargo_fuzz(nightly: &str, subcommand: &str) -> anyhow::Result<Command> {
     Ok(cmd)
 }
 
-/// Installs cargo-fuzz [`CARGO_FUZZ_VERSION`] unless it is there.
-fn ensure_cargo_fuzz() -> anyhow::Result<()> {
-    let installed = Command::new("cargo")
-        .args(["fuzz", "--version"])
-        .env("PATH", toolchain::path_with_cargo_bin()?)
-        .stdin(Stdio::null())
-        .output()
-        .ok()
-        .filter(|out| out.status.success())
-        .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_owned());
-    let wanted = format!("cargo-fuzz {CARGO_FUZZ_VERSION}");
-    if installed.as_deref() == Some(wanted.as_str()) {
-        return Ok(());
-    }
-    eprintln!(
-        "fuzz: installing cargo-fuzz {CARGO_FUZZ_VERSION} (was: {})",
-        installed.as_deref().unwrap_or("not installed")
-    );
-    status_ok(Command::new("cargo").args([
-        "install",
-        "--locked",
-        "--force",
-        "cargo-fuzz",
-        "--version",
-        CARGO_FUZZ_VERSION,
-    ]))
-}
-
 /// The build options, the same for `build` and `run` (else `run` builds
 /// again): release with debug assertions (and so overflow checks), the
 /// default sanitizer (address).
@@ -117,7 +95,7 @@ pub fn run(args: &FuzzArgs) -> anyhow::Result<()> {
     if args.write_seeds {
         return write_seeds(&nightly.toolchain);
     }
-    ensure_cargo_fuzz()?;
+    cargo_tool::ensure(&[CARGO_FUZZ])?;
     let targets: Vec<String> = if args.targets.is_empty() {
         TARGETS.iter().map(|t| (*t).to_owned()).collect()
     } else {

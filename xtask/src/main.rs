@@ -2,8 +2,10 @@
 
 mod architecture;
 mod bench;
+mod cargo_tool;
 mod demo;
 mod disk;
+mod dist;
 mod docs;
 mod fuzz;
 mod lint;
@@ -40,6 +42,8 @@ enum Task {
     /// Run every test (unit and privileged integration tests; as root, with
     /// TALLY_REQUIRE_PRIVILEGED=1 a privileged test fails instead of skipping),
     /// and check that `cargo doc --workspace --no-deps` gives no warning.
+    /// Builds the release artefacts first (`dist`, twice: target/tally-dist and
+    /// target/tally-dist-again), which the dist:: tests check.
     Test {
         /// Extra arguments for `cargo test` (after `--`).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -81,6 +85,15 @@ enum Task {
     /// Installs cargo-fuzz if missing. Prints the inputs each target ran;
     /// fails with the crashing input's path if a target crashes.
     Fuzz(fuzz::FuzzArgs),
+    /// Build the release artefacts for x86_64 and aarch64 (musl, fully
+    /// static, stripped, the dependency list embedded with cargo-auditable)
+    /// into target/tally-dist: per target a tarball (both binaries, CycloneDX
+    /// SBOMs, systemd units, environment examples, INSTALL), .deb and .rpm
+    /// packages of both binaries; the SBOMs beside them; SHA256SUMS.
+    /// Reproducible: the same sources and SOURCE_DATE_EPOCH (default: the
+    /// last commit's time) give the same bytes. Installs what it needs
+    /// (Debian's cross compilers, rustup targets, the cargo subcommands).
+    Dist(dist::DistArgs),
     /// Measure what tally costs (figures are printed, not asserted; `ebpf`
     /// needs root).
     Bench {
@@ -187,10 +200,20 @@ fn run(task: Task) -> anyhow::Result<()> {
             setup()?;
             disk::warn_if_short(&target_dir(), TEST_BUILD_GIB, "a clean test build");
             let schemathesis = schemathesis::ensure(&target_dir())?;
+            // The release artefacts for the dist:: tests, twice (the second
+            // run, mostly from cargo's cache, must give the same bytes).
+            let dist_dir = target_dir().join("tally-dist");
+            let dist_again_dir = target_dir().join("tally-dist-again");
+            dist::run(&dist::DistArgs::every_target(dist_dir.clone()))?;
+            dist::run(&dist::DistArgs::every_target(dist_again_dir.clone()))?;
+            let debian_root = dist::debian_root::ensure()?;
             let mut cmd = Command::new("cargo");
             cmd.current_dir(workspace_root())
                 .env("PATH", toolchain::path_with_cargo_bin()?)
                 .env("TALLY_SCHEMATHESIS", schemathesis)
+                .env("TALLY_DIST_DIR", dist_dir)
+                .env("TALLY_DIST_AGAIN_DIR", dist_again_dir)
+                .env("TALLY_DEBIAN_ROOT", debian_root)
                 .args(["test", "--workspace", "--exclude", "tally-agent-ebpf"]);
             if !args.is_empty() {
                 cmd.arg("--").args(args);
@@ -206,6 +229,7 @@ fn run(task: Task) -> anyhow::Result<()> {
         Task::Architecture { check: false } => architecture::write(),
         Task::Architecture { check: true } => architecture::check(),
         Task::Fuzz(args) => fuzz::run(&args),
+        Task::Dist(args) => dist::run(&args),
         Task::Demo(args) => {
             packages::ensure(packages::DEMO)?;
             demo::run(&args)

@@ -79,6 +79,30 @@ pub const TEST: &[Need] = &[
         files: &[],
         why: "`systemd-analyze verify` on the deployment kit's units",
     },
+    Need {
+        package: "rpm",
+        programs: &["rpm"],
+        files: &[],
+        why: "querying the .rpm packages and installing them into an empty root",
+    },
+    Need {
+        package: "qemu-user-static",
+        programs: &["qemu-aarch64-static"],
+        files: &[],
+        why: "running the aarch64 binaries",
+    },
+    Need {
+        package: "file",
+        programs: &["file"],
+        files: &[],
+        why: "telling static executables",
+    },
+    Need {
+        package: "binutils",
+        programs: &["readelf"],
+        files: &[],
+        why: "reading the release binaries' headers and sections",
+    },
 ];
 
 fn present(program: &str) -> bool {

@@ -15,8 +15,8 @@ const AGENT: &str = "tally-agent.service";
 const PIN_DIR: &str = "tally-agent-pin-dir.service";
 const COLLECTOR: &str = "tally-collector.service";
 const UNITS: [&str; 3] = [AGENT, PIN_DIR, COLLECTOR];
-/// Where the units expect the binaries (`deploy/README.md` installs them there).
-const INSTALLED: &str = "/usr/local/bin/";
+/// Where the units expect the binaries (the packages install them there).
+const INSTALLED: &str = "/usr/bin/";
 const BINARIES: [&str; 2] = ["tally-agent", "tally-collector"];
 
 fn unit_text(name: &str) -> String {
@@ -42,7 +42,7 @@ fn analyzer(test: &str) -> Option<&'static str> {
 }
 
 /// Writes the units into `dir` for `verify`, changing one thing: the
-/// installed binaries' paths (`/usr/local/bin/tally-*`, absent on a build
+/// installed binaries' paths (`/usr/bin/tally-*`, absent on a build
 /// machine) point at the ones built here, so that `verify` still checks that
 /// every `Exec*=` names an executable.
 fn stage(dir: &Path, units: &[(&str, String)]) -> Vec<PathBuf> {
@@ -140,8 +140,8 @@ fn verify_refuses_broken_units() {
         ),
         (
             "a binary that does not exist",
-            "ExecStart=/usr/local/bin/tally-agent run",
-            "ExecStart=/usr/local/bin/tally-agnet run",
+            "ExecStart=/usr/bin/tally-agent run",
+            "ExecStart=/usr/bin/tally-agnet run",
         ),
     ];
     let original = unit_text(AGENT);
