@@ -2,7 +2,8 @@
 //! built from a clean checkout on this machine (docs/releasing.md).
 //!
 //! - `tally-<version>-<target>.tar.gz`: both static binaries, their
-//!   CycloneDX SBOMs, the systemd units and environment examples, INSTALL;
+//!   CycloneDX SBOMs, the systemd units and environment examples, the
+//!   OpenRC scripts, INSTALL and install.sh;
 //! - `.deb` (cargo-deb) and `.rpm` (cargo-generate-rpm) of `tally-agent`
 //!   and `tally-collector`;
 //! - `tally-<binary>-<version>-<target>.cdx.json`, the SBOMs beside them;
@@ -202,11 +203,14 @@ fn stage_tarball(top: &Path, bin_dir: &Path, sboms: &[(&str, PathBuf)]) -> anyho
         let from = root.join("deploy/systemd").join(name);
         archive::stage_file(&from, &top.join("systemd").join(name), 0o644)?;
     }
-    archive::stage_file(
-        &root.join("deploy/tarball/INSTALL"),
-        &top.join("INSTALL"),
-        0o644,
-    )?;
+    for name in OPENRC_FILES {
+        let from = root.join("deploy/openrc").join(name);
+        archive::stage_file(&from, &top.join("openrc").join(name), 0o755)?;
+    }
+    for (name, mode) in [("INSTALL", 0o644), ("install.sh", 0o755)] {
+        let from = root.join("deploy/tarball").join(name);
+        archive::stage_file(&from, &top.join(name), mode)?;
+    }
     Ok(())
 }
 
@@ -256,6 +260,9 @@ fn empty_out_dir(dir: &Path) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// The OpenRC scripts of `deploy/openrc` (install.sh installs them).
+const OPENRC_FILES: [&str; 2] = ["tally-agent", "tally-collector"];
 
 /// `SOURCE_DATE_EPOCH` when set, else the time of the checkout's last commit.
 fn source_date_epoch() -> anyhow::Result<u64> {

@@ -85,7 +85,10 @@ impl Container {
             .args(["--mount", "--uts", "--ipc", "--net", "--pid", "--cgroup"])
             .args(["--", "/bin/sh", "-c", script])
             .env_clear()
-            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .env(
+                "PATH",
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            )
             .env("LANG", "C.UTF-8")
             .output()
             .expect("run nsenter")

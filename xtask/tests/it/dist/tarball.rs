@@ -10,8 +10,11 @@ use super::common::{
 };
 
 /// What each tarball holds, under its top directory.
-const CONTENTS: [&str; 12] = [
+const CONTENTS: [&str; 15] = [
     "INSTALL",
+    "install.sh",
+    "openrc/tally-agent",
+    "openrc/tally-collector",
     "sbom/tally-agent.cdx.json",
     "sbom/tally-collector.cdx.json",
     "systemd/tally-agent-pin-dir.service",
@@ -47,7 +50,9 @@ fn tarballs_hold_the_binaries_units_and_install_text() {
             let fields: Vec<&str> = line.split_whitespace().collect();
             let (mode, owner, name) = (fields[0], fields[1], fields[fields.len() - 1]);
             assert_eq!(owner, "0/0", "{line}");
-            let executable = BINARIES.iter().any(|b| name.ends_with(&format!("/{b}")));
+            let executable = BINARIES.iter().any(|b| name.ends_with(&format!("/{b}")))
+                || name.ends_with("/install.sh")
+                || name.contains("/openrc/");
             let expected = if mode.starts_with('d') || executable {
                 "rwxr-xr-x"
             } else {
@@ -64,7 +69,10 @@ fn tarballs_hold_the_binaries_units_and_install_text() {
         );
 
         let install = fs::read_to_string(unpacked.top.join("INSTALL")).expect("INSTALL");
-        for name in CONTENTS.iter().filter(|n| n.starts_with("systemd/")) {
+        for name in CONTENTS
+            .iter()
+            .filter(|n| n.starts_with("systemd/") || n.starts_with("openrc/"))
+        {
             assert!(install.contains(name), "INSTALL does not name {name}");
         }
     }
