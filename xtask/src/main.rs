@@ -206,7 +206,8 @@ fn run(task: Task) -> anyhow::Result<()> {
             let dist_again_dir = target_dir().join("tally-dist-again");
             dist::run(&dist::DistArgs::every_target(dist_dir.clone()))?;
             dist::run(&dist::DistArgs::every_target(dist_again_dir.clone()))?;
-            let debian_root = dist::debian_root::ensure()?;
+            let debian_root = dist::debian_root::ensure(dist::debian_root::Init::Systemd)?;
+            let debian_openrc_root = dist::debian_root::ensure(dist::debian_root::Init::OpenRc)?;
             let mut cmd = Command::new("cargo");
             cmd.current_dir(workspace_root())
                 .env("PATH", toolchain::path_with_cargo_bin()?)
@@ -214,6 +215,7 @@ fn run(task: Task) -> anyhow::Result<()> {
                 .env("TALLY_DIST_DIR", dist_dir)
                 .env("TALLY_DIST_AGAIN_DIR", dist_again_dir)
                 .env("TALLY_DEBIAN_ROOT", debian_root)
+                .env("TALLY_DEBIAN_OPENRC_ROOT", debian_openrc_root)
                 .args(["test", "--workspace", "--exclude", "tally-agent-ebpf"]);
             if !args.is_empty() {
                 cmd.arg("--").args(args);

@@ -1,7 +1,7 @@
-//! A Debian 12 root for the package tests (`dist::` in xtask's tests): made
-//! once with debootstrap (minbase with systemd, dbus and apt, from
-//! deb.debian.org) under the target directory, and kept; the tests boot a
-//! copy of it with systemd-nspawn.
+//! Debian 12 roots for the package tests (`dist::` in xtask's tests), made
+//! once each with debootstrap (minbase, from deb.debian.org) under the
+//! target directory, and kept: one with systemd (the tests boot a copy with
+//! systemd-nspawn), one with OpenRC (the tests run its services in a copy).
 
 use std::{fs, path::PathBuf, process::Command};
 
@@ -16,8 +16,31 @@ use crate::{
 const SUITE: &str = "bookworm";
 /// Written last: a root without it is an interrupted debootstrap.
 const COMPLETE_MARKER: &str = ".tally-debootstrap-complete";
-/// What the root holds beyond minbase: an init to boot, a bus for systemctl.
-const INCLUDE: &str = "systemd,systemd-sysv,dbus";
+/// The service managers the package tests install tally under.
+#[derive(Debug, Clone, Copy)]
+pub enum Init {
+    Systemd,
+    OpenRc,
+}
+
+impl Init {
+    /// The root's name under the target directory.
+    fn dir_name(self) -> String {
+        match self {
+            Init::Systemd => format!("debian-{SUITE}-systemd-root"),
+            Init::OpenRc => format!("debian-{SUITE}-openrc-root"),
+        }
+    }
+
+    /// What the root holds beyond minbase: systemd with a bus for
+    /// systemctl, or OpenRC.
+    fn include(self) -> &'static str {
+        match self {
+            Init::Systemd => "systemd,systemd-sysv,dbus",
+            Init::OpenRc => "openrc",
+        }
+    }
+}
 
 pub const NEEDS: [Need; 2] = [
     Need {
@@ -34,10 +57,11 @@ pub const NEEDS: [Need; 2] = [
     },
 ];
 
-/// The root, made first if it is not there (as root, about a minute).
-pub fn ensure() -> anyhow::Result<PathBuf> {
+/// The root for `init`, made first if it is not there (as root, about a
+/// minute).
+pub fn ensure(init: Init) -> anyhow::Result<PathBuf> {
     packages::ensure(&NEEDS)?;
-    let root = target_dir().join(format!("debian-{SUITE}-root"));
+    let root = target_dir().join(init.dir_name());
     if root.join(COMPLETE_MARKER).exists() {
         return Ok(root);
     }
@@ -50,7 +74,11 @@ pub fn ensure() -> anyhow::Result<PathBuf> {
     );
     status_ok(
         Command::new("debootstrap")
-            .args(["--variant=minbase", &format!("--include={INCLUDE}"), SUITE])
+            .args([
+                "--variant=minbase",
+                &format!("--include={}", init.include()),
+                SUITE,
+            ])
             .arg(&root)
             .arg("http://deb.debian.org/debian"),
     )?;

@@ -1,6 +1,8 @@
-//! A Debian 12 root booted with systemd-nspawn, for the package tests: a
-//! copy of the root `cargo xtask test` made (`TALLY_DEBIAN_ROOT`), in a
-//! network namespace the test made, with the directories the test binds in.
+//! A Debian 12 root run with systemd-nspawn, for the package tests: a copy
+//! of a root `cargo xtask test` made (`TALLY_DEBIAN_ROOT` booted with
+//! systemd, or `TALLY_DEBIAN_OPENRC_ROOT` with OpenRC's service commands),
+//! in a network namespace the test made, with the directories the test
+//! binds in.
 //! Commands run inside through `nsenter` into its init's namespaces (no
 //! machined or bus needed on the host). Dropping it powers it off and
 //! removes the copy.
@@ -29,11 +31,28 @@ pub struct Bind<'a> {
     pub inside: &'a str,
 }
 
+/// How the container runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Init {
+    /// Booted: systemd is its PID 1.
+    Systemd,
+    /// Not booted: a placeholder process holds its namespaces, and OpenRC's
+    /// service commands run as they would on a system it booted (its state
+    /// directory made as `openrc sysinit` makes it).
+    OpenRc,
+}
+
 impl Container {
-    /// Boots a copy of `template` in the network namespace `netns` (a path
+    /// Starts a copy of `template` in the network namespace `netns` (a path
     /// under /run/netns) with `binds`, CAP_BPF and the bpf() system call
-    /// allowed (the agent's), and waits until systemd reports the system up.
-    pub fn boot(template: &Path, netns: &Path, binds: &[Bind<'_>], log: &Path) -> Self {
+    /// allowed (the agent's), and waits until it is up.
+    pub fn start(
+        template: &Path,
+        init: Init,
+        netns: &Path,
+        binds: &[Bind<'_>],
+        log: &Path,
+    ) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let root = dir.path().join("root");
         run_ok(
@@ -45,37 +64,66 @@ impl Container {
         let mut cmd = Command::new("systemd-nspawn");
         cmd.arg("--directory")
             .arg(&root)
-            .args(["--boot", "--register=no", "--keep-unit", "--quiet"])
+            .args(["--register=no", "--keep-unit", "--quiet"])
             .arg(format!("--network-namespace-path={}", netns.display()))
             .args(["--capability=CAP_BPF,CAP_PERFMON,CAP_NET_ADMIN"])
             .args(["--system-call-filter=bpf", "--console=read-only"]);
         for bind in binds {
             cmd.arg(format!("--bind={}:{}", bind.host.display(), bind.inside));
         }
+        let leader = match init {
+            Init::Systemd => {
+                cmd.arg("--boot");
+                "systemd"
+            }
+            Init::OpenRc => {
+                cmd.args(["--as-pid2", "/bin/sleep", "infinity"]);
+                "sleep"
+            }
+        };
         let nspawn = Process::builder("systemd-nspawn", cmd, log)
             .own_process_group()
             .stop_timeout(Duration::from_secs(20))
             .start()
             .expect("start systemd-nspawn");
         let pid = nspawn.pid().expect("nspawn runs");
-        let init = wait_for(Duration::from_secs(30), || init_of(pid))
-            .unwrap_or_else(|| panic!("no container init under pid {pid}:\n{}", nspawn.log_tail()));
-        let container = Container { nspawn, init, dir };
+        let init_pid = wait_for(Duration::from_secs(30), || descendant(pid, leader))
+            .unwrap_or_else(|| panic!("no {leader} under pid {pid}:\n{}", nspawn.log_tail()));
+        let container = Container {
+            nspawn,
+            init: init_pid,
+            dir,
+        };
+        match init {
+            Init::Systemd => container.wait_for_systemd(),
+            Init::OpenRc => {
+                container.sh_ok(
+                    "for d in started starting stopping inactive wasinactive coldplugged \
+                              failed hotplugged daemons options exclusive scheduled tmp; do
+                         mkdir -p /run/openrc/$d
+                     done
+                     touch /run/openrc/softlevel",
+                );
+            }
+        }
+        container
+    }
+
+    fn wait_for_systemd(&self) {
         let state = wait_for(Duration::from_secs(60), || {
-            let out = container.sh("systemctl is-system-running");
+            let out = self.sh("systemctl is-system-running");
             let state = String::from_utf8_lossy(&out.stdout).trim().to_owned();
             matches!(state.as_str(), "running" | "degraded").then_some(state)
         });
         if state.is_none() {
-            let failed = container.sh("systemctl --failed --no-pager");
+            let failed = self.sh("systemctl --failed --no-pager");
             panic!(
                 "the container did not come up:\n{}{}\n{}",
                 String::from_utf8_lossy(&failed.stdout),
                 String::from_utf8_lossy(&failed.stderr),
-                container.nspawn.log_tail()
+                self.nspawn.log_tail()
             );
         }
-        container
     }
 
     /// Runs `script` with /bin/sh inside the container, as root.
@@ -124,17 +172,16 @@ impl Drop for Container {
     }
 }
 
-/// The container's init: the first `systemd` process below nspawn (a child
-/// or, when nspawn forks once more, a grandchild).
-fn init_of(nspawn: u32) -> Option<u32> {
-    let mut level = vec![nspawn];
+/// The first process named `name` below `pid` (a child or, when nspawn
+/// forks once more, a grandchild or great-grandchild).
+fn descendant(pid: u32, name: &str) -> Option<u32> {
+    let mut level = vec![pid];
     for _ in 0..3 {
         level = level.into_iter().flat_map(children).collect();
-        if let Some(&init) = level.iter().find(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/comm"))
-                .is_ok_and(|c| c.trim() == "systemd")
+        if let Some(&found) = level.iter().find(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == name)
         }) {
-            return Some(init);
+            return Some(found);
         }
     }
     None

@@ -13,6 +13,7 @@ use std::{
 
 use super::{
     common::{VERSION, run_ok},
+    container::Init,
     debian_host::{DebianHost, FILES},
 };
 
@@ -41,7 +42,7 @@ fn old_agent_deb(dir: &Path) -> PathBuf {
 
 #[test]
 fn debs_install_start_upgrade_and_purge_in_debian_12() {
-    let Some(mut host) = DebianHost::boot(TEST, "deb") else {
+    let Some(mut host) = DebianHost::boot(TEST, "deb", Init::Systemd) else {
         return;
     };
     let agent_deb = format!("tally-agent_{VERSION}-1_amd64.deb");
@@ -63,7 +64,7 @@ fn debs_install_start_upgrade_and_purge_in_debian_12() {
     assert_eq!(String::from_utf8_lossy(&enabled.stdout).trim(), "disabled");
     host.configure_collector();
     host.container.sh_ok("systemctl start tally-collector");
-    host.wait_for_journal("tally-collector", "tally-collector serving");
+    host.wait_for_log("tally-collector", "tally-collector serving");
     let token = host.enrol();
 
     // The agent: the older package without a token starts nothing.
@@ -96,7 +97,7 @@ fn debs_install_start_upgrade_and_purge_in_debian_12() {
          install -m 0600 {FILES}/agent.token /etc/tally/agent.token
          systemctl enable --now tally-agent"
     ));
-    host.wait_for_journal("tally-agent", "attached; counting");
+    host.wait_for_log("tally-agent", "attached; counting");
     host.send(500);
     let first = host.arrived("first start");
     assert!(first.0 >= 500 * 1000, "{first:?}");

@@ -1,5 +1,6 @@
-//! A node made for the install tests: a booted Debian 12 (a copy of
-//! `TALLY_DEBIAN_ROOT`, systemd-nspawn) in a network namespace of its own
+//! A node made for the install tests: a Debian 12 run with systemd-nspawn
+//! (a copy of `TALLY_DEBIAN_ROOT` booted with systemd, or of
+//! `TALLY_DEBIAN_OPENRC_ROOT` with OpenRC) in a network namespace of its own
 //! with one veth end (static neighbours, no IPv6) whose peer sends it
 //! traffic, a throwaway PostgreSQL reached through its Unix socket bound in
 //! at /run/tally-pg, a directory of the host's bpf file system bound in as
@@ -27,7 +28,7 @@ use tally_testkit::{
 
 use super::{
     common::{dir_from, dist_dir, run_ok},
-    container::{Bind, Container, wait_for},
+    container::{Bind, Container, Init, wait_for},
 };
 
 /// The node's name in the collector.
@@ -66,6 +67,7 @@ impl Drop for BpfDir {
 /// Fields drop in this order: the container before what it uses.
 pub struct DebianHost {
     pub container: Container,
+    init: Init,
     pool: PgPool,
     runtime: tokio::runtime::Runtime,
     cluster: TempCluster,
@@ -80,8 +82,12 @@ pub struct DebianHost {
 
 impl DebianHost {
     /// The node, booted; `None` (after saying why) where it cannot be made.
-    pub fn boot(test: &str, short: &str) -> Option<Self> {
-        let (Some(dist), Some(template)) = (dist_dir(test), dir_from("TALLY_DEBIAN_ROOT", test))
+    pub fn boot(test: &str, short: &str, init: Init) -> Option<Self> {
+        let template_variable = match init {
+            Init::Systemd => "TALLY_DEBIAN_ROOT",
+            Init::OpenRc => "TALLY_DEBIAN_OPENRC_ROOT",
+        };
+        let (Some(dist), Some(template)) = (dist_dir(test), dir_from(template_variable, test))
         else {
             return None;
         };
@@ -111,8 +117,9 @@ impl DebianHost {
         let bpf_dir = BpfDir::make(&format!("tally-{short}-{id}"));
 
         let scratch = tempfile::tempdir().expect("temp dir");
-        let container = Container::boot(
+        let container = Container::start(
             &template,
+            init,
             &node_ns.path(),
             &[
                 Bind {
@@ -128,6 +135,7 @@ impl DebianHost {
         );
         let host = DebianHost {
             container,
+            init,
             dist,
             scratch,
             runtime,
@@ -185,37 +193,42 @@ EOF"
         )
     }
 
-    /// How many lines of `unit`'s journal contain `text`.
-    pub fn journal_count(&self, unit: &str, text: &str) -> usize {
-        let log = self
-            .container
-            .sh(&format!("journalctl -u {unit} --no-pager"));
-        String::from_utf8_lossy(&log.stdout)
-            .lines()
-            .filter(|l| l.contains(text))
-            .count()
+    /// What `unit` (`tally-agent`, `tally-collector`) logged: its journal
+    /// under systemd, its log file under OpenRC.
+    pub fn log(&self, unit: &str) -> String {
+        let out = match self.init {
+            Init::Systemd => self
+                .container
+                .sh(&format!("journalctl -u {unit} --no-pager")),
+            Init::OpenRc => self.container.sh(&format!("cat /var/log/{unit}.log")),
+        };
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    /// Waits until `unit`'s journal holds `count` lines containing `text`;
-    /// panics with the journal.
-    pub fn wait_for_journal_lines(&self, unit: &str, text: &str, count: usize) {
+    /// How many lines `unit` logged that contain `text`.
+    pub fn log_count(&self, unit: &str, text: &str) -> usize {
+        self.log(unit).lines().filter(|l| l.contains(text)).count()
+    }
+
+    /// Waits until `unit` logged `count` lines containing `text`; panics
+    /// with its log.
+    pub fn wait_for_log_lines(&self, unit: &str, text: &str, count: usize) {
         let found = wait_for(Duration::from_secs(60), || {
-            (self.journal_count(unit, text) >= count).then_some(())
+            (self.log_count(unit, text) >= count).then_some(())
         });
         if found.is_none() {
-            let log = self.container.sh(&format!(
-                "systemctl status {unit} --no-pager -l; journalctl -u {unit} --no-pager | tail -40"
-            ));
+            let log = self.log(unit);
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
             panic!(
-                "{unit} never logged {count} lines with {text:?}:\n{}",
-                String::from_utf8_lossy(&log.stdout)
+                "{unit} never logged {count} lines with {text:?}; its last lines:\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
             );
         }
     }
 
-    /// Waits until `unit`'s journal holds `text`.
-    pub fn wait_for_journal(&self, unit: &str, text: &str) {
-        self.wait_for_journal_lines(unit, text, 1);
+    /// Waits until `unit` logged `text`.
+    pub fn wait_for_log(&self, unit: &str, text: &str) {
+        self.wait_for_log_lines(unit, text, 1);
     }
 
     /// Enrols [`NODE`] with `tally-collector node add` inside; its token.
@@ -263,14 +276,14 @@ EOF"
             (self.totals() == Some(expected)).then_some(())
         });
         if stored.is_none() {
-            let log = self.container.sh(
-                "journalctl -u tally-agent -u tally-collector --no-pager | tail -40; tally-agent status",
-            );
+            let status = self.container.sh("tally-agent status");
             panic!(
-                "{what}: stored {:?} != kernel {expected:?}\n{}{}",
+                "{what}: stored {:?} != kernel {expected:?}\nagent:\n{}\ncollector:\n{}\n{}{}",
                 self.totals(),
-                String::from_utf8_lossy(&log.stdout),
-                String::from_utf8_lossy(&log.stderr),
+                self.log("tally-agent"),
+                self.log("tally-collector"),
+                String::from_utf8_lossy(&status.stdout),
+                String::from_utf8_lossy(&status.stderr),
             );
         }
         expected
