@@ -89,7 +89,8 @@ enum Task {
     /// static, stripped, the dependency list embedded with cargo-auditable)
     /// into target/tally-dist: per target a tarball (both binaries, CycloneDX
     /// SBOMs, systemd units, environment examples, INSTALL), .deb and .rpm
-    /// packages of both binaries; the SBOMs beside them; SHA256SUMS.
+    /// packages of both binaries; the SBOMs beside them; an OCI image of
+    /// both CPUs (buildah); SHA256SUMS.
     /// Reproducible: the same sources and SOURCE_DATE_EPOCH (default: the
     /// last commit's time) give the same bytes. Installs what it needs
     /// (Debian's cross compilers, rustup targets, the cargo subcommands).

@@ -68,6 +68,28 @@ pub fn tar_gz(top: &Path, archive: &Path, source_date_epoch: u64) -> anyhow::Res
     Ok(())
 }
 
+/// Packs what `dir` holds (its entries at the archive's root, as an OCI
+/// archive has them) into the uncompressed tar `archive`.
+pub fn tar_contents(dir: &Path, archive: &Path, source_date_epoch: u64) -> anyhow::Result<()> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .with_context(|| format!("cannot list {}", dir.display()))?
+        .map(|entry| entry.map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("cannot list {}", dir.display()))?;
+    names.sort();
+    status_ok(
+        Command::new("tar")
+            .arg("--create")
+            .args(tar_options(source_date_epoch))
+            .arg("--file")
+            .arg(archive)
+            .arg("--directory")
+            .arg(dir)
+            .arg("--")
+            .args(&names),
+    )
+}
+
 /// GNU tar's options for an archive that depends only on the files' names,
 /// contents and modes.
 fn tar_options(source_date_epoch: u64) -> Vec<String> {

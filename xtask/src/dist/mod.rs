@@ -7,6 +7,7 @@
 //! - `.deb` (cargo-deb) and `.rpm` (cargo-generate-rpm) of `tally-agent`
 //!   and `tally-collector`;
 //! - `tally-<binary>-<version>-<target>.cdx.json`, the SBOMs beside them;
+//! - `tally-<version>-oci.tar`: the OCI image of both CPUs (buildah);
 //! - `SHA256SUMS` over all of them.
 //!
 //! Every artefact depends only on the sources and `SOURCE_DATE_EPOCH` (the
@@ -15,6 +16,7 @@
 mod archive;
 mod build;
 pub mod debian_root;
+mod image;
 mod linux_packages;
 mod sbom;
 mod target;
@@ -85,6 +87,8 @@ impl DistArgs {
 /// What one target's build left in the output directory.
 struct Built {
     target: Target,
+    /// Where its binaries are.
+    bin_dir: PathBuf,
     artefacts: Vec<PathBuf>,
 }
 
@@ -102,10 +106,11 @@ pub fn run(args: &DistArgs) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| target_dir().join("tally-dist"));
 
-    let needs: Vec<Need> = targets
+    let mut needs: Vec<Need> = targets
         .iter()
         .flat_map(|t| t.needs().iter().copied())
         .collect();
+    needs.extend(image::NEEDS);
     packages::ensure(&needs)?;
     ensure_rust_targets(&targets)?;
     setup()?;
@@ -122,7 +127,14 @@ pub fn run(args: &DistArgs) -> anyhow::Result<()> {
         eprintln!("dist: building for {target}");
         built.push(build_target(target, &out_dir, source_date_epoch)?);
     }
-    let artefacts: Vec<PathBuf> = built.iter().flat_map(|b| b.artefacts.clone()).collect();
+    let mut artefacts: Vec<PathBuf> = built.iter().flat_map(|b| b.artefacts.clone()).collect();
+    eprintln!("dist: building the OCI image {}", image::image_name());
+    let staged: Vec<(Target, PathBuf)> = built
+        .iter()
+        .map(|b| (b.target, b.bin_dir.clone()))
+        .collect();
+    let oci = image::build(&staged, &commit()?, &out_dir, source_date_epoch)?;
+    artefacts.push(oci.clone());
     let sums = archive::write_sums(&out_dir, &artefacts)?;
 
     eprintln!(
@@ -140,6 +152,8 @@ pub fn run(args: &DistArgs) -> anyhow::Result<()> {
             );
         }
     }
+    let size = fs::metadata(&oci).map(|m| m.len()).unwrap_or(0);
+    eprintln!("  {:<10} {:>12} bytes  {}", "image", size, oci.display());
     eprintln!("  {}", sums.display());
     Ok(())
 }
@@ -183,7 +197,11 @@ fn build_target(target: Target, out_dir: &Path, source_date_epoch: u64) -> anyho
             source_date_epoch,
         )?);
     }
-    Ok(Built { target, artefacts })
+    Ok(Built {
+        target,
+        bin_dir,
+        artefacts,
+    })
 }
 
 /// The files of the tarball, under `top`.
@@ -228,7 +246,7 @@ const SYSTEMD_FILES: [&str; 7] = [
 /// Whether `name` is one of the files `dist` writes into its output.
 fn is_artefact(name: &str) -> bool {
     name == "SHA256SUMS"
-        || [".tar.gz", ".deb", ".rpm", ".cdx.json"]
+        || [".tar.gz", ".deb", ".rpm", ".cdx.json", "-oci.tar"]
             .iter()
             .any(|suffix| name.ends_with(suffix))
 }
@@ -284,6 +302,34 @@ fn source_date_epoch() -> anyhow::Result<u64> {
     text.trim()
         .parse()
         .with_context(|| format!("git log printed {text:?}, not a time"))
+}
+
+/// The commit the binaries name (`TALLY_COMMIT`, else `git describe` as
+/// their build scripts run it), for the image's revision label.
+fn commit() -> anyhow::Result<String> {
+    if let Ok(given) = std::env::var("TALLY_COMMIT")
+        && !given.trim().is_empty()
+    {
+        return Ok(given.trim().to_owned());
+    }
+    let out = Command::new("git")
+        .current_dir(workspace_root())
+        .args([
+            "describe",
+            "--always",
+            "--dirty",
+            "--abbrev=12",
+            "--match",
+            "v[0-9]*",
+        ])
+        .output()
+        .context("cannot run git describe")?;
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    Ok(if out.status.success() && !text.is_empty() {
+        text
+    } else {
+        "unknown".to_owned()
+    })
 }
 
 /// Adds the Rust targets that rustup lacks.

@@ -135,8 +135,8 @@ fn sha256sums_cover_every_artefact() {
     let mut present: Vec<String> = files_under(&dist);
     present.retain(|name| name != "SHA256SUMS");
     assert_eq!(listed, present);
-    // Per target: the tarball, two SBOMs, two .debs, two .rpms.
-    assert_eq!(listed.len(), TARGETS.len() * 7, "{listed:?}");
+    // Per target: the tarball, two SBOMs, two .debs, two .rpms; the image.
+    assert_eq!(listed.len(), TARGETS.len() * 7 + 1, "{listed:?}");
 }
 
 #[test]
