@@ -21,17 +21,22 @@ pub const COMMIT_ENV: &str = "TALLY_COMMIT";
 /// Tells cargo the crate's commit and when to look again.
 pub fn emit_commit() {
     println!("cargo:rerun-if-env-changed={COMMIT_ENV}");
-    let commit = match std::env::var(COMMIT_ENV) {
-        Ok(given) if !given.trim().is_empty() => given.trim().to_owned(),
-        _ => {
-            let manifest = std::env::var_os("CARGO_MANIFEST_DIR").map(PathBuf::from);
-            if let Some(dir) = manifest.as_deref() {
-                watch_git(dir);
-            }
-            describe(manifest.as_deref()).unwrap_or_else(|| "unknown".to_owned())
-        }
-    };
+    let manifest = std::env::var_os("CARGO_MANIFEST_DIR").map(PathBuf::from);
+    if let Some(dir) = manifest.as_deref() {
+        watch_git(dir);
+    }
+    let commit = commit(manifest.as_deref());
     println!("cargo:rustc-env={COMMIT_ENV}={commit}");
+}
+
+/// The commit a build in `dir` names: `TALLY_COMMIT` when set, else `git
+/// describe` there, else `unknown`. (xtask's `dist` labels its image with
+/// it too.)
+pub fn commit(dir: Option<&Path>) -> String {
+    match std::env::var(COMMIT_ENV) {
+        Ok(given) if !given.trim().is_empty() => given.trim().to_owned(),
+        _ => describe(dir).unwrap_or_else(|| "unknown".to_owned()),
+    }
 }
 
 /// `git describe` run in `dir`; `None` when git or the checkout is missing.

@@ -20,6 +20,10 @@ mod image;
 mod linux_packages;
 mod sbom;
 mod target;
+/// The commit the binaries name (shared with their build scripts).
+#[path = "../../../common/build/version.rs"]
+#[allow(dead_code, reason = "the build scripts use the rest")]
+mod version;
 
 use std::{
     fs,
@@ -133,7 +137,8 @@ pub fn run(args: &DistArgs) -> anyhow::Result<()> {
         .iter()
         .map(|b| (b.target, b.bin_dir.clone()))
         .collect();
-    let oci = image::build(&staged, &commit()?, &out_dir, source_date_epoch)?;
+    let commit = version::commit(Some(&workspace_root()));
+    let oci = image::build(&staged, &commit, &out_dir, source_date_epoch)?;
     artefacts.push(oci.clone());
     let sums = archive::write_sums(&out_dir, &artefacts)?;
 
@@ -302,34 +307,6 @@ fn source_date_epoch() -> anyhow::Result<u64> {
     text.trim()
         .parse()
         .with_context(|| format!("git log printed {text:?}, not a time"))
-}
-
-/// The commit the binaries name (`TALLY_COMMIT`, else `git describe` as
-/// their build scripts run it), for the image's revision label.
-fn commit() -> anyhow::Result<String> {
-    if let Ok(given) = std::env::var("TALLY_COMMIT")
-        && !given.trim().is_empty()
-    {
-        return Ok(given.trim().to_owned());
-    }
-    let out = Command::new("git")
-        .current_dir(workspace_root())
-        .args([
-            "describe",
-            "--always",
-            "--dirty",
-            "--abbrev=12",
-            "--match",
-            "v[0-9]*",
-        ])
-        .output()
-        .context("cannot run git describe")?;
-    let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    Ok(if out.status.success() && !text.is_empty() {
-        text
-    } else {
-        "unknown".to_owned()
-    })
 }
 
 /// Adds the Rust targets that rustup lacks.

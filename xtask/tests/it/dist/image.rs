@@ -75,6 +75,18 @@ fn the_image_holds_the_static_binaries_for_both_cpus() {
         assert_eq!(config["architecture"], arch);
         assert_eq!(config["os"], "linux");
         assert_eq!(config["config"]["User"], "65532:65532", "{config}");
+        // No entrypoint: the manifests give the command; alone, it says how.
+        assert!(
+            config["config"]["Entrypoint"]
+                .as_array()
+                .is_none_or(Vec::is_empty),
+            "{config}"
+        );
+        assert_eq!(
+            config["config"]["Cmd"],
+            serde_json::json!(["tally-collector", "--help"]),
+            "{config}"
+        );
         let env = config["config"]["Env"].as_array().expect("Env");
         assert!(env.iter().any(|e| e == "PATH=/usr/local/bin"), "{config}");
         let labels = &config["config"]["Labels"];
