@@ -44,7 +44,7 @@ impl Cause {
     fn remedy(&self) -> &'static str {
         match self {
             Cause::NoCapBpf | Cause::NoCapNetAdmin => {
-                "run it as root, or grant CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON (CAP_SYS_ADMIN on kernels before 5.8), as the shipped systemd unit does"
+                "run it as root, or grant CAP_BPF and CAP_NET_ADMIN (CAP_SYS_ADMIN on kernels before 5.8), as the shipped systemd unit does"
             }
             Cause::KernelTooOld(_) => "upgrade the kernel",
             Cause::NoBpffs => {

@@ -13,6 +13,7 @@ mod packages;
 mod schemathesis;
 mod testrun;
 mod toolchain;
+mod vm;
 
 use std::{
     path::{Path, PathBuf},
@@ -43,7 +44,8 @@ enum Task {
     /// TALLY_REQUIRE_PRIVILEGED=1 a privileged test fails instead of skipping),
     /// and check that `cargo doc --workspace --no-deps` gives no warning.
     /// Builds the release artefacts first (`dist`, twice: target/tally-dist and
-    /// target/tally-dist-again), which the dist:: tests check.
+    /// target/tally-dist-again), which the dist:: tests check; after the
+    /// tests on this machine, runs `vm-test` on both Debian kernels.
     Test {
         /// Extra arguments for `cargo test` (after `--`).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -95,6 +97,17 @@ enum Task {
     /// last commit's time) give the same bytes. Installs what it needs
     /// (Debian's cross compilers, rustup targets, the cargo subcommands).
     Dist(dist::DistArgs),
+    /// Run the agent on the kernels and CPUs users run, in virtual machines
+    /// (QEMU; KVM when it works, software emulation otherwise): Debian 12's
+    /// kernel 6.1 on amd64 and on arm64, fetched with apt and cached under
+    /// target/vm/. In each VM the static agent attaches in the mode the
+    /// kernel offers, counts TCP and UDP through a veth pair exactly,
+    /// survives kill -9, detaches cleanly, classifies vlan, macvlan,
+    /// bridge, dummy and wireguard links, runs on /proc/net/dev, and reports
+    /// to a collector on this machine whose stored totals must equal the
+    /// guest kernel's counts. Fails on any failure or timeout. A kernel that
+    /// cannot be fetched is skipped, unless TALLY_REQUIRE_PRIVILEGED=1.
+    VmTest(vm::VmTestArgs),
     /// Measure what tally costs (figures are printed, not asserted; `ebpf`
     /// needs root).
     Bench {
@@ -225,14 +238,20 @@ fn run(task: Task) -> anyhow::Result<()> {
             // the tests from running (and their summary stays last).
             let docs = docs::check();
             let tests = testrun::run(&mut cmd).map(drop);
+            // After the host's tests: the kernel and CPU matrix in VMs.
+            let vms = vm::run(&vm::VmTestArgs::matrix());
             // After the tests, which built both binaries under target/debug.
-            tests.and(docs).and_then(|()| architecture::check())
+            tests
+                .and(vms)
+                .and(docs)
+                .and_then(|()| architecture::check())
         }
         Task::Lint { quick } => lint::run(quick),
         Task::Architecture { check: false } => architecture::write(),
         Task::Architecture { check: true } => architecture::check(),
         Task::Fuzz(args) => fuzz::run(&args),
         Task::Dist(args) => dist::run(&args),
+        Task::VmTest(args) => vm::run(&args),
         Task::Demo(args) => {
             packages::ensure(packages::DEMO)?;
             demo::run(&args)

@@ -13,14 +13,17 @@ use anyhow::{Context as _, bail};
 use serde_json::json;
 use tally_testkit::devdb::TempCluster;
 
-use super::{DemoArgs, api::Api, summary};
+use super::{api::Api, summary};
 
 /// The throwaway cluster (under the run directory when PostgreSQL can reach
 /// it there) and its URL, or the URL given.
-pub fn database(args: &DemoArgs, run_dir: &Path) -> anyhow::Result<(Option<TempCluster>, String)> {
-    if let Some(url) = &args.database_url {
+pub fn database(
+    database_url: Option<&str>,
+    run_dir: &Path,
+) -> anyhow::Result<(Option<TempCluster>, String)> {
+    if let Some(url) = database_url {
         println!("demo: using the database of DATABASE_URL / --database-url");
-        return Ok((None, url.clone()));
+        return Ok((None, url.to_owned()));
     }
     let mut builder = TempCluster::builder();
     if searchable_by_all(run_dir) {

@@ -16,14 +16,14 @@
 //! do so on error paths too. Whatever a killed run left behind is removed
 //! at the start of the next ([`leftovers`]).
 
-mod api;
+pub(crate) mod api;
 mod check;
 mod cli;
-mod fleet;
+pub(crate) mod fleet;
 mod leftovers;
 mod netns;
-mod processes;
-mod summary;
+pub(crate) mod processes;
+pub(crate) mod summary;
 mod traffic;
 
 use std::{
@@ -191,7 +191,7 @@ impl Drop for RunDir {
 fn demo(args: &DemoArgs, bins: &Binaries, run: u32, run_dir: &Path) -> anyhow::Result<()> {
     let admin_token = fleet::random_token()?;
     let api = Api::new(args.http_port, admin_token.clone());
-    let (cluster, database_url) = fleet::database(args, run_dir)?;
+    let (cluster, database_url) = fleet::database(args.database_url.as_deref(), run_dir)?;
     let mut net = Network::create(run, &HOSTS)?;
     let grpc = free_port(net.collector_addr)?;
     let mut collector = Collector::start(bins, grpc, &api, &database_url, &admin_token, run_dir)?;
@@ -341,7 +341,7 @@ fn watch(
 }
 
 /// A port free on `addr` (the kernel picks it), for the collector's gRPC.
-fn free_port(addr: Ipv4Addr) -> anyhow::Result<SocketAddr> {
+pub(crate) fn free_port(addr: Ipv4Addr) -> anyhow::Result<SocketAddr> {
     TcpListener::bind(SocketAddr::from((addr, 0)))
         .and_then(|listener| listener.local_addr())
         .with_context(|| format!("cannot find a free port on {addr}"))

@@ -26,12 +26,20 @@ pub fn crate_dir(binary: &str) -> &'static str {
 
 /// Builds both binaries for `target` and returns the directory holding them.
 pub fn build(target: Target) -> anyhow::Result<PathBuf> {
+    build_binaries(target, &BINARIES)
+}
+
+/// Builds `binaries` (each the binary of the package of the same name) for
+/// `target` as the release is built, and returns the directory holding
+/// them. (`vm-test` builds its guest driver this way, on its own: building
+/// it together with the release's binaries could change their features.)
+pub fn build_binaries(target: Target, binaries: &[&str]) -> anyhow::Result<PathBuf> {
     let mut cmd = Command::new("cargo");
     cmd.current_dir(workspace_root())
         .env("PATH", toolchain::path_with_cargo_bin()?)
         .args(["auditable", "build", "--locked", "--profile", "dist"])
         .args(["--target", target.triple()]);
-    for binary in BINARIES {
+    for binary in binaries {
         cmd.args(["--package", binary, "--bin", binary]);
     }
     cmd.envs(target.cross_env());
@@ -55,7 +63,8 @@ pub fn build(target: Target) -> anyhow::Result<PathBuf> {
         rustflags_var,
         remap_flags(&workspace_root(), &cargo_home()?)?,
     );
-    status_ok(&mut cmd).with_context(|| format!("building the binaries for {target}"))?;
+    status_ok(&mut cmd)
+        .with_context(|| format!("building {} for {target}", binaries.join(" and ")))?;
     Ok(target_dir().join(target.triple()).join("dist"))
 }
 

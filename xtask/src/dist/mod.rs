@@ -163,6 +163,35 @@ pub fn run(args: &DistArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The static binaries of `binaries` (packages of the same names) for
+/// `target`, built as the release's are, with everything that needs
+/// installed first; the directory holding them. The release's two binaries
+/// and anything else (`vm-test`'s guest driver) are built separately.
+pub fn build_static(target: Target, binaries: &[&str]) -> anyhow::Result<PathBuf> {
+    packages::ensure(target.needs())?;
+    ensure_rust_targets(&[target])?;
+    setup()?;
+    cargo_tool::ensure(&TOOLS)?;
+    let release: Vec<&str> = binaries
+        .iter()
+        .copied()
+        .filter(|b| BINARIES.contains(b))
+        .collect();
+    let others: Vec<&str> = binaries
+        .iter()
+        .copied()
+        .filter(|b| !BINARIES.contains(b))
+        .collect();
+    let mut dir = None;
+    if !release.is_empty() {
+        dir = Some(build::build(target)?);
+    }
+    if !others.is_empty() {
+        dir = Some(build::build_binaries(target, &others)?);
+    }
+    dir.context("no binary asked for")
+}
+
 /// Builds both binaries for `target` and makes its artefacts in `out_dir`.
 fn build_target(target: Target, out_dir: &Path, source_date_epoch: u64) -> anyhow::Result<Built> {
     let bin_dir = build::build(target)?;
