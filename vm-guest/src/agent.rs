@@ -24,7 +24,7 @@ pub struct Agent {
 
 impl Agent {
     /// Starts `tally-agent --pin-dir <pin_dir> run <run_args>`, its
-    /// stderr appended to /tmp/<name>.log.
+    /// stderr appended to `/tmp/<name>.log`.
     pub fn start(name: &str, pin_dir: &str, run_args: &[&str]) -> anyhow::Result<Self> {
         let mut agent = Self {
             pin_dir: PathBuf::from(pin_dir),

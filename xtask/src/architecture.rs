@@ -20,7 +20,7 @@ const BEGIN: &str =
 const END: &str = "<!-- END GENERATED -->";
 
 /// The crates whose modules are listed, in the order shown.
-const CRATES: [&str; 7] = [
+const CRATES: [&str; 8] = [
     "agent",
     "agent-ebpf",
     "common",
@@ -28,6 +28,7 @@ const CRATES: [&str; 7] = [
     "collector",
     "testkit",
     "xtask",
+    "vm-guest",
 ];
 
 fn document() -> PathBuf {

@@ -91,7 +91,7 @@ const NEEDS: &[Need] = &[
 ];
 
 /// How long one VM may take, boot to power-off.
-const VM_DEADLINE: Duration = Duration::from_secs(15 * 60);
+const VM_DEADLINE: Duration = Duration::from_secs(5 * 60);
 
 /// What one VM did.
 struct Outcome {
