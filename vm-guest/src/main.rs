@@ -9,9 +9,12 @@
 //! - `tally-vm: e2e <rx bytes> <tx bytes>`: what the kernel counted on the
 //!   reported interface since before the agent started; the host checks
 //!   that the collector stored exactly that
+//! - `tally-vm: bench run-cost <median> <ratios>`: in benchmark mode, the
+//!   run cost of tally's programs against the empty one (see [`bench`])
 //! - `tally-vm: done <passed> <failed>` at the end.
 
 mod agent;
+mod bench;
 mod net;
 mod scenarios;
 mod stats;
@@ -23,6 +26,8 @@ use anyhow::Context as _;
 
 /// What the host tells the guest (`/etc/tally-vm/config.json`).
 pub struct Config {
+    /// Run the run-cost benchmark ([`bench`]) instead of the scenarios.
+    pub bench: bool,
     /// The attach mode `--attach auto` must pick on this kernel
     /// (`netlink` or `tcx`).
     pub attach_mode: String,
@@ -44,6 +49,7 @@ impl Config {
                 .with_context(|| format!("{path} has no string {name}"))
         };
         Ok(Self {
+            bench: json["bench"].as_bool().unwrap_or(false),
             attach_mode: field("attach_mode")?,
             collector: field("collector")?,
             token_file: field("token_file")?,
@@ -95,6 +101,7 @@ fn main() -> ExitCode {
         .unwrap_or_else(|| "/etc/tally-vm/config.json".to_owned());
     let mut report = Report::default();
     match Config::read(&path) {
+        Ok(config) if config.bench => report.run("bench-run-cost", bench::run_cost),
         Ok(config) => scenarios::run_all(&config, &mut report),
         Err(error) => report.run("config", || Err(error)),
     }

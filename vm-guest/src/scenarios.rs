@@ -37,7 +37,7 @@ use crate::{
     traffic::{Direction, Ends},
 };
 
-const COUNTED: &str = "tv0";
+pub const COUNTED: &str = "tv0";
 const PEER: &str = "tv1";
 const ROOT_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
 const PEER_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 2);
@@ -45,13 +45,13 @@ const PIN_DIR: &str = "/sys/fs/bpf/tally";
 const PROGRAMS: [&str; 2] = ["tally_ingress", "tally_egress"];
 
 /// The veth pair and its namespaces.
-struct Lab {
+pub struct Lab {
     peer_ns: Netns,
     root: Rtnl,
 }
 
 impl Lab {
-    fn build() -> anyhow::Result<Self> {
+    pub fn build() -> anyhow::Result<Self> {
         let peer_ns = Netns::create()?;
         let root = Rtnl::open()?;
         root.add_veth(COUNTED, PEER, &peer_ns)?;
@@ -74,12 +74,17 @@ impl Lab {
         Ok(lab)
     }
 
-    fn ends(&self) -> Ends<'_> {
+    pub fn ends(&self) -> Ends<'_> {
         Ends {
             root: ROOT_IP,
             peer: PEER_IP,
             peer_ns: &self.peer_ns,
         }
+    }
+
+    /// The counted veth's ifindex.
+    pub fn counted_ifindex(&self) -> anyhow::Result<u32> {
+        self.root.index(COUNTED)
     }
 
     /// Our programs' filters on the counted veth, as the kernel lists them.

@@ -120,7 +120,9 @@ enum Task {
 enum BenchKind {
     /// Run cost of the TC programs against an empty one, and UDP throughput
     /// over a veth pair with and without them (two throwaway namespaces).
-    Ebpf,
+    /// With `--kernel` a Debian kernel of `vm-test`: the run cost measured
+    /// inside that VM (netlink filters; ratios only).
+    Ebpf(bench::EbpfArgs),
     /// Heartbeats/s one in-process collector applies from simulated agents
     /// against a throwaway PostgreSQL (fsync on), receipt-to-commit latency,
     /// exact accounting checked, against `pgbench -b simple-update` on the
@@ -257,8 +259,8 @@ fn run(task: Task) -> anyhow::Result<()> {
             demo::run(&args)
         }
         Task::Bench {
-            which: BenchKind::Ebpf,
-        } => bench::ebpf(),
+            which: BenchKind::Ebpf(args),
+        } => bench::ebpf(&args),
         Task::Bench {
             which: BenchKind::Ingest(args),
         } => bench::ingest::run(&args),

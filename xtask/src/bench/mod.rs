@@ -69,12 +69,31 @@ const THROUGHPUT_ROUNDS: usize = 12;
 
 const BPF_STATS_SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
 
-/// Runs the whole benchmark and prints its table.
-pub fn ebpf() -> anyhow::Result<()> {
+#[derive(Debug, clap::Args)]
+pub struct EbpfArgs {
+    /// Where to measure: `host` (this machine, the default) or a kernel of
+    /// `cargo xtask vm-test` (`debian-6.1-amd64`, `debian-6.1-arm64`: the
+    /// run cost only, inside the VM); repeat for several.
+    #[arg(long = "kernel", value_name = "NAME", value_delimiter = ',')]
+    kernels: Vec<String>,
+}
+
+/// Runs the benchmark where `args` says and prints its tables.
+pub fn ebpf(args: &EbpfArgs) -> anyhow::Result<()> {
     let object = build_object()?;
+    // The object is the same for every CPU: the programs use nothing that
+    // depends on the architecture (no `bpf_target_arch`).
+    if args.kernels.is_empty() || args.kernels.iter().any(|k| k == "host") {
+        on_host(&object)?;
+    }
+    crate::vm::bench(&args.kernels, &object)
+}
+
+/// The benchmark on this machine's kernel.
+fn on_host(object: &Path) -> anyhow::Result<()> {
     catch_interrupts();
     let mut net = TestNet::create()?;
-    let result = measure(&object, &net);
+    let result = measure(object, &net);
     // Undo everything before reporting, and say so if any of it failed.
     let deleted = net.delete();
     let leftovers = tally_testkit::netns::namespaces_named(&net.prefix);

@@ -24,6 +24,8 @@ pub struct GuestFiles<'a> {
     /// `/etc/tally-vm/config.json`.
     pub config: &'a serde_json::Value,
     pub token: &'a str,
+    /// The eBPF object, for the run-cost benchmark.
+    pub ebpf_object: Option<&'a Path>,
 }
 
 const INIT: &str = include_str!("init.sh");
@@ -41,6 +43,7 @@ pub fn build(files: &GuestFiles<'_>, stage: &Path, archive: &Path) -> anyhow::Re
         "run",
         "tmp",
         "lib/modules",
+        "lib/tally",
         "etc/tally-vm",
     ] {
         fs::create_dir_all(stage.join(dir)).with_context(|| format!("cannot create {dir}"))?;
@@ -53,6 +56,12 @@ pub fn build(files: &GuestFiles<'_>, stage: &Path, archive: &Path) -> anyhow::Re
     ] {
         let bytes = fs::read(from).with_context(|| format!("cannot read {}", from.display()))?;
         put(stage, to, &bytes, 0o755)?;
+    }
+    if let Some(object) = files.ebpf_object {
+        let bytes =
+            fs::read(object).with_context(|| format!("cannot read {}", object.display()))?;
+        // The path the guest's benchmark loads it from.
+        put(stage, "lib/tally/tally.bpf.o", &bytes, 0o644)?;
     }
     let mut order = String::new();
     for module in files.modules {

@@ -21,6 +21,7 @@ mod qemu;
 use std::{
     fs,
     os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
     process::Command,
     time::{Duration, Instant},
 };
@@ -102,17 +103,15 @@ struct Outcome {
     total: Duration,
     passed: Vec<String>,
     failed: Vec<String>,
+    /// The benchmark's pooled ratio and the ratios of its rounds.
+    bench: Option<(String, String)>,
 }
 
-pub fn run(args: &VmTestArgs) -> anyhow::Result<()> {
-    let names = if args.kernels.is_empty() {
-        VmTestArgs::matrix().kernels
-    } else {
-        args.kernels.clone()
-    };
+/// The kernels `names` name, and whether `host` is among them.
+fn parse_names(names: &[String]) -> anyhow::Result<(Vec<Kernel>, bool)> {
     let mut kernels = Vec::new();
     let mut host = false;
-    for name in &names {
+    for name in names {
         match (name.as_str(), Kernel::by_name(name)) {
             ("host", _) => host = true,
             (_, Some(kernel)) => kernels.push(kernel),
@@ -125,6 +124,48 @@ pub fn run(args: &VmTestArgs) -> anyhow::Result<()> {
             }
         }
     }
+    Ok((kernels, host))
+}
+
+/// Fetches the kernel and busybox for its CPU; `None` (with the reason
+/// printed) when that fails and TALLY_REQUIRE_PRIVILEGED=1 does not make it
+/// a failure.
+fn fetch(kernel: Kernel) -> anyhow::Result<Option<Fetched>> {
+    let required = std::env::var("TALLY_REQUIRE_PRIVILEGED").is_ok_and(|v| v == "1");
+    match kernel.fetch().and_then(|k| Ok((k, kernel.busybox()?))) {
+        Ok((unpacked, busybox)) => Ok(Some(Fetched { unpacked, busybox })),
+        Err(error) if !required => {
+            eprintln!(
+                "SKIP vm-test {}: cannot fetch the kernel or busybox: {error:#}",
+                kernel.name
+            );
+            Ok(None)
+        }
+        Err(error) => Err(error.context(format!("cannot fetch {}", kernel.name))),
+    }
+}
+
+/// A kernel and the busybox for its CPU, on disk.
+struct Fetched {
+    unpacked: kernel::Unpacked,
+    busybox: PathBuf,
+}
+
+/// What a VM is booted for.
+enum Job<'a> {
+    /// The scenarios, reporting to this collector.
+    Scenarios(&'a HostCollector),
+    /// The run-cost benchmark with this eBPF object.
+    Bench(&'a Path),
+}
+
+pub fn run(args: &VmTestArgs) -> anyhow::Result<()> {
+    let names = if args.kernels.is_empty() {
+        VmTestArgs::matrix().kernels
+    } else {
+        args.kernels.clone()
+    };
+    let (kernels, host) = parse_names(&names)?;
     if host {
         run_host()?;
     }
@@ -132,7 +173,6 @@ pub fn run(args: &VmTestArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     packages::ensure(NEEDS)?;
-    let required = std::env::var("TALLY_REQUIRE_PRIVILEGED").is_ok_and(|v| v == "1");
 
     let host_target = if cfg!(target_arch = "aarch64") {
         Target::Aarch64
@@ -150,53 +190,94 @@ pub fn run(args: &VmTestArgs) -> anyhow::Result<()> {
     let mut outcomes = Vec::new();
     for kernel in kernels {
         eprintln!("vm-test: {}", kernel.name);
-        // A kernel that cannot be fetched is skipped, unless
-        // TALLY_REQUIRE_PRIVILEGED=1 (CI) makes it a failure.
-        let fetched = match kernel.fetch().and_then(|k| Ok((k, kernel.busybox()?))) {
-            Ok(fetched) => fetched,
-            Err(error) if !required => {
-                eprintln!(
-                    "SKIP vm-test {}: cannot fetch the kernel or busybox: {error:#}",
-                    kernel.name
-                );
-                continue;
-            }
-            Err(error) => return Err(error.context(format!("cannot fetch {}", kernel.name))),
+        let Some(fetched) = fetch(kernel)? else {
+            continue;
         };
-        let outcome = run_kernel(kernel, fetched, &collector)
+        let outcome = run_kernel(kernel, &fetched, &Job::Scenarios(&collector))
             .with_context(|| format!("vm-test {}", kernel.name))?;
         outcomes.push(outcome);
     }
     report(&outcomes)
 }
 
-fn run_kernel(
-    kernel: Kernel,
-    (unpacked, busybox): (kernel::Unpacked, std::path::PathBuf),
-    collector: &HostCollector,
-) -> anyhow::Result<Outcome> {
+/// `cargo xtask bench ebpf --kernel NAME` for the Debian kernels among
+/// `names` (`host` is the caller's): the run-cost ratios measured in a VM.
+pub fn bench(names: &[String], object: &Path) -> anyhow::Result<()> {
+    let (kernels, _) = parse_names(names)?;
+    if kernels.is_empty() {
+        return Ok(());
+    }
+    packages::ensure(NEEDS)?;
+    let mut outcomes = Vec::new();
+    for kernel in kernels {
+        eprintln!("bench: run cost in a VM, {}", kernel.name);
+        let Some(fetched) = fetch(kernel)? else {
+            continue;
+        };
+        let outcome = run_kernel(kernel, &fetched, &Job::Bench(object))
+            .with_context(|| format!("bench in {}", kernel.name))?;
+        outcomes.push(outcome);
+    }
+    println!(
+        "run cost of tally's programs against the empty one (time per run, ratio; in a VM only the ratio means something):"
+    );
+    println!(
+        "  {:<18} {:<5} {:>8}  rounds (empty first, ours first, ...)",
+        "kernel", "accel", "pooled"
+    );
+    for o in &outcomes {
+        let (pooled, rounds) = o
+            .bench
+            .as_ref()
+            .map_or(("-", "-"), |(p, r)| (p.as_str(), r.as_str()));
+        println!(
+            "  {:<18} {:<5} {:>8}  {rounds}",
+            o.kernel.name, o.accel, pooled
+        );
+    }
+    report(&outcomes)
+}
+
+fn run_kernel(kernel: Kernel, fetched: &Fetched, job: &Job<'_>) -> anyhow::Result<Outcome> {
+    let Fetched { unpacked, busybox } = fetched;
     let modules = kernel::modules_in_order(&unpacked.modules_dir, &kernel::MODULES)?;
     let bin_dir = dist::build_static(kernel.target, &["tally-agent"])?;
     let guest_dir = dist::build_static(kernel.target, &["tally-vm-guest"])?;
 
     let node = format!("vm-{}", kernel.name);
-    let token = collector.add_node(&node)?;
-    let config = serde_json::json!({
-        "attach_mode": kernel.attach_mode,
-        "collector": collector.url_for_guests(),
-        "token_file": "/etc/tally-vm/token",
-    });
+    let (config, token, object) = match job {
+        Job::Scenarios(collector) => (
+            serde_json::json!({
+                "attach_mode": kernel.attach_mode,
+                "collector": collector.url_for_guests(),
+                "token_file": "/etc/tally-vm/token",
+            }),
+            collector.add_node(&node)?,
+            None,
+        ),
+        Job::Bench(object) => (
+            serde_json::json!({
+                "bench": true,
+                "attach_mode": kernel.attach_mode,
+                "collector": "",
+                "token_file": "",
+            }),
+            String::new(),
+            Some(*object),
+        ),
+    };
     let dir = kernel::cache_dir().join(kernel.name);
     let archive = dir.join("initramfs.cpio");
     initramfs::build(
         &initramfs::GuestFiles {
-            busybox: &busybox,
+            busybox,
             agent: &bin_dir.join("tally-agent"),
             guest: &guest_dir.join("tally-vm-guest"),
             modules_dir: &unpacked.modules_dir,
             modules: &modules,
             config: &config,
             token: &token,
+            ebpf_object: object,
         },
         &dir.join("initramfs"),
         &archive,
@@ -212,12 +293,13 @@ fn run_kernel(
     let boot = started.elapsed();
     let mut outcome = Outcome {
         kernel,
-        package: unpacked.package,
+        package: unpacked.package.clone(),
         accel: vm.accel.name(),
         boot,
         total: Duration::ZERO,
         passed: Vec::new(),
         failed: Vec::new(),
+        bench: None,
     };
     eprintln!("  [{}] {first}", kernel.name);
     let deadline = started + VM_DEADLINE;
@@ -235,7 +317,15 @@ fn run_kernel(
         match (words.next(), words.next()) {
             (Some("pass"), Some(name)) => outcome.passed.push(name.to_owned()),
             (Some("FAIL"), Some(name)) => outcome.failed.push(name.to_owned()),
+            (Some("bench"), Some("run-cost")) => {
+                let pooled = words.next().unwrap_or_default().to_owned();
+                let rounds = words.next().unwrap_or_default().to_owned();
+                outcome.bench = Some((pooled, rounds));
+            }
             (Some("e2e"), Some(rx)) => {
+                let Job::Scenarios(collector) = job else {
+                    continue;
+                };
                 let check = e2e(collector, &node, rx, words.next());
                 match check {
                     Ok(()) => outcome.passed.push("collector-totals".to_owned()),
