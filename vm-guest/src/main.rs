@@ -10,7 +10,7 @@
 //!   reported interface since before the agent started; the host checks
 //!   that the collector stored exactly that
 //! - `tally-vm: bench run-cost <median> <ratios>`: in benchmark mode, the
-//!   run cost of tally's programs against the empty one (see [`bench`])
+//!   run cost of tally's programs against the empty one (see [`mod@bench`])
 //! - `tally-vm: done <passed> <failed>` at the end.
 
 mod agent;
@@ -26,7 +26,7 @@ use anyhow::Context as _;
 
 /// What the host tells the guest (`/etc/tally-vm/config.json`).
 pub struct Config {
-    /// Run the run-cost benchmark ([`bench`]) instead of the scenarios.
+    /// Run the run-cost benchmark ([`mod@bench`]) instead of the scenarios.
     pub bench: bool,
     /// The attach mode `--attach auto` must pick on this kernel
     /// (`netlink` or `tcx`).
