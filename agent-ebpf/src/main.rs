@@ -1,7 +1,10 @@
 //! tally's kernel side: TC classifiers on ingress and egress that add each
 //! packet's length (`skb->len` at the hook, link-layer header included) and 1
 //! to the per-CPU counters of the interface it passes, and always let the
-//! packet through. An IPv4 or IPv6 packet (`skb->protocol` 0x0800 or 0x86DD
+//! packet through. A packet that stands for several wire frames (TCP or UDP
+//! segmentation offload on egress, GRO on ingress: `gso_segs` > 1) adds
+//! those frames and their repeated headers instead (`tally_common::wire`),
+//! so the counters are what the NIC's statistics count. An IPv4 or IPv6 packet (`skb->protocol` 0x0800 or 0x86DD
 //! at the hook) is also added to that family's part of the same value; what
 //! is neither (ARP, ...) is only in the totals.
 //!
@@ -27,7 +30,10 @@ mod programs {
         maps::{Array, HashMap, PerCpuArray, PerCpuHashMap},
         programs::TcContext,
     };
-    use tally_common::{FAST_SLOTS, IfCounters, IfaceInfo, MAX_INTERFACES, Meta, is_fast};
+    use tally_common::{
+        FAST_SLOTS, IfCounters, IfaceInfo, MAX_INTERFACES, Meta, is_fast,
+        wire::{PacketBytes, repeated_header_len, wire_bytes},
+    };
 
     /// Per-interface counters indexed by ifindex, for ifindexes below
     /// `FAST_SLOTS`: the lookup is an inlined array access.
@@ -78,6 +84,53 @@ mod programs {
     const PROTOCOL_IPV4: u32 = u16::to_be(0x0800) as u32;
     const PROTOCOL_IPV6: u32 = u16::to_be(0x86DD) as u32;
 
+    /// The socket buffer's bytes, read with `bpf_skb_load_bytes` (which
+    /// also reaches data outside the linear part).
+    struct Skb<'a>(&'a TcContext);
+
+    impl PacketBytes for Skb<'_> {
+        #[inline(always)]
+        fn u8_at(&self, offset: u32) -> Option<u8> {
+            self.0.load::<u8>(offset as usize).ok()
+        }
+
+        #[inline(always)]
+        fn be16_at(&self, offset: u32) -> Option<u16> {
+            self.0.load::<u16>(offset as usize).ok().map(u16::from_be)
+        }
+    }
+
+    /// The bytes and packets a packet stands for on the wire (see
+    /// `tally_common::wire`): `len` and 1 for nearly every packet; for one
+    /// that carries `segs` > 1 frames (segmentation offload on egress, GRO
+    /// on ingress), those frames with their repeated headers.
+    #[inline(always)]
+    fn wire_counts(ctx: &TcContext, direction: &Direction) -> (u64, u64) {
+        // SAFETY: `skb` points at the context the kernel passed in.
+        let (len, segs) = unsafe { ((*ctx.skb.skb).len, (*ctx.skb.skb).gso_segs) };
+        if segs <= 1 {
+            return (u64::from(len), 1);
+        }
+        let bytes = match direction {
+            // On egress the kernel has done the sum already: before the
+            // egress hook, `__dev_queue_xmit` sets the packet's qdisc length
+            // (`qdisc_pkt_len_init`, what `wire_len` reads) to `len` plus
+            // the link-layer, network and TCP or UDP headers once per extra
+            // segment, the rule of `wire`, for the qdiscs' byte accounting.
+            // SAFETY: as above.
+            Direction::Tx => u64::from(unsafe { (*ctx.skb.skb).wire_len }.max(len)),
+            // On ingress it has not (the length is plain `len` there), so
+            // the headers are read from the packet. A packet whose headers
+            // are not parsed (a tunnel, say) counts its frames but only the
+            // bytes it holds.
+            Direction::Rx => match repeated_header_len(&Skb(ctx)) {
+                Some(header) => wire_bytes(len, segs, header),
+                None => u64::from(len),
+            },
+        };
+        (bytes, u64::from(segs))
+    }
+
     #[inline(always)]
     fn count(ctx: &TcContext, direction: Direction) {
         // SAFETY: `skb` points at the context the kernel passed in.
@@ -90,7 +143,7 @@ mod programs {
         let Some(counters) = slot else {
             return;
         };
-        let len = u64::from(ctx.len());
+        let (bytes, packets) = wire_counts(ctx, &direction);
         // SAFETY: the pointer is this CPU's copy of the value, valid while the
         // program runs. TC programs run with bottom halves disabled, so
         // nothing else on this CPU interleaves with the read-modify-write and
@@ -107,20 +160,20 @@ mod programs {
         let ipv6 = u64::from(protocol == PROTOCOL_IPV6);
         match direction {
             Direction::Rx => {
-                counters.rx_bytes += len;
-                counters.rx_packets += 1;
-                counters.ipv4.rx_bytes += len * ipv4;
-                counters.ipv4.rx_packets += ipv4;
-                counters.ipv6.rx_bytes += len * ipv6;
-                counters.ipv6.rx_packets += ipv6;
+                counters.rx_bytes += bytes;
+                counters.rx_packets += packets;
+                counters.ipv4.rx_bytes += bytes * ipv4;
+                counters.ipv4.rx_packets += packets * ipv4;
+                counters.ipv6.rx_bytes += bytes * ipv6;
+                counters.ipv6.rx_packets += packets * ipv6;
             }
             Direction::Tx => {
-                counters.tx_bytes += len;
-                counters.tx_packets += 1;
-                counters.ipv4.tx_bytes += len * ipv4;
-                counters.ipv4.tx_packets += ipv4;
-                counters.ipv6.tx_bytes += len * ipv6;
-                counters.ipv6.tx_packets += ipv6;
+                counters.tx_bytes += bytes;
+                counters.tx_packets += packets;
+                counters.ipv4.tx_bytes += bytes * ipv4;
+                counters.ipv4.tx_packets += packets * ipv4;
+                counters.ipv6.tx_bytes += bytes * ipv6;
+                counters.ipv6.tx_packets += packets * ipv6;
             }
         }
     }

@@ -12,19 +12,28 @@ extern crate alloc;
 #[cfg(feature = "units")]
 pub mod units;
 
+pub mod wire;
+
 /// Version of the layout of the types below (and of the pinned maps).
 ///
 /// 1: the four totals per interface. 2: [`IfCounters`] also has the IPv4
 /// and IPv6 parts ([`FamilyCounters`]), so [`Meta::fold_before`] grew too.
-pub const LAYOUT_VERSION: u32 = 2;
+/// 3: the same types, counted as the wire carries them: a packet that
+/// stands for several frames (GSO, GRO) counts as those frames
+/// ([`wire`]). A new counting rule is a new layout, so that counters keep
+/// one meaning within their epoch.
+pub const LAYOUT_VERSION: u32 = 3;
 
 /// `TALLY_META`'s `magic`: "tallyctr" in ASCII.
 pub const META_MAGIC: u64 = u64::from_le_bytes(*b"tallyctr");
 
 /// Per-interface traffic counters (one copy per CPU in the kernel map).
 ///
-/// `rx` is what the TC ingress hook saw, `tx` what the TC egress hook saw;
-/// bytes are `skb->len` at the hook, link-layer header included. `ipv4` and
+/// `rx` is what the TC ingress hook saw, `tx` what the TC egress hook saw,
+/// as wire frames: a packet's bytes are `skb->len` at the hook, link-layer
+/// header included, and one that stands for several frames (segmentation
+/// offload, GRO) counts as those frames, with their repeated headers (see
+/// [`wire`]). `ipv4` and
 /// `ipv6` are the part of the totals whose packets had the protocol 0x0800
 /// or 0x86DD (`skb->protocol`) at the hook; the rest (ARP, ...) is the
 /// totals minus both.

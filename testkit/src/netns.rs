@@ -132,6 +132,18 @@ impl Netns {
         ip(&all)
     }
 
+    /// `ethtool -K <iface> <feature> on|off ...` inside the namespace: sets
+    /// offload features by their ethtool names (`tso`, `gro`,
+    /// `tx-udp-segmentation`, ...). Needs the ethtool package.
+    pub fn set_features(&self, iface: &str, features: &[(&str, bool)]) -> Result<(), NetnsError> {
+        let mut args = vec!["-K", iface];
+        for (name, on) in features {
+            args.push(name);
+            args.push(if *on { "on" } else { "off" });
+        }
+        self.exec("ethtool", &args).map(drop)
+    }
+
     /// `ip -n <name> link set <iface> up` (without waiting for it: see
     /// [`Self::wait_oper_up`]).
     pub fn set_up(&self, iface: &str) -> Result<(), NetnsError> {
@@ -338,6 +350,11 @@ impl IfStats {
     }
 }
 
+/// The offload features a [`VethPair`]'s ends are made with: no TCP or UDP
+/// segmentation offload (generic segmentation in software stays on, GRO
+/// stays off as veth has it).
+pub const WIRE_LIKE: &[(&str, bool)] = &[("tso", false), ("tx-udp-segmentation", false)];
+
 /// A veth pair between two namespaces: each end has an IPv4 address (in a
 /// /24) and a permanent neighbour entry for the other end, so that no ARP
 /// crosses it.
@@ -390,6 +407,13 @@ impl VethPair {
     /// with its address and the other's neighbour entry; both ends stay
     /// down ([`Self::set_up`]). What a failed step leaves goes with the
     /// namespaces.
+    ///
+    /// Both ends count like a NIC: [`WIRE_LIKE`] turns off the offloads that
+    /// would hand the veth driver a packet of several frames whole. A veth
+    /// counts one packet per socket buffer it is handed, where a NIC counts
+    /// the frames it sends; without TCP and UDP segmentation offload the
+    /// kernel cuts such packets into frames in software (after the TC egress
+    /// hook) and the veth's statistics count the frames that tally counts.
     pub fn create(&self, a: &Netns, b: &Netns) -> Result<(), NetnsError> {
         let (mac_a, mac_b) = (self.a.mac_text(), self.b.mac_text());
         ip(&[
@@ -434,6 +458,8 @@ impl VethPair {
                 "permanent",
             ])?;
         }
+        a.set_features(&self.a.iface, WIRE_LIKE)?;
+        b.set_features(&self.b.iface, WIRE_LIKE)?;
         Ok(())
     }
 

@@ -186,6 +186,141 @@ pub fn udp_burst(
     Ok(())
 }
 
+/// What a [`udp_segmented`] run moved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Segmented {
+    /// Datagrams the receiver got (each of the size sent).
+    pub datagrams: usize,
+    /// Reads it took: fewer than `datagrams` when GRO merged datagrams
+    /// before the receiving socket (and so before the TC ingress hook).
+    pub reads: usize,
+}
+
+/// Sends `sends` buffers of `segments` UDP datagrams of `size` bytes each
+/// with UDP segmentation offload (`UDP_SEGMENT`: the kernel keeps each
+/// buffer as one socket buffer until it is segmented, in software or by
+/// the NIC) from `from_addr` in `from` to a socket on `to_addr` in `to`
+/// that accepts GRO-merged datagrams (`UDP_GRO`), and reads until every
+/// datagram has come (at most 5 s).
+#[allow(
+    clippy::too_many_arguments,
+    reason = "two ends and the shape of the traffic"
+)]
+pub fn udp_segmented(
+    from: &Netns,
+    from_addr: impl Into<IpAddr>,
+    to: &Netns,
+    to_addr: impl Into<IpAddr>,
+    sends: usize,
+    segments: usize,
+    size: usize,
+) -> Result<Segmented, TrafficError> {
+    let (from_addr, to_addr) = (
+        SocketAddr::new(from_addr.into(), 0),
+        SocketAddr::new(to_addr.into(), 0),
+    );
+    let receiver = to.enter(|| {
+        UdpSocket::bind(to_addr).map_err(io_error(format!("cannot bind {to_addr} in {}", to.name)))
+    })?;
+    set_udp_option(&receiver, libc::UDP_GRO, 1).map_err(io_error("cannot set UDP_GRO"))?;
+    receiver
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .map_err(io_error("cannot set a read timeout"))?;
+    let target = receiver
+        .local_addr()
+        .map_err(io_error("cannot read the receiver's address"))?;
+    let sender = from.enter(|| {
+        UdpSocket::bind(from_addr).map_err(io_error(format!(
+            "cannot bind {from_addr} in {}",
+            from.name
+        )))
+    })?;
+    let segment = i32::try_from(size).map_err(|_| TrafficError::Io {
+        what: format!("a segment of {size} bytes"),
+        source: io::ErrorKind::InvalidInput.into(),
+    })?;
+    set_udp_option(&sender, libc::UDP_SEGMENT, segment)
+        .map_err(io_error("cannot set UDP_SEGMENT"))?;
+    let expected = sends * segments;
+    let buffer = vec![0x3c_u8; segments * size];
+    let mut got = Segmented {
+        datagrams: 0,
+        reads: 0,
+    };
+    let mut read = vec![0_u8; 1 << 16];
+    for i in 0..sends {
+        sender
+            .send_to(&buffer, target)
+            .map_err(io_error(format!("cannot send buffer {i} to {target}")))?;
+        // Read as it comes, so the receive buffer never overflows.
+        drain(&receiver, &mut read, size, &mut got, false)?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while got.datagrams < expected && Instant::now() < deadline {
+        drain(&receiver, &mut read, size, &mut got, true)?;
+    }
+    if got.datagrams != expected {
+        return Err(TrafficError::Short {
+            got: got.datagrams,
+            bytes: expected,
+        });
+    }
+    Ok(got)
+}
+
+/// Reads what is there (or, when `wait`, waits for one read up to the
+/// socket's timeout), counting datagrams of `size` bytes and reads.
+fn drain(
+    socket: &UdpSocket,
+    buf: &mut [u8],
+    size: usize,
+    got: &mut Segmented,
+    wait: bool,
+) -> Result<(), TrafficError> {
+    socket
+        .set_nonblocking(!wait)
+        .map_err(io_error("cannot switch the receiver's blocking"))?;
+    loop {
+        match socket.recv(buf) {
+            Ok(n) => {
+                got.reads += 1;
+                got.datagrams += n.div_ceil(size);
+                if wait {
+                    return Ok(());
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Ok(());
+            }
+            Err(e) => return Err(io_error("cannot receive")(e)),
+        }
+    }
+}
+
+fn set_udp_option(socket: &UdpSocket, option: libc::c_int, value: libc::c_int) -> io::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    // SAFETY: setsockopt on a socket we own, with an int of the size given.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_UDP,
+            option,
+            (&raw const value).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::net::Ipv4Addr;

@@ -26,6 +26,12 @@ const IPROUTE2: Need = Need {
     files: &[],
     why: "network namespaces, veth pairs, tc",
 };
+const ETHTOOL: Need = Need {
+    package: "ethtool",
+    programs: &["ethtool"],
+    files: &[],
+    why: "offload features of veth pairs (segmentation off, GRO on)",
+};
 const POSTGRESQL: Need = Need {
     package: "postgresql-15",
     programs: &[
@@ -37,11 +43,12 @@ const POSTGRESQL: Need = Need {
 };
 
 /// What `cargo xtask demo` needs.
-pub const DEMO: &[Need] = &[IPROUTE2, POSTGRESQL];
+pub const DEMO: &[Need] = &[IPROUTE2, ETHTOOL, POSTGRESQL];
 
 /// What `cargo xtask test` needs.
 pub const TEST: &[Need] = &[
     IPROUTE2,
+    ETHTOOL,
     POSTGRESQL,
     Need {
         package: "util-linux",

@@ -20,7 +20,7 @@ use super::maps::{PinnedMaps, name_to_bytes};
 use super::{
     epoch_hex, fold,
     hooks::{self, Attached, ifname},
-    legacy::{OLD_LAYOUT, OldSet, SupersededSet},
+    legacy::{OldSet, SupersededSet},
 };
 use crate::{
     clock,
@@ -102,10 +102,18 @@ pub struct Engine {
 /// this many entries, so that new interfaces always find room.
 const FOLD_PRESSURE: usize = MAX_INTERFACES as usize - 256;
 
+/// What set an old layout's counters apart, for the log.
+fn old_layout_meaning(layout_version: u32) -> &'static str {
+    match layout_version {
+        1 => "without the IPv4/IPv6 split",
+        _ => "a packet of several wire frames (GSO, GRO) counted as one",
+    }
+}
+
 impl Engine {
     /// Loads the programs, creating the pinned maps or reusing them, and
-    /// makes sure the counter set has an epoch. Counters of layout 1 (an
-    /// earlier agent's) are taken over: see [`super::legacy`].
+    /// makes sure the counter set has an epoch. Counters of an earlier
+    /// layout (an earlier agent's) are taken over: see [`super::legacy`].
     pub fn start(
         layout: PinLayout,
         mode: AttachMode,
@@ -118,10 +126,11 @@ impl Engine {
             tracing::warn!(
                 pin_dir = %layout.dir().display(),
                 old_epoch = %old.epoch().map(|e| epoch_hex(&e)).unwrap_or_default(),
-                "the pinned counters are of layout {OLD_LAYOUT} (an earlier tally-agent, without \
-                 the IPv4/IPv6 split), which this agent cannot keep counting in: starting a new \
-                 counter set (new epoch); the old set's final counts are reported as its last \
-                 heartbeat"
+                "the pinned counters are of layout {} (an earlier tally-agent: {}), which this \
+                 agent cannot keep counting in: starting a new counter set (new epoch); the old \
+                 set's final counts are reported as its last heartbeat",
+                old.layout_version(),
+                old_layout_meaning(old.layout_version()),
             );
         }
         let partial = layout.has_counters() && !layout.has_complete_counters();
@@ -231,7 +240,7 @@ impl Engine {
         }
     }
 
-    /// The final counts of the layout-1 counter set this start took over
+    /// The final counts of the old counter set this start took over
     /// (once; `None` if there was none).
     pub fn take_superseded(&mut self) -> Option<SupersededSet> {
         self.superseded.take()

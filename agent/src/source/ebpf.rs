@@ -86,8 +86,8 @@ fn entry(record: &IfaceRecord, families: Families) -> InterfaceCounters {
 
 /// The last reading of a counter set that an agent of an older layout made
 /// and this one took over (see [`crate::ebpf::legacy`]): its own epoch, its
-/// final counts, no family split (that layout had none). Reported once, as
-/// that epoch's last heartbeat.
+/// final counts, the family split if that layout had one. Reported once,
+/// as that epoch's last heartbeat.
 pub fn superseded_snapshot(set: &SupersededSet) -> anyhow::Result<Snapshot> {
     Ok(Snapshot {
         source: SourceKind::Ebpf,
@@ -99,7 +99,14 @@ pub fn superseded_snapshot(set: &SupersededSet) -> anyhow::Result<Snapshot> {
         interfaces: set
             .records
             .iter()
-            .map(|record| entry(record, Families::Unknown))
+            .map(|record| {
+                let families = if set.has_families() {
+                    Families::Counted
+                } else {
+                    Families::Unknown
+                };
+                entry(record, families)
+            })
             .collect(),
     })
 }

@@ -41,7 +41,7 @@ use common::{
 };
 use tally_collector::nodes;
 use tally_testkit::{
-    netns::{IfStats, Netns, NetnsError},
+    netns::{IfStats, Netns, NetnsError, WIRE_LIKE},
     traffic::{tcp_transfer, udp_burst},
 };
 
@@ -147,6 +147,14 @@ impl ContainerHost {
                 &container.name,
             ])
             .expect("a container's veth pair");
+            // Counted like a NIC's (see `VethPair::create`): the bridge
+            // and its ports then carry frames, which their statistics count
+            // as tally does, rather than 64 KiB packets they count as one.
+            host.set_features(&port, WIRE_LIKE)
+                .expect("a bridge port's offloads");
+            container
+                .set_features("eth0", WIRE_LIKE)
+                .expect("a container's offloads");
             ip(&["link", "set", &port, "master", BRIDGE]);
             let c = |args: &[&str]| {
                 container.ip(args).expect("ip in a container");

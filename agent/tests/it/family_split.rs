@@ -62,11 +62,11 @@ const RAW_B_TO_A: Burst = Burst {
 
 /// Bytes and packets of one family on one interface, in both directions.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-struct Part {
-    rx_bytes: u64,
-    tx_bytes: u64,
-    rx_packets: u64,
-    tx_packets: u64,
+pub(crate) struct Part {
+    pub(crate) rx_bytes: u64,
+    pub(crate) tx_bytes: u64,
+    pub(crate) rx_packets: u64,
+    pub(crate) tx_packets: u64,
 }
 
 impl Part {
@@ -86,7 +86,7 @@ impl Part {
         }
     }
 
-    fn plus(self, o: Self) -> Self {
+    pub(crate) fn plus(self, o: Self) -> Self {
         Self {
             rx_bytes: self.rx_bytes + o.rx_bytes,
             tx_bytes: self.tx_bytes + o.tx_bytes,
@@ -125,14 +125,14 @@ impl Part {
 
 /// One interface as `status --json` shows it: totals, IPv4, IPv6.
 #[derive(Debug, Clone, Copy)]
-struct Split {
-    total: Part,
-    ipv4: Part,
-    ipv6: Part,
+pub(crate) struct Split {
+    pub(crate) total: Part,
+    pub(crate) ipv4: Part,
+    pub(crate) ipv6: Part,
 }
 
 impl Split {
-    fn read(agent: &Agent, iface: &str) -> Self {
+    pub(crate) fn read(agent: &Agent, iface: &str) -> Self {
         let entry = agent
             .iface(iface)
             .unwrap_or_else(|| panic!("{iface} in status; agent log:\n{}", agent.log()));
@@ -143,7 +143,7 @@ impl Split {
         }
     }
 
-    fn since(&self, earlier: &Split) -> Split {
+    pub(crate) fn since(&self, earlier: &Split) -> Split {
         Split {
             total: self.total.minus(earlier.total),
             ipv4: self.ipv4.minus(earlier.ipv4),
@@ -158,20 +158,20 @@ impl Split {
 }
 
 /// Two namespaces joined by a quiet veth pair with IPv4 and IPv6 addresses.
-struct DualStack {
-    a: Netns,
-    b: Netns,
-    v4: (Ipv4Addr, Ipv4Addr),
-    v6: (Ipv6Addr, Ipv6Addr),
+pub(crate) struct DualStack {
+    pub(crate) a: Netns,
+    pub(crate) b: Netns,
+    pub(crate) v4: (Ipv4Addr, Ipv4Addr),
+    pub(crate) v6: (Ipv6Addr, Ipv6Addr),
     mac_a: [u8; 6],
 }
 
-const IF_A: &str = "tfa";
-const IF_B: &str = "tfb";
+pub(crate) const IF_A: &str = "tfa";
+pub(crate) const IF_B: &str = "tfb";
 const SUBNET: u8 = 61;
 
 impl DualStack {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let a = netns("fa");
         let b = netns("fb");
         // IPv4 addresses and static neighbours; still down.

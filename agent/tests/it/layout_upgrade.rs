@@ -1,11 +1,12 @@
-//! Upgrading from an agent of counter layout 1 (before the IPv4/IPv6 split).
-//! Its pinned maps are planted here as such an agent leaves them (the old
+//! Upgrading from an agent of counter layout 1 (before the IPv4/IPv6 split)
+//! or 2 (before packets of several wire frames counted as those frames).
+//! Its pinned maps are planted here as such an agent leaves them (its
 //! value sizes, an epoch, counts in the fast array, the hash map and the
 //! retired entry, a fold a crash interrupted); the agent must not fail on
 //! them, nor count on in them: it starts a new counter set (new epoch, with
-//! the split) and keeps the old set's final counts, exactly and once, in the
-//! reboot journal as that epoch's last heartbeat, which the sender delivers
-//! before any other.
+//! the split and the wire rule) and keeps the old set's final counts,
+//! exactly and once, in the reboot journal as that epoch's last heartbeat,
+//! which the sender delivers before any other.
 
 use crate::common;
 
@@ -98,24 +99,41 @@ fn update(fd: &OwnedFd, key: u32, value: &[u8]) {
     attr.call(BPF_MAP_UPDATE_ELEM, "update");
 }
 
-/// Layout 1's counters: rx bytes, rx packets, tx bytes, tx packets.
-type Counts = [u64; 4];
+/// Counters as layout 2 (and 3) has them: rx bytes, rx packets, tx bytes,
+/// tx packets, then the same for IPv4 and for IPv6. Layout 1 has the first
+/// four only.
+type Counts = [u64; 12];
 
-fn counts_bytes(c: Counts) -> Vec<u8> {
-    c.iter().flat_map(|v| v.to_ne_bytes()).collect()
+/// The counters of `c` as an agent of `layout` wrote them.
+fn counts_bytes(c: Counts, layout: u32) -> Vec<u8> {
+    let fields = if layout == 1 { 4 } else { 12 };
+    c[..fields].iter().flat_map(|v| v.to_ne_bytes()).collect()
 }
 
 /// One value per possible CPU, `c` on the first, `more` on the second.
-fn per_cpu(cpus: usize, c: Counts, more: Counts) -> Vec<u8> {
-    let mut out = counts_bytes(c);
+fn per_cpu(cpus: usize, c: Counts, more: Counts, layout: u32) -> Vec<u8> {
+    let mut out = counts_bytes(c, layout);
     for cpu in 1..cpus {
-        out.extend(counts_bytes(if cpu == 1 { more } else { [0; 4] }));
+        out.extend(counts_bytes(if cpu == 1 { more } else { [0; 12] }, layout));
     }
     out
 }
 
 fn plus(a: Counts, b: Counts) -> Counts {
-    [a[0] + b[0], a[1] + b[1], a[2] + b[2], a[3] + b[3]]
+    std::array::from_fn(|i| a[i] + b[i])
+}
+
+/// Totals of four values, and IPv4 and IPv6 parts that differ from them
+/// and from each other (layout 1 drops the parts).
+fn counts(rx_bytes: u64, rx_packets: u64, tx_bytes: u64, tx_packets: u64) -> Counts {
+    let t = [rx_bytes, rx_packets, tx_bytes, tx_packets];
+    let mut out = [0; 12];
+    for i in 0..4 {
+        out[i] = t[i];
+        out[4 + i] = t[i] / 2;
+        out[8 + i] = t[i] / 3;
+    }
+    out
 }
 
 fn iface_info(name: &str, state: u32) -> Vec<u8> {
@@ -146,22 +164,25 @@ fn hex(bytes: &[u8]) -> String {
 
 /// What the planted old set holds, as the journal must report it.
 struct Planted {
-    /// (ifindex, name, state, [rx bytes, rx packets, tx bytes, tx packets])
+    /// (ifindex, name, state, counts)
     expected: Vec<(u32, String, InterfaceState, Counts)>,
 }
 
-/// Plants layout 1's maps in `dir`: the veth (`veth_ifindex`, attached) with
-/// counts on two CPUs, a gone interface in the fast array and one in the
-/// hash map, the retired entry, and a fold of the first gone one that a
-/// crash interrupted after its counts were added to the retired entry.
-fn plant(dir: &Path, veth: &str, veth_ifindex: u32) -> Planted {
+/// Plants the maps of `layout` (1 or 2) in `dir`: the veth
+/// (`veth_ifindex`, attached) with counts on two CPUs, a gone interface in
+/// the fast array and one in the hash map, the retired entry, and a fold of
+/// the first gone one that a crash interrupted after its counts were added
+/// to the retired entry.
+fn plant(dir: &Path, veth: &str, veth_ifindex: u32, layout: u32) -> Planted {
     fs::create_dir_all(dir.join("links")).expect("pin dir");
     let cpus = aya::util::nr_cpus().expect("CPUs");
+    let counters_size: u32 = if layout == 1 { 32 } else { 96 };
+    let meta_size = 8 + 4 + 4 + 16 + 8 + 8 + counters_size;
     let meta = create_pinned(
         &dir.join("TALLY_META"),
         "TALLY_META",
         BPF_MAP_TYPE_ARRAY,
-        80,
+        meta_size,
         1,
         0,
     );
@@ -169,7 +190,7 @@ fn plant(dir: &Path, veth: &str, veth_ifindex: u32) -> Planted {
         &dir.join("TALLY_FAST"),
         "TALLY_FAST",
         BPF_MAP_TYPE_PERCPU_ARRAY,
-        32,
+        counters_size,
         4096,
         0,
     );
@@ -177,7 +198,7 @@ fn plant(dir: &Path, veth: &str, veth_ifindex: u32) -> Planted {
         &dir.join("TALLY_COUNTERS"),
         "TALLY_COUNTERS",
         BPF_MAP_TYPE_PERCPU_HASH,
-        32,
+        counters_size,
         16_384,
         BPF_F_NO_PREALLOC,
     );
@@ -190,30 +211,35 @@ fn plant(dir: &Path, veth: &str, veth_ifindex: u32) -> Planted {
         BPF_F_NO_PREALLOC,
     );
 
-    let veth_counts = [5_000, 50, 6_000, 60];
-    let veth_more = [1_500, 1, 60, 1];
-    let gone_fast = [700, 7, 800, 8];
-    let gone_hash = [9_000, 90, 9_500, 95];
-    let retired_before = [1_000, 10, 2_000, 20];
+    let veth_counts = counts(5_000, 50, 6_000, 60);
+    let veth_more = counts(1_500, 1, 60, 1);
+    let gone_fast = counts(700, 7, 800, 8);
+    let gone_hash = counts(9_000, 90, 9_500, 95);
+    let retired_before = counts(1_000, 10, 2_000, 20);
     // The fold of ifindex 77 got as far as adding its counts to the retired
     // entry; its own entry and record are still there.
     let retired = plus(retired_before, gone_fast);
 
     let mut meta_value = Vec::new();
     meta_value.extend(u64::from_le_bytes(*b"tallyctr").to_ne_bytes());
-    meta_value.extend(1u32.to_ne_bytes()); // layout 1
+    meta_value.extend(layout.to_ne_bytes());
     meta_value.extend(77u32.to_ne_bytes()); // folding ifindex 77
     meta_value.extend(OLD_EPOCH);
     meta_value.extend(OLD_CREATED.to_ne_bytes());
     meta_value.extend(1u64.to_ne_bytes());
-    meta_value.extend(counts_bytes(retired_before));
-    assert_eq!(meta_value.len(), 80);
+    meta_value.extend(counts_bytes(retired_before, layout));
+    assert_eq!(meta_value.len(), meta_size as usize);
     update(&meta, 0, &meta_value);
 
-    update(&fast, 0, &per_cpu(cpus, retired, [0; 4]));
-    update(&fast, veth_ifindex, &per_cpu(cpus, veth_counts, veth_more));
-    update(&fast, 77, &per_cpu(cpus, gone_fast, [0; 4]));
-    update(&hash, 5_000, &per_cpu(cpus, gone_hash, [0; 4]));
+    let none = [0; 12];
+    update(&fast, 0, &per_cpu(cpus, retired, none, layout));
+    update(
+        &fast,
+        veth_ifindex,
+        &per_cpu(cpus, veth_counts, veth_more, layout),
+    );
+    update(&fast, 77, &per_cpu(cpus, gone_fast, none, layout));
+    update(&hash, 5_000, &per_cpu(cpus, gone_hash, none, layout));
     update(&ifaces, veth_ifindex, &iface_info(veth, 1));
     update(&ifaces, 77, &iface_info("gone77", 2));
     update(&ifaces, 5_000, &iface_info("gone5000", 2));
@@ -267,6 +293,20 @@ fn counters_of_layout_1_are_taken_over_and_their_last_counts_kept_for_the_collec
     ) {
         return;
     }
+    take_over(1);
+}
+
+#[test]
+fn counters_of_layout_2_are_taken_over_and_their_last_counts_kept_for_the_collector() {
+    if !privileged(
+        "counters_of_layout_2_are_taken_over_and_their_last_counts_kept_for_the_collector",
+    ) {
+        return;
+    }
+    take_over(2);
+}
+
+fn take_over(layout: u32) {
     let link = Link::new();
     // A collector nobody answers at: the journal keeps what is to be sent.
     let mut agent = Agent::start_with_env(
@@ -287,12 +327,15 @@ fn counters_of_layout_1_are_taken_over_and_their_last_counts_kept_for_the_collec
         .trim()
         .parse()
         .expect("ifindex");
-    let planted = plant(&agent.pin_dir, &link.if_a, ifindex);
+    let planted = plant(&agent.pin_dir, &link.if_a, ifindex, layout);
 
     agent.restart();
     agent.wait_for(&link.if_a);
     let log = agent.log();
-    assert!(log.contains("layout 1"), "the take-over is logged:\n{log}");
+    assert!(
+        log.contains(&format!("layout {layout}")),
+        "the take-over is logged:\n{log}"
+    );
 
     // The new set: its own epoch, counting with the split.
     let status = agent.status().expect("status");
@@ -321,20 +364,36 @@ fn counters_of_layout_1_are_taken_over_and_their_last_counts_kept_for_the_collec
         .interfaces
         .iter()
         .map(|i| {
-            assert!(
-                i.ipv4.is_none() && i.ipv6.is_none(),
-                "layout 1 had no split: {i:?}"
-            );
-            (
-                i.ifindex,
-                i.name.clone(),
-                i.state(),
-                [i.rx_bytes, i.rx_packets, i.tx_bytes, i.tx_packets],
-            )
+            let mut c = [0; 12];
+            c[..4].copy_from_slice(&[i.rx_bytes, i.rx_packets, i.tx_bytes, i.tx_packets]);
+            if layout == 1 {
+                assert!(
+                    i.ipv4.is_none() && i.ipv6.is_none(),
+                    "layout 1 had no split: {i:?}"
+                );
+            } else {
+                for (at, part) in [(4, &i.ipv4), (8, &i.ipv6)] {
+                    let part = part.as_ref().expect("layout 2 has the split");
+                    c[at..at + 4].copy_from_slice(&[
+                        part.rx_bytes,
+                        part.rx_packets,
+                        part.tx_bytes,
+                        part.tx_packets,
+                    ]);
+                }
+            }
+            (i.ifindex, i.name.clone(), i.state(), c)
         })
         .collect();
-    assert_eq!(
-        got, planted.expected,
-        "the old set's final counts, each once"
-    );
+    let expected: Vec<_> = planted
+        .expected
+        .into_iter()
+        .map(|(ifindex, name, state, mut c)| {
+            if layout == 1 {
+                c[4..].fill(0);
+            }
+            (ifindex, name, state, c)
+        })
+        .collect();
+    assert_eq!(got, expected, "the old set's final counts, each once");
 }

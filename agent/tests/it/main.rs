@@ -17,3 +17,4 @@ mod journal;
 mod layout_upgrade;
 mod lifecycle;
 mod link_classes;
+mod wire_frames;

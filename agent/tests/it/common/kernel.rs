@@ -30,16 +30,22 @@ pub fn program_exists(id: u32) -> bool {
         .any(|p| p.id() == id)
 }
 
-/// Asserts `ours == kernel` for the four traffic counters, explaining drops.
+/// Asserts `ours == kernel` for the four traffic counters, printing the
+/// differences (ours − kernel) and explaining drops.
 pub fn assert_exact(what: &str, ours: &IfStats, kernel: &IfStats) {
+    let (o, k) = (ours.traffic(), kernel.traffic());
+    let diff = |a: u64, b: u64| i128::from(a) - i128::from(b);
     assert_eq!(
-        ours.traffic(),
-        kernel.traffic(),
-        "{what}: agent (rx_bytes, tx_bytes, rx_packets, tx_packets) {:?} != kernel {:?} \
+        o,
+        k,
+        "{what}: agent (rx_bytes, tx_bytes, rx_packets, tx_packets) {o:?} != kernel {k:?}, \
+         agent − kernel = ({}, {}, {}, {}) \
          (kernel drops over the interval: rx_dropped {}, tx_dropped {}; a packet dropped after our \
          egress hook is counted by us and not by the kernel's tx statistics)",
-        ours.traffic(),
-        kernel.traffic(),
+        diff(o.0, k.0),
+        diff(o.1, k.1),
+        diff(o.2, k.2),
+        diff(o.3, k.3),
         kernel.rx_dropped,
         kernel.tx_dropped
     );
