@@ -6,6 +6,9 @@
 //! - `tally-vm: pass <scenario> (<seconds>s)`
 //! - `tally-vm: FAIL <scenario>` after the reason, each of its lines
 //!   prefixed with `  | `
+//! - `tally-vm: peer tcp <to guest> <from guest>` and `tally-vm: peer udp
+//!   <datagrams> <size>`: the host is to send that traffic through the
+//!   port forwards (see [`mod@nic`])
 //! - `tally-vm: e2e <rx bytes> <tx bytes>`: what the kernel counted on the
 //!   reported interface since before the agent started; the host checks
 //!   that the collector stored exactly that
@@ -15,7 +18,10 @@
 
 mod agent;
 mod bench;
+mod ethtool;
+mod gro;
 mod net;
+mod nic;
 mod scenarios;
 mod stats;
 mod traffic;
@@ -31,7 +37,8 @@ pub struct Config {
     /// The attach mode `--attach auto` must pick on this kernel
     /// (`netlink` or `tcx`).
     pub attach_mode: String,
-    /// The collector's URL as the guest reaches it (`http://10.0.2.2:<port>`).
+    /// The collector's URL as the guest reaches it (through QEMU's guest
+    /// forward, `http://10.0.2.100:50051`).
     pub collector: String,
     /// The file holding the node's token.
     pub token_file: String,

@@ -165,6 +165,14 @@ impl Rtnl {
             .with_context(|| format!("adding {addr}/24 to {name}"))
     }
 
+    /// Adds `addr`/64 to `name`.
+    pub fn address_v6(&self, name: &str, addr: std::net::Ipv6Addr) -> anyhow::Result<()> {
+        let index = self.index(name)?;
+        self.runtime
+            .block_on(self.handle.address().add(index, addr.into(), 64).execute())
+            .with_context(|| format!("adding {addr}/64 to {name}"))
+    }
+
     /// The BPF filters on one hook of `name`, as the kernel lists them:
     /// `(program name, program id)`.
     pub fn bpf_filters(&self, name: &str, hook: Hook) -> anyhow::Result<Vec<(String, u32)>> {
@@ -217,4 +225,11 @@ impl Rtnl {
 pub enum Hook {
     Ingress,
     Egress,
+}
+
+/// Writes `value` to `/proc/sys/<key>` (in the calling thread's network
+/// namespace for `net/` keys).
+pub fn sysctl(key: &str, value: &str) -> anyhow::Result<()> {
+    let path = format!("/proc/sys/{key}");
+    std::fs::write(&path, value).with_context(|| format!("writing {value} to {path}"))
 }

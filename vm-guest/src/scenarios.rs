@@ -1,5 +1,7 @@
 //! What `vm-test` checks in each VM, in order, on a veth pair `tv0` (root
-//! namespace, counted) – `tv1` (the peer's namespace):
+//! namespace, counted) – `tv1` (the peer's namespace), both without TCP or
+//! UDP segmentation offload so that their statistics count wire frames
+//! ([`ethtool::WIRE_LIKE`]):
 //!
 //! 1. `tcx-refused`: `--attach tcx` on a kernel without TCX fails with the
 //!    documented message (only where `auto` must pick netlink);
@@ -13,10 +15,14 @@
 //! 5. `last-heartbeat`: SIGTERM delivers a last heartbeat; then the kernel's
 //!    counts since before the start are printed for the host's check;
 //! 6. `detach`: no filter, program, map or pin is left (the kernel's view);
-//! 7. `link-classes`: vlan, macvlan, bridge, dummy, wireguard, veth and the
+//! 7. `nic-offloads`: the VM's NIC with GRO (and TSO where it has it) on
+//!    and off, traffic from the host: exact (see [`crate::nic`]);
+//! 8. `veth-gro`: TCP over IPv6 and over a VLAN on a second veth pair with
+//!    GRO on: exact (see [`crate::gro`]);
+//! 9. `link-classes`: vlan, macvlan, bridge, dummy, wireguard, veth and the
 //!    VM's NIC get the kinds the link-classes test expects;
-//! 8. `procfs`: the /proc/net/dev source reads the kernel's counts, and
-//!    `run --source procfs` runs.
+//! 10. `procfs`: the /proc/net/dev source reads the kernel's counts, and
+//!     `run --source procfs` runs.
 
 use std::{
     collections::BTreeMap,
@@ -31,8 +37,9 @@ use anyhow::{Context as _, bail, ensure};
 use crate::{
     Config, Report,
     agent::{self, Agent},
-    net::{Hook, Netns, Rtnl},
-    say,
+    ethtool, gro,
+    net::{Hook, Netns, Rtnl, sysctl},
+    nic, say,
     stats::{Counts, expect_exact},
     traffic::{Direction, Ends},
 };
@@ -59,9 +66,11 @@ impl Lab {
         // kernel's counts then hold only the test's traffic.
         sysctl(&format!("net/ipv6/conf/{COUNTED}/disable_ipv6"), "1")?;
         root.address(COUNTED, ROOT_IP)?;
+        ethtool::set(COUNTED, ethtool::WIRE_LIKE)?;
         root.up(COUNTED)?;
         peer_ns.run(|| {
             sysctl(&format!("net/ipv6/conf/{PEER}/disable_ipv6"), "1")?;
+            ethtool::set(PEER, ethtool::WIRE_LIKE)?;
             let peer = Rtnl::open()?;
             peer.address(PEER, PEER_IP)?;
             peer.up(PEER)?;
@@ -76,8 +85,8 @@ impl Lab {
 
     pub fn ends(&self) -> Ends<'_> {
         Ends {
-            root: ROOT_IP,
-            peer: PEER_IP,
+            root: ROOT_IP.into(),
+            peer: PEER_IP.into(),
             peer_ns: &self.peer_ns,
         }
     }
@@ -119,11 +128,6 @@ impl Lab {
     }
 }
 
-fn sysctl(key: &str, value: &str) -> anyhow::Result<()> {
-    let path = format!("/proc/sys/{key}");
-    fs::write(&path, value).with_context(|| format!("writing {value} to {path}"))
-}
-
 pub fn run_all(config: &Config, report: &mut Report) {
     let lab = match Lab::build() {
         Ok(lab) => lab,
@@ -145,6 +149,8 @@ pub fn run_all(config: &Config, report: &mut Report) {
         report.run("last-heartbeat", || last_heartbeat(agent, kernel_start));
         report.run("detach", || detach(&lab, agent));
     }
+    report.run("nic-offloads", nic::offloads);
+    report.run("veth-gro", gro::veth_gro);
     report.run("link-classes", link_classes);
     report.run("procfs", procfs);
 }

@@ -4,7 +4,7 @@
 
 use std::{
     io::{Read as _, Write as _},
-    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket},
     thread,
     time::Duration,
 };
@@ -24,8 +24,8 @@ pub enum Direction {
 
 /// The two ends: the root namespace's address and the peer's (in `peer`).
 pub struct Ends<'a> {
-    pub root: Ipv4Addr,
-    pub peer: Ipv4Addr,
+    pub root: IpAddr,
+    pub peer: IpAddr,
     pub peer_ns: &'a Netns,
 }
 
@@ -91,7 +91,7 @@ impl Ends<'_> {
             Direction::Out => (self.root, self.peer, false),
             Direction::In => (self.peer, self.root, true),
         };
-        let bind = |addr: Ipv4Addr| move || UdpSocket::bind((addr, 0)).context("binding UDP");
+        let bind = |addr: IpAddr| move || UdpSocket::bind((addr, 0)).context("binding UDP");
         let receiver = if from_peer {
             bind(to)()?
         } else {
@@ -116,5 +116,100 @@ impl Ends<'_> {
         }
         drop(receiver);
         Ok(())
+    }
+
+    /// Sends `sends` buffers of `segments` datagrams of `size` bytes each
+    /// with UDP segmentation offload (`UDP_SEGMENT`) in `direction`, to a
+    /// socket that takes GRO-merged datagrams (`UDP_GRO`); returns the
+    /// datagrams received and the reads they took.
+    pub fn udp_segmented(
+        &self,
+        direction: Direction,
+        sends: usize,
+        segments: usize,
+        size: usize,
+    ) -> anyhow::Result<(usize, usize)> {
+        let (from, to, from_peer) = match direction {
+            Direction::Out => (self.root, self.peer, false),
+            Direction::In => (self.peer, self.root, true),
+        };
+        let bind_receiver = move || -> anyhow::Result<UdpSocket> {
+            let socket = UdpSocket::bind((to, 0)).context("binding UDP")?;
+            set_udp_option(&socket, libc::UDP_GRO, 1).context("UDP_GRO")?;
+            socket
+                .set_read_timeout(Some(Duration::from_millis(500)))
+                .context("read timeout")?;
+            Ok(socket)
+        };
+        let receiver = if from_peer {
+            bind_receiver()?
+        } else {
+            self.peer_ns.run(bind_receiver)?
+        };
+        let target: SocketAddr = receiver.local_addr().context("receiver address")?;
+        let segment = libc::c_int::try_from(size).context("segment size")?;
+        let send = move || -> anyhow::Result<UdpSocket> {
+            let socket = UdpSocket::bind((from, 0)).context("binding UDP")?;
+            set_udp_option(&socket, libc::UDP_SEGMENT, segment).context("UDP_SEGMENT")?;
+            Ok(socket)
+        };
+        let sender = if from_peer {
+            self.peer_ns.run(send)?
+        } else {
+            send()?
+        };
+        let buffer = vec![0x3c; segments * size];
+        let mut buf = vec![0; 64 * 1024];
+        let (mut datagrams, mut reads) = (0, 0);
+        for _ in 0..sends {
+            sender.send_to(&buffer, target).context("UDP GSO send")?;
+            // One buffer at a time: read it before the next one.
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            let want = datagrams + segments;
+            while datagrams < want && std::time::Instant::now() < deadline {
+                match receiver.recv(&mut buf) {
+                    Ok(n) => {
+                        reads += 1;
+                        datagrams += n.div_ceil(size);
+                    }
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        ) =>
+                    {
+                        break;
+                    }
+                    Err(e) => return Err(e).context("UDP receive"),
+                }
+            }
+        }
+        if datagrams != sends * segments {
+            bail!("received {datagrams} of {} datagrams", sends * segments);
+        }
+        Ok((datagrams, reads))
+    }
+}
+
+fn set_udp_option(
+    socket: &UdpSocket,
+    option: libc::c_int,
+    value: libc::c_int,
+) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    // SAFETY: setsockopt on a socket we own, with an int of the size given.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_UDP,
+            option,
+            (&raw const value).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }

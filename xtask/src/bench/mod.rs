@@ -9,6 +9,9 @@
 //!   (on B's veth), against the empty classifier `tally_noop` attached at the
 //!   same time on the same hooks (all TCX; the programs return `TCX_NEXT`, so
 //!   every datagram passes both), which position goes first alternating;
+//! - GRO case: the same comparison on large TCP transfers whose packets
+//!   stand for several frames (GRO on at A, segmentation after the egress
+//!   hook at B): time per run, per frame and per KiB counted;
 //! - throughput: datagrams per second that reach the receiving socket with
 //!   nothing attached, with the empty program and with tally's programs on
 //!   both hooks of both veths, in short alternating phases (the median of the
@@ -24,10 +27,12 @@
 //! [`sysctl`] the sysctl guard, [`programs`] loading, attaching and the run
 //! statistics of the programs, [`traffic`] the UDP sockets and the sending
 //! and receiving threads, [`rounds`] the run-cost rounds and throughput
-//! phases, [`mod@report`] the tables and verdicts.
+//! phases, [`mod@report`] the tables and verdicts, [`gro`] the GRO case
+//! (large TCP transfers in packets of several frames).
 //!
 //! `cargo xtask bench ingest` is a benchmark of its own, in [`ingest`].
 
+mod gro;
 pub(crate) mod ingest;
 mod net;
 mod programs;
@@ -169,7 +174,12 @@ fn measure(object: &Path, net: &TestNet) -> anyhow::Result<String> {
     let cost = run_cost(&mut progs, net, &traffic)?;
     stats.restore()?;
     let throughput = throughput(&mut progs, net, &traffic)?;
+    // Last: it turns GRO on and segmentation offload off on the pair.
+    let mut gro_stats = Sysctl::set(BPF_STATS_SYSCTL, "1")?;
+    let gro = gro::gro_cost(&mut progs, net)?;
+    gro_stats.restore()?;
     let mut text = report(&cost, &stats, &throughput);
+    text.push_str(&gro::gro_report(&gro));
     let _ = writeln!(
         text,
         "load average (1 min) before/after: {load_before} / {}; other work on the machine \

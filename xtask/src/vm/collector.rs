@@ -1,8 +1,8 @@
 //! The host's side of the end-to-end check: a throwaway PostgreSQL and the
 //! static `tally-collector` (the release build for this machine's CPU) on
-//! the host's loopback, which the guests reach through QEMU's user network
-//! as 10.0.2.2; a node per VM, and its stored totals. Built from the demo's
-//! parts (cluster, collector process, JSON API client).
+//! the host's loopback, which the guests reach through QEMU's guest
+//! forward (`qemu::GUEST_COLLECTOR`); a node per VM, and its stored totals.
+//! Built from the demo's parts (cluster, collector process, JSON API client).
 
 use std::{
     net::Ipv4Addr,
@@ -49,7 +49,12 @@ impl HostCollector {
 
     /// The collector's URL as a guest on QEMU's user network reaches it.
     pub fn url_for_guests(&self) -> String {
-        format!("http://10.0.2.2:{}", self.grpc_port)
+        format!("http://{}", super::qemu::GUEST_COLLECTOR)
+    }
+
+    /// The port the guest forward relays to.
+    pub fn grpc_port(&self) -> u16 {
+        self.grpc_port
     }
 
     /// Enrols `name` (replacing one of that name); its token.

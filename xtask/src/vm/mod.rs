@@ -16,10 +16,12 @@
 mod collector;
 mod initramfs;
 mod kernel;
+mod peer;
 mod qemu;
 
 use std::{
     fs,
+    net::Ipv4Addr,
     os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
     process::Command,
@@ -283,12 +285,22 @@ fn run_kernel(kernel: Kernel, fetched: &Fetched, job: &Job<'_>) -> anyhow::Resul
         &archive,
     )?;
 
+    let forwards = qemu::Forwards {
+        tcp: crate::demo::free_port(Ipv4Addr::LOCALHOST)?.port(),
+        udp: free_udp_port()?,
+        collector: match job {
+            Job::Scenarios(collector) => Some(collector.grpc_port()),
+            Job::Bench(_) => None,
+        },
+    };
+    let mut peers = Vec::new();
     let started = Instant::now();
     let (mut vm, first) = Vm::boot(
         kernel.target,
         &qemu::accels(kernel.target)?,
         &unpacked.image,
         &archive,
+        &forwards,
     )?;
     let boot = started.elapsed();
     let mut outcome = Outcome {
@@ -335,11 +347,23 @@ fn run_kernel(kernel: Kernel, fetched: &Fetched, job: &Job<'_>) -> anyhow::Resul
                     }
                 }
             }
+            (Some("peer"), Some(kind)) => {
+                peers.push(peer::start(forwards, std::iter::once(kind).chain(words)));
+            }
             (Some("done"), _) => {
                 done = true;
                 break;
             }
             _ => {}
+        }
+    }
+    for peer in peers {
+        let result = peer
+            .join()
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("the host's peer thread panicked")));
+        if let Err(error) = result {
+            eprintln!("  [{}] host peer: {error:#}", kernel.name);
+            outcome.failed.push("host-peer".to_owned());
         }
     }
     if !done {
@@ -350,6 +374,12 @@ fn run_kernel(kernel: Kernel, fetched: &Fetched, job: &Job<'_>) -> anyhow::Resul
     vm.wait(Instant::now() + Duration::from_secs(30))?;
     outcome.total = started.elapsed();
     Ok(outcome)
+}
+
+/// A UDP port on the host's loopback that is free now.
+fn free_udp_port() -> anyhow::Result<u16> {
+    let socket = std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).context("a free UDP port")?;
+    Ok(socket.local_addr().context("its address")?.port())
 }
 
 /// The host's half of the end-to-end check: the collector stored exactly

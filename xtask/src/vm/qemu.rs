@@ -32,8 +32,52 @@ impl Accel {
     }
 }
 
+/// The guest's network: QEMU's user network with `restrict=on` (the guest
+/// reaches nothing but these forwards, so nothing leaves the host): the
+/// host's loopback ports `tcp` and `udp` forward to the guest's
+/// [`GUEST_TCP_PORT`] and [`GUEST_UDP_PORT`] (the traffic of
+/// `nic-offloads`), and the guest's connections to
+/// [`GUEST_COLLECTOR`] reach the collector on the host's loopback port
+/// `collector`, each through a `busybox nc` that QEMU starts.
+#[derive(Debug, Clone, Copy)]
+pub struct Forwards {
+    pub tcp: u16,
+    pub udp: u16,
+    pub collector: Option<u16>,
+}
+
+/// The guest ports of `vm-guest`'s `nic-offloads`.
+pub const GUEST_TCP_PORT: u16 = 5201;
+pub const GUEST_UDP_PORT: u16 = 5202;
+/// Where the guest finds the collector (an address of QEMU's user network
+/// that only the guest forward answers).
+pub const GUEST_COLLECTOR: &str = "10.0.2.100:50051";
+
+impl Forwards {
+    fn nic(&self) -> String {
+        let mut nic = format!(
+            "user,model=virtio-net-pci,restrict=on,\
+             hostfwd=tcp:127.0.0.1:{}-10.0.2.15:{GUEST_TCP_PORT},\
+             hostfwd=udp:127.0.0.1:{}-10.0.2.15:{GUEST_UDP_PORT}",
+            self.tcp, self.udp
+        );
+        if let Some(port) = self.collector {
+            nic.push_str(&format!(
+                ",guestfwd=tcp:{GUEST_COLLECTOR}-cmd:busybox nc 127.0.0.1 {port}"
+            ));
+        }
+        nic
+    }
+}
+
 /// The QEMU program and arguments for a guest of `target`.
-fn command(target: Target, accel: Accel, kernel: &Path, initramfs: &Path) -> Command {
+fn command(
+    target: Target,
+    accel: Accel,
+    kernel: &Path,
+    initramfs: &Path,
+    forwards: &Forwards,
+) -> Command {
     let (program, machine, console): (&str, &[&str], &str) = match target {
         Target::X86_64 => ("qemu-system-x86_64", &[], "ttyS0"),
         // pauth-impdef: QEMU's own pointer-authentication algorithm, much
@@ -56,7 +100,7 @@ fn command(target: Target, accel: Accel, kernel: &Path, initramfs: &Path) -> Com
             "-serial",
             "stdio",
         ])
-        .args(["-nic", "user,model=virtio-net-pci"])
+        .args(["-nic", &forwards.nic()])
         .arg("-kernel")
         .arg(kernel)
         .arg("-initrd")
@@ -111,10 +155,11 @@ impl Vm {
         accels: &[Accel],
         kernel: &Path,
         initramfs: &Path,
+        forwards: &Forwards,
     ) -> anyhow::Result<(Self, String)> {
         let mut why = Vec::new();
         for &accel in accels {
-            let mut vm = Self::start(target, accel, kernel, initramfs)?;
+            let mut vm = Self::start(target, accel, kernel, initramfs, forwards)?;
             match vm.next_line_with("tally-vm: ", Instant::now() + first_line_within(accel)) {
                 Ok(Some(line)) => return Ok((vm, line)),
                 Ok(None) => why.push(format!(
@@ -137,8 +182,9 @@ impl Vm {
         accel: Accel,
         kernel: &Path,
         initramfs: &Path,
+        forwards: &Forwards,
     ) -> anyhow::Result<Self> {
-        let mut cmd = command(target, accel, kernel, initramfs);
+        let mut cmd = command(target, accel, kernel, initramfs, forwards);
         let mut child = cmd.spawn().with_context(|| {
             format!("cannot start {cmd:?} (Debian's qemu-system-x86 / qemu-system-arm)")
         })?;
