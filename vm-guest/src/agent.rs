@@ -9,7 +9,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, bail};
+use anyhow::{Context as _, bail, ensure};
+
+use crate::{
+    say,
+    stats::{Counts, expect_exact},
+};
 
 /// Where the initramfs puts the agent.
 pub const BINARY: &str = "/bin/tally-agent";
@@ -171,6 +176,49 @@ impl Agent {
             }
             thread::sleep(Duration::from_millis(100));
         }
+    }
+}
+
+impl Agent {
+    /// SIGTERM, then `detach`: nothing of this agent's is left.
+    pub fn stop_and_detach(&mut self) -> anyhow::Result<()> {
+        self.stop()?;
+        let detached = self.cli(&["detach"])?;
+        ensure!(
+            detached.status.success(),
+            "detach: {}",
+            String::from_utf8_lossy(&detached.stderr)
+        );
+        Ok(())
+    }
+
+    /// Its counts of `iface` and the kernel's, of the same moment: the
+    /// kernel's once settled, between two equal readings of the agent's.
+    pub fn readings(&self, iface: &str) -> anyhow::Result<(Counts, Counts)> {
+        for _ in 0..10 {
+            let before = Counts::of_status(&self.status()?, iface)?;
+            let kernel = Counts::of_kernel_settled(iface)?;
+            let ours = Counts::of_status(&self.status()?, iface)?;
+            if ours == before {
+                return Ok((ours, kernel));
+            }
+        }
+        bail!("{iface} did not fall quiet for a reading")
+    }
+
+    /// What the agent and the kernel counted on `iface` since `start` (a
+    /// [`Self::readings`]), printed, and the same to the packet.
+    pub fn expect_exact_since(
+        &self,
+        iface: &str,
+        start: (Counts, Counts),
+        what: &str,
+    ) -> anyhow::Result<()> {
+        let (ours, kernel) = self.readings(iface)?;
+        let ours = ours.since(start.0).context("tally's counters")?;
+        let kernel = kernel.since(start.1).context("the kernel's statistics")?;
+        say(&format!("  {what}: kernel {kernel}; tally {ours}"));
+        expect_exact(what, ours, kernel)
     }
 }
 

@@ -89,15 +89,15 @@ pub fn veth_gro() -> anyhow::Result<()> {
     agent.wait_attached(&[COUNTED])?;
     let result = (|| {
         napi_quirk(&agent, &vlan)?;
-        let start = both(&agent)?;
+        let start = agent.readings(COUNTED)?;
         v6.tcp(Direction::In, 4 << 20)?;
         v6.tcp(Direction::Out, 4 << 20)?;
         check(&agent, start, "TCP over IPv6 both ways")?;
-        let start = both(&agent)?;
+        let start = agent.readings(COUNTED)?;
         vlan.tcp(Direction::In, 4 << 20)?;
         vlan.tcp(Direction::Out, 4 << 20)?;
         check(&agent, start, "TCP over VLAN 10 both ways")?;
-        let start = both(&agent)?;
+        let start = agent.readings(COUNTED)?;
         for (direction, way) in [(Direction::In, "in"), (Direction::Out, "out")] {
             let (datagrams, reads) = v6.udp_segmented(direction, 100, 20, 1_200)?;
             say(&format!(
@@ -110,28 +110,8 @@ pub fn veth_gro() -> anyhow::Result<()> {
         }
         check(&agent, start, "UDP GSO over IPv6 both ways")
     })();
-    agent.stop()?;
-    let detached = agent.cli(&["detach"])?;
-    ensure!(
-        detached.status.success(),
-        "detach: {}",
-        String::from_utf8_lossy(&detached.stderr)
-    );
+    agent.stop_and_detach()?;
     result
-}
-
-/// tally's and the kernel's counts of the same moment: the kernel's once
-/// settled, between two equal readings of tally's.
-fn both(agent: &Agent) -> anyhow::Result<(Counts, Counts)> {
-    for _ in 0..10 {
-        let before = Counts::of_status(&agent.status()?, COUNTED)?;
-        let kernel = Counts::of_kernel_settled(COUNTED)?;
-        let ours = Counts::of_status(&agent.status()?, COUNTED)?;
-        if ours == before {
-            return Ok((ours, kernel));
-        }
-    }
-    anyhow::bail!("{COUNTED} did not fall quiet for a reading")
 }
 
 /// 100 datagrams of 100 bytes in over the VLAN (the tag travels beside
@@ -139,9 +119,9 @@ fn both(agent: &Agent) -> anyhow::Result<(Counts, Counts)> {
 /// fewer. The pair's own chatter (IPv6 router solicitations and the like)
 /// may add a frame or two, counted by both the same way.
 fn napi_quirk(agent: &Agent, vlan: &Ends<'_>) -> anyhow::Result<()> {
-    let (ours0, kernel0) = both(agent)?;
+    let (ours0, kernel0) = agent.readings(COUNTED)?;
     vlan.udp(Direction::In, 100, 100)?;
-    let (ours, kernel) = both(agent)?;
+    let (ours, kernel) = agent.readings(COUNTED)?;
     let ours = ours.since(ours0)?;
     let kernel = kernel.since(kernel0)?;
     say(&format!(
@@ -162,7 +142,7 @@ fn napi_quirk(agent: &Agent, vlan: &Ends<'_>) -> anyhow::Result<()> {
 }
 
 fn check(agent: &Agent, start: (Counts, Counts), what: &str) -> anyhow::Result<()> {
-    let (ours, kernel) = both(agent)?;
+    let (ours, kernel) = agent.readings(COUNTED)?;
     let ours = ours.since(start.0).context("tally's counters")?;
     let kernel = kernel.since(start.1).context("the kernel's statistics")?;
     let wire = Counts {

@@ -18,7 +18,6 @@
 use std::{
     io::{self, Read as _, Write as _},
     net::{SocketAddr, TcpListener, UdpSocket},
-    os::fd::AsRawFd as _,
     thread,
     time::{Duration, Instant},
 };
@@ -29,7 +28,7 @@ use crate::{
     agent::Agent,
     ethtool::{self, Features},
     say,
-    stats::{Counts, expect_exact},
+    traffic::set_udp_option,
 };
 
 pub const NIC: &str = "eth0";
@@ -60,13 +59,7 @@ pub fn offloads() -> anyhow::Result<()> {
     )?;
     agent.wait_attached(&[NIC])?;
     let result = rounds(&agent);
-    agent.stop()?;
-    let detached = agent.cli(&["detach"])?;
-    ensure!(
-        detached.status.success(),
-        "detach: {}",
-        String::from_utf8_lossy(&detached.stderr)
-    );
+    agent.stop_and_detach()?;
     result
 }
 
@@ -85,11 +78,11 @@ fn rounds(agent: &Agent) -> anyhow::Result<()> {
             Features::of(NIC)?.describe(&SHOWN)
         ));
 
-        let start = both(agent)?;
+        let start = agent.readings(NIC)?;
         tcp_round(&listener)?;
-        expect_exact_since(agent, start, &format!("{label}, TCP 10 MiB in, 5 MiB out"))?;
+        agent.expect_exact_since(NIC, start, &format!("{label}, TCP 10 MiB in, 5 MiB out"))?;
 
-        let start = both(agent)?;
+        let start = agent.readings(NIC)?;
         let (datagrams, reads, peer) = udp_round(&udp)?;
         say(&format!(
             "  {label}, UDP: {datagrams} datagrams in {reads} reads ({})",
@@ -101,23 +94,9 @@ fn rounds(agent: &Agent) -> anyhow::Result<()> {
         ));
         let gso = udp_gso_reply(&udp, peer);
         say(&format!("  {label}, UDP GSO replies: {gso}"));
-        expect_exact_since(agent, start, &format!("{label}, UDP"))?;
+        agent.expect_exact_since(NIC, start, &format!("{label}, UDP"))?;
     }
     Ok(())
-}
-
-fn both(agent: &Agent) -> anyhow::Result<(Counts, Counts)> {
-    let kernel = Counts::of_kernel_settled(NIC)?;
-    let ours = Counts::of_status(&agent.status()?, NIC)?;
-    Ok((ours, kernel))
-}
-
-fn expect_exact_since(agent: &Agent, start: (Counts, Counts), what: &str) -> anyhow::Result<()> {
-    let (ours, kernel) = both(agent)?;
-    let ours = ours.since(start.0).context("tally's counters")?;
-    let kernel = kernel.since(start.1).context("the kernel's statistics")?;
-    say(&format!("  {what}: kernel {kernel}; tally {ours}"));
-    expect_exact(what, ours, kernel)
 }
 
 /// Asks the host for a connection, reads [`TCP_IN`] bytes, writes
@@ -228,23 +207,5 @@ fn udp_gso_reply(udp: &UdpSocket, peer: SocketAddr) -> String {
         None => format!("{sent} sent"),
         Some(e) if sent == 0 => format!("not offered by {NIC} ({e})"),
         Some(e) => format!("{sent} sent, then {e}"),
-    }
-}
-
-fn set_udp_option(socket: &UdpSocket, option: libc::c_int, value: libc::c_int) -> io::Result<()> {
-    // SAFETY: setsockopt on a socket we own, with an int of the size given.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_UDP,
-            option,
-            (&raw const value).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
     }
 }

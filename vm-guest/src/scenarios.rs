@@ -213,34 +213,18 @@ fn attach_auto(config: &Config, lab: &Lab) -> anyhow::Result<Agent> {
     Ok(agent)
 }
 
-/// The agent's and the kernel's counts of the counted veth now (the
-/// kernel's once settled).
-fn both(agent: &Agent) -> anyhow::Result<(Counts, Counts)> {
-    let kernel = Counts::of_kernel_settled(COUNTED)?;
-    let ours = Counts::of_status(&agent.status()?, COUNTED)?;
-    Ok((ours, kernel))
-}
-
-fn expect_exact_since(agent: &Agent, start: (Counts, Counts), what: &str) -> anyhow::Result<()> {
-    let (ours, kernel) = both(agent)?;
-    let ours = ours.since(start.0).context("tally's counters")?;
-    let kernel = kernel.since(start.1).context("the kernel's statistics")?;
-    say(&format!("  {what}: kernel {kernel}; tally {ours}"));
-    expect_exact(what, ours, kernel)
-}
-
 fn exact_counting(lab: &Lab, agent: &Agent) -> anyhow::Result<()> {
-    let start = both(agent)?;
+    let start = agent.readings(COUNTED)?;
     let ends = lab.ends();
     ends.tcp(Direction::Out, 4 << 20)?;
     ends.tcp(Direction::In, 4 << 20)?;
     ends.udp(Direction::Out, 2_000, 64)?;
     ends.udp(Direction::In, 2_000, 1_200)?;
-    expect_exact_since(agent, start, "TCP and UDP both ways")
+    agent.expect_exact_since(COUNTED, start, "TCP and UDP both ways")
 }
 
 fn kill_9_restart(config: &Config, lab: &Lab, agent: &mut Agent) -> anyhow::Result<()> {
-    let start = both(agent)?;
+    let start = agent.readings(COUNTED)?;
     let epoch = agent.status()?["epoch"].clone();
     let ends = lab.ends();
     let before_restart = agent.log().len();
@@ -269,7 +253,7 @@ fn kill_9_restart(config: &Config, lab: &Lab, agent: &mut Agent) -> anyhow::Resu
         "the epoch changed from {epoch} to {after} across the restart"
     );
     lab.expect_filters(&config.attach_mode)?;
-    expect_exact_since(agent, start, "across kill -9 and restart")
+    agent.expect_exact_since(COUNTED, start, "across kill -9 and restart")
 }
 
 fn last_heartbeat(agent: &mut Agent, kernel_start: Counts) -> anyhow::Result<()> {

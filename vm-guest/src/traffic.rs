@@ -191,7 +191,8 @@ impl Ends<'_> {
     }
 }
 
-fn set_udp_option(
+/// `setsockopt(SOL_UDP, option, value)`.
+pub fn set_udp_option(
     socket: &UdpSocket,
     option: libc::c_int,
     value: libc::c_int,

@@ -10,12 +10,11 @@
 
 use std::{fmt::Write as _, time::Duration};
 
-use tally_common::programs;
 use tally_testkit::{netns::WIRE_LIKE, traffic::tcp_transfer};
 
 use super::{
     net::TestNet,
-    programs::{NOOP_ON_PATH, OURS_ON_PATH, Programs, RunStats, append},
+    programs::{Programs, RunStats},
     rounds::per_run,
 };
 
@@ -46,25 +45,13 @@ pub(super) fn gro_cost(progs: &mut Programs, net: &TestNet) -> anyhow::Result<Ve
     let mut rounds = Vec::with_capacity(GRO_ROUNDS);
     for round in 0..GRO_ROUNDS {
         let noop_first = round % 2 == 0;
-        let (first, second) = if noop_first {
-            (&NOOP_ON_PATH, &OURS_ON_PATH)
-        } else {
-            (&OURS_ON_PATH, &NOOP_ON_PATH)
-        };
-        let mut links = progs.attach(net, first, append)?;
-        links.extend(progs.attach(net, second, append)?);
-        let names = [programs::NOOP, programs::INGRESS, programs::EGRESS];
-        let mut before = [RunStats::default(); 3];
-        for (slot, name) in before.iter_mut().zip(names) {
-            *slot = progs.stats(name)?;
-        }
+        let links = progs.attach_side_by_side(net, noop_first)?;
+        let before = progs.side_by_side_stats()?;
         let counted_before = progs.counted()?;
         tcp_transfer(&net.b.ns, &net.a.ns, net.a.addr, GRO_BYTES, Duration::ZERO)?;
         let counted = progs.counted()?;
-        let mut delta = [RunStats::default(); 3];
-        for ((slot, name), before) in delta.iter_mut().zip(names).zip(before) {
-            *slot = progs.stats(name)?.since(before);
-        }
+        let after = progs.side_by_side_stats()?;
+        let delta: [RunStats; 3] = std::array::from_fn(|i| after[i].since(before[i]));
         drop(links);
         let [noop, ingress, egress] = delta;
         // Ours on the path: ingress at A (rx), egress at B (tx).

@@ -195,6 +195,34 @@ impl Programs {
         })
     }
 
+    /// The empty program and ours on the same hooks of the path
+    /// (`NOOP_ON_PATH`, `OURS_ON_PATH`), `noop_first` saying which set runs
+    /// first; dropping the returned links detaches them.
+    pub(super) fn attach_side_by_side(
+        &mut self,
+        net: &TestNet,
+        noop_first: bool,
+    ) -> anyhow::Result<Vec<SchedClassifierLink>> {
+        let (first, second) = if noop_first {
+            (&NOOP_ON_PATH, &OURS_ON_PATH)
+        } else {
+            (&OURS_ON_PATH, &NOOP_ON_PATH)
+        };
+        let mut links = self.attach(net, first, append)?;
+        links.extend(self.attach(net, second, append)?);
+        Ok(links)
+    }
+
+    /// The run statistics of the empty program, ours on ingress and ours on
+    /// egress, in that order.
+    pub(super) fn side_by_side_stats(&self) -> anyhow::Result<[RunStats; 3]> {
+        Ok([
+            self.stats(programs::NOOP)?,
+            self.stats(programs::INGRESS)?,
+            self.stats(programs::EGRESS)?,
+        ])
+    }
+
     /// Attaches with TCX; dropping the returned links detaches them.
     pub(super) fn attach(
         &mut self,

@@ -5,15 +5,12 @@
 use std::{fs, time::Duration};
 
 use anyhow::{Context as _, ensure};
-use tally_common::{IfCounters, programs};
+use tally_common::IfCounters;
 
 use super::{
     BPF_STATS_SYSCTL, COST_PACKETS, COST_ROUNDS, THROUGHPUT_PHASE, THROUGHPUT_ROUNDS,
     net::TestNet,
-    programs::{
-        NOOP_EVERYWHERE, NOOP_ON_PATH, OURS_EVERYWHERE, OURS_ON_PATH, Programs, RunStats,
-        agent_order, append,
-    },
+    programs::{NOOP_EVERYWHERE, OURS_EVERYWHERE, Programs, RunStats, agent_order},
     traffic::{Exchange, Traffic},
 };
 
@@ -57,23 +54,11 @@ fn cost_round(
     traffic: &Traffic,
     noop_first: bool,
 ) -> anyhow::Result<CostRound> {
-    let (first, second) = if noop_first {
-        (&NOOP_ON_PATH, &OURS_ON_PATH)
-    } else {
-        (&OURS_ON_PATH, &NOOP_ON_PATH)
-    };
-    let mut links = progs.attach(net, first, append)?;
-    links.extend(progs.attach(net, second, append)?);
-    let names = [programs::NOOP, programs::INGRESS, programs::EGRESS];
-    let mut before = [RunStats::default(); 3];
-    for (slot, name) in before.iter_mut().zip(names) {
-        *slot = progs.stats(name)?;
-    }
+    let links = progs.attach_side_by_side(net, noop_first)?;
+    let before = progs.side_by_side_stats()?;
     let exchange = traffic.exchange(COST_PACKETS, COUNT_PHASE_LIMIT)?;
-    let mut delta = [RunStats::default(); 3];
-    for ((slot, name), before) in delta.iter_mut().zip(names).zip(before) {
-        *slot = progs.stats(name)?.since(before);
-    }
+    let after = progs.side_by_side_stats()?;
+    let delta: [RunStats; 3] = std::array::from_fn(|i| after[i].since(before[i]));
     drop(links);
     let [noop, ingress, egress] = delta;
     let round = CostRound {
