@@ -80,6 +80,7 @@ fn merged_and_segmented_packets_count_as_their_frames() {
             &net,
             &agent_a,
             &agent_b,
+            family,
             &format!("TCP over {family}"),
             || {
                 tcp_transfer(&net.b, &net.a, to_a, TCP_BYTES, Duration::ZERO)
@@ -92,6 +93,7 @@ fn merged_and_segmented_packets_count_as_their_frames() {
             &net,
             &agent_a,
             &agent_b,
+            family,
             &format!("UDP GSO over {family}"),
             || {
                 for (from, from_ip, to, to_ip, way) in [
