@@ -24,11 +24,28 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// cannot be reached fails within [`CONNECT_TIMEOUT`] with its cause (the
 /// pool itself would retry a refused connection for its whole acquire
 /// timeout and then report only that it timed out).
+///
+/// The probe also says whether the connection is encrypted: a plaintext
+/// connection to another host is logged as a warning (`sslmode` in the URL
+/// or `PGSSLMODE` decides; sqlx's default, `prefer`, takes TLS when the
+/// server offers it).
 pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Error> {
     let options: PgConnectOptions = url.parse()?;
-    let first = first_connection(&options).await?;
+    let mut first = first_connection(&options).await?;
+    let encryption = encryption(&mut first).await?;
     // Only a probe: whether it closes cleanly does not matter.
     let _ = first.close().await;
+    let local = is_local(&options);
+    match &encryption {
+        Some(version) => tracing::debug!(tls = %version, "the database connection is encrypted"),
+        None if local => {}
+        None => tracing::warn!(
+            host = options.get_host(),
+            "the database connection is not encrypted: passwords and counters cross the network \
+             in the clear; use sslmode=verify-full (with sslrootcert=<CA file> for a private \
+             authority) in DATABASE_URL"
+        ),
+    }
     PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(10))
@@ -61,6 +78,29 @@ async fn first_connection(options: &PgConnectOptions) -> Result<PgConnection, sq
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_secs(1));
     }
+}
+
+/// The TLS version of `connection`, or `None` when it is not encrypted.
+async fn encryption(connection: &mut PgConnection) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query_scalar("SELECT version FROM pg_stat_ssl WHERE pid = pg_backend_pid() AND ssl")
+        .fetch_optional(connection)
+        .await
+}
+
+/// Whether the database is on this host: a Unix socket, `localhost` or a
+/// loopback address (where plaintext crosses no network).
+fn is_local(options: &PgConnectOptions) -> bool {
+    if options.get_socket().is_some() {
+        return true;
+    }
+    let host = options.get_host();
+    host.starts_with('/')
+        || host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Whether a failed connection may succeed when tried again soon.
@@ -206,5 +246,18 @@ mod tests {
             describe("not a URL"),
             "given by --database-url or DATABASE_URL"
         );
+    }
+
+    #[test]
+    fn only_other_hosts_are_remote() {
+        let local = |url: &str| is_local(&url.parse().expect("url"));
+        assert!(local("postgres://t@localhost/t"));
+        assert!(local("postgres://t@127.0.0.1/t"));
+        assert!(local("postgres://t@127.8.9.1:5433/t"));
+        assert!(local("postgres://t@[::1]/t"));
+        assert!(local("postgres://t@db.example/t?host=/run/postgresql"));
+        assert!(!local("postgres://t@db.example/t"));
+        assert!(!local("postgres://t@10.0.0.5/t"));
+        assert!(!local("postgres://t@[2001:db8::1]/t"));
     }
 }

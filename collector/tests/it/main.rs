@@ -18,6 +18,7 @@ mod browser;
 mod cli;
 mod corrections;
 mod counter_sets;
+mod database_tls;
 mod events;
 mod grpc;
 mod hostile;

@@ -2,8 +2,11 @@
 //!
 //! [`TempCluster::start`] runs `initdb` in a fresh temporary directory and
 //! starts `postgres` on it as a child process, listening on a Unix socket only
-//! (no TCP: a socket directory is reachable from every network namespace that
-//! shares the file system, which the end-to-end tests rely on). The cluster
+//! (no TCP unless [`Builder::tcp`] asks for it: a socket directory is
+//! reachable from every network namespace that shares the file system, which
+//! the end-to-end tests rely on). No other local user can use the cluster:
+//! the socket directory is 0700, and every connection needs the superuser's
+//! password, a random one of this cluster's ([`TempCluster::url`] holds it). The cluster
 //! can be crashed ([`TempCluster::kill9`]), stopped and restarted on the same
 //! data directory; dropping it shuts the server down and removes everything.
 //!
@@ -27,8 +30,11 @@ use std::{
     fmt::Write as _,
     fs::{self, File, OpenOptions},
     hash::{BuildHasher as _, RandomState},
-    io::{self, Read as _, Seek as _, SeekFrom},
-    os::unix::{fs::PermissionsExt as _, process::CommandExt as _},
+    io::{self, Read as _, Seek as _, SeekFrom, Write as _},
+    os::unix::{
+        fs::{OpenOptionsExt as _, PermissionsExt as _},
+        process::CommandExt as _,
+    },
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
     sync::{
@@ -57,6 +63,9 @@ const KILL_TIMEOUT: Duration = Duration::from_secs(10);
 const POLL: Duration = Duration::from_millis(10);
 /// How many lines of the server log an error message quotes.
 const LOG_TAIL_LINES: usize = 30;
+/// The server's TLS certificate and key, in the cluster's directory.
+const TLS_CERT_FILE: &str = "server.crt";
+const TLS_KEY_FILE: &str = "server.key";
 
 /// What can go wrong with a temporary cluster.
 #[derive(Debug, thiserror::Error)]
@@ -171,6 +180,15 @@ pub struct Builder {
     max_connections: u32,
     settings: Vec<(String, String)>,
     parent: Option<PathBuf>,
+    tcp: bool,
+    tls: Option<ServerTls>,
+}
+
+/// The certificate and key (PEM) the server presents to TLS clients.
+#[derive(Debug, Clone)]
+struct ServerTls {
+    cert_pem: String,
+    key_pem: String,
 }
 
 impl Default for Builder {
@@ -180,6 +198,8 @@ impl Default for Builder {
             max_connections: 200,
             settings: Vec::new(),
             parent: None,
+            tcp: false,
+            tls: None,
         }
     }
 }
@@ -214,16 +234,35 @@ impl Builder {
         self
     }
 
+    /// Listens on TCP at 127.0.0.1 as well, on a free port that is also the
+    /// socket's number ([`TempCluster::tcp_url`]).
+    pub fn tcp(mut self) -> Self {
+        self.tcp = true;
+        self
+    }
+
+    /// Accepts TLS on TCP with this certificate chain and key (PEM); see
+    /// [`tcp`](Self::tcp).
+    pub fn tls(mut self, cert_pem: impl Into<String>, key_pem: impl Into<String>) -> Self {
+        self.tls = Some(ServerTls {
+            cert_pem: cert_pem.into(),
+            key_pem: key_pem.into(),
+        });
+        self
+    }
+
     /// Creates the cluster and starts its server.
     pub fn start(self) -> Result<TempCluster, DevDbError> {
         TempCluster::start_with(self)
     }
 
-    /// The `postgres` arguments for these settings (after `-D`, `-k`, `-p`).
-    fn server_args(&self) -> Vec<String> {
+    /// The `postgres` arguments for these settings (after `-D`, `-k`, `-p`);
+    /// `dir` is the cluster's directory (where the TLS files are).
+    fn server_args(&self, dir: &Path) -> Vec<String> {
         let flag = if self.fsync { "on" } else { "off" };
+        let listen = if self.tcp { "127.0.0.1" } else { "" };
         let mut settings = vec![
-            ("listen_addresses".to_owned(), String::new()),
+            ("listen_addresses".to_owned(), listen.to_owned()),
             ("fsync".to_owned(), flag.to_owned()),
             ("full_page_writes".to_owned(), flag.to_owned()),
             (
@@ -231,6 +270,19 @@ impl Builder {
                 self.max_connections.to_string(),
             ),
         ];
+        if self.tls.is_some() {
+            settings.extend([
+                ("ssl".to_owned(), "on".to_owned()),
+                (
+                    "ssl_cert_file".to_owned(),
+                    dir.join(TLS_CERT_FILE).display().to_string(),
+                ),
+                (
+                    "ssl_key_file".to_owned(),
+                    dir.join(TLS_KEY_FILE).display().to_string(),
+                ),
+            ]);
+        }
         settings.extend(self.settings.iter().cloned());
         settings
             .into_iter()
@@ -304,6 +356,8 @@ pub struct TempCluster {
     bin_dir: PathBuf,
     run_as: Option<RunAs>,
     port: u16,
+    /// The superuser's password: random, for this cluster only.
+    password: String,
     options: Builder,
     /// The running server, if it runs.
     postmaster: Option<Child>,
@@ -325,16 +379,23 @@ impl TempCluster {
         check_binaries(&bin_dir)?;
         let run_as = RunAs::for_current_user()?;
         let dir = make_temp_dir(run_as, options.parent.as_deref())?;
+        let port = if options.tcp {
+            pick_tcp_port(&dir.path().join("sock"))?
+        } else {
+            pick_port(&dir.path().join("sock"))
+        };
         let mut cluster = Self {
             id: exit_handler::register(dir.path()),
-            port: pick_port(&dir.path().join("sock")),
+            port,
             dir,
             bin_dir,
             run_as,
+            password: random_password(),
             options,
             postmaster: None,
         };
         cluster.initdb()?;
+        cluster.write_tls_files()?;
         cluster.launch()?;
         Ok(cluster)
     }
@@ -371,16 +432,35 @@ impl TempCluster {
         self.postmaster.is_some()
     }
 
+    /// The password of the superuser `postgres` (random, 32 hex digits).
+    pub fn password(&self) -> &str {
+        &self.password
+    }
+
     /// A sqlx connection URL for database `db` of the superuser `postgres`,
-    /// through the Unix socket (the `host` query parameter, a directory,
-    /// overrides the `localhost` of the URL). TLS is off: there is none on a
-    /// Unix socket.
+    /// with its password, through the Unix socket (the `host` query
+    /// parameter, a directory, overrides the `localhost` of the URL). TLS is
+    /// off: there is none on a Unix socket.
     pub fn url(&self, db: &str) -> String {
         format!(
-            "postgres://postgres@localhost/{}?host={}&port={}&sslmode=disable",
+            "postgres://postgres:{}@localhost/{}?host={}&port={}&sslmode=disable",
+            self.password,
             percent_encode(db, false),
             percent_encode(&self.socket_dir().to_string_lossy(), true),
             self.port
+        )
+    }
+
+    /// A connection URL for database `db` over TCP to 127.0.0.1, named
+    /// `host` in the URL (`localhost`, `127.0.0.1`: what a certificate is
+    /// checked against), with no query: the caller adds `?sslmode=…`. Only
+    /// for a cluster built with [`Builder::tcp`].
+    pub fn tcp_url(&self, db: &str, host: &str) -> String {
+        format!(
+            "postgres://postgres:{}@{host}:{}/{}",
+            self.password,
+            self.port,
+            percent_encode(db, false)
         )
     }
 
@@ -431,19 +511,25 @@ impl TempCluster {
         command
     }
 
-    /// Creates the data directory.
+    /// Creates the data directory, with password authentication for every
+    /// connection (SCRAM).
     fn initdb(&self) -> Result<(), DevDbError> {
+        let pwfile = self.dir.path().join("pwfile");
+        self.write_private(&pwfile, &self.password)?;
         let output = self
             .command("initdb")
             .arg("-D")
             .arg(self.data_dir())
-            .args(["-U", "postgres", "--auth=trust", "--no-sync", "-E", "UTF8"])
-            .args(["--locale=C", "--no-instructions"])
+            .args(["-U", "postgres", "--auth=scram-sha-256", "--no-sync"])
+            .arg(format!("--pwfile={}", pwfile.display()))
+            .args(["-E", "UTF8", "--locale=C", "--no-instructions"])
             .output()
             .map_err(io_error(format!(
                 "cannot run {}",
                 self.bin("initdb").display()
             )))?;
+        fs::remove_file(&pwfile)
+            .map_err(io_error(format!("cannot remove {}", pwfile.display())))?;
         if output.status.success() {
             return Ok(());
         }
@@ -455,6 +541,33 @@ impl TempCluster {
                 String::from_utf8_lossy(&output.stderr)
             ),
         })
+    }
+
+    /// Writes the TLS certificate and key, if the cluster has them.
+    fn write_tls_files(&self) -> Result<(), DevDbError> {
+        let Some(tls) = &self.options.tls else {
+            return Ok(());
+        };
+        self.write_private(&self.dir.path().join(TLS_CERT_FILE), &tls.cert_pem)?;
+        self.write_private(&self.dir.path().join(TLS_KEY_FILE), &tls.key_pem)
+    }
+
+    /// Writes `text` to a new file at `path` that only the server's OS user
+    /// may read (0600, its own).
+    fn write_private(&self, path: &Path, text: &str) -> Result<(), DevDbError> {
+        let write = || -> io::Result<()> {
+            let mut file = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)?;
+            file.write_all(text.as_bytes())
+        };
+        write().map_err(io_error(format!("cannot write {}", path.display())))?;
+        if let Some(user) = self.run_as {
+            user.chown(path)?;
+        }
+        Ok(())
     }
 
     /// Starts the postmaster and waits until it accepts connections.
@@ -470,7 +583,7 @@ impl TempCluster {
             .arg("-k")
             .arg(self.socket_dir())
             .args(["-p", &self.port.to_string()])
-            .args(self.options.server_args())
+            .args(self.options.server_args(self.dir.path()))
             .stdout(log)
             .stderr(log_err)
             // Its own process group: a Ctrl-C in the terminal reaches the

@@ -20,10 +20,10 @@ pub(super) fn check_binaries(dir: &Path) -> Result<(), DevDbError> {
     }
 }
 
-/// Creates the cluster's temporary directory and its socket directory, both
-/// owned by the server's user and open for others to traverse (so that
-/// clients running as other users can reach the socket), in `parent` or
-/// else in the system's temporary directory.
+/// Creates the cluster's temporary directory (others may pass through it but
+/// not list it) and its socket directory (0700: no other local user reaches
+/// the socket), both owned by the server's user, in `parent` or else in the
+/// system's temporary directory.
 pub(super) fn make_temp_dir(
     run_as: Option<RunAs>,
     parent: Option<&Path>,
@@ -42,8 +42,8 @@ pub(super) fn make_temp_dir(
         )))?;
     let sock = dir.path().join("sock");
     fs::create_dir(&sock).map_err(io_error(format!("cannot create {}", sock.display())))?;
-    for path in [dir.path(), sock.as_path()] {
-        fs::set_permissions(path, fs::Permissions::from_mode(0o755))
+    for (path, mode) in [(dir.path(), 0o711), (sock.as_path(), 0o700)] {
+        fs::set_permissions(path, fs::Permissions::from_mode(mode))
             .map_err(io_error(format!("cannot chmod {}", path.display())))?;
         if let Some(user) = run_as {
             user.chown(path)?;
@@ -64,6 +64,39 @@ pub(super) fn pick_port(socket_dir: &Path) -> u16 {
             return port;
         }
     }
+}
+
+/// A free TCP port on 127.0.0.1 (the system's pick) whose socket file does
+/// not exist in `socket_dir`.
+pub(super) fn pick_tcp_port(socket_dir: &Path) -> Result<u16, DevDbError> {
+    loop {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")
+            .map_err(io_error("cannot find a free TCP port"))?;
+        let port = listener
+            .local_addr()
+            .map_err(io_error("cannot find a free TCP port"))?
+            .port();
+        if !socket_dir.join(format!(".s.PGSQL.{port}")).exists() {
+            return Ok(port);
+        }
+    }
+}
+
+/// A random password of 32 hex digits (from the OS's generator).
+pub(super) fn random_password() -> String {
+    use rand::{SeedableRng as _, TryRngCore as _, rngs::StdRng};
+    let mut bytes = [0_u8; 16];
+    if rand::rngs::OsRng.try_fill_bytes(&mut bytes).is_err() {
+        // Never on Linux; a time-seeded password still keeps others out
+        // of a cluster that lives for one test.
+        StdRng::seed_from_u64(RandomState::new().hash_one(Instant::now()))
+            .try_fill_bytes(&mut bytes)
+            .unwrap_or_default();
+    }
+    bytes.iter().fold(String::new(), |mut hex, byte| {
+        let _ = write!(hex, "{byte:02x}");
+        hex
+    })
 }
 
 /// The status line of `postmaster.pid` ("starting", "ready", ...) if the file

@@ -52,7 +52,7 @@ fn settings_become_server_flags() {
         .fsync(true)
         .max_connections(42)
         .setting("shared_buffers", "64MB")
-        .server_args();
+        .server_args(Path::new("/c"));
     let args = args.join(" ");
     assert!(args.contains("-c listen_addresses= "), "{args}");
     assert!(
@@ -63,10 +63,91 @@ fn settings_become_server_flags() {
     assert!(args.ends_with("-c shared_buffers=64MB"), "{args}");
     assert!(
         Builder::default()
-            .server_args()
+            .server_args(Path::new("/c"))
             .join(" ")
             .contains("fsync=off")
     );
+    let tls = TempCluster::builder()
+        .tcp()
+        .tls("cert", "key")
+        .server_args(Path::new("/c"))
+        .join(" ");
+    assert!(tls.contains("-c listen_addresses=127.0.0.1 "), "{tls}");
+    assert!(
+        tls.contains("-c ssl=on -c ssl_cert_file=/c/server.crt -c ssl_key_file=/c/server.key"),
+        "{tls}"
+    );
+}
+
+#[tokio::test]
+async fn no_other_local_user_gets_in() {
+    let Some(cluster) = cluster("no_other_local_user_gets_in") else {
+        return;
+    };
+    let mode = fs::metadata(cluster.socket_dir())
+        .expect("socket dir")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o700, "socket directory mode {mode:o}");
+    assert_eq!(cluster.password().len(), 32);
+    assert_eq!(
+        select_one(&cluster.url("postgres"))
+            .await
+            .expect("with the password"),
+        1
+    );
+    let without = cluster
+        .url("postgres")
+        .replace(&format!(":{}@", cluster.password()), "@");
+    let error = select_one(&without)
+        .await
+        .expect_err("no password, no connection");
+    let wrong = cluster
+        .url("postgres")
+        .replace(cluster.password(), "0123456789abcdef0123456789abcdef");
+    let wrong_error = select_one(&wrong)
+        .await
+        .expect_err("a wrong password, no connection");
+    assert!(
+        wrong_error
+            .to_string()
+            .contains("password authentication failed"),
+        "{wrong_error}"
+    );
+    eprintln!("without a password: {error}");
+}
+
+#[tokio::test]
+async fn tcp_and_tls_when_asked() {
+    let Some(pki) = crate::certs::Pki::new(&["localhost"]).ok() else {
+        panic!("test certificates");
+    };
+    let cluster = match TempCluster::builder()
+        .tcp()
+        .tls(&pki.cert_pem, &pki.key_pem)
+        .start()
+    {
+        Ok(cluster) => cluster,
+        Err(e) if e.is_unavailable() => {
+            crate::skip::skip(
+                "tcp_and_tls_when_asked",
+                &format!("needs PostgreSQL 15 binaries ({e})"),
+            );
+            return;
+        }
+        Err(e) => panic!("start: {e}"),
+    };
+    let url = format!(
+        "{}?sslmode=require",
+        cluster.tcp_url("postgres", "127.0.0.1")
+    );
+    let mut conn = PgConnection::connect(&url).await.expect("connect over TLS");
+    let (ssl,): (bool,) =
+        sqlx::query_as("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+            .fetch_one(&mut conn)
+            .await
+            .expect("pg_stat_ssl");
+    assert!(ssl, "the connection is not encrypted");
 }
 
 #[tokio::test]

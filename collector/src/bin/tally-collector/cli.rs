@@ -79,6 +79,11 @@ pub struct DbArgs {
     /// `postgres://tally@localhost/tally?host=/run/postgresql`. A database
     /// that refuses connections (still starting) is retried for up to 5
     /// seconds.
+    ///
+    /// TLS as libpq does it: `?sslmode=verify-full&sslrootcert=FILE` checks
+    /// the server's certificate and name (use it for any other host);
+    /// `disable`, `prefer` (the default: TLS when offered), `require`
+    /// and `verify-ca` also work, as do PGSSLMODE and PGSSLROOTCERT.
     #[arg(
         long,
         env = "DATABASE_URL",

@@ -66,6 +66,7 @@ fn pgbench(cluster: &TempCluster) -> Command {
         "-U",
         "postgres",
     ]);
+    command.env("PGPASSWORD", cluster.password());
     command
 }
 

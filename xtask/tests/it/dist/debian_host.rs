@@ -104,7 +104,8 @@ impl DebianHost {
         let pool = runtime
             .block_on(PgPool::connect(&cluster.url("tally")))
             .expect("connect");
-        // The collector's unprivileged user must reach the socket.
+        // The collector's unprivileged user must reach the socket (it still
+        // needs the cluster's password).
         fs::set_permissions(cluster.socket_dir(), fs::Permissions::from_mode(0o755))
             .expect("open the socket directory");
 
@@ -188,7 +189,8 @@ EOF"
 
     fn database_url(&self) -> String {
         format!(
-            "postgres://postgres@localhost/tally?host=/run/tally-pg&port={}&sslmode=disable",
+            "postgres://postgres:{}@localhost/tally?host=/run/tally-pg&port={}&sslmode=disable",
+            self.cluster.password(),
             self.cluster.port()
         )
     }
