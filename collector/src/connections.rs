@@ -380,6 +380,15 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Admitted<IO> {
     }
 }
 
+impl Admitted<TcpStream> {
+    /// The client's address and port (unspecified if the socket cannot say).
+    pub fn peer_addr(&self) -> std::net::SocketAddr {
+        self.io
+            .peer_addr()
+            .unwrap_or_else(|_| std::net::SocketAddr::new(self.ticket.address, 0))
+    }
+}
+
 impl Connected for Admitted<TcpStream> {
     type ConnectInfo = TcpConnectInfo;
 

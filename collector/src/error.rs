@@ -69,6 +69,12 @@ pub enum Error {
         min_interval: Duration,
         retry_after: Duration,
     },
+    /// Too many failed authentications from the client's address.
+    #[error(
+        "too many failed authentications from this address; try again in {}s",
+        retry_after.as_secs().max(1)
+    )]
+    TooManyFailedAuthentications { retry_after: Duration },
     /// The batch a heartbeat was in could not be committed.
     #[error("database error (nothing was stored; retry): {0}")]
     BatchFailed(String),
@@ -200,7 +206,9 @@ impl From<Error> for Status {
             Error::Unavailable(_) | Error::BatchFailed(_) | Error::Database(_) => {
                 Status::unavailable(message)
             }
-            Error::Busy(_) => Status::resource_exhausted(message),
+            Error::Busy(_) | Error::TooManyFailedAuthentications { .. } => {
+                Status::resource_exhausted(message)
+            }
             Error::TooFrequent { retry_after, .. } => {
                 let mut status = Status::resource_exhausted(message);
                 if let Ok(value) = millis(retry_after).to_string().parse() {
@@ -259,7 +267,9 @@ impl Error {
                 (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
             }
             Error::Busy(_) => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
-            Error::TooFrequent { .. } => (StatusCode::TOO_MANY_REQUESTS, "too_many_requests"),
+            Error::TooFrequent { .. } | Error::TooManyFailedAuthentications { .. } => {
+                (StatusCode::TOO_MANY_REQUESTS, "too_many_requests")
+            }
         }
     }
 }
@@ -307,6 +317,13 @@ impl axum::response::IntoResponse for Error {
                 axum::http::header::RETRY_AFTER,
                 axum::http::HeaderValue::from_static("1"),
             );
+        }
+        if let Error::TooManyFailedAuthentications { retry_after } = &self
+            && let Ok(value) = retry_after.as_secs().max(1).to_string().parse()
+        {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, value);
         }
         if status == axum::http::StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(

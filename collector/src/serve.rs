@@ -370,10 +370,11 @@ fn spawn_http(
     schedule: Option<Schedule>,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let address = listener.local_addr().context("no local address")?;
+    let (admin_tokens, read_tokens) = state.tokens.counts();
     tracing::info!(
         %address,
-        admin_api = state.tokens.admin.is_some(),
-        read_token = state.tokens.read.is_some(),
+        admin_tokens,
+        read_tokens,
         "serving HTTP (dashboard, JSON API, events, metrics)"
     );
     let stopping = state.stopping.clone();

@@ -6,13 +6,14 @@
 
 use std::time::Duration;
 
-use axum::Router;
+use axum::{Router, extract::ConnectInfo};
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
     server::{conn::auto, graceful::GracefulShutdown},
     service::TowerToHyperService,
 };
 use tokio::{net::TcpListener, sync::watch};
+use tower::ServiceExt as _;
 
 use crate::connections::Admission;
 
@@ -42,7 +43,15 @@ pub async fn serve(
             admitted = admission.next(&listener) => admitted,
             _ = stopping.wait_for(|stopping| *stopping) => break,
         };
-        let service = TowerToHyperService::new(router.clone());
+        // Each request learns its client's address (failed authentications
+        // are counted per address).
+        let peer = ConnectInfo(admitted.peer_addr());
+        let service = TowerToHyperService::new(router.clone().map_request(
+            move |mut request: axum::http::Request<hyper::body::Incoming>| {
+                request.extensions_mut().insert(peer);
+                request
+            },
+        ));
         let connection = builder
             .serve_connection_with_upgrades(TokioIo::new(admitted), service)
             .into_owned();

@@ -9,11 +9,12 @@
 //! extractors and value types they share; `openapi` the generated document.
 
 pub(crate) mod admin;
-pub(crate) mod auth;
+pub mod auth;
 pub mod billing;
 pub(crate) mod corrections;
 mod dashboard;
 mod events;
+mod failed_auth;
 pub(crate) mod history;
 pub(crate) mod listener;
 mod metrics;
@@ -36,7 +37,7 @@ use sqlx::PgPool;
 use tokio::sync::watch;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-pub use auth::Tokens;
+pub use auth::{TokenSet, Tokens};
 
 use crate::error::Error;
 

@@ -11,7 +11,7 @@ use common::{
     http::{Client, Response},
 };
 use sqlx::PgPool;
-use tally_collector::http::Tokens;
+use tally_collector::http::{TokenSet, Tokens};
 
 const ADMIN: &str = "admin-token-for-the-tests-0123456789";
 const READ: &str = "read-token-for-the-tests-0123456789";
@@ -56,10 +56,15 @@ async fn tokens_guard_reading_and_changing() {
         .expect("period counters");
     let server = fleet
         .serve_here_with(|options| {
-            options.tokens = Tokens {
-                admin: Some(ADMIN.into()),
-                read: Some(READ.into()),
-            }
+            // Wrong tokens on purpose, many: not held off here
+            // (http_tokens.rs tests that).
+            options.tokens = Tokens::with_failure_limit(
+                TokenSet {
+                    admin: vec![ADMIN.into()],
+                    read: vec![READ.into()],
+                },
+                10_000,
+            )
         })
         .await;
     let anonymous = Client::new(server.http_address);
@@ -142,7 +147,12 @@ async fn nodes_are_enrolled_removed_and_reset() {
     };
     let old = fleet.add_node("old").await;
     let server = fleet
-        .serve_here_with(|options| options.tokens.admin = Some(ADMIN.into()))
+        .serve_here_with(|options| {
+            options.tokens = Tokens::new(TokenSet {
+                admin: vec![ADMIN.into()],
+                read: vec![],
+            })
+        })
         .await;
     let admin = Client::new(server.http_address).with_token(Some(ADMIN));
 

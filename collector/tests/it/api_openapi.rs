@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use common::{fleet::Fleet, http::Client};
 use serde_json::Value;
-use tally_collector::http::{self, Tokens};
+use tally_collector::http::{self, TokenSet, Tokens};
 
 const ADMIN: &str = "admin-token-for-the-openapi-test";
 const METHODS: [&str; 5] = ["GET", "POST", "PUT", "PATCH", "DELETE"];
@@ -52,10 +52,10 @@ async fn the_document_describes_exactly_what_is_served() {
     };
     let server = fleet
         .serve_here_with(|options| {
-            options.tokens = Tokens {
-                admin: Some(ADMIN.into()),
-                read: Some("read-token-for-the-openapi-test".into()),
-            }
+            options.tokens = Tokens::new(TokenSet {
+                admin: vec![ADMIN.into()],
+                read: vec!["read-token-for-the-openapi-test".into()],
+            })
         })
         .await;
     let anonymous = Client::new(server.http_address);

@@ -23,7 +23,7 @@ use common::{
     fleet::{self, Fleet},
     http::Client,
 };
-use tally_collector::http::Tokens;
+use tally_collector::http::{TokenSet, Tokens};
 
 const ADMIN: &str = "admin-token-for-the-schemathesis-test";
 const READ: &str = "read-token-for-the-schemathesis-test";
@@ -66,10 +66,10 @@ async fn every_answer_matches_the_document() {
     };
     let server = fleet
         .serve_here_with(|options| {
-            options.tokens = Tokens {
-                admin: Some(ADMIN.into()),
-                read: Some(READ.into()),
-            }
+            options.tokens = Tokens::new(TokenSet {
+                admin: vec![ADMIN.into()],
+                read: vec![READ.into()],
+            })
         })
         .await;
 

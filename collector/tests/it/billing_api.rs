@@ -18,16 +18,16 @@ use common::{
 };
 use serde_json::{Value, json};
 use sqlx::PgPool;
-use tally_collector::http::Tokens;
+use tally_collector::http::{TokenSet, Tokens};
 
 const ADMIN: &str = "admin-token-for-the-billing-tests-0123";
 const READ: &str = "read-token-for-the-billing-tests-0123";
 
 fn tokens() -> Tokens {
-    Tokens {
-        admin: Some(ADMIN.into()),
-        read: Some(READ.into()),
-    }
+    Tokens::new(TokenSet {
+        admin: vec![ADMIN.into()],
+        read: vec![READ.into()],
+    })
 }
 
 /// The fleet's row, as text.

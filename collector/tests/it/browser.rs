@@ -14,7 +14,10 @@ use std::time::Duration;
 use browser::Browser;
 use common::fleet::{self, Fleet};
 use serde_json::Value;
-use tally_collector::{http::Tokens, nodes};
+use tally_collector::{
+    http::{TokenSet, Tokens},
+    nodes,
+};
 use tally_proto::v1::{
     FamilyCounters, HeartbeatRequest, InterfaceCounters, InterfaceState, LinkKind,
 };
@@ -380,10 +383,10 @@ async fn the_dashboard_asks_for_the_read_token() {
     let solo = fleet.add_node("solo").await;
     let server = fleet
         .serve_here_with(|options| {
-            options.tokens = Tokens {
-                admin: None,
-                read: Some(READ_TOKEN.into()),
-            }
+            options.tokens = Tokens::new(TokenSet {
+                admin: vec![],
+                read: vec![READ_TOKEN.into()],
+            })
         })
         .await;
 
@@ -634,10 +637,10 @@ async fn the_dashboard_shows_families_uplinks_quotas_and_held_traffic() {
     fleet.set_node_settings(&core.id, r#""maxRate" = 1"#).await;
     let server = fleet
         .serve_here_with(|options| {
-            options.tokens = Tokens {
-                admin: Some(ADMIN_TOKEN.into()),
-                read: None,
-            }
+            options.tokens = Tokens::new(TokenSet {
+                admin: vec![ADMIN_TOKEN.into()],
+                read: vec![],
+            })
         })
         .await;
     let mut client = fleet::client(server.address).await;

@@ -27,7 +27,7 @@ use tally_collector::{
         calibrate::{self, Adjustment, Changes, Counters},
     },
     error::Error,
-    http::Tokens,
+    http::{TokenSet, Tokens},
 };
 use tally_proto::v1::Outcome;
 use tokio::{
@@ -783,10 +783,10 @@ async fn the_api_guards_changes_announces_them_and_shows_them_in_the_history() {
     .await;
     let server = fleet
         .serve_here_with(|options| {
-            options.tokens = Tokens {
-                admin: Some(ADMIN.into()),
-                read: Some(READ.into()),
-            }
+            options.tokens = Tokens::new(TokenSet {
+                admin: vec![ADMIN.into()],
+                read: vec![READ.into()],
+            })
         })
         .await;
     wait_for_listener(&fleet.pool).await;

@@ -23,6 +23,7 @@ mod events;
 mod grpc;
 mod hostile;
 mod http;
+mod http_tokens;
 mod ingest_rules;
 mod metrics;
 mod period;

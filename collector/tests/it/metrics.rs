@@ -17,6 +17,7 @@ use common::{
     fleet::{self, Fleet},
     http::Client,
 };
+use tally_collector::http::{TokenSet, Tokens};
 use tally_proto::v1::{FamilyCounters, HeartbeatRequest, Outcome};
 
 /// One sample: its labels and value.
@@ -320,8 +321,10 @@ async fn the_read_token_and_a_database_that_does_not_answer() {
     fleet.add_node("n").await;
     let server = fleet
         .serve_here_with(|options| {
-            options.tokens.read = Some("reader-secret".into());
-            options.tokens.admin = Some("admin-secret".into());
+            options.tokens = Tokens::new(TokenSet {
+                admin: vec!["admin-secret".into()],
+                read: vec!["reader-secret".into()],
+            });
         })
         .await;
     let open = Client::new(server.http_address);

@@ -65,8 +65,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     // one's settings; this one only migrates and checks the way there.
     let connections = 2;
     // Flags are checked before anything else happens.
-    let tls = match &cli.command {
-        Command::Serve(args) => serve::tls_files(args)?,
+    let checked = match &cli.command {
+        Command::Serve(args) => Some(serve::check(args)?),
         _ => None,
     };
     // sqlx's message already ends with its cause: print it once.
@@ -77,7 +77,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         )
     })?;
     match cli.command {
-        Command::Serve(args) => serve::run(pool, *args, tls).await,
+        Command::Serve(args) => {
+            let checked = checked.context("the serve flags were not checked")?;
+            serve::run(pool, *args, checked).await
+        }
         Command::Migrate(args) => migrate::run(&pool, args).await,
         Command::Node(command) => node::run(&pool, command).await,
         Command::Period(command) => period::run(&pool, command).await,

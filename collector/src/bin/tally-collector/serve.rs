@@ -11,6 +11,10 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::durations::{parse_interval, parse_positive_duration};
 
+mod http_tokens;
+
+use http_tokens::TokenSources;
+
 /// The log target of this command's own lines, as when they were written
 /// in `main.rs` (log filters and readers keep working).
 const LOG_TARGET: &str = "tally_collector";
@@ -49,8 +53,11 @@ pub struct ServeArgs {
     pub offline_after: Duration,
 
     /// Bearer token for the HTTP admin endpoints (enrol and remove nodes,
-    /// reset periods); it also reads. Use at least 32 random characters.
-    /// Without it, the admin endpoints answer 403.
+    /// reset periods); it also reads. At least 32 characters (e.g. `openssl
+    /// rand -hex 32`); the examples' CHANGE-ME placeholders are refused.
+    /// Without it (and without --admin-token-file), the admin endpoints
+    /// answer 403. Wrong tokens are logged, and an address that sends too
+    /// many is held off (--max-failed-authentications).
     #[arg(
         long,
         env = "TALLY_ADMIN_TOKEN",
@@ -59,9 +66,18 @@ pub struct ServeArgs {
     )]
     pub admin_token: Option<String>,
 
+    /// A file of admin tokens, one per line (`#` starts a comment), valid
+    /// together with --admin-token. Read again on SIGHUP, so that a token
+    /// can be rotated without a restart: add the new one, reload, move the
+    /// clients over, remove the old one, reload. Without it, --admin-token
+    /// alone decides.
+    #[arg(long, env = "TALLY_ADMIN_TOKEN_FILE", value_name = "FILE")]
+    pub admin_token_file: Option<PathBuf>,
+
     /// Bearer token required to read the HTTP API, the event stream and
-    /// `/metrics` (the admin token reads too). Without it, reading is open
-    /// to anyone who reaches --http-listen.
+    /// `/metrics` (admin tokens read too); at least 32 characters. Without
+    /// it (and without --read-token-file), reading is open to anyone who
+    /// reaches --http-listen.
     #[arg(
         long,
         env = "TALLY_READ_TOKEN",
@@ -69,6 +85,25 @@ pub struct ServeArgs {
         value_name = "TOKEN"
     )]
     pub read_token: Option<String>,
+
+    /// Wrong admin or read tokens one client address may send within a
+    /// minute (1 to 10000); past it, the address is answered 429 (with
+    /// Retry-After) for the rest of that minute, even with a right token.
+    /// Each failure is logged at WARN with the address.
+    #[arg(
+        long,
+        env = "TALLY_MAX_FAILED_AUTHENTICATIONS",
+        default_value_t = tally_collector::http::auth::MAX_FAILED_AUTHENTICATIONS,
+        value_parser = clap::value_parser!(u32).range(1..=10_000),
+        value_name = "N"
+    )]
+    pub max_failed_authentications: u32,
+
+    /// A file of read tokens, one per line, valid together with
+    /// --read-token; read again on SIGHUP. Without it, --read-token alone
+    /// decides.
+    #[arg(long, env = "TALLY_READ_TOKEN_FILE", value_name = "FILE")]
+    pub read_token_file: Option<PathBuf>,
 
     /// PEM file with the certificate chain the gRPC side presents to
     /// agents (the server's certificate first); needs --tls-key. Without
@@ -419,9 +454,35 @@ fn parse_min_heartbeat_interval(s: &str) -> Result<Duration, String> {
 /// The certificate and key files to serve TLS with.
 pub type TlsFiles = Option<(PathBuf, PathBuf)>;
 
+/// What `serve` checks of its flags and files before it connects to the
+/// database.
+#[derive(Debug)]
+pub struct Checked {
+    tls: TlsFiles,
+    tokens: http::TokenSet,
+}
+
+/// Checks the flags that can be checked without the database: TLS files
+/// given or plaintext asked for, and the HTTP tokens' form.
+pub fn check(args: &ServeArgs) -> anyhow::Result<Checked> {
+    Ok(Checked {
+        tls: tls_files(args)?,
+        tokens: token_sources(args).load()?,
+    })
+}
+
+fn token_sources(args: &ServeArgs) -> TokenSources {
+    TokenSources {
+        admin_token: args.admin_token.clone(),
+        admin_token_file: args.admin_token_file.clone(),
+        read_token: args.read_token.clone(),
+        read_token_file: args.read_token_file.clone(),
+    }
+}
+
 /// The certificate and key to serve TLS with; `None` only when plaintext is
 /// asked for explicitly.
-pub fn tls_files(args: &ServeArgs) -> anyhow::Result<TlsFiles> {
+fn tls_files(args: &ServeArgs) -> anyhow::Result<TlsFiles> {
     match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => Ok(Some((cert.clone(), key.clone()))),
         _ if args.insecure_plaintext => Ok(None),
@@ -431,7 +492,8 @@ pub fn tls_files(args: &ServeArgs) -> anyhow::Result<TlsFiles> {
     }
 }
 
-pub async fn run(pool: PgPool, args: ServeArgs, tls: TlsFiles) -> anyhow::Result<()> {
+pub async fn run(pool: PgPool, args: ServeArgs, checked: Checked) -> anyhow::Result<()> {
+    let Checked { tls, tokens } = checked;
     if !args.no_migrate {
         let count = db::migrate(&pool)
             .await
@@ -448,6 +510,8 @@ pub async fn run(pool: PgPool, args: ServeArgs, tls: TlsFiles) -> anyhow::Result
             humantime::format_duration(args.min_heartbeat_interval)
         );
     }
+    let token_sources = token_sources(&args);
+    let tokens = http::Tokens::with_failure_limit(tokens, args.max_failed_authentications);
     let options = tally_collector::serve::Options {
         listen: args.listen,
         tls,
@@ -463,10 +527,7 @@ pub async fn run(pool: PgPool, args: ServeArgs, tls: TlsFiles) -> anyhow::Result
         },
         http_listen: args.http_listen,
         offline_after: args.offline_after,
-        tokens: http::Tokens {
-            admin: args.admin_token.filter(|t| !t.is_empty()),
-            read: args.read_token.filter(|t| !t.is_empty()),
-        },
+        tokens: tokens.clone(),
         database: db::Budget {
             readers: args.reader_connections,
             statement_timeout: args.statement_timeout,
@@ -497,6 +558,7 @@ pub async fn run(pool: PgPool, args: ServeArgs, tls: TlsFiles) -> anyhow::Result
     // After every check of the settings: a refusal stays one line.
     tracing::info!(target: LOG_TARGET, version = %tally_collector::VERSION, "tally-collector serving");
     let listeners = tally_collector::serve::bind(&options).await?;
+    token_sources.reload_on_sighup(tokens)?;
     let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
     let shutdown = async move {

@@ -220,6 +220,22 @@ impl Process {
     pub fn pid(&self) -> u32 {
         self.process.pid().expect("the collector runs")
     }
+
+    /// What it logged so far.
+    pub fn log(&self) -> String {
+        self.process.log().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Waits until it logs a line that `found` picks.
+    pub fn wait_for_line<T>(
+        &mut self,
+        waited_for: &str,
+        found: impl FnMut(&str) -> Option<T>,
+    ) -> T {
+        self.process
+            .wait_for_line(waited_for, Duration::from_secs(30), found)
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
 }
 
 impl Drop for Process {
