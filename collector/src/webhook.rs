@@ -8,13 +8,17 @@
 //! `POST <url>` with the event's JSON object as the body and the headers
 //! `content-type: application/json`, `x-tally-event: <event>`,
 //! `x-tally-delivery: <row id>` (the same on every attempt: receivers
-//! deduplicate on it) and `x-tally-signature: sha256=<hex>`, the
-//! HMAC-SHA256 of the exact body bytes keyed with `--webhook-secret`. A 2xx
+//! deduplicate on it), `x-tally-timestamp: <Unix seconds of this attempt>`
+//! and `x-tally-signature: v1=<hex>`, the HMAC-SHA256 keyed with
+//! `--webhook-secret` of `<timestamp>.<delivery>.<body bytes>` ([`Signer`]):
+//! a receiver that checks it and refuses old timestamps cannot be made to
+//! take a captured call again, under its id or another. A 2xx
 //! answer within [`Config::timeout`] delivers; anything else (another
 //! status, a redirect, no connection, no answer in time) is retried with
 //! exponential backoff (1 s, doubling, at most 10 min apart) until
 //! [`Config::max_attempts`] attempts; then the row is given up (kept with
-//! its last error) and logged as an error.
+//! its last error) and logged as an error. Delivered rows are deleted after
+//! [`Config::retention`] ([`prune`]).
 //!
 //! # Replicas
 //!
@@ -57,6 +61,13 @@ const LEASE_MARGIN: Duration = Duration::from_secs(30);
 /// Longest error text kept in `lastError`, in characters.
 const MAX_ERROR: usize = 500;
 
+/// How long delivered rows are kept, unless set.
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
+/// How often delivered rows past their retention are looked for.
+const PRUNE_EVERY: Duration = Duration::from_secs(600);
+/// Most rows one prune statement deletes (the next prune takes the rest).
+const PRUNE_BATCH: i64 = 10_000;
+
 /// Where and how to deliver.
 #[derive(Clone)]
 pub struct Config {
@@ -74,6 +85,8 @@ pub struct Config {
     pub poll: Duration,
     /// Most rows claimed (and attempted concurrently) at once.
     pub batch: i64,
+    /// Delivered rows are deleted this long after their delivery.
+    pub retention: Duration,
 }
 
 impl fmt::Debug for Config {
@@ -87,6 +100,7 @@ impl fmt::Debug for Config {
             .field("max_attempts", &self.max_attempts)
             .field("poll", &self.poll)
             .field("batch", &self.batch)
+            .field("retention", &self.retention)
             .finish()
     }
 }
@@ -104,6 +118,7 @@ impl Config {
             max_attempts: 12,
             poll: Duration::from_secs(30),
             batch: 16,
+            retention: DEFAULT_RETENTION,
         })
     }
 
@@ -129,7 +144,8 @@ pub enum Error {
     Client(#[source] reqwest::Error),
 }
 
-/// Signs bodies: HMAC-SHA256 keyed with the webhook secret.
+/// Signs calls: HMAC-SHA256 keyed with the webhook secret, of the
+/// attempt's timestamp, the delivery id and the body.
 #[derive(Clone)]
 pub struct Signer(Hmac<Sha256>);
 
@@ -143,13 +159,15 @@ impl Signer {
             .map_err(|_| Error::Key)
     }
 
-    /// The `x-tally-signature` value of `body`: `sha256=<lowercase hex>`.
-    pub fn sign(&self, body: &[u8]) -> String {
+    /// The `x-tally-signature` value of a call: `v1=<lowercase hex>` of
+    /// the HMAC of `<timestamp>.<delivery>.<body>`.
+    pub fn sign(&self, timestamp: i64, delivery: i64, body: &[u8]) -> String {
         let mut mac = self.0.clone();
+        mac.update(format!("{timestamp}.{delivery}.").as_bytes());
         mac.update(body);
         let digest = mac.finalize().into_bytes();
-        let mut value = String::with_capacity(7 + 2 * digest.len());
-        value.push_str("sha256=");
+        let mut value = String::with_capacity(3 + 2 * digest.len());
+        value.push_str("v1=");
         for byte in digest {
             value.push_str(&format!("{byte:02x}"));
         }
@@ -204,6 +222,27 @@ pub async fn queue(
     .execute(conn)
     .await?;
     Ok(())
+}
+
+/// Deletes delivered rows delivered more than `retention` ago (at most
+/// [`PRUNE_BATCH`]); how many. Rows not delivered (pending or given up)
+/// stay.
+pub async fn prune(pool: &PgPool, retention: Duration) -> Result<u64, sqlx::Error> {
+    let retention = chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
+    let before = Utc::now()
+        .naive_utc()
+        .checked_sub_signed(retention)
+        .unwrap_or(NaiveDateTime::MIN);
+    let done = sqlx::query(
+        r#"DELETE FROM "webhook_deliveries" WHERE "id" IN (
+               SELECT "id" FROM "webhook_deliveries"
+               WHERE "deliveredAt" < $1 LIMIT $2)"#,
+    )
+    .bind(before)
+    .bind(PRUNE_BATCH)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected())
 }
 
 /// Starts delivering (until `stopping` turns true; the round in flight is
@@ -263,9 +302,22 @@ enum Outcome {
 impl Deliverer {
     async fn run(self, mut stopping: watch::Receiver<bool>) {
         let mut wake = Wake::new(&self.pool);
+        let mut pruned_at: Option<tokio::time::Instant> = None;
         loop {
             if *stopping.borrow() {
                 return;
+            }
+            if pruned_at.is_none_or(|at| at.elapsed() >= PRUNE_EVERY) {
+                pruned_at = Some(tokio::time::Instant::now());
+                match prune(&self.pool, self.config.retention).await {
+                    Ok(0) => {}
+                    Ok(rows) => {
+                        tracing::info!(rows, "delivered webhook rows past their retention deleted")
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "cannot delete old webhook rows; will retry")
+                    }
+                }
             }
             // LISTEN before looking, so that a row queued meanwhile wakes.
             wake.listen().await;
@@ -414,13 +466,15 @@ impl Deliverer {
     }
 
     async fn post(&self, delivery: &Claimed, body: Vec<u8>) -> Outcome {
-        let signature = self.config.signer.sign(&body);
+        let timestamp = Utc::now().timestamp();
+        let signature = self.config.signer.sign(timestamp, delivery.id, &body);
         let sent = self
             .client
             .post(self.config.url.clone())
             .header(header::CONTENT_TYPE, "application/json")
             .header("x-tally-event", &delivery.event)
             .header("x-tally-delivery", delivery.id.to_string())
+            .header("x-tally-timestamp", timestamp.to_string())
             .header("x-tally-signature", signature)
             .body(body)
             .send()
@@ -541,12 +595,31 @@ mod tests {
     use super::*;
 
     #[test]
-    fn signatures_are_hmac_sha256_in_hex() {
-        // RFC 4231, test case 2.
+    fn signatures_are_hmac_sha256_of_timestamp_id_and_body_in_hex() {
+        // The HMAC of the three parts joined by dots, computed here in
+        // one piece.
         let signer = Signer::new("Jefe").expect("key");
+        let mut mac = Hmac::<Sha256>::new_from_slice(b"Jefe").expect("key");
+        mac.update(b"1765000000.42.{\"a\":1}");
+        let expected: String = mac
+            .finalize()
+            .into_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
         assert_eq!(
-            signer.sign(b"what do ya want for nothing?"),
-            "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+            signer.sign(1_765_000_000, 42, br#"{"a":1}"#),
+            format!("v1={expected}")
+        );
+        assert_ne!(
+            signer.sign(1_765_000_000, 43, br#"{"a":1}"#),
+            signer.sign(1_765_000_000, 42, br#"{"a":1}"#),
+            "the id is signed"
+        );
+        assert_ne!(
+            signer.sign(1_765_000_001, 42, br#"{"a":1}"#),
+            signer.sign(1_765_000_000, 42, br#"{"a":1}"#),
+            "the timestamp is signed"
         );
         assert!(matches!(Signer::new(""), Err(Error::EmptySecret)));
     }

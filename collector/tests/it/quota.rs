@@ -393,6 +393,18 @@ async fn events_are_listed_newest_first() {
     );
 }
 
+/// Whether `call` carries a valid signature of its own timestamp, id and
+/// body, as docs/billing.md tells receivers to check it; the timestamp.
+fn verify(call: &Received) -> Option<i64> {
+    let timestamp: i64 = call.header("x-tally-timestamp").parse().ok()?;
+    let delivery = call.header("x-tally-delivery");
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(SECRET.as_bytes()).expect("key");
+    mac.update(format!("{timestamp}.{delivery}.").as_bytes());
+    mac.update(&call.body);
+    let expected = format!("v1={}", hex(&mac.finalize().into_bytes()));
+    (call.header("x-tally-signature") == expected).then_some(timestamp)
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -431,10 +443,25 @@ async fn the_webhook_gets_a_signed_call() {
     assert_eq!(call.header("content-type"), "application/json");
     assert_eq!(call.header("x-tally-event"), "quota");
     assert_eq!(call.header("x-tally-delivery"), id.to_string());
-    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(SECRET.as_bytes()).expect("key");
-    mac.update(&call.body);
-    let expected = format!("sha256={}", hex(&mac.finalize().into_bytes()));
-    assert_eq!(call.header("x-tally-signature"), expected);
+    let timestamp = verify(call).expect("a valid signature");
+    assert!(
+        (Utc::now().timestamp() - timestamp).abs() <= 5,
+        "{timestamp}"
+    );
+    // The id and the timestamp are signed: the same call under another id
+    // or at another time does not verify.
+    let mut replayed = call.clone();
+    replayed.headers.insert(
+        "x-tally-delivery",
+        (id + 1).to_string().parse().expect("value"),
+    );
+    assert_eq!(verify(&replayed), None, "replayed under another id");
+    let mut replayed = call.clone();
+    replayed.headers.insert(
+        "x-tally-timestamp",
+        (timestamp + 600).to_string().parse().expect("value"),
+    );
+    assert_eq!(verify(&replayed), None, "replayed later");
     let body: serde_json::Value = serde_json::from_slice(&call.body).expect("JSON body");
     assert_eq!(body["event"], "quota");
     assert_eq!(body["node"]["name"], "edge-1");
@@ -444,6 +471,39 @@ async fn the_webhook_gets_a_signed_call() {
     assert_eq!(delivery(&fleet.pool, id).await, (1, true, None));
     assert_eq!(deliverer.counted("delivered"), 1);
     deliverer.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivered_rows_are_deleted_after_their_retention_only() {
+    let Some(fleet) = Fleet::start("quota_webhook_prune").await else {
+        return;
+    };
+    let ids: Vec<i64> = sqlx::query_scalar(
+        r#"INSERT INTO "webhook_deliveries"
+               ("event", "payload", "createdAt", "nextAttemptAt", "attempts", "deliveredAt")
+           VALUES ('quota', '{}', now() - interval '40 days', now(), 1, now() - interval '31 days'),
+                  ('quota', '{}', now() - interval '40 days', now(), 1, now() - interval '29 days'),
+                  ('quota', '{}', now() - interval '40 days', now(), 12, NULL),
+                  ('quota', '{}', now() - interval '40 days', now(), 0, NULL)
+           RETURNING "id""#,
+    )
+    .fetch_all(&fleet.pool)
+    .await
+    .expect("rows");
+    let deleted = webhook::prune(&fleet.pool, webhook::DEFAULT_RETENTION)
+        .await
+        .expect("prune");
+    assert_eq!(deleted, 1);
+    let left: Vec<i64> =
+        sqlx::query_scalar(r#"SELECT "id" FROM "webhook_deliveries" ORDER BY "id""#)
+            .fetch_all(&fleet.pool)
+            .await
+            .expect("rows");
+    assert_eq!(
+        left,
+        ids[1..],
+        "only the row delivered 31 days ago goes; pending and given-up rows stay"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -468,9 +528,9 @@ async fn failed_calls_are_retried_until_delivered() {
             call.body, calls[0].body,
             "every attempt sends the same body"
         );
-        assert_eq!(
-            call.header("x-tally-signature"),
-            calls[0].header("x-tally-signature")
+        assert!(
+            verify(call).is_some(),
+            "each attempt is signed with its own timestamp"
         );
     }
     // 50 ms, then 100 ms apart.

@@ -78,7 +78,21 @@ async fn calls_settle(calls: &Calls, n: usize) -> Vec<(HeaderMap, Bytes)> {
 }
 
 fn signed(headers: &HeaderMap, body: &[u8]) -> bool {
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+    };
     let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(SECRET.as_bytes()).expect("key");
+    mac.update(
+        format!(
+            "{}.{}.",
+            header("x-tally-timestamp"),
+            header("x-tally-delivery")
+        )
+        .as_bytes(),
+    );
     mac.update(body);
     let hex: String = mac
         .finalize()
@@ -89,7 +103,7 @@ fn signed(headers: &HeaderMap, body: &[u8]) -> bool {
     headers
         .get("x-tally-signature")
         .and_then(|v| v.to_str().ok())
-        == Some(&format!("sha256={hex}"))
+        == Some(&format!("v1={hex}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -422,10 +422,12 @@ pub struct ServeArgs {
     pub webhook_url: Option<webhook::Url>,
 
     /// The key of the webhook calls' signature: each call carries
-    /// `x-tally-signature: sha256=<hex HMAC-SHA256 of the body>`. Required
-    /// with --webhook-url; without it, no webhook is called. Meant to be
-    /// set in the environment (TALLY_WEBHOOK_SECRET), not on the command
-    /// line where other users can see it.
+    /// `x-tally-timestamp: <Unix seconds>`, `x-tally-delivery: <id>` and
+    /// `x-tally-signature: v1=<hex HMAC-SHA256 of "<timestamp>.<id>.<body>">`
+    /// (docs/billing.md shows how to check it). Required with
+    /// --webhook-url; without it, no webhook is called. Meant to be set in
+    /// the environment (TALLY_WEBHOOK_SECRET), not on the command line
+    /// where other users can see it.
     #[arg(
         long,
         env = "TALLY_WEBHOOK_SECRET",
@@ -433,6 +435,17 @@ pub struct ServeArgs {
         value_name = "SECRET"
     )]
     pub webhook_secret: Option<String>,
+
+    /// Delivered webhook calls are kept (in `webhook_deliveries`) this long,
+    /// then deleted; calls not delivered stay until removed by hand.
+    #[arg(
+        long,
+        env = "TALLY_WEBHOOK_RETENTION",
+        default_value = text(webhook::DEFAULT_RETENTION),
+        value_parser = parse_positive_duration,
+        value_name = "DURATION"
+    )]
+    pub webhook_retention: Duration,
 }
 
 /// A default duration as the flags take it and their help shows it
@@ -546,9 +559,10 @@ pub async fn run(pool: PgPool, args: ServeArgs, checked: Checked) -> anyhow::Res
         max_http_connections_per_address: args.max_http_connections_per_address as usize,
         header_read_timeout: args.header_read_timeout,
         webhook: match (args.webhook_url, args.webhook_secret) {
-            (Some(url), Some(secret)) => {
-                Some(webhook::Config::new(url, &secret).context("cannot use --webhook-secret")?)
-            }
+            (Some(url), Some(secret)) => Some(webhook::Config {
+                retention: args.webhook_retention,
+                ..webhook::Config::new(url, &secret).context("cannot use --webhook-secret")?
+            }),
             _ => None,
         },
     };
