@@ -11,7 +11,7 @@ use chrono::Utc;
 use sqlx::PgPool;
 use tally_proto::{limits, v1::heartbeat_server::HeartbeatServer};
 use tokio::{net::TcpListener, sync::watch};
-use tonic::transport::{Identity, Server, ServerTlsConfig};
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 use crate::{
     billing::period::{self, Schedule},
@@ -32,6 +32,9 @@ pub struct Options {
     pub listen: SocketAddr,
     /// PEM certificate chain and key; `None` serves plaintext.
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// PEM certificates of the authorities whose client certificates the
+    /// node channel requires (mutual TLS); `None`: none asked for.
+    pub client_ca: Option<PathBuf>,
     /// The interval to ask agents for.
     pub heartbeat_interval: Option<Duration>,
     /// A node's clock further off ours than this is warned about (never
@@ -41,6 +44,9 @@ pub struct Options {
     pub ingest: ingest::Config,
     /// Address of the HTTP side (health, JSON API); `None`: no HTTP.
     pub http_listen: Option<SocketAddr>,
+    /// PEM certificate chain and key of the HTTP side; `None` serves
+    /// plaintext HTTP.
+    pub http_tls: Option<(PathBuf, PathBuf)>,
     /// A node not heard from for this long is shown offline.
     pub offline_after: Duration,
     /// Bearer tokens of the HTTP side.
@@ -132,6 +138,8 @@ impl Options {
         Self {
             listen,
             tls: None,
+            client_ca: None,
+            http_tls: None,
             heartbeat_interval: None,
             max_clock_skew: defaults::MAX_CLOCK_SKEW,
             history_retention: defaults::HISTORY_RETENTION,
@@ -196,12 +204,18 @@ pub async fn serve(
             .with_context(|| format!("cannot read the certificate {}", cert.display()))?;
         let key =
             std::fs::read(key).with_context(|| format!("cannot read the key {}", key.display()))?;
+        let mut config = ServerTlsConfig::new()
+            .identity(Identity::from_pem(cert, key))
+            .timeout(options.handshake_timeout);
+        if let Some(ca) = &options.client_ca {
+            let ca = std::fs::read(ca)
+                .with_context(|| format!("cannot read the client CA {}", ca.display()))?;
+            config = config
+                .client_ca_root(Certificate::from_pem(ca))
+                .client_auth_optional(false);
+        }
         server = server
-            .tls_config(
-                ServerTlsConfig::new()
-                    .identity(Identity::from_pem(cert, key))
-                    .timeout(options.handshake_timeout),
-            )
+            .tls_config(config)
             .context("cannot use the TLS certificate and key")?;
     }
     // Open heartbeat streams (and HTTP connections) end when the shutdown
@@ -254,6 +268,13 @@ pub async fn serve(
     ));
     let http = match listeners.http {
         Some(listener) => {
+            let tls = match &options.http_tls {
+                Some((cert, key)) => Some(http::listener::Tls {
+                    acceptor: http::tls::acceptor(cert, key).context("cannot serve HTTPS")?,
+                    handshake_timeout: options.handshake_timeout,
+                }),
+                None => None,
+            };
             let admission = Admission::new(
                 "http",
                 Limits {
@@ -283,6 +304,7 @@ pub async fn serve(
                 listener,
                 admission,
                 options.header_read_timeout,
+                tls,
                 options.ingest.schedule,
             )?;
             Some(http)
@@ -334,6 +356,7 @@ pub async fn serve(
     tracing::info!(
         %address,
         tls = options.tls.is_some(),
+        client_certificates = options.client_ca.is_some(),
         "serving tally.v1.Heartbeat"
     );
     let result = server
@@ -367,12 +390,14 @@ fn spawn_http(
     listener: TcpListener,
     admission: Admission,
     header_read_timeout: Duration,
+    tls: Option<http::listener::Tls>,
     schedule: Option<Schedule>,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let address = listener.local_addr().context("no local address")?;
     let (admin_tokens, read_tokens) = state.tokens.counts();
     tracing::info!(
         %address,
+        tls = tls.is_some(),
         admin_tokens,
         read_tokens,
         "serving HTTP (dashboard, JSON API, events, metrics)"
@@ -387,6 +412,7 @@ fn spawn_http(
         admission,
         router,
         header_read_timeout,
+        tls,
         stopping,
     )))
 }

@@ -1,8 +1,9 @@
 //! The HTTP side's connection loop: connections admitted within the
 //! listener's limits ([`crate::connections`]), HTTP/1 request headers read
 //! within a deadline (which also ends idle keep-alive connections), HTTP/2
-//! kept alive with pings, and a graceful end that lets answers in flight
-//! finish.
+//! kept alive with pings, TLS if asked for (the handshake within a
+//! deadline, in the connection's own task), and a graceful end that lets
+//! answers in flight finish.
 
 use std::time::Duration;
 
@@ -13,6 +14,7 @@ use hyper_util::{
     service::TowerToHyperService,
 };
 use tokio::{net::TcpListener, sync::watch};
+use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt as _;
 
 use crate::connections::Admission;
@@ -20,12 +22,21 @@ use crate::connections::Admission;
 /// A graceful end waits this long at most for connections to finish.
 const GRACE: Duration = Duration::from_secs(10);
 
-/// Serves `router` on `listener` until `stopping` turns true.
+/// HTTPS: the acceptor, and how long a handshake may take.
+#[derive(Clone)]
+pub struct Tls {
+    pub acceptor: TlsAcceptor,
+    pub handshake_timeout: Duration,
+}
+
+/// Serves `router` on `listener` (over TLS with `tls`) until `stopping`
+/// turns true.
 pub async fn serve(
     listener: TcpListener,
     admission: Admission,
     router: Router,
     header_read_timeout: Duration,
+    tls: Option<Tls>,
     mut stopping: watch::Receiver<bool>,
 ) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -52,12 +63,39 @@ pub async fn serve(
                 request
             },
         ));
-        let connection = builder
-            .serve_connection_with_upgrades(TokioIo::new(admitted), service)
-            .into_owned();
-        let connection = graceful.watch(connection);
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            if let Err(error) = connection.await {
+            let result = match tls {
+                None => {
+                    let connection =
+                        builder.serve_connection_with_upgrades(TokioIo::new(admitted), service);
+                    watcher.watch(connection.into_owned()).await
+                }
+                Some(tls) => {
+                    let stream = match tokio::time::timeout(
+                        tls.handshake_timeout,
+                        tls.acceptor.accept(admitted),
+                    )
+                    .await
+                    {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(error)) => {
+                            tracing::debug!(%error, peer = %peer.0, "TLS handshake failed (HTTP)");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(peer = %peer.0, "TLS handshake timed out (HTTP)");
+                            return;
+                        }
+                    };
+                    let connection =
+                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                    watcher.watch(connection.into_owned()).await
+                }
+            };
+            if let Err(error) = result {
                 tracing::trace!(%error, "HTTP connection ended with an error");
             }
         });

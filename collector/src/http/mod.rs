@@ -23,6 +23,7 @@ pub(crate) mod openapi;
 pub(crate) mod params;
 pub(crate) mod quota;
 pub mod rankings;
+pub mod tls;
 
 use std::{sync::Arc, time::Duration};
 

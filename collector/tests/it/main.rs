@@ -24,6 +24,7 @@ mod grpc;
 mod hostile;
 mod http;
 mod http_tokens;
+mod https;
 mod ingest_rules;
 mod metrics;
 mod period;

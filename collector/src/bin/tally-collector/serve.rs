@@ -34,11 +34,57 @@ pub struct ServeArgs {
 
     /// Address and port for the HTTP side: the dashboard (`/`), the JSON
     /// API and its event stream under `/api/v1`, `/metrics`, and health
-    /// checks (`/healthz`, `/readyz`). It is plain HTTP: put a
-    /// TLS-terminating proxy in front when it leaves the host. Without it,
+    /// checks (`/healthz`, `/readyz`). HTTPS with --http-tls-cert and
+    /// --http-tls-key; plain HTTP only on a loopback address (behind a
+    /// TLS-terminating proxy) unless --http-insecure-plaintext. Without it,
     /// no HTTP is served.
     #[arg(long, env = "TALLY_HTTP_LISTEN", value_name = "ADDRESS")]
     pub http_listen: Option<SocketAddr>,
+
+    /// PEM file with the certificate chain the HTTP side presents (HTTPS,
+    /// HTTP/2 and HTTP/1.1); needs --http-tls-key. Read once, at start.
+    /// Without it, the HTTP side is plain HTTP (see --http-listen).
+    #[arg(
+        long,
+        env = "TALLY_HTTP_TLS_CERT",
+        requires = "http_tls_key",
+        value_name = "FILE"
+    )]
+    pub http_tls_cert: Option<PathBuf>,
+
+    /// PEM file with the private key of --http-tls-cert; needs
+    /// --http-tls-cert. Without both, the HTTP side is plain HTTP.
+    #[arg(
+        long,
+        env = "TALLY_HTTP_TLS_KEY",
+        requires = "http_tls_cert",
+        value_name = "FILE"
+    )]
+    pub http_tls_key: Option<PathBuf>,
+
+    /// Serve plain HTTP on an address that is not loopback: bearer tokens,
+    /// the API's answers and the dashboard cross the network in the clear.
+    /// Only for a trusted network; cannot be combined with --http-tls-cert.
+    #[arg(
+        long,
+        env = "TALLY_HTTP_INSECURE_PLAINTEXT",
+        value_parser = BoolishValueParser::new(),
+        conflicts_with = "http_tls_cert"
+    )]
+    pub http_insecure_plaintext: bool,
+
+    /// PEM file with the certificate authorities whose client certificates
+    /// the node channel accepts: with it, every agent must present a
+    /// certificate one of them signed (mutual TLS, agent --client-cert), in
+    /// addition to its token. Needs --tls-cert. Without it, agents prove
+    /// who they are with their token alone.
+    #[arg(
+        long,
+        env = "TALLY_CLIENT_CA",
+        requires = "tls_cert",
+        value_name = "FILE"
+    )]
+    pub client_ca: Option<PathBuf>,
 
     /// A node not heard from for this long is shown offline (in the API,
     /// the dashboard and /metrics). Keep it a few heartbeat intervals long,
@@ -442,7 +488,7 @@ pub struct ServeArgs {
         long,
         env = "TALLY_WEBHOOK_RETENTION",
         default_value = text(webhook::DEFAULT_RETENTION),
-        value_parser = parse_positive_duration,
+        value_parser = humantime::parse_duration,
         value_name = "DURATION"
     )]
     pub webhook_retention: Duration,
@@ -472,16 +518,34 @@ pub type TlsFiles = Option<(PathBuf, PathBuf)>;
 #[derive(Debug)]
 pub struct Checked {
     tls: TlsFiles,
+    http_tls: TlsFiles,
     tokens: http::TokenSet,
 }
 
 /// Checks the flags that can be checked without the database: TLS files
-/// given or plaintext asked for, and the HTTP tokens' form.
+/// given or plaintext asked for (on each side), and the HTTP tokens' form.
 pub fn check(args: &ServeArgs) -> anyhow::Result<Checked> {
     Ok(Checked {
         tls: tls_files(args)?,
+        http_tls: http_tls_files(args)?,
         tokens: token_sources(args).load()?,
     })
+}
+
+/// The HTTP side's certificate and key; `None` (plain HTTP) only on a
+/// loopback address or when asked for explicitly.
+fn http_tls_files(args: &ServeArgs) -> anyhow::Result<TlsFiles> {
+    match (&args.http_tls_cert, &args.http_tls_key, args.http_listen) {
+        (Some(cert), Some(key), _) => Ok(Some((cert.clone(), key.clone()))),
+        (_, _, Some(address)) if !address.ip().is_loopback() && !args.http_insecure_plaintext => {
+            anyhow::bail!(
+                "--http-listen {address} would serve plain HTTP beyond this host: pass \
+                 --http-tls-cert and --http-tls-key, listen on a loopback address behind a TLS \
+                 proxy, or pass --http-insecure-plaintext"
+            )
+        }
+        _ => Ok(None),
+    }
 }
 
 fn token_sources(args: &ServeArgs) -> TokenSources {
@@ -506,7 +570,11 @@ fn tls_files(args: &ServeArgs) -> anyhow::Result<TlsFiles> {
 }
 
 pub async fn run(pool: PgPool, args: ServeArgs, checked: Checked) -> anyhow::Result<()> {
-    let Checked { tls, tokens } = checked;
+    let Checked {
+        tls,
+        http_tls,
+        tokens,
+    } = checked;
     if !args.no_migrate {
         let count = db::migrate(&pool)
             .await
@@ -539,6 +607,8 @@ pub async fn run(pool: PgPool, args: ServeArgs, checked: Checked) -> anyhow::Res
             ..ingest::Config::default()
         },
         http_listen: args.http_listen,
+        http_tls,
+        client_ca: args.client_ca.clone(),
         offline_after: args.offline_after,
         tokens: tokens.clone(),
         database: db::Budget {

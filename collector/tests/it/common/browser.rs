@@ -59,6 +59,18 @@ impl Browser {
     /// `width`×`height` window; `None` (after saying `SKIP`) when either is
     /// missing.
     pub async fn start(test: &str, width: u32, height: u32) -> Option<Browser> {
+        Self::start_with(test, width, height, false).await
+    }
+
+    /// As [`Browser::start`]; with `accept_insecure_certs`, pages are
+    /// loaded over HTTPS whatever authority signed the server's certificate
+    /// (a test's own).
+    pub async fn start_with(
+        test: &str,
+        width: u32,
+        height: u32,
+        accept_insecure_certs: bool,
+    ) -> Option<Browser> {
         let chromium = binary("TALLY_CHROMIUM", CHROMIUM);
         let chromedriver = binary("TALLY_CHROMEDRIVER", CHROMEDRIVER);
         for (path, package) in [(&chromium, "chromium"), (&chromedriver, "chromium-driver")] {
@@ -87,6 +99,7 @@ impl Browser {
                 ],
             }),
         );
+        capabilities.insert("acceptInsecureCerts".into(), json!(accept_insecure_certs));
         let client = ClientBuilder::new(HttpConnector::new())
             .capabilities(capabilities)
             .connect(&format!("http://127.0.0.1:{port}"))
