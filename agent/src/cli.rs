@@ -147,6 +147,17 @@ pub struct CollectorArgs {
     )]
     pub token_file: Option<PathBuf>,
 
+    /// Refuse to start, instead of only warning, when --token-file is
+    /// readable or writable by group or others (any of its mode bits 077 set;
+    /// `chmod 0600` it). Only the token file is concerned: a state directory
+    /// that is not the agent's alone (see --state-dir) is refused either way.
+    #[arg(
+        long,
+        env = "TALLY_STRICT",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub strict: bool,
+
     /// PEM file with the CA certificate(s) that signed the collector's
     /// certificate. Without it, an https:// collector is refused (the agent
     /// trusts no built-in roots).
@@ -176,8 +187,9 @@ pub struct CollectorArgs {
     /// answered it; the next start delivers it before any other heartbeat,
     /// so the traffic up to a shutdown or reboot is counted even when the
     /// collector was unreachable then. Created (mode 0700) if missing; give
-    /// each agent its own (it is locked while the agent runs). Only used
-    /// with --collector.
+    /// each agent its own (it is locked while the agent runs). The agent
+    /// refuses to start when it is a symbolic link, belongs to another user
+    /// or is writable by group or others. Only used with --collector.
     #[arg(long, env = "TALLY_STATE_DIR", default_value = DEFAULT_STATE_DIR, value_name = "DIR")]
     pub state_dir: PathBuf,
 }
@@ -267,6 +279,27 @@ mod tests {
         );
     }
 
+    /// The help check above asks a variable of options that take a value;
+    /// the rule at the top of this module asks one of every option of `run`,
+    /// switches too.
+    #[test]
+    fn every_option_of_run_reads_a_variable() {
+        let command = Cli::command();
+        let run = command.find_subcommand("run").expect("run");
+        for arg in run.get_arguments() {
+            let id = arg.get_id().as_str();
+            if matches!(id, "help" | "version") {
+                continue;
+            }
+            assert!(arg.get_env().is_some(), "run --{id} reads no variable");
+        }
+        let strict = run
+            .get_arguments()
+            .find(|a| a.get_id() == "strict")
+            .expect("--strict");
+        assert_eq!(strict.get_env(), Some(std::ffi::OsStr::new("TALLY_STRICT")));
+    }
+
     #[test]
     fn on_lists_what_turns_a_switch_on() {
         use clap::builder::TypedValueParser as _;
@@ -348,6 +381,7 @@ mod tests {
         assert_eq!(c.ca, Some(PathBuf::from("/etc/tally/ca.pem")));
         assert_eq!(c.token_file, Some(PathBuf::from("/etc/tally/token")));
         assert!(!c.insecure_plaintext);
+        assert!(!c.strict, "warn only, unless told");
         assert_eq!(c.final_heartbeat_timeout, Duration::from_secs(2));
         assert_eq!(c.state_dir, PathBuf::from("/var/lib/tally-agent"));
 
@@ -359,6 +393,7 @@ mod tests {
             "--insecure-plaintext",
             "--state-dir",
             "/srv/tally",
+            "--strict",
         ])
         .expect("parses")
         .command
@@ -366,6 +401,7 @@ mod tests {
             panic!("run")
         };
         assert!(plain.collector.insecure_plaintext);
+        assert!(plain.collector.strict);
         assert_eq!(plain.collector.state_dir, PathBuf::from("/srv/tally"));
         assert_eq!(
             plain.collector.final_heartbeat_timeout,

@@ -15,7 +15,8 @@
 //!
 //! The file is small JSON, replaced durably on every change (a new set, a
 //! raise, a higher generation seen); one that cannot be read is logged and
-//! started again (the collector's answers then restore the count).
+//! started again (the collector's answers then restore the count). It is
+//! never read or written through a symbolic link (`O_NOFOLLOW`).
 
 use std::path::{Path, PathBuf};
 
@@ -58,7 +59,7 @@ impl Generations {
     /// file, or one that cannot be read: logged).
     pub fn load(dir: &Path) -> Self {
         let path = dir.join(FILE_NAME);
-        let read = match std::fs::read(&path) {
+        let read = match read_file(&path) {
             Ok(bytes) => parse(&bytes).map_err(|e| e.to_string()),
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(Record::default()),
             Err(error) => Err(error.to_string()),
@@ -155,6 +156,14 @@ impl Generations {
     }
 }
 
+/// The file at `path`, never read through a symbolic link.
+fn read_file(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read as _;
+    let mut bytes = Vec::new();
+    durable::open_for_reading(path)?.read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
 /// The file's contents.
 fn parse(bytes: &[u8]) -> Result<Record, serde_json::Error> {
     serde_json::from_slice(bytes)
@@ -211,6 +220,24 @@ mod tests {
         assert_eq!(kept.record.highest, 20);
         assert_eq!(kept.find("boot", "e19").map(|s| s.generation), Some(20));
         assert!(kept.find("boot", "e0").is_none());
+    }
+
+    #[test]
+    fn a_symbolic_link_is_neither_read_nor_written_through() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let elsewhere = tempfile::tempdir().expect("tempdir");
+        let victim = elsewhere.path().join("victim");
+        let planted = br#"{"highest":41,"sets":[]}"#;
+        std::fs::write(&victim, planted).expect("write");
+        std::os::unix::fs::symlink(&victim, dir.path().join(FILE_NAME)).expect("symlink");
+        std::os::unix::fs::symlink(&victim, dir.path().join("generation.tmp")).expect("symlink");
+        let mut generations = Generations::load(dir.path());
+        assert_eq!(generations.of("boot", "a"), 1, "not read through the link");
+        assert_eq!(
+            std::fs::read(&victim).expect("read"),
+            planted,
+            "not written"
+        );
     }
 
     #[test]

@@ -25,7 +25,9 @@
 //! journal is either the old one or the new one. A file that is not a
 //! complete journal of this format (torn, damaged, foreign, from another
 //! format version) is moved aside to `journal.corrupt` with an error log
-//! and treated as absent.
+//! and treated as absent. No journal file is ever opened through a symbolic
+//! link (`O_NOFOLLOW`): one planted at `journal` or `journal.tmp` is an
+//! error that says so, and where it points is left as it was.
 
 use std::{
     fs, io,
@@ -141,19 +143,21 @@ impl Journal {
             path: path.clone(),
             error,
         };
-        let size = match fs::metadata(&path) {
-            Ok(meta) => meta.len(),
+        // Never through a symbolic link: one there is an error, not a
+        // journal.
+        let mut file = match durable::open_for_reading(&path) {
+            Ok(file) => file,
             Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(error) => return Err(io("inspect", error)),
+            Err(error) => return Err(io("open", error)),
         };
+        let size = file.metadata().map_err(|e| io("inspect", e))?.len();
         let decoded = if size > (HEADER_LEN + MAX_PAYLOAD) as u64 {
             Err(Corrupt::TooLarge(size))
         } else {
-            match fs::read(&path) {
-                Ok(bytes) => decode(&bytes),
-                Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
-                Err(error) => return Err(io("read", error)),
-            }
+            use io::Read as _;
+            let mut bytes = Vec::new();
+            file.read_to_end(&mut bytes).map_err(|e| io("read", e))?;
+            decode(&bytes)
         };
         match decoded {
             Ok(entries) => Ok(Some(entries)),
@@ -506,6 +510,41 @@ mod tests {
         assert!(text.contains("cannot create"), "{text}");
         assert!(text.contains("missing/journal.tmp"), "{text}");
         assert!(!dir.path().join("missing").exists(), "not created here");
+    }
+
+    #[test]
+    fn symbolic_links_in_the_state_dir_are_never_followed() {
+        use std::os::unix::fs::symlink;
+        let (dir, journal) = state_dir();
+        let elsewhere = tempfile::tempdir().expect("tempdir");
+        let victim = elsewhere.path().join("shadow");
+        fs::write(&victim, b"root:x:0:0\n").expect("write");
+
+        // Writing: the temporary file is a link to another file.
+        symlink(&victim, dir.path().join("journal.tmp")).expect("plant a symlink");
+        let error = journal
+            .write(&[heartbeat("boot-1", "e1", 41)])
+            .expect_err("refused");
+        let text = error.to_string();
+        assert!(
+            text.contains("journal.tmp: it is a symbolic link"),
+            "{text}"
+        );
+        assert_eq!(fs::read(&victim).expect("read"), b"root:x:0:0\n");
+        assert!(!journal.path().exists());
+
+        // Reading: the journal itself is a link to a valid journal.
+        fs::remove_file(dir.path().join("journal.tmp")).expect("remove");
+        let valid = encode(&[heartbeat("boot-1", "e1", 41)]).expect("encode");
+        fs::write(&victim, &valid).expect("write");
+        symlink(&victim, journal.path()).expect("plant a symlink");
+        let error = journal.read().expect_err("refused");
+        assert!(
+            error.to_string().contains("journal: it is a symbolic link"),
+            "{error}"
+        );
+        assert_eq!(fs::read(&victim).expect("read"), valid, "left as it was");
+        assert_eq!(names(dir.path()), ["journal"], "not moved aside either");
     }
 
     #[test]

@@ -66,6 +66,12 @@ pub async fn run(args: RunArgs, layout: PinLayout) -> anyhow::Result<()> {
     };
     // After every check of the settings: a refusal stays one line.
     tracing::info!(version = %crate::VERSION, "tally-agent starting");
+    if let Some(exposed) = collector
+        .as_ref()
+        .and_then(|c| c.config.exposed_token_file.as_ref())
+    {
+        exposed.warn();
+    }
     match args.source {
         SourceKind::Ebpf => run_ebpf(&args, layout, filter, collector, &mut stop).await,
         SourceKind::Procfs => {

@@ -1,8 +1,16 @@
 //! The collector settings of `run`, checked before anything is attached: the
 //! URL and its transport (TLS with `--ca`, or plaintext only with
 //! `--insecure-plaintext`), the node's token, and the CA bundle.
+//!
+//! A `--token-file` that group or others may read or write gets a warning
+//! at start ([`ExposedTokenFile`]), or, with `--strict`, stops the start
+//! ([`token_file_access`]).
 
-use std::{fmt, fs, path::Path, time::Duration};
+use std::{
+    fmt, fs,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use anyhow::{Context as _, bail};
 use tonic::{
@@ -31,6 +39,9 @@ pub struct CollectorConfig {
     pub rpc_timeout: Duration,
     /// How long the last heartbeat on SIGTERM may take (zero: none).
     pub final_timeout: Duration,
+    /// The token file, when group or others may read or write it: to be
+    /// warned about once every setting was checked.
+    pub exposed_token_file: Option<ExposedTokenFile>,
 }
 
 impl fmt::Debug for CollectorConfig {
@@ -40,6 +51,7 @@ impl fmt::Debug for CollectorConfig {
             .field("authorization", &"Bearer <redacted>")
             .field("rpc_timeout", &self.rpc_timeout)
             .field("final_timeout", &self.final_timeout)
+            .field("exposed_token_file", &self.exposed_token_file)
             .finish_non_exhaustive()
     }
 }
@@ -62,7 +74,8 @@ impl CollectorConfig {
             return Ok(None);
         };
         let (uri, transport) = check_url(url, args.ca.is_some(), args.insecure_plaintext)?;
-        let token = token(args.token_file.as_deref(), token_env)?;
+        let (token, exposed_token_file) =
+            token(args.token_file.as_deref(), token_env, args.strict)?;
         let mut authorization: MetadataValue<Ascii> = format!("Bearer {token}")
             .parse()
             .context("the token cannot be sent as gRPC metadata")?;
@@ -87,6 +100,7 @@ impl CollectorConfig {
             authorization,
             rpc_timeout: RPC_TIMEOUT,
             final_timeout: args.final_heartbeat_timeout,
+            exposed_token_file,
         }))
     }
 }
@@ -139,17 +153,24 @@ pub fn check_url(url: &str, has_ca: bool, insecure: bool) -> anyhow::Result<(Uri
     }
 }
 
-/// The token, from `--token-file` or TALLY_TOKEN (exactly one of them).
-pub fn token(file: Option<&Path>, env: Option<String>) -> anyhow::Result<String> {
+/// The token, from `--token-file` or TALLY_TOKEN (exactly one of them),
+/// and the token file when group or others may read or write it; `strict`
+/// (`--strict`) refuses such a file instead.
+pub fn token(
+    file: Option<&Path>,
+    env: Option<String>,
+    strict: bool,
+) -> anyhow::Result<(String, Option<ExposedTokenFile>)> {
     match (file, env) {
         (Some(_), Some(_)) => bail!(
             "both --token-file (or TALLY_TOKEN_FILE) and {TOKEN_ENV} are set: give the token \
              one way only"
         ),
-        (Some(path), None) => read_token_file(path),
-        (None, Some(text)) => {
-            parse_token(&text).with_context(|| format!("{TOKEN_ENV} is unusable"))
-        }
+        (Some(path), None) => read_token_file(path, strict),
+        (None, Some(text)) => Ok((
+            parse_token(&text).with_context(|| format!("{TOKEN_ENV} is unusable"))?,
+            None,
+        )),
         (None, None) => bail!(
             "--collector needs the node's token: give --token-file PATH (or set {TOKEN_ENV}); \
              `tally-collector node add` prints it"
@@ -157,11 +178,88 @@ pub fn token(file: Option<&Path>, env: Option<String>) -> anyhow::Result<String>
     }
 }
 
-/// Reads a token file: the token, surrounding whitespace ignored.
-pub fn read_token_file(path: &Path) -> anyhow::Result<String> {
-    let text = fs::read_to_string(path)
-        .with_context(|| format!("cannot read --token-file {}", path.display()))?;
-    parse_token(&text).with_context(|| format!("--token-file {} is unusable", path.display()))
+/// What start-up does about a token file's permission bits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenFileAccess {
+    /// Only its owner may read or write it: nothing to say.
+    Private,
+    /// Group or others may read or write it: a warning.
+    Warn,
+    /// The same under `--strict`: the agent refuses to start.
+    Refuse,
+}
+
+/// What to do about a token file of the permission bits `mode`: anything
+/// group or others may do with it (`mode & 0o077`) is worth a warning, or a
+/// refusal when `strict`.
+pub fn token_file_access(mode: u32, strict: bool) -> TokenFileAccess {
+    match (mode & 0o077 == 0, strict) {
+        (true, _) => TokenFileAccess::Private,
+        (false, false) => TokenFileAccess::Warn,
+        (false, true) => TokenFileAccess::Refuse,
+    }
+}
+
+/// A `--token-file` that group or others may read or write, read all the
+/// same because `--strict` was not given. `run` logs [`Self::warn`] once
+/// every setting was checked, so that a refusal stays one line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExposedTokenFile {
+    /// The file, as given.
+    pub path: PathBuf,
+    /// Its permission bits (`st_mode & 0o7777`).
+    pub mode: u32,
+}
+
+impl ExposedTokenFile {
+    /// Logs the warning: the file, its mode, and the fix.
+    pub fn warn(&self) {
+        tracing::warn!(
+            path = %self.path.display(),
+            mode = %format!("{:04o}", self.mode),
+            "the token file is readable or writable by group or others: run `chmod 0600 {}` \
+             (with --strict the agent refuses to start)",
+            self.path.display()
+        );
+    }
+}
+
+/// Reads a token file: the token, surrounding whitespace ignored. Its mode
+/// is checked first ([`token_file_access`]): under `strict` a file group or
+/// others may read or write is an error, otherwise it is returned second,
+/// to be warned about.
+pub fn read_token_file(
+    path: &Path,
+    strict: bool,
+) -> anyhow::Result<(String, Option<ExposedTokenFile>)> {
+    use std::{io::Read as _, os::unix::fs::PermissionsExt as _};
+    let cannot_read = || format!("cannot read --token-file {}", path.display());
+    let mut file = fs::File::open(path).with_context(cannot_read)?;
+    // The file that was opened (through a symbolic link, if it is one).
+    let mode = file
+        .metadata()
+        .with_context(cannot_read)?
+        .permissions()
+        .mode()
+        & 0o7777;
+    let exposed = match token_file_access(mode, strict) {
+        TokenFileAccess::Private => None,
+        TokenFileAccess::Warn => Some(ExposedTokenFile {
+            path: path.to_owned(),
+            mode,
+        }),
+        TokenFileAccess::Refuse => bail!(
+            "refusing --token-file {} (mode {mode:04o}): group or others may read or write the \
+             node's token, and --strict (TALLY_STRICT) allows only its owner; run `chmod 0600 {}`",
+            path.display(),
+            path.display()
+        ),
+    };
+    let mut text = String::new();
+    file.read_to_string(&mut text).with_context(cannot_read)?;
+    let token = parse_token(&text)
+        .with_context(|| format!("--token-file {} is unusable", path.display()))?;
+    Ok((token, exposed))
 }
 
 /// A token: one word of printable ASCII (the value is never echoed back).
@@ -254,37 +352,105 @@ mod tests {
         fs::File::create(&path)
             .and_then(|mut f| f.write_all(b"  tly_abc.DEF-123\n\n"))
             .expect("write");
-        assert_eq!(read_token_file(&path).expect("token"), "tly_abc.DEF-123");
+        let (token, _) = read_token_file(&path, false).expect("token");
+        assert_eq!(token, "tly_abc.DEF-123");
 
         fs::write(&path, " \n").expect("write");
-        let empty = err(read_token_file(&path));
+        let empty = err(read_token_file(&path, false));
         assert!(empty.contains("is empty"), "{empty}");
         assert!(empty.contains(&path.display().to_string()), "{empty}");
 
         fs::write(&path, "two words\n").expect("write");
-        let spaced = err(read_token_file(&path));
+        let spaced = err(read_token_file(&path, false));
         assert!(spaced.contains("one word"), "{spaced}");
         assert!(
             !spaced.contains("two words"),
             "the token is never echoed: {spaced}"
         );
 
-        let missing = err(read_token_file(&dir.path().join("nope")));
+        let missing = err(read_token_file(&dir.path().join("nope"), false));
         assert!(missing.contains("cannot read --token-file"), "{missing}");
+    }
+
+    #[test]
+    fn a_token_file_others_may_read_is_a_warning_or_under_strict_a_refusal() {
+        use TokenFileAccess::*;
+        for mode in [0o600, 0o400, 0o700, 0o4600] {
+            assert_eq!(token_file_access(mode, false), Private, "{mode:o}");
+            assert_eq!(token_file_access(mode, true), Private, "{mode:o}");
+        }
+        for mode in [0o644, 0o640, 0o604, 0o660, 0o606, 0o610, 0o777] {
+            assert_eq!(token_file_access(mode, false), Warn, "{mode:o}");
+            assert_eq!(token_file_access(mode, true), Refuse, "{mode:o}");
+        }
+
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("token");
+        fs::write(&path, "tly_abc\n").expect("write");
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).expect("chmod");
+        // Without --strict the token is read all the same, to be warned
+        // about.
+        assert_eq!(
+            read_token_file(&path, false).expect("warned"),
+            (
+                "tly_abc".to_owned(),
+                Some(ExposedTokenFile {
+                    path: path.clone(),
+                    mode: 0o644
+                })
+            )
+        );
+        let refused = err(read_token_file(&path, true));
+        assert_eq!(
+            refused,
+            format!(
+                "refusing --token-file {0} (mode 0644): group or others may read or write the \
+                 node's token, and --strict (TALLY_STRICT) allows only its owner; run `chmod \
+                 0600 {0}`",
+                path.display()
+            )
+        );
+        assert!(!refused.contains("tly_abc"), "the token is never echoed");
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).expect("chmod");
+        assert_eq!(
+            read_token_file(&path, true).expect("private"),
+            ("tly_abc".to_owned(), None)
+        );
+
+        // Through the settings, as `run` reads them.
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o640)).expect("chmod");
+        let mut settings = args("http://127.0.0.1:50051");
+        settings.insecure_plaintext = true;
+        settings.token_file = Some(path.clone());
+        let config = CollectorConfig::from_args(&settings, None)
+            .expect("a warning only")
+            .expect("some");
+        assert_eq!(
+            config.exposed_token_file.map(|e| e.mode),
+            Some(0o640),
+            "to be warned about"
+        );
+        settings.strict = true;
+        let refused = err(CollectorConfig::from_args(&settings, None));
+        assert!(
+            refused.starts_with("refusing --token-file") && refused.contains("(mode 0640)"),
+            "{refused}"
+        );
     }
 
     #[test]
     fn the_token_comes_one_way_only() {
         assert_eq!(
-            token(None, Some(" secret\n".into())).expect("env"),
-            "secret"
+            token(None, Some(" secret\n".into()), false).expect("env"),
+            ("secret".to_owned(), None)
         );
-        let both = err(token(Some(Path::new("/t")), Some("secret".into())));
+        let both = err(token(Some(Path::new("/t")), Some("secret".into()), false));
         assert!(both.contains("one way only"), "{both}");
-        let none = err(token(None, None));
+        let none = err(token(None, None, false));
         assert!(none.contains("--token-file"), "{none}");
         assert!(none.contains(TOKEN_ENV), "{none}");
-        let empty = err(token(None, Some(String::new())));
+        let empty = err(token(None, Some(String::new()), false));
         assert!(
             empty.contains("TALLY_TOKEN is unusable: it is empty"),
             "{empty}"
@@ -297,6 +463,7 @@ mod tests {
             token_file: None,
             ca: None,
             insecure_plaintext: false,
+            strict: false,
             final_heartbeat_timeout: Duration::from_secs(5),
             state_dir: "/var/lib/tally-agent".into(),
         }

@@ -370,10 +370,19 @@ fn clean_command() -> Command {
     cmd
 }
 
+/// A token file readable by its owner only, as deployed (a looser one gets
+/// a warning, which the tests that look for one must not mistake for theirs).
 fn token_file(dir: &Path) -> PathBuf {
     let path = dir.join("token");
     fs::write(&path, format!("{TOKEN}\n")).expect("token file");
+    set_mode(&path, 0o600);
     path
+}
+
+/// Sets the permission bits of `path`.
+fn set_mode(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt as _;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).expect("chmod");
 }
 
 fn unix_ns() -> u64 {
@@ -1001,6 +1010,46 @@ fn collector_settings_are_checked_before_anything_is_attached() {
         .concat(),
     );
     assert!(refusal(&bad_url).contains("https:// or http://"));
+
+    // A token file group or others may read: refused under --strict (and
+    // only warned about without it, once every setting was checked).
+    let exposed = dir.path().join("exposed-token");
+    fs::write(&exposed, format!("{TOKEN}\n")).expect("write");
+    set_mode(&exposed, 0o644);
+    let exposed = exposed.display().to_string();
+    let plain_collector = ["--collector", "http://127.0.0.1:1", "--insecure-plaintext"];
+    let strict = run_agent(
+        &[
+            &base[..],
+            &plain_collector,
+            &["--strict", "--token-file", &exposed],
+        ]
+        .concat(),
+    );
+    let err = refusal(&strict);
+    assert!(err.contains("refusing --token-file"), "{err}");
+    assert!(err.contains("(mode 0644)"), "{err}");
+    assert!(err.contains(&format!("chmod 0600 {exposed}")), "{err}");
+
+    // A state directory others may write: refused, whatever --strict says,
+    // in one line (the token file's warning would come after the checks).
+    let open = dir.path().join("open-state");
+    fs::create_dir(&open).expect("mkdir");
+    set_mode(&open, 0o777);
+    let state = open.display().to_string();
+    let out = run_agent(
+        &[
+            &base[..],
+            &plain_collector,
+            &["--token-file", &exposed, "--state-dir", &state],
+        ]
+        .concat(),
+    );
+    let err = refusal(&out);
+    assert!(err.contains("refusing the state directory"), "{err}");
+    assert!(err.contains("mode 0777"), "{err}");
+    assert!(err.contains("chmod 0700"), "{err}");
+    assert_eq!(fs::read_dir(&open).expect("list").count(), 0, "untouched");
 
     // The token may come from TALLY_TOKEN instead, but not from both.
     let both = clean_command()

@@ -257,6 +257,9 @@ impl Store {
             .expect("node add");
         let token_file = self.dir.path().join(format!("token-{}", node.id));
         fs::write(&token_file, format!("{}\n", node.token)).expect("token file");
+        // Readable by its owner only, as deployed (a looser one gets a warning).
+        let private = <fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o600);
+        fs::set_permissions(&token_file, private).expect("chmod the token file");
         (node, token_file)
     }
 
