@@ -16,6 +16,48 @@ pub struct Credentials {
     pub secret_hash: String,
 }
 
+/// What is stored of a node's tokens: the current one's hash, and, for a
+/// while after a rotation, the one before.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeKeys {
+    /// The current token's hash ([`REVOKED`] after `node revoke`).
+    pub current: String,
+    /// The token before the last rotation, and until when it is valid (UTC).
+    pub previous: Option<(String, chrono::NaiveDateTime)>,
+}
+
+/// Which of a node's tokens a call presented.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admitted {
+    Current,
+    /// The token before a rotation, within its grace.
+    Previous,
+}
+
+/// The `tokenHash` of a revoked node: not 64 hex digits, so no token's hash
+/// is ever equal to it.
+pub const REVOKED: &str = "revoked";
+
+impl NodeKeys {
+    /// Which token `credentials` are, at `now` (UTC), if any.
+    pub fn admits(
+        &self,
+        credentials: &Credentials,
+        now: chrono::NaiveDateTime,
+    ) -> Option<Admitted> {
+        let previous = self
+            .previous
+            .as_ref()
+            .is_some_and(|(hash, until)| now < *until && matches(credentials, hash));
+        // Both are compared, whichever matches.
+        match (matches(credentials, &self.current), previous) {
+            (true, _) => Some(Admitted::Current),
+            (false, true) => Some(Admitted::Previous),
+            (false, false) => None,
+        }
+    }
+}
+
 /// A newly made token and what is stored of it.
 pub struct NewToken {
     pub token: String,
@@ -94,6 +136,40 @@ mod tests {
         assert!(!matches(&credentials, &other.hash));
         assert_ne!(made.token, other.token);
         assert!(!made.token.contains(&made.hash));
+    }
+
+    #[test]
+    fn the_previous_token_is_valid_until_its_time_only() {
+        let old = new_token("n").expect("rng");
+        let new = new_token("n").expect("rng");
+        let at =
+            |s: &str| chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S").expect("time");
+        let keys = NodeKeys {
+            current: new.hash.clone(),
+            previous: Some((old.hash.clone(), at("2026-12-08 10:10:00"))),
+        };
+        let presented =
+            |t: &NewToken| from_bearer(Some(&format!("Bearer {}", t.token))).expect("parses");
+        let before = at("2026-12-08 10:09:59");
+        assert_eq!(
+            keys.admits(&presented(&new), before),
+            Some(Admitted::Current)
+        );
+        assert_eq!(
+            keys.admits(&presented(&old), before),
+            Some(Admitted::Previous)
+        );
+        assert_eq!(
+            keys.admits(&presented(&old), at("2026-12-08 10:10:00")),
+            None
+        );
+        let stranger = new_token("n").expect("rng");
+        assert_eq!(keys.admits(&presented(&stranger), before), None);
+        let revoked = NodeKeys {
+            current: REVOKED.to_owned(),
+            previous: None,
+        };
+        assert_eq!(revoked.admits(&presented(&new), before), None);
     }
 
     #[test]

@@ -135,6 +135,9 @@ pub struct TrafficCounters {
 pub enum NodeChange {
     Added,
     Removed,
+    /// Its token was rotated or revoked, or the grace of its previous
+    /// token ended.
+    Token,
 }
 
 /// An event to announce, as it is serialized.

@@ -30,6 +30,7 @@ pub(crate) mod node_tokens;
 pub mod nodes;
 pub mod quota;
 pub mod serve;
+pub mod token_rotation;
 pub mod validate;
 pub mod views;
 pub mod webhook;

@@ -22,7 +22,7 @@ use sqlx::{PgPool, Row as _};
 use tokio::sync::{broadcast, watch};
 
 use crate::{
-    auth::{self, Credentials},
+    auth::{Admitted, Credentials, NodeKeys},
     events::{Event, Kind},
 };
 
@@ -32,7 +32,20 @@ pub const RELOAD_EVERY: Duration = Duration::from_secs(60);
 /// The token hashes by node id.
 #[derive(Debug, Default)]
 pub struct NodeTokens {
-    hashes: RwLock<HashMap<String, String>>,
+    hashes: RwLock<HashMap<String, NodeKeys>>,
+}
+
+/// The columns of a node's keys, in [`keys_of`]'s order.
+const KEYS_COLUMNS: &str = r#""tokenHash", "previousTokenHash", "previousTokenValidUntil""#;
+
+/// A node's keys from a row with [`KEYS_COLUMNS`].
+fn keys_of(row: &sqlx::postgres::PgRow) -> Result<NodeKeys, sqlx::Error> {
+    let previous: Option<String> = row.try_get("previousTokenHash")?;
+    let until: Option<chrono::NaiveDateTime> = row.try_get("previousTokenValidUntil")?;
+    Ok(NodeKeys {
+        current: row.try_get("tokenHash")?,
+        previous: previous.zip(until),
+    })
 }
 
 impl NodeTokens {
@@ -43,13 +56,36 @@ impl NodeTokens {
         Ok(book)
     }
 
-    /// Whether `credentials` are a node's (the same answer for an unknown
-    /// node and a wrong secret).
-    pub fn admits(&self, credentials: &Credentials) -> bool {
+    /// Which of a node's tokens `credentials` are, if any (the same answer
+    /// for an unknown node and a wrong secret).
+    pub fn admits(&self, credentials: &Credentials) -> Option<Admitted> {
+        let now = chrono::Utc::now().naive_utc();
         let hashes = self.hashes.read().unwrap_or_else(PoisonError::into_inner);
         hashes
             .get(&credentials.node_id)
-            .is_some_and(|hash| auth::matches(credentials, hash))
+            .and_then(|keys| keys.admits(credentials, now))
+    }
+
+    /// Whether the node still has a token from before a rotation.
+    pub fn has_previous(&self, node_id: &str) -> bool {
+        self.hashes
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(node_id)
+            .is_some_and(|keys| keys.previous.is_some())
+    }
+
+    /// Ends the grace of the token before a rotation, now that the node
+    /// used its new one (`current_hash`), and tells every replica.
+    pub async fn retire_previous(
+        &self,
+        pool: &PgPool,
+        node_id: &str,
+        current_hash: &str,
+    ) -> Result<(), crate::error::Error> {
+        crate::token_rotation::retire_previous(pool, node_id, current_hash).await?;
+        self.reload_node(pool, node_id).await?;
+        Ok(())
     }
 
     /// Whether the book holds a node of this id.
@@ -70,12 +106,14 @@ impl NodeTokens {
 
     /// Reads every node's token hash again.
     pub async fn reload(&self, pool: &PgPool) -> Result<(), sqlx::Error> {
-        let rows = sqlx::query(r#"SELECT "id", "tokenHash" FROM "nodes""#)
-            .fetch_all(pool)
-            .await?;
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            r#"SELECT "id", {KEYS_COLUMNS} FROM "nodes""#
+        )))
+        .fetch_all(pool)
+        .await?;
         let mut fresh = HashMap::with_capacity(rows.len());
         for row in rows {
-            fresh.insert(row.try_get("id")?, row.try_get("tokenHash")?);
+            fresh.insert(row.try_get("id")?, keys_of(&row)?);
         }
         *self.hashes.write().unwrap_or_else(PoisonError::into_inner) = fresh;
         Ok(())
@@ -83,14 +121,16 @@ impl NodeTokens {
 
     /// Reads one node's token hash again (gone when the node is).
     pub async fn reload_node(&self, pool: &PgPool, id: &str) -> Result<(), sqlx::Error> {
-        let hash: Option<String> =
-            sqlx::query_scalar(r#"SELECT "tokenHash" FROM "nodes" WHERE "id" = $1"#)
-                .bind(id)
-                .fetch_optional(pool)
-                .await?;
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            r#"SELECT {KEYS_COLUMNS} FROM "nodes" WHERE "id" = $1"#
+        )))
+        .bind(id)
+        .fetch_optional(pool)
+        .await?;
+        let keys = row.as_ref().map(keys_of).transpose()?;
         let mut hashes = self.hashes.write().unwrap_or_else(PoisonError::into_inner);
-        match hash {
-            Some(hash) => hashes.insert(id.to_owned(), hash),
+        match keys {
+            Some(keys) => hashes.insert(id.to_owned(), keys),
             None => hashes.remove(id),
         };
         Ok(())
@@ -158,25 +198,29 @@ fn node_of(event: &Event) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth;
 
     #[test]
     fn only_a_known_node_with_its_own_secret_is_admitted() {
         let made = auth::new_token("n1").expect("rng");
         let book = NodeTokens::default();
-        book.hashes
-            .write()
-            .expect("lock")
-            .insert("n1".into(), made.hash.clone());
+        book.hashes.write().expect("lock").insert(
+            "n1".into(),
+            NodeKeys {
+                current: made.hash.clone(),
+                previous: None,
+            },
+        );
         let credentials =
             auth::from_bearer(Some(&format!("Bearer {}", made.token))).expect("parses");
-        assert!(book.admits(&credentials));
+        assert_eq!(book.admits(&credentials), Some(Admitted::Current));
         let other = auth::new_token("n1").expect("rng");
         let wrong = auth::from_bearer(Some(&format!("Bearer {}", other.token))).expect("parses");
-        assert!(!book.admits(&wrong), "wrong secret");
+        assert_eq!(book.admits(&wrong), None, "wrong secret");
         let stranger = auth::new_token("n2").expect("rng");
         let unknown =
             auth::from_bearer(Some(&format!("Bearer {}", stranger.token))).expect("parses");
-        assert!(!book.admits(&unknown), "unknown node");
+        assert_eq!(book.admits(&unknown), None, "unknown node");
     }
 
     #[test]

@@ -37,7 +37,7 @@ use tonic::{
 };
 
 use crate::{
-    auth::{self, Credentials},
+    auth::{self, Admitted, Credentials},
     error::Error,
     log_pace::{LOG_EVERY, LogPace},
     metrics::Metrics,
@@ -98,7 +98,8 @@ impl Gate {
     async fn check(&self, headers: &http::HeaderMap) -> Result<Credentials, Error> {
         let value = headers.get("authorization").and_then(|v| v.to_str().ok());
         let credentials = auth::from_bearer(value)?;
-        if self.tokens.admits(&credentials) {
+        if let Some(admitted) = self.tokens.admits(&credentials) {
+            self.first_use(&credentials, admitted).await;
             return Ok(credentials);
         }
         let refused = || Error::Unauthenticated("unknown node or wrong token");
@@ -113,7 +114,8 @@ impl Gate {
             tracing::warn!(%error, "cannot look a node's token up");
             return Err(Error::Unavailable("cannot check the token now"));
         }
-        if self.tokens.admits(&credentials) {
+        if let Some(admitted) = self.tokens.admits(&credentials) {
+            self.first_use(&credentials, admitted).await;
             return Ok(credentials);
         }
         if !self.tokens.knows(&credentials.node_id) {
@@ -126,6 +128,29 @@ impl Gate {
                 .insert(credentials.node_id.clone(), Instant::now());
         }
         Err(refused())
+    }
+
+    /// The first use of a node's new token ends the grace of the one
+    /// before it. A failure is logged: the grace then ends at its time.
+    async fn first_use(&self, credentials: &Credentials, admitted: Admitted) {
+        if admitted != Admitted::Current || !self.tokens.has_previous(&credentials.node_id) {
+            return;
+        }
+        match self
+            .tokens
+            .retire_previous(&self.pool, &credentials.node_id, &credentials.secret_hash)
+            .await
+        {
+            Ok(()) => tracing::info!(
+                node = %credentials.node_id,
+                "the node used its new token: the one before it is no longer valid"
+            ),
+            Err(error) => tracing::warn!(
+                node = %credentials.node_id,
+                %error,
+                "cannot end the grace of the node's previous token; it ends at its time"
+            ),
+        }
     }
 
     /// Whether an unknown node id may be looked up now.

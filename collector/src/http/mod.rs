@@ -24,6 +24,7 @@ pub(crate) mod params;
 pub(crate) mod quota;
 pub mod rankings;
 pub mod tls;
+pub(crate) mod token_rotation;
 
 use std::{sync::Arc, time::Duration};
 
@@ -123,6 +124,8 @@ pub fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(corrections::accept))
         .routes(routes!(corrections::discard))
         .routes(routes!(rankings::get))
+        .routes(routes!(token_rotation::rotate))
+        .routes(routes!(token_rotation::revoke))
         .routes(routes!(admin::reset_node))
         .routes(routes!(admin::reset_all))
         .routes(routes!(billing::get_defaults, billing::put_defaults))

@@ -146,7 +146,7 @@ pub fn document() -> OpenApi {
              {\"totalUpload\", \"totalDownload\", \"periodUpload\", \"periodDownload\", \
              \"periodStart\"}}`: one per applied heartbeat, with the totals after it;\n\
              * `event: period_reset`, data `{\"nodeId\", \"traffic\": {…the same 5 fields}}`;\n\
-             * `event: nodes`, data `{\"nodeId\", \"change\": \"added\"|\"removed\"}`;\n\
+             * `event: nodes`, data `{\"nodeId\", \"change\": \"added\"|\"removed\"|\"token\"}`;\n\
              * `event: quota`, data `{\"nodeId\", \"nodeName\", \"periodStart\", \"threshold\", \
              \"usage\", \"quota\", \"mode\", \"at\"}`: a threshold (percent) of the node's quota \
              crossed, once per period;\n\

@@ -33,4 +33,5 @@ mod quota_heartbeats;
 mod replicas;
 mod schema;
 mod tls;
+mod token_rotation;
 mod top;

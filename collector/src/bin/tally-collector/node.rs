@@ -1,9 +1,9 @@
-//! `tally-collector node add|list|remove`: enrolment, the node table and
-//! removal, on the database directly.
+//! `tally-collector node add|list|remove|rotate-token|revoke`: enrolment,
+//! the node table, removal and the nodes' tokens, on the database directly.
 
 use clap::Subcommand;
 use sqlx::PgPool;
-use tally_collector::nodes;
+use tally_collector::{nodes, token_rotation};
 
 #[derive(Debug, Subcommand)]
 pub enum NodeCommand {
@@ -27,6 +27,28 @@ pub enum NodeCommand {
     Remove {
         /// The node to remove: its id (as printed by `node add`) or its
         /// name.
+        node: String,
+    },
+    /// Give a node a new token (printed once). The token before stays
+    /// valid for --grace, or until the node first uses the new one,
+    /// whichever comes first. Write the new token into the agent's token
+    /// file: the agent reads it again when the file changes (or on SIGHUP).
+    RotateToken {
+        /// The node: its id or its name.
+        node: String,
+        /// How long the token before stays valid at most (`0s`: not at
+        /// all, for a token that leaked; at most 30 days).
+        #[arg(long, default_value = "10m", value_parser = humantime::parse_duration, value_name = "DURATION")]
+        grace: std::time::Duration,
+        /// Print only the token, on one line (for scripts).
+        #[arg(long)]
+        token_only: bool,
+    },
+    /// Make every token of a node invalid, keeping everything else of it
+    /// (counters, history, billing periods, audit trail): its heartbeats are
+    /// refused until `node rotate-token` gives it a new token.
+    Revoke {
+        /// The node: its id or its name.
         node: String,
     },
 }
@@ -56,6 +78,34 @@ pub async fn run(pool: &PgPool, command: NodeCommand) -> anyhow::Result<()> {
         NodeCommand::Remove { node } => {
             let id = nodes::remove(pool, &node).await?;
             println!("node {id} removed");
+        }
+        NodeCommand::RotateToken {
+            node,
+            grace,
+            token_only,
+        } => {
+            let rotated = token_rotation::rotate(pool, &node, grace).await?;
+            if token_only {
+                println!("{}", rotated.token);
+            } else {
+                println!("new token for {} ({}):", rotated.name, rotated.id);
+                println!("{}", rotated.token);
+                match rotated.previous_valid_until {
+                    Some(until) => println!(
+                        "the token before stays valid until {} UTC, or until the node first uses \
+                         this one",
+                        until.format("%Y-%m-%d %H:%M:%S")
+                    ),
+                    None => println!("the token before is no longer valid"),
+                }
+            }
+        }
+        NodeCommand::Revoke { node } => {
+            let id = token_rotation::revoke(pool, &node).await?;
+            println!(
+                "node {id}: every token revoked (its records stay; `node rotate-token` gives it a \
+                 new one)"
+            );
         }
     }
     Ok(())

@@ -34,7 +34,8 @@ use crate::{
 /// it: planning moves these values on, heartbeat by heartbeat.
 #[derive(Debug, Clone)]
 pub struct NodeState<'a> {
-    pub token_hash: String,
+    /// The node's tokens' hashes, checked again against the locked row.
+    pub keys: auth::NodeKeys,
     pub settings: Settings,
     /// Why the node's stored billing settings cannot be used (then
     /// `settings` is a placeholder no heartbeat is counted under).
@@ -133,7 +134,7 @@ fn plan_one<'a>(
     time: &BatchTime,
     outbox: &mut Outbox,
 ) -> Result<Applied, Error> {
-    let node = authenticated(nodes, job)?;
+    let node = authenticated(nodes, job, time.now)?;
     let heartbeat = &job.heartbeat;
     let reading = &heartbeat.reading;
     let node_id = job.credentials.node_id.as_str();
@@ -237,12 +238,13 @@ fn plan_one<'a>(
 fn authenticated<'n, 'a>(
     nodes: &'n mut HashMap<String, NodeState<'a>>,
     job: &Job,
+    now: chrono::NaiveDateTime,
 ) -> Result<&'n mut NodeState<'a>, Error> {
     let refused = || Error::Unauthenticated("unknown node or wrong token");
     let node = nodes
         .get_mut(&job.credentials.node_id)
         .ok_or_else(refused)?;
-    if !auth::matches(&job.credentials, &node.token_hash) {
+    if node.keys.admits(&job.credentials, now).is_none() {
         return Err(refused());
     }
     // Counted under another rule than its own, a heartbeat could not be

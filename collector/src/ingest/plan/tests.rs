@@ -79,7 +79,10 @@ fn start() -> NaiveDateTime {
 
 fn fresh_node<'a>(settings: Settings) -> NodeState<'a> {
     NodeState {
-        token_hash: TOKEN_HASH.to_owned(),
+        keys: crate::auth::NodeKeys {
+            current: TOKEN_HASH.to_owned(),
+            previous: None,
+        },
         settings,
         unusable_settings: None,
         position: Position::default(),

@@ -28,6 +28,8 @@ use crate::{
 struct LockedRow {
     id: String,
     token_hash: String,
+    previous_token_hash: Option<String>,
+    previous_token_valid_until: Option<NaiveDateTime>,
     boot_id: Option<String>,
     epoch: Option<String>,
     generation: i64,
@@ -68,7 +70,8 @@ pub(super) async fn lock_nodes<'a>(
     ids.dedup();
     // Only constants are formatted in.
     let rows: Vec<LockedRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        r#"SELECT n."id", n."tokenHash", n."bootId", n."epoch", n."generation",
+        r#"SELECT n."id", n."tokenHash", n."previousTokenHash", n."previousTokenValidUntil",
+                  n."bootId", n."epoch", n."generation",
                   n."lastSequence", n."lastSeen", n."positions"::text AS "positions",
                   n."clockOffsetMs", n."staleHeartbeats", n."staleRun", n."lastStaleAt",
                   n."lastStaleReason",
@@ -110,7 +113,10 @@ fn node_state<'a>(row: LockedRow, time: &BatchTime) -> NodeState<'a> {
         }
     };
     NodeState {
-        token_hash: row.token_hash,
+        keys: crate::auth::NodeKeys {
+            current: row.token_hash,
+            previous: row.previous_token_hash.zip(row.previous_token_valid_until),
+        },
         settings,
         unusable_settings,
         position: Position {
