@@ -116,8 +116,8 @@ fn the_check_refuses_broken_manifests() {
         ),
         (
             "agent-daemonset.yaml",
-            "secretName: tally-agent-tokens",
-            "secretName: tally-agent-token",
+            "secretName: tally-ca",
+            "secretName: tally-cas",
             "which the examples do not document",
         ),
         (
@@ -176,8 +176,8 @@ fn the_check_refuses_broken_manifests() {
         ),
         (
             "agent-daemonset.yaml",
-            "/etc/tally/tokens/$(NODE_NAME)",
-            "/etc/tally/tokens/$(NODENAME)",
+            "value: /etc/tally/agent.token",
+            "value: /etc/tally/tokens/$(NODE_NAME)",
             "not defined before it",
         ),
         (
@@ -269,19 +269,61 @@ fn agent_runs_unprivileged_on_every_node_with_the_bpf_filesystem() {
             .all(|c| ["BPF", "NET_ADMIN", "PERFMON"].contains(c)),
         "more than the agent needs: {added:?}"
     );
-    // The node's bpffs, where the pins outlive the pod.
-    let bpffs = pod["volumes"]
-        .as_vec()
-        .and_then(|v| {
-            v.iter()
-                .find(|v| v["hostPath"]["path"].as_str() == Some("/sys/fs/bpf"))
-        })
-        .expect("a hostPath volume for /sys/fs/bpf");
+    assert_eq!(
+        security["seccompProfile"]["type"].as_str(),
+        Some("RuntimeDefault"),
+        "the runtime's seccomp profile"
+    );
+    let volumes = pod["volumes"].as_vec().expect("volumes");
+    let host_paths: Vec<&str> = volumes
+        .iter()
+        .filter_map(|v| v["hostPath"]["path"].as_str())
+        .collect();
+    assert_eq!(
+        host_paths,
+        [
+            "/sys/fs/bpf/tally",
+            "/var/lib/tally-agent",
+            "/etc/tally/agent.token"
+        ],
+        "only tally's own directories and the node's token from the host"
+    );
+    let env = |name: &str| {
+        agent["env"]
+            .as_vec()
+            .and_then(|e| e.iter().find(|e| e["name"].as_str() == Some(name)))
+            .and_then(|e| e["value"].as_str())
+    };
+    // Only tally's directory of the node's bpffs, where the pins outlive
+    // the pod, and where the agent pins.
+    let bpffs = volumes
+        .iter()
+        .find(|v| v["hostPath"]["path"].as_str() == Some("/sys/fs/bpf/tally"))
+        .expect("a hostPath volume for /sys/fs/bpf/tally");
     let mount = agent["volumeMounts"]
         .as_vec()
         .and_then(|m| m.iter().find(|m| m["name"] == bpffs["name"]))
         .expect("the bpffs volume is mounted");
-    assert_eq!(mount["mountPath"].as_str(), Some("/sys/fs/bpf"));
+    assert_eq!(mount["mountPath"].as_str(), env("TALLY_PIN_DIR"));
+    // Each pod reads its own node's token and no other: no Secret of
+    // tokens is mounted, the token is the node's file.
+    let token = volumes
+        .iter()
+        .find(|v| v["hostPath"]["path"].as_str() == Some("/etc/tally/agent.token"))
+        .expect("the node's token file");
+    assert_eq!(token["hostPath"]["type"].as_str(), Some("File"));
+    let mount = agent["volumeMounts"]
+        .as_vec()
+        .and_then(|m| m.iter().find(|m| m["name"] == token["name"]))
+        .expect("the token is mounted");
+    assert_eq!(mount["readOnly"].as_bool(), Some(true));
+    assert_eq!(mount["mountPath"].as_str(), env("TALLY_TOKEN_FILE"));
+    for volume in volumes {
+        assert!(
+            volume["secret"]["secretName"].as_str() != Some("tally-agent-tokens"),
+            "a Secret of every node's token is mounted"
+        );
+    }
     // The node's state directory, where the reboot journal outlives the pod
     // and the node's reboots.
     let state = pod["volumes"]
@@ -319,6 +361,23 @@ fn collector_is_replicated_behind_health_probes() {
     assert_eq!(
         container["livenessProbe"]["httpGet"]["path"].as_str(),
         Some("/healthz")
+    );
+    // The HTTP side serves HTTPS (plain HTTP only on loopback), so the
+    // probes speak it too.
+    for probe in ["readinessProbe", "livenessProbe"] {
+        assert_eq!(
+            container[probe]["httpGet"]["scheme"].as_str(),
+            Some("HTTPS"),
+            "{probe}"
+        );
+    }
+    let env: Vec<&str> = container["env"]
+        .as_vec()
+        .map(|e| e.iter().filter_map(|e| e["name"].as_str()).collect())
+        .unwrap_or_default();
+    assert!(
+        env.contains(&"TALLY_HTTP_TLS_CERT") && env.contains(&"TALLY_HTTP_TLS_KEY"),
+        "{env:?}"
     );
     let service = find(&docs, "Service", "tally-collector");
     let ports: Vec<i64> = service["spec"]["ports"]

@@ -554,14 +554,22 @@ fn check_file_setting(
     if !value.starts_with('/') {
         return;
     }
+    // Inside a mounted directory, or the mount itself (a file, or the
+    // directory a setting names).
     let holder = mounts.iter().find_map(|(volume, path)| {
-        let rest = value.strip_prefix(path.as_str())?.strip_prefix('/')?;
+        let rest = value.strip_prefix(path.as_str())?;
+        let rest = if rest.is_empty() {
+            rest
+        } else {
+            rest.strip_prefix('/')?
+        };
         Some((volume, rest))
     });
     let Some((volume, file)) = holder else {
         return say(ctx, format!("{var_name}={value} is in no mounted volume"));
     };
     if let Some(Some(secret)) = volumes.get(volume)
+        && !file.is_empty()
         && !file.contains("$(")
         && !ctx
             .secrets
