@@ -259,7 +259,11 @@ mod tests {
         ("defaults", "max-rate", "changes settings: must be typed"),
         ("defaults", "clear", "changes settings: must be typed"),
         ("periods", "limit", "shapes one look at the data"),
-        ("rotate-token", "grace", "decides one rotation: must be typed"),
+        (
+            "rotate-token",
+            "grace",
+            "decides one rotation: must be typed",
+        ),
     ];
 
     /// Options whose values are secrets: their variables' values must not
