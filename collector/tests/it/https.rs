@@ -8,11 +8,14 @@ use std::{process::Command, sync::Arc, time::Duration};
 use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject as _};
 use tally_proto::v1::{Outcome, heartbeat_client::HeartbeatClient};
 use tally_testkit::certs::Pki;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+use tonic::transport::{Channel, Identity};
 
-use crate::common::{
-    browser::Browser,
-    fleet::{self, Fleet, Process},
+use crate::{
+    common::{
+        browser::Browser,
+        fleet::{self, Fleet, Process},
+    },
+    tls::tls_client_with,
 };
 
 fn free_port() -> u16 {
@@ -169,25 +172,6 @@ fn plain_http_beyond_loopback_needs_asking_for() {
     );
 }
 
-async fn mtls_client(
-    port: u16,
-    ca_pem: &str,
-    identity: Option<Identity>,
-) -> Result<HeartbeatClient<Channel>, tonic::transport::Error> {
-    let mut tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(ca_pem))
-        .domain_name("localhost");
-    if let Some(identity) = identity {
-        tls = tls.identity(identity);
-    }
-    let channel = Channel::from_shared(format!("https://localhost:{port}"))
-        .expect("uri")
-        .tls_config(tls)?
-        .connect()
-        .await?;
-    Ok(HeartbeatClient::new(channel))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mutual_tls_lets_in_only_agents_with_a_client_certificate() {
     let Some(fleet) = Fleet::start("mtls").await else {
@@ -227,9 +211,12 @@ async fn mutual_tls_lets_in_only_agents_with_a_client_certificate() {
         }
     };
     let ours = Identity::from_pem(&clients.cert_pem, &clients.key_pem);
-    let reply = send(mtls_client(port, &server_pki.ca_pem, Some(ours)).await, 1)
-        .await
-        .expect("an agent with a client certificate is served");
+    let reply = send(
+        tls_client_with(port, &server_pki.ca_pem, Some(ours)).await,
+        1,
+    )
+    .await
+    .expect("an agent with a client certificate is served");
     assert_eq!(reply.outcome(), Outcome::Applied);
     let after_first = fleet.totals(&node.id).await;
     for (what, identity) in [
@@ -239,7 +226,7 @@ async fn mutual_tls_lets_in_only_agents_with_a_client_certificate() {
             Some(Identity::from_pem(&strangers.cert_pem, &strangers.key_pem)),
         ),
     ] {
-        let refused = send(mtls_client(port, &server_pki.ca_pem, identity).await, 2).await;
+        let refused = send(tls_client_with(port, &server_pki.ca_pem, identity).await, 2).await;
         assert!(refused.is_err(), "{what} was served: {refused:?}");
     }
     assert_eq!(

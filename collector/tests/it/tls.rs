@@ -20,9 +20,22 @@ async fn tls_client(
     port: u16,
     ca_pem: &str,
 ) -> Result<HeartbeatClient<Channel>, tonic::transport::Error> {
-    let tls = ClientTlsConfig::new()
+    tls_client_with(port, ca_pem, None).await
+}
+
+/// A TLS client of `localhost:port` that trusts `ca_pem`, presenting
+/// `identity` (a client certificate and key) if given.
+pub(crate) async fn tls_client_with(
+    port: u16,
+    ca_pem: &str,
+    identity: Option<tonic::transport::Identity>,
+) -> Result<HeartbeatClient<Channel>, tonic::transport::Error> {
+    let mut tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(ca_pem))
         .domain_name("localhost");
+    if let Some(identity) = identity {
+        tls = tls.identity(identity);
+    }
     let channel = Channel::from_shared(format!("https://localhost:{port}"))
         .expect("uri")
         .tls_config(tls)?
