@@ -80,7 +80,7 @@ pub enum Command {
     /// Load and attach the programs to every counted interface (and to ones
     /// that appear later), then keep watching. Stopping the agent leaves the
     /// kernel counting; a restart adopts what is pinned.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Print each interface's counters, the counter epoch, the boot id and the
     /// load average.
     Status(StatusArgs),
@@ -137,8 +137,12 @@ pub struct CollectorArgs {
 
     /// File holding this node's token, as printed by `tally-collector node
     /// add` (surrounding whitespace is ignored). Sent as `authorization:
-    /// Bearer <token>`. Without it, the token is read from the environment
-    /// variable TALLY_TOKEN (give one of the two, not both).
+    /// Bearer <token>`. Read again on SIGHUP and when the file changes
+    /// (looked at every 2s), without a restart: a new token is used from the
+    /// next heartbeat on, and a file that cannot be used keeps the token in
+    /// use (with a warning). Without it, the token is read from the
+    /// environment variable TALLY_TOKEN (give one of the two, not both),
+    /// once, at start.
     #[arg(
         long,
         env = "TALLY_TOKEN_FILE",
@@ -149,8 +153,10 @@ pub struct CollectorArgs {
 
     /// Refuse to start, instead of only warning, when --token-file is
     /// readable or writable by group or others (any of its mode bits 077 set;
-    /// `chmod 0600` it). Only the token file is concerned: a state directory
-    /// that is not the agent's alone (see --state-dir) is refused either way.
+    /// `chmod 0600` it); when the file is read again while the agent runs,
+    /// such a file is refused and the token in use kept. Only the token file
+    /// is concerned: a state directory that is not the agent's alone (see
+    /// --state-dir) is refused either way.
     #[arg(
         long,
         env = "TALLY_STRICT",
@@ -163,6 +169,29 @@ pub struct CollectorArgs {
     /// trusts no built-in roots).
     #[arg(long, env = "TALLY_CA", value_name = "PATH", requires = "collector")]
     pub ca: Option<PathBuf>,
+
+    /// PEM file with this node's client certificate, for a collector that
+    /// requires one (`tally-collector serve --client-ca`); needs --client-key
+    /// and an https:// collector. Without it the agent presents no
+    /// certificate, and such a collector refuses the connection (the token
+    /// alone is enough for a collector without --client-ca).
+    #[arg(
+        long,
+        env = "TALLY_CLIENT_CERT",
+        value_name = "PATH",
+        requires_all = ["client_key", "collector"]
+    )]
+    pub client_cert: Option<PathBuf>,
+
+    /// PEM file with the private key of --client-cert (needs --client-cert).
+    /// Without the two, no client certificate is presented.
+    #[arg(
+        long,
+        env = "TALLY_CLIENT_KEY",
+        value_name = "PATH",
+        requires = "client_cert"
+    )]
+    pub client_key: Option<PathBuf>,
 
     /// Allow an http:// collector: heartbeats and the token travel
     /// unencrypted. Only for a trusted network or a local test.
@@ -413,11 +442,63 @@ mod tests {
             &["--token-file", "/t"][..],
             &["--ca", "/ca.pem"],
             &["--insecure-plaintext"],
+            &["--client-cert", "/c.pem", "--client-key", "/k.pem"],
         ] {
             let err = Cli::try_parse_from([&["tally-agent", "run"][..], flag].concat())
                 .expect_err("needs --collector");
             assert!(err.to_string().contains("--collector"), "{err}");
         }
+    }
+
+    #[test]
+    fn client_certificate_flags_come_together() {
+        let tls = [
+            "tally-agent",
+            "run",
+            "--collector",
+            "https://collector:4443",
+            "--ca",
+            "/etc/tally/ca.pem",
+        ];
+        let Command::Run(run) = Cli::try_parse_from(
+            [
+                &tls[..],
+                &[
+                    "--client-cert",
+                    "/etc/tally/agent.crt",
+                    "--client-key",
+                    "/etc/tally/agent.key",
+                ],
+            ]
+            .concat(),
+        )
+        .expect("parses")
+        .command
+        else {
+            panic!("run")
+        };
+        assert_eq!(
+            run.collector.client_cert,
+            Some(PathBuf::from("/etc/tally/agent.crt"))
+        );
+        assert_eq!(
+            run.collector.client_key,
+            Some(PathBuf::from("/etc/tally/agent.key"))
+        );
+        let Command::Run(run) = Cli::try_parse_from(tls).expect("parses").command else {
+            panic!("run")
+        };
+        assert_eq!(
+            (run.collector.client_cert, run.collector.client_key),
+            (None, None)
+        );
+
+        let err = Cli::try_parse_from([&tls[..], &["--client-cert", "/c.pem"]].concat())
+            .expect_err("needs the key");
+        assert!(err.to_string().contains("--client-key"), "{err}");
+        let err = Cli::try_parse_from([&tls[..], &["--client-key", "/k.pem"]].concat())
+            .expect_err("needs the certificate");
+        assert!(err.to_string().contains("--client-cert"), "{err}");
     }
 
     #[test]

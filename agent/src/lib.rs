@@ -74,7 +74,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 .enable_all()
                 .build()
                 .context("cannot start the async runtime")?;
-            runtime.block_on(run::run(args, layout))
+            runtime.block_on(run::run(*args, layout))
         }
         Command::Status(args) => status(args, &layout),
         Command::Detach => {

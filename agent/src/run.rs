@@ -51,6 +51,12 @@ impl Stop {
 
 pub async fn run(args: RunArgs, layout: PinLayout) -> anyhow::Result<()> {
     let mut stop = Stop::listen()?;
+    // With a collector, SIGHUP reads the token file again. Listened for from
+    // the very start, so that it never ends the agent (its default action).
+    let hangup = match args.collector.collector {
+        Some(_) => Some(signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?),
+        None => None,
+    };
     let filter = IfaceFilter::new(&args.filter.include, &args.filter.exclude)?;
     // Checked before anything is attached: a bad URL or token stops here.
     let config = CollectorConfig::from_args(&args.collector, token_env()?)?;
@@ -60,7 +66,11 @@ pub async fn run(args: RunArgs, layout: PinLayout) -> anyhow::Result<()> {
         Some(config) => {
             let state = StateDir::open(&args.collector.state_dir)?;
             tracing::info!(state_dir = %state.path().display(), "state directory");
-            Some(Collector { config, state })
+            Some(Collector {
+                config,
+                state,
+                hangup,
+            })
         }
         None => None,
     };
@@ -88,11 +98,12 @@ pub async fn run(args: RunArgs, layout: PinLayout) -> anyhow::Result<()> {
     }
 }
 
-/// Where to report: the checked settings, and the state directory that
-/// keeps the reboot journal.
+/// Where to report: the checked settings, the state directory that keeps
+/// the reboot journal, and SIGHUP (which reads the token file again).
 struct Collector {
     config: CollectorConfig,
     state: StateDir,
+    hangup: Option<Signal>,
 }
 
 /// TALLY_TOKEN, when set and not empty.
@@ -280,9 +291,17 @@ struct Reporting {
 impl Reporting {
     fn start(collector: Option<Collector>, every: Duration, rebase: Option<Rebase>) -> Self {
         let heartbeats = match collector {
-            Some(Collector { config, state }) => {
-                Some(Heartbeats::start(config, every, rebase.clone(), state))
-            }
+            Some(Collector {
+                config,
+                state,
+                hangup,
+            }) => Some(Heartbeats::start(
+                config,
+                every,
+                rebase.clone(),
+                state,
+                hangup,
+            )),
             None => {
                 tracing::info!("no --collector given: counting locally only");
                 None

@@ -3,7 +3,7 @@
 //! grace ended by the first use of the new one ([`retire_previous`]), or
 //! revoked ([`revoke`]: no token valid until the next rotation). Each
 //! change is announced as a `nodes` event, so that every replica's token
-//! book ([`crate::node_tokens`]) reads the node again.
+//! book (`node_tokens.rs`) reads the node again.
 
 use std::time::Duration;
 

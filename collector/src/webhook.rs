@@ -225,7 +225,7 @@ pub async fn queue(
 }
 
 /// Deletes delivered rows delivered more than `retention` ago (at most
-/// [`PRUNE_BATCH`]); how many. Rows not delivered (pending or given up)
+/// 10,000 a call); how many. Rows not delivered (pending or given up)
 /// stay.
 pub async fn prune(pool: &PgPool, retention: Duration) -> Result<u64, sqlx::Error> {
     let retention = chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);

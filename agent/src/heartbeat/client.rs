@@ -3,6 +3,11 @@
 //! own `Send` call where the collector has no `Stream`. Either way with the
 //! token, a deadline, and errors described for a person; a refusal in a
 //! stream's reply is the status `Send` would have answered.
+//!
+//! The token is taken from the shared [`Credentials`] for every call. A
+//! stream keeps the token it was opened with, so one opened before the
+//! token changed is ended, and the next heartbeat opens a new one with the
+//! new token.
 
 use std::{
     error::Error as _,
@@ -20,7 +25,7 @@ use tally_proto::v1::{
 };
 use tonic::{Code, Request, Status, Streaming, transport::Channel};
 
-use super::config::CollectorConfig;
+use super::{config::CollectorConfig, token::Credentials};
 
 /// The collector's Heartbeat service, with this node's token. Clones share
 /// the connection, but each opens its own stream.
@@ -38,6 +43,8 @@ pub struct Client {
 struct Open {
     requests: mpsc::UnboundedSender<HeartbeatRequest>,
     replies: Streaming<HeartbeatReply>,
+    /// The generation of the token it was opened with.
+    generation: u64,
 }
 
 impl Clone for Client {
@@ -137,8 +144,8 @@ impl Client {
     ) -> Result<HeartbeatReply, Status> {
         let mut call = Request::new(request);
         call.set_timeout(deadline);
-        call.metadata_mut()
-            .insert("authorization", self.config.authorization.clone());
+        let (authorization, _) = self.credentials().current();
+        call.metadata_mut().insert("authorization", authorization);
         Ok(self.inner.send(call).await?.into_inner())
     }
 
@@ -150,6 +157,7 @@ impl Client {
         request: HeartbeatRequest,
         deadline: Duration,
     ) -> Result<HeartbeatReply, Status> {
+        self.end_stream_of_old_token();
         let reused = self.stream.is_some();
         let answer = self.exchange(request.clone(), deadline).await;
         match answer {
@@ -196,14 +204,39 @@ impl Client {
         }
     }
 
-    /// Opens a `Stream` call with the token.
+    fn credentials(&self) -> &Credentials {
+        &self.config.credentials
+    }
+
+    /// Ends the open stream when it was opened with another token than the
+    /// one in use now (the token file was read again): the heartbeat about
+    /// to go opens a new one, with the new token.
+    fn end_stream_of_old_token(&mut self) {
+        let generation = self.credentials().generation();
+        let Some(open) = self.stream.take_if(|open| open.generation != generation) else {
+            return;
+        };
+        // No more requests: the collector sees the stream end.
+        open.requests.close_channel();
+        tracing::info!(
+            collector = self.url(),
+            "the node token changed: ending the heartbeat stream opened with the old one; this \
+             heartbeat opens one with the new token"
+        );
+    }
+
+    /// Opens a `Stream` call with the token in use.
     async fn open(&mut self) -> Result<Open, Status> {
         let (requests, queued) = mpsc::unbounded();
         let mut call = Request::new(queued);
-        call.metadata_mut()
-            .insert("authorization", self.config.authorization.clone());
+        let (authorization, generation) = self.credentials().current();
+        call.metadata_mut().insert("authorization", authorization);
         let replies = self.inner.stream(call).await?.into_inner();
-        Ok(Open { requests, replies })
+        Ok(Open {
+            requests,
+            replies,
+            generation,
+        })
     }
 
     /// Sends `request` on `open` and waits for its reply; hands the stream
@@ -253,7 +286,7 @@ pub enum Severity {
 
 impl SendError {
     pub fn severity(&self) -> Severity {
-        if self.is_certificate_problem() {
+        if self.is_certificate_problem() || self.client_certificate_refused().is_some() {
             return Severity::Error;
         }
         match self {
@@ -271,6 +304,9 @@ impl SendError {
 
     /// A hint on what to do, for the errors that need a person.
     pub fn hint(&self) -> Option<&'static str> {
+        if let Some(hint) = self.client_certificate_refused() {
+            return Some(hint);
+        }
         if self.is_certificate_problem() {
             return Some(
                 "the collector's TLS certificate does not check out: is it signed by a CA in \
@@ -283,7 +319,8 @@ impl SendError {
         match status.code() {
             Code::Unauthenticated | Code::PermissionDenied => Some(
                 "the collector does not accept this node's token: check --token-file \
-                 (`tally-collector node add` prints a node's token)",
+                 (`tally-collector node add` prints a node's token; a new one written there \
+                 is read again without a restart)",
             ),
             Code::FailedPrecondition => Some(
                 "the collector refused the counters as a protocol violation (a counter went \
@@ -338,6 +375,46 @@ impl SendError {
                 Code::InvalidArgument | Code::Unauthenticated | Code::FailedPrecondition
             )
         )
+    }
+
+    /// The collector ended the TLS handshake over this node's client
+    /// certificate (a fatal alert it sent, as rustls names it): what to do.
+    /// None for anything else, the agent's own refusal of the collector's
+    /// certificate included (an alert the agent sends is no "received"
+    /// one).
+    fn client_certificate_refused(&self) -> Option<&'static str> {
+        /// Alerts a server sends about the client's certificate: a bad,
+        /// unknown, expired or revoked one, or a signature (of a key that
+        /// is not the certificate's) that does not check out.
+        const REFUSING: [&str; 8] = [
+            "BadCertificate",
+            "UnsupportedCertificate",
+            "CertificateRevoked",
+            "CertificateExpired",
+            "CertificateUnknown",
+            "UnknownCA",
+            "DecryptError",
+            "AccessDenied",
+        ];
+        let SendError::Status(_) = self else {
+            return None;
+        };
+        let text = self.to_string();
+        let (_, alert) = text.split_once("received fatal alert: ")?;
+        if alert.starts_with("CertificateRequired") {
+            return Some(
+                "the collector requires a TLS client certificate (serve --client-ca): give \
+                 --client-cert and --client-key",
+            );
+        }
+        REFUSING
+            .iter()
+            .any(|refusing| alert.starts_with(refusing))
+            .then_some(
+                "the collector refused this node's TLS client certificate: is --client-cert \
+                 signed by a CA in the collector's --client-ca and valid now, and is \
+                 --client-key its key?",
+            )
     }
 
     /// rustls refused the collector's certificate (its cause names it).
@@ -410,6 +487,47 @@ mod tests {
         ));
         assert_eq!(tls.severity(), Severity::Error);
         assert!(tls.hint().is_some_and(|h| h.contains("--ca")));
+
+        // The collector's alerts about the client certificate, as tonic
+        // reports them.
+        let required = SendError::Status(Status::unknown(
+            "connection error: received fatal alert: CertificateRequired",
+        ));
+        assert_eq!(required.severity(), Severity::Error);
+        assert_eq!(
+            required.hint(),
+            Some(
+                "the collector requires a TLS client certificate (serve --client-ca): give \
+                 --client-cert and --client-key"
+            )
+        );
+        for alert in [
+            "UnknownCA",
+            "BadCertificate",
+            "DecryptError",
+            "CertificateExpired",
+        ] {
+            let refused = SendError::Status(Status::unknown(format!(
+                "connection error: received fatal alert: {alert}"
+            )));
+            assert_eq!(refused.severity(), Severity::Error, "{alert}");
+            assert!(
+                refused
+                    .hint()
+                    .is_some_and(|h| h.contains("refused this node's TLS client certificate")),
+                "{alert}"
+            );
+        }
+        // Other alerts, and connections closed without one, are no such
+        // refusal.
+        for text in [
+            "connection error: received fatal alert: HandshakeFailure",
+            "connection error: stream closed because of a broken pipe",
+        ] {
+            let other = SendError::Status(Status::unknown(text));
+            assert_eq!(other.severity(), Severity::Warn, "{text}");
+            assert_eq!(other.hint(), None, "{text}");
+        }
 
         let refusal = SendError::Status(refused(Refusal {
             code: Code::FailedPrecondition as u32,

@@ -1,27 +1,23 @@
 //! The collector settings of `run`, checked before anything is attached: the
 //! URL and its transport (TLS with `--ca`, or plaintext only with
-//! `--insecure-plaintext`), the node's token, and the CA bundle.
+//! `--insecure-plaintext`), the node's token, the CA bundle, and the client
+//! certificate (`--client-cert`, `--client-key`) for a collector that
+//! requires one.
 //!
 //! A `--token-file` that group or others may read or write gets a warning
 //! at start ([`ExposedTokenFile`]), or, with `--strict`, stops the start
 //! ([`token_file_access`]).
 
-use std::{
-    fmt, fs,
-    path::{Path, PathBuf},
-    time::Duration,
-};
+use std::{fmt, fs, path::Path, time::Duration};
 
 use anyhow::{Context as _, bail};
-use tonic::{
-    metadata::{Ascii, MetadataValue},
-    transport::{Certificate, ClientTlsConfig, Endpoint, Uri},
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, Uri};
+
+use super::{
+    token::{Credentials, Stamp, TokenSource},
+    token_file::{ExposedTokenFile, token},
 };
-
 use crate::cli::CollectorArgs;
-
-/// The environment variable that may hold the token itself.
-pub const TOKEN_ENV: &str = "TALLY_TOKEN";
 
 /// How long one heartbeat call may take, connecting included.
 pub const RPC_TIMEOUT: Duration = Duration::from_secs(10);
@@ -34,8 +30,12 @@ pub struct CollectorConfig {
     /// The URL as given, for logs.
     pub url: String,
     pub endpoint: Endpoint,
-    /// `Bearer <token>`, marked sensitive so that it is never logged.
-    pub authorization: MetadataValue<Ascii>,
+    /// `Bearer <token>`, marked sensitive so that it is never logged;
+    /// replaced when the token file is read again with a new token.
+    pub credentials: Credentials,
+    /// Where the token came from: a token file is read again on SIGHUP and
+    /// when it changes.
+    pub token_source: TokenSource,
     pub rpc_timeout: Duration,
     /// How long the last heartbeat on SIGTERM may take (zero: none).
     pub final_timeout: Duration,
@@ -48,7 +48,8 @@ impl fmt::Debug for CollectorConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CollectorConfig")
             .field("url", &self.url)
-            .field("authorization", &"Bearer <redacted>")
+            .field("credentials", &self.credentials)
+            .field("token_source", &self.token_source)
             .field("rpc_timeout", &self.rpc_timeout)
             .field("final_timeout", &self.final_timeout)
             .field("exposed_token_file", &self.exposed_token_file)
@@ -74,12 +75,24 @@ impl CollectorConfig {
             return Ok(None);
         };
         let (uri, transport) = check_url(url, args.ca.is_some(), args.insecure_plaintext)?;
+        if transport == Transport::Plaintext && args.client_cert.is_some() {
+            bail!(
+                "--client-cert is for TLS but the collector URL {url:?} is plaintext http://: \
+                 use https://"
+            );
+        }
+        // Looked at before it is read: a change from now on shows.
+        let token_source = match &args.token_file {
+            Some(path) => TokenSource::File {
+                path: path.clone(),
+                strict: args.strict,
+                stamp: Stamp::of(path),
+            },
+            None => TokenSource::Env,
+        };
         let (token, exposed_token_file) =
             token(args.token_file.as_deref(), token_env, args.strict)?;
-        let mut authorization: MetadataValue<Ascii> = format!("Bearer {token}")
-            .parse()
-            .context("the token cannot be sent as gRPC metadata")?;
-        authorization.set_sensitive(true);
+        let credentials = Credentials::new(&token)?;
 
         let mut endpoint = Endpoint::from(uri)
             .connect_timeout(CONNECT_TIMEOUT)
@@ -87,17 +100,27 @@ impl CollectorConfig {
             .context("invalid user agent")?;
         if transport == Transport::Tls {
             let ca = args.ca.as_deref().context("https:// needs --ca")?;
-            let tls = ClientTlsConfig::new()
+            let mut tls = ClientTlsConfig::new()
                 .ca_certificate(read_ca(ca)?)
                 .timeout(CONNECT_TIMEOUT);
+            let mut settings = format!("--ca {}", ca.display());
+            if let Some((cert, key)) = client_files(args)? {
+                tls = tls.identity(read_identity(cert, key)?);
+                settings = format!(
+                    "{settings}, --client-cert {} and --client-key {}",
+                    cert.display(),
+                    key.display()
+                );
+            }
             endpoint = endpoint
                 .tls_config(tls)
-                .with_context(|| format!("cannot set up TLS with --ca {}", ca.display()))?;
+                .with_context(|| format!("cannot set up TLS with {settings}"))?;
         }
         Ok(Some(Self {
             url: url.to_owned(),
             endpoint,
-            authorization,
+            credentials,
+            token_source,
             rpc_timeout: RPC_TIMEOUT,
             final_timeout: args.final_heartbeat_timeout,
             exposed_token_file,
@@ -153,125 +176,15 @@ pub fn check_url(url: &str, has_ca: bool, insecure: bool) -> anyhow::Result<(Uri
     }
 }
 
-/// The token, from `--token-file` or TALLY_TOKEN (exactly one of them),
-/// and the token file when group or others may read or write it; `strict`
-/// (`--strict`) refuses such a file instead.
-pub fn token(
-    file: Option<&Path>,
-    env: Option<String>,
-    strict: bool,
-) -> anyhow::Result<(String, Option<ExposedTokenFile>)> {
-    match (file, env) {
-        (Some(_), Some(_)) => bail!(
-            "both --token-file (or TALLY_TOKEN_FILE) and {TOKEN_ENV} are set: give the token \
-             one way only"
-        ),
-        (Some(path), None) => read_token_file(path, strict),
-        (None, Some(text)) => Ok((
-            parse_token(&text).with_context(|| format!("{TOKEN_ENV} is unusable"))?,
-            None,
-        )),
-        (None, None) => bail!(
-            "--collector needs the node's token: give --token-file PATH (or set {TOKEN_ENV}); \
-             `tally-collector node add` prints it"
-        ),
-    }
-}
+/// The PEM line a certificate starts with.
+const PEM_CERTIFICATE: &[u8] = b"-----BEGIN CERTIFICATE-----";
+/// How every PEM private key's first line ends (`-----BEGIN PRIVATE
+/// KEY-----`, `… RSA PRIVATE KEY-----`, `… EC PRIVATE KEY-----`).
+const PEM_PRIVATE_KEY: &[u8] = b"PRIVATE KEY-----";
 
-/// What start-up does about a token file's permission bits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TokenFileAccess {
-    /// Only its owner may read or write it: nothing to say.
-    Private,
-    /// Group or others may read or write it: a warning.
-    Warn,
-    /// The same under `--strict`: the agent refuses to start.
-    Refuse,
-}
-
-/// What to do about a token file of the permission bits `mode`: anything
-/// group or others may do with it (`mode & 0o077`) is worth a warning, or a
-/// refusal when `strict`.
-pub fn token_file_access(mode: u32, strict: bool) -> TokenFileAccess {
-    match (mode & 0o077 == 0, strict) {
-        (true, _) => TokenFileAccess::Private,
-        (false, false) => TokenFileAccess::Warn,
-        (false, true) => TokenFileAccess::Refuse,
-    }
-}
-
-/// A `--token-file` that group or others may read or write, read all the
-/// same because `--strict` was not given. `run` logs [`Self::warn`] once
-/// every setting was checked, so that a refusal stays one line.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ExposedTokenFile {
-    /// The file, as given.
-    pub path: PathBuf,
-    /// Its permission bits (`st_mode & 0o7777`).
-    pub mode: u32,
-}
-
-impl ExposedTokenFile {
-    /// Logs the warning: the file, its mode, and the fix.
-    pub fn warn(&self) {
-        tracing::warn!(
-            path = %self.path.display(),
-            mode = %format!("{:04o}", self.mode),
-            "the token file is readable or writable by group or others: run `chmod 0600 {}` \
-             (with --strict the agent refuses to start)",
-            self.path.display()
-        );
-    }
-}
-
-/// Reads a token file: the token, surrounding whitespace ignored. Its mode
-/// is checked first ([`token_file_access`]): under `strict` a file group or
-/// others may read or write is an error, otherwise it is returned second,
-/// to be warned about.
-pub fn read_token_file(
-    path: &Path,
-    strict: bool,
-) -> anyhow::Result<(String, Option<ExposedTokenFile>)> {
-    use std::{io::Read as _, os::unix::fs::PermissionsExt as _};
-    let cannot_read = || format!("cannot read --token-file {}", path.display());
-    let mut file = fs::File::open(path).with_context(cannot_read)?;
-    // The file that was opened (through a symbolic link, if it is one).
-    let mode = file
-        .metadata()
-        .with_context(cannot_read)?
-        .permissions()
-        .mode()
-        & 0o7777;
-    let exposed = match token_file_access(mode, strict) {
-        TokenFileAccess::Private => None,
-        TokenFileAccess::Warn => Some(ExposedTokenFile {
-            path: path.to_owned(),
-            mode,
-        }),
-        TokenFileAccess::Refuse => bail!(
-            "refusing --token-file {} (mode {mode:04o}): group or others may read or write the \
-             node's token, and --strict (TALLY_STRICT) allows only its owner; run `chmod 0600 {}`",
-            path.display(),
-            path.display()
-        ),
-    };
-    let mut text = String::new();
-    file.read_to_string(&mut text).with_context(cannot_read)?;
-    let token = parse_token(&text)
-        .with_context(|| format!("--token-file {} is unusable", path.display()))?;
-    Ok((token, exposed))
-}
-
-/// A token: one word of printable ASCII (the value is never echoed back).
-pub fn parse_token(text: &str) -> anyhow::Result<String> {
-    let token = text.trim();
-    if token.is_empty() {
-        bail!("it is empty; it should hold the token `tally-collector node add` printed");
-    }
-    if !token.bytes().all(|b| b.is_ascii_graphic()) {
-        bail!("a token is one word of printable ASCII, without spaces or line breaks inside");
-    }
-    Ok(token.to_owned())
+/// Whether `pem` contains `marker`.
+fn holds(pem: &[u8], marker: &[u8]) -> bool {
+    pem.windows(marker.len()).any(|w| w == marker)
 }
 
 /// Reads the CA bundle and checks that it holds at least one PEM certificate
@@ -279,10 +192,7 @@ pub fn parse_token(text: &str) -> anyhow::Result<String> {
 /// handshake later).
 fn read_ca(path: &Path) -> anyhow::Result<Certificate> {
     let pem = fs::read(path).with_context(|| format!("cannot read --ca {}", path.display()))?;
-    if !pem
-        .windows(b"-----BEGIN CERTIFICATE-----".len())
-        .any(|w| w == b"-----BEGIN CERTIFICATE-----")
-    {
+    if !holds(&pem, PEM_CERTIFICATE) {
         bail!(
             "--ca {} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
             path.display()
@@ -291,11 +201,45 @@ fn read_ca(path: &Path) -> anyhow::Result<Certificate> {
     Ok(Certificate::from_pem(pem))
 }
 
+/// `--client-cert` and `--client-key`, both or neither (the command line
+/// requires each with the other).
+fn client_files(args: &CollectorArgs) -> anyhow::Result<Option<(&Path, &Path)>> {
+    match (args.client_cert.as_deref(), args.client_key.as_deref()) {
+        (Some(cert), Some(key)) => Ok(Some((cert, key))),
+        (None, None) => Ok(None),
+        (Some(_), None) => bail!("--client-cert needs --client-key: the certificate's private key"),
+        (None, Some(_)) => bail!("--client-key needs --client-cert: the certificate of that key"),
+    }
+}
+
+/// Reads the client certificate and its key, checking that the one holds a
+/// PEM certificate and the other a PEM private key (a mix-up is named here,
+/// not as a handshake failure later).
+fn read_identity(cert: &Path, key: &Path) -> anyhow::Result<Identity> {
+    let cert_pem =
+        fs::read(cert).with_context(|| format!("cannot read --client-cert {}", cert.display()))?;
+    if !holds(&cert_pem, PEM_CERTIFICATE) {
+        bail!(
+            "--client-cert {} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+            cert.display()
+        );
+    }
+    let key_pem =
+        fs::read(key).with_context(|| format!("cannot read --client-key {}", key.display()))?;
+    if !holds(&key_pem, PEM_PRIVATE_KEY) {
+        bail!(
+            "--client-key {} holds no PEM private key (-----BEGIN PRIVATE KEY-----, or an RSA \
+             or EC one)",
+            key.display()
+        );
+    }
+    Ok(Identity::from_pem(cert_pem, key_pem))
+}
+
 #[cfg(test)]
 mod tests {
-    use std::io::Write as _;
-
     use super::*;
+    use crate::heartbeat::token_file::{TokenFileAccess, read_token_file, token_file_access};
 
     fn err(result: anyhow::Result<impl fmt::Debug>) -> String {
         format!("{:#}", result.expect_err("should fail"))
@@ -345,31 +289,18 @@ mod tests {
         check_url("https://collector:4443/", true, false).expect("ok");
     }
 
-    #[test]
-    fn token_files_are_trimmed_and_checked() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("token");
-        fs::File::create(&path)
-            .and_then(|mut f| f.write_all(b"  tly_abc.DEF-123\n\n"))
-            .expect("write");
-        let (token, _) = read_token_file(&path, false).expect("token");
-        assert_eq!(token, "tly_abc.DEF-123");
-
-        fs::write(&path, " \n").expect("write");
-        let empty = err(read_token_file(&path, false));
-        assert!(empty.contains("is empty"), "{empty}");
-        assert!(empty.contains(&path.display().to_string()), "{empty}");
-
-        fs::write(&path, "two words\n").expect("write");
-        let spaced = err(read_token_file(&path, false));
-        assert!(spaced.contains("one word"), "{spaced}");
-        assert!(
-            !spaced.contains("two words"),
-            "the token is never echoed: {spaced}"
-        );
-
-        let missing = err(read_token_file(&dir.path().join("nope"), false));
-        assert!(missing.contains("cannot read --token-file"), "{missing}");
+    fn args(url: &str) -> CollectorArgs {
+        CollectorArgs {
+            collector: Some(url.to_owned()),
+            token_file: None,
+            ca: None,
+            client_cert: None,
+            client_key: None,
+            insecure_plaintext: false,
+            strict: false,
+            final_heartbeat_timeout: Duration::from_secs(5),
+            state_dir: "/var/lib/tally-agent".into(),
+        }
     }
 
     #[test]
@@ -440,44 +371,17 @@ mod tests {
     }
 
     #[test]
-    fn the_token_comes_one_way_only() {
-        assert_eq!(
-            token(None, Some(" secret\n".into()), false).expect("env"),
-            ("secret".to_owned(), None)
-        );
-        let both = err(token(Some(Path::new("/t")), Some("secret".into()), false));
-        assert!(both.contains("one way only"), "{both}");
-        let none = err(token(None, None, false));
-        assert!(none.contains("--token-file"), "{none}");
-        assert!(none.contains(TOKEN_ENV), "{none}");
-        let empty = err(token(None, Some(String::new()), false));
-        assert!(
-            empty.contains("TALLY_TOKEN is unusable: it is empty"),
-            "{empty}"
-        );
-    }
-
-    fn args(url: &str) -> CollectorArgs {
-        CollectorArgs {
-            collector: Some(url.to_owned()),
-            token_file: None,
-            ca: None,
-            insecure_plaintext: false,
-            strict: false,
-            final_heartbeat_timeout: Duration::from_secs(5),
-            state_dir: "/var/lib/tally-agent".into(),
-        }
-    }
-
-    #[test]
     fn the_config_is_built_and_keeps_the_token_secret() {
         let mut plain = args("http://127.0.0.1:50051");
         plain.insecure_plaintext = true;
         let config = CollectorConfig::from_args(&plain, Some("s3cret".into()))
             .expect("ok")
             .expect("some");
-        assert_eq!(config.authorization, "Bearer s3cret");
-        assert!(config.authorization.is_sensitive());
+        let (authorization, generation) = config.credentials.current();
+        assert_eq!(authorization, "Bearer s3cret");
+        assert!(authorization.is_sensitive());
+        assert_eq!(generation, 0);
+        assert_eq!(config.token_source, TokenSource::Env, "not read again");
         assert!(!format!("{config:?}").contains("s3cret"));
         let none = CollectorArgs {
             collector: None,
@@ -502,5 +406,145 @@ mod tests {
         tls.ca = Some(dir.path().join("missing.pem"));
         let message = err(CollectorConfig::from_args(&tls, Some("t".into())));
         assert!(message.contains("cannot read --ca"), "{message}");
+    }
+
+    /// A CA, and a client certificate it signed with its key, in `dir`:
+    /// the settings of an https:// collector with them.
+    fn tls_with_client_certificate(dir: &Path) -> CollectorArgs {
+        let pki = tally_testkit::certs::Pki::new(&["node-1"]).expect("certificates");
+        let (cert, key) = pki.write_server(dir).expect("write");
+        let ca = dir.join("ca.pem");
+        fs::write(&ca, &pki.ca_pem).expect("write");
+        let mut tls = args("https://collector:4443");
+        tls.ca = Some(ca);
+        tls.client_cert = Some(cert);
+        tls.client_key = Some(key);
+        tls
+    }
+
+    #[test]
+    fn a_client_certificate_is_used_with_its_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let tls = tls_with_client_certificate(dir.path());
+        CollectorConfig::from_args(&tls, Some("t".into()))
+            .expect("a client certificate and its key")
+            .expect("some");
+    }
+
+    #[test]
+    fn client_certificate_files_are_checked() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let tls = tls_with_client_certificate(dir.path());
+        let cert = tls.client_cert.clone().expect("cert");
+        let key = tls.client_key.clone().expect("key");
+        let from =
+            |settings: &CollectorArgs| err(CollectorConfig::from_args(settings, Some("t".into())));
+
+        // The two files swapped: each is named.
+        let mut swapped = tls.clone();
+        swapped.client_cert = Some(key.clone());
+        swapped.client_key = Some(cert.clone());
+        assert_eq!(
+            from(&swapped),
+            format!(
+                "--client-cert {} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+                key.display()
+            )
+        );
+        let mut no_key = tls.clone();
+        no_key.client_key = Some(cert.clone());
+        let message = from(&no_key);
+        assert_eq!(
+            message,
+            format!(
+                "--client-key {} holds no PEM private key (-----BEGIN PRIVATE KEY-----, or an \
+                 RSA or EC one)",
+                cert.display()
+            )
+        );
+
+        // Missing files: the flag and the file, and why.
+        let missing = dir.path().join("missing.pem");
+        let mut gone = tls.clone();
+        gone.client_cert = Some(missing.clone());
+        let message = from(&gone);
+        assert!(
+            message.starts_with(&format!("cannot read --client-cert {}", missing.display())),
+            "{message}"
+        );
+        assert!(message.contains("No such file"), "{message}");
+        let mut gone = tls.clone();
+        gone.client_key = Some(missing.clone());
+        let message = from(&gone);
+        assert!(
+            message.starts_with(&format!("cannot read --client-key {}", missing.display())),
+            "{message}"
+        );
+
+        // A key that says it is one but is not: tonic's refusal, with the
+        // files named.
+        let broken = dir.path().join("broken-key.pem");
+        fs::write(
+            &broken,
+            "-----BEGIN PRIVATE KEY-----\nbm90IGEga2V5\n-----END PRIVATE KEY-----\n",
+        )
+        .expect("write");
+        let mut bad_key = tls.clone();
+        bad_key.client_key = Some(broken.clone());
+        let message = from(&bad_key);
+        assert!(
+            message.contains("cannot set up TLS with --ca")
+                && message.contains(&format!("--client-key {}", broken.display())),
+            "{message}"
+        );
+
+        // One without the other (the command line refuses that already).
+        let mut half = tls.clone();
+        half.client_key = None;
+        assert!(from(&half).contains("--client-cert needs --client-key"));
+        let mut half = tls;
+        half.client_cert = None;
+        assert!(from(&half).contains("--client-key needs --client-cert"));
+    }
+
+    #[test]
+    fn a_client_certificate_is_refused_for_a_plaintext_collector() {
+        let mut plain = args("http://127.0.0.1:50051");
+        plain.insecure_plaintext = true;
+        plain.client_cert = Some("/etc/tally/agent.crt".into());
+        plain.client_key = Some("/etc/tally/agent.key".into());
+        assert_eq!(
+            err(CollectorConfig::from_args(&plain, Some("t".into()))),
+            "--client-cert is for TLS but the collector URL \"http://127.0.0.1:50051\" is \
+             plaintext http://: use https://"
+        );
+    }
+
+    #[test]
+    fn a_token_file_is_read_again_and_an_environment_token_is_not() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("token");
+        fs::write(&path, "tly_abc\n").expect("write");
+        let mut settings = args("http://127.0.0.1:50051");
+        settings.insecure_plaintext = true;
+        settings.token_file = Some(path.clone());
+        settings.strict = true;
+        let stamp = Stamp::of(&path);
+        use std::os::unix::fs::PermissionsExt as _;
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).expect("chmod");
+        let config = CollectorConfig::from_args(&settings, None)
+            .expect("ok")
+            .expect("some");
+        let TokenSource::File {
+            path: watched,
+            strict,
+            stamp: seen,
+        } = config.token_source
+        else {
+            panic!("a token file is watched: {:?}", config.token_source)
+        };
+        assert_eq!((watched, strict), (path.clone(), true));
+        assert_eq!(seen, Stamp::of(&path), "as it was read");
+        assert_ne!(seen, stamp, "the chmod before the read shows");
     }
 }

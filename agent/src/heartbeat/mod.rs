@@ -38,6 +38,10 @@
 //! drops the refused reading and waits for the next one. For eBPF readings
 //! (no `Rebase`) a backwards refusal is a bug: it is logged as an error and
 //! retried like any other failure.
+//!
+//! A token from `--token-file` is read again on SIGHUP and when the file
+//! changes ([`token`]); a new one is sent from the next heartbeat on, on a
+//! new stream, without a restart and without a new counter set.
 
 mod backoff;
 mod client;
@@ -45,6 +49,8 @@ mod config;
 mod last;
 mod reading;
 mod request;
+mod token;
+mod token_file;
 
 use std::{
     sync::{Arc, Mutex, PoisonError},
@@ -55,7 +61,7 @@ use tally_proto::{
     limits,
     v1::{HeartbeatReply, Outcome, StaleReason},
 };
-use tokio::{sync::watch, task::JoinHandle};
+use tokio::{signal::unix::Signal, sync::watch, task::JoinHandle};
 
 use crate::{
     generation::Generations,
@@ -71,8 +77,9 @@ use self::{
     request::NodeInfo,
 };
 pub use self::{
-    config::{CollectorConfig, TOKEN_ENV},
+    config::CollectorConfig,
     reading::{Reading, Sequencer},
+    token_file::TOKEN_ENV,
 };
 
 /// The first delay after a failed heartbeat.
@@ -108,6 +115,8 @@ pub struct Heartbeats {
     latest: watch::Sender<Option<Arc<Reading>>>,
     interval: watch::Receiver<Duration>,
     task: JoinHandle<()>,
+    /// Reads the token file again (on SIGHUP, and when it changes).
+    token_watch: Option<JoinHandle<()>>,
     /// Shares the sender task's connection; used for the last heartbeat.
     client: Client,
     final_timeout: Duration,
@@ -123,17 +132,25 @@ impl Heartbeats {
     /// Starts the sender task; `interval` is the agent's own (`--interval`).
     /// `rebase`: where to ask the procfs source for a new epoch when the
     /// collector cannot take its readings any more (`None` for eBPF). What
-    /// the reboot journal in `state` holds is delivered first.
+    /// the reboot journal in `state` holds is delivered first. `hangup`:
+    /// SIGHUP, listened for since the start, which reads the token file again.
     pub fn start(
         config: CollectorConfig,
         interval: Duration,
         rebase: Option<Rebase>,
         state: StateDir,
+        hangup: Option<Signal>,
     ) -> Self {
         let journal = state.journal();
         let generations = Arc::new(Mutex::new(state.generations()));
         tracing::info!(collector = %config.url, "sending heartbeats every {}", human(interval));
         let final_timeout = config.final_timeout;
+        let token_watch = token::spawn_watch(
+            config.credentials.clone(),
+            config.token_source.clone(),
+            hangup,
+            token::POLL_EVERY,
+        );
         let (latest, readings) = watch::channel(None);
         let (interval_tx, interval_rx) = watch::channel(interval);
         let client = Client::new(config);
@@ -156,6 +173,7 @@ impl Heartbeats {
             latest,
             interval: interval_rx,
             task: tokio::spawn(sender.run(journal.clone())),
+            token_watch,
             client,
             final_timeout,
             journal,
@@ -187,6 +205,10 @@ impl Heartbeats {
         // task changes the journal only between its awaits, so it is whole.
         self.task.abort();
         let _ = (&mut self.task).await;
+        // The token in use now is the one the last heartbeat carries.
+        if let Some(watch) = self.token_watch.take() {
+            watch.abort();
+        }
         let reading = last.map(Arc::new).or_else(|| self.latest.borrow().clone());
         let mut pending = Pending::load(self.journal.clone());
         if let Some(reading) = reading {

@@ -28,7 +28,7 @@ use tally_proto::v1::{
 use tally_testkit::{certs, process::Process, traffic::udp_burst};
 use tonic::{
     Request, Response, Status, Streaming,
-    transport::{Identity, Server, ServerTlsConfig, server::TcpIncoming},
+    transport::{Certificate, Identity, Server, ServerTlsConfig, server::TcpIncoming},
 };
 
 const TOKEN: &str = "tly_test.node-7_secret";
@@ -219,10 +219,22 @@ impl Collector {
 
     /// Serves on a listener bound already (perhaps in another namespace).
     fn start_on(listener: StdTcpListener, log: Log, tls: Option<Identity>) -> Self {
+        let tls = tls.map(|identity| ServerTlsConfig::new().identity(identity));
         Self::serve(listener, log, tls, true)
     }
 
-    fn serve(listener: StdTcpListener, log: Log, tls: Option<Identity>, streams: bool) -> Self {
+    /// Serves TLS as `tls` says (a client CA, say), on any free port.
+    fn start_tls(log: Log, tls: ServerTlsConfig) -> Self {
+        let listener = StdTcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind the peer");
+        Self::serve(listener, log, Some(tls), true)
+    }
+
+    fn serve(
+        listener: StdTcpListener,
+        log: Log,
+        tls: Option<ServerTlsConfig>,
+        streams: bool,
+    ) -> Self {
         let port = listener.local_addr().expect("addr").port();
         listener.set_nonblocking(true).expect("nonblocking");
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -237,10 +249,8 @@ impl Collector {
             runtime.block_on(async move {
                 let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
                 let mut builder = Server::builder();
-                if let Some(identity) = tls {
-                    builder = builder
-                        .tls_config(ServerTlsConfig::new().identity(identity))
-                        .expect("server TLS");
+                if let Some(tls) = tls {
+                    builder = builder.tls_config(tls).expect("server TLS");
                 }
                 let server = builder
                     .add_service(HeartbeatServer::new(Peer {
@@ -316,11 +326,17 @@ struct ProcfsAgent {
 
 impl ProcfsAgent {
     fn start(args: &[&str]) -> Self {
+        Self::start_with_env(args, &[])
+    }
+
+    /// Starts it with `env` set as well.
+    fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut command = clean_command();
         command
             .args(["run", "--source", "procfs", "--log", "debug"])
             .args(args)
+            .envs(env.iter().copied())
             // Its own state directory; a test may name another with
             // --state-dir.
             .env("TALLY_STATE_DIR", dir.path().join("state"));
@@ -340,6 +356,22 @@ impl ProcfsAgent {
         assert!(self.process.is_running(), "the agent runs");
         self.process.terminate();
         Instant::now()
+    }
+
+    /// Its process id; panics (quoting its log) when it exited.
+    fn pid(&mut self) -> u32 {
+        if let Err(e) = self.process.ensure_running() {
+            panic!("{e}");
+        }
+        self.process.pid().expect("running")
+    }
+
+    /// Sends SIGHUP.
+    fn hangup(&mut self) {
+        let pid = i32::try_from(self.pid()).expect("pid");
+        // SAFETY: signalling our own, not yet reaped, child.
+        let sent = unsafe { libc::kill(pid, libc::SIGHUP) };
+        assert_eq!(sent, 0, "kill: {}", std::io::Error::last_os_error());
     }
 
     /// Waits for the exit (at most 10 s, then it is killed); returns its
@@ -1185,6 +1217,313 @@ fn heartbeats_travel_over_tls_verified_with_the_given_ca() {
     );
     drop(trusted);
     drop(stranger);
+}
+
+#[test]
+fn a_collector_that_requires_a_client_certificate_gets_the_one_given() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = certs::Pki::new(&["127.0.0.1", "localhost"]).expect("certificates");
+    let clients = certs::Pki::new(&["node-7"]).expect("client certificates");
+    let strangers = certs::Pki::new(&["node-x"]).expect("other client certificates");
+    let ca = dir.path().join("ca.pem");
+    fs::write(&ca, &server.ca_pem).expect("write CA");
+    let ca = ca.display().to_string();
+    let files = |name: &str, pki: &certs::Pki| {
+        let sub = dir.path().join(name);
+        fs::create_dir(&sub).expect("mkdir");
+        let (cert, key) = pki.write_server(&sub).expect("write");
+        (cert.display().to_string(), key.display().to_string())
+    };
+    let (cert, key) = files("ours", &clients);
+    let (stranger_cert, stranger_key) = files("stranger", &strangers);
+    let tls = ServerTlsConfig::new()
+        .identity(Identity::from_pem(&server.cert_pem, &server.key_pem))
+        .client_ca_root(Certificate::from_pem(&clients.ca_pem))
+        .client_auth_optional(false);
+    let collector = Collector::start_tls(Log::default(), tls);
+    let url = format!("https://127.0.0.1:{}", collector.port);
+    let token = token_file(dir.path()).display().to_string();
+    let other_token = |name: &str| {
+        let path = dir.path().join(format!("token-{name}"));
+        fs::write(&path, format!("tly_{name}\n")).expect("token");
+        set_mode(&path, 0o600);
+        path.display().to_string()
+    };
+    let (without_token, stranger_token) = (other_token("without"), other_token("stranger"));
+    let base = |token: &str| {
+        [
+            "--collector",
+            &url,
+            "--ca",
+            &ca,
+            "--token-file",
+            token,
+            "--interval",
+            "1s",
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    };
+    let start = |args: Vec<String>| {
+        ProcfsAgent::start(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let ours = start(
+        [
+            base(&token),
+            ["--client-cert", &cert, "--client-key", &key]
+                .map(str::to_owned)
+                .to_vec(),
+        ]
+        .concat(),
+    );
+    let without = start(base(&without_token));
+    let stranger = start(
+        [
+            base(&stranger_token),
+            [
+                "--client-cert",
+                &stranger_cert,
+                "--client-key",
+                &stranger_key,
+            ]
+            .map(str::to_owned)
+            .to_vec(),
+        ]
+        .concat(),
+    );
+
+    let received = collector.wait_for(2, Duration::from_secs(10), || ours.log());
+    assert!(
+        received
+            .iter()
+            .all(|r| r.authorization.as_deref() == Some(format!("Bearer {TOKEN}").as_str())),
+        "{received:#?}"
+    );
+    // Each is refused, logged as an error with what to do. An attempt may
+    // see only the connection closed (the agent wrote before it read the
+    // collector's TLS alert), so this waits for one that saw the alert:
+    // with the backoff, the fifth attempt or so comes after 15 s.
+    for (what, agent, alert, hint) in [
+        (
+            "without a client certificate",
+            &without,
+            "received fatal alert: CertificateRequired",
+            "the collector requires a TLS client certificate",
+        ),
+        (
+            "with another authority's",
+            &stranger,
+            // The test authorities share their name: the signature fails.
+            "received fatal alert: DecryptError",
+            "the collector refused this node's TLS client certificate",
+        ),
+    ] {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !agent.log().contains(hint) {
+            assert!(Instant::now() < deadline, "{what}: {}", agent.log());
+            thread::sleep(Duration::from_millis(50));
+        }
+        let log = agent.log();
+        let line = log
+            .lines()
+            .find(|line| line.contains(hint))
+            .expect("the line");
+        assert!(line.contains("ERROR"), "{what}: logged as an error: {line}");
+        assert!(line.contains(alert), "{what}: the alert is named: {line}");
+        assert!(line.contains("--client-cert"), "{what}: {line}");
+        assert!(
+            !log.contains("the collector receives our heartbeats"),
+            "{what}: {log}"
+        );
+    }
+    // Nothing ever came through from the two others.
+    thread::sleep(Duration::from_millis(1_200));
+    let all = collector.received();
+    assert!(
+        all.iter()
+            .all(|r| r.authorization.as_deref() == Some(format!("Bearer {TOKEN}").as_str())),
+        "{all:#?}"
+    );
+    assert!(all.len() > received.len(), "ours goes on");
+}
+
+/// Another token of the length of [`TOKEN`].
+const TOKEN_B: &str = "tly_test.node-7_rotatd";
+/// A third token.
+const TOKEN_C: &str = "tly_test.node-7_third-token";
+
+fn bearer(token: &str) -> String {
+    format!("Bearer {token}")
+}
+
+/// Waits until a heartbeat carries `token`: everything received then, and
+/// where the first one with it is.
+fn wait_for_token(
+    collector: &Collector,
+    token: &str,
+    within: Duration,
+    log: impl Fn() -> String,
+) -> (Vec<Received>, usize) {
+    let wanted = bearer(token);
+    let deadline = Instant::now() + within;
+    loop {
+        let received = collector.received();
+        if let Some(first) = received
+            .iter()
+            .position(|r| r.authorization.as_deref() == Some(wanted.as_str()))
+        {
+            return (received, first);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no heartbeat with the new token within {within:?}; agent log:\n{}",
+            log()
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Whether every one of `received` carries `token`.
+fn all_carry(received: &[Received], token: &str) -> bool {
+    let wanted = bearer(token);
+    received
+        .iter()
+        .all(|r| r.authorization.as_deref() == Some(wanted.as_str()))
+}
+
+/// Writes `token` over the token file at `path` in place, and sets its
+/// modification time back: its inode, size (`token` is as long as the one
+/// it replaces), mode and times look unchanged, so that only SIGHUP can
+/// tell.
+fn rewrite_unseen(path: &Path, token: &str) {
+    use std::io::Write as _;
+    let before = fs::metadata(path).expect("stat");
+    let mut file = fs::OpenOptions::new().write(true).open(path).expect("open");
+    file.write_all(format!("{token}\n").as_bytes())
+        .expect("write");
+    file.set_modified(before.modified().expect("mtime"))
+        .expect("set the mtime back");
+    drop(file);
+    let after = fs::metadata(path).expect("stat");
+    assert_eq!(
+        (after.len(), after.modified().expect("mtime")),
+        (before.len(), before.modified().expect("mtime"))
+    );
+}
+
+/// Replaces the token file at `path` with `text` (a new file, mode 0600,
+/// renamed over it).
+fn replace_file(path: &Path, text: &str) {
+    let next = path.with_extension("new");
+    fs::write(&next, text).expect("write");
+    set_mode(&next, 0o600);
+    fs::rename(&next, path).expect("rename");
+}
+
+#[test]
+fn a_new_token_in_the_token_file_is_used_without_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = token_file(dir.path());
+    let collector = Collector::start(0, Log::default(), None);
+    let mut agent = ProcfsAgent::start(&[
+        "--collector",
+        &format!("http://127.0.0.1:{}", collector.port),
+        "--insecure-plaintext",
+        "--token-file",
+        &token.display().to_string(),
+        "--interval",
+        "1s",
+    ]);
+    let first = collector.wait_for(2, Duration::from_secs(10), || agent.log());
+    assert!(all_carry(&first, TOKEN), "{first:#?}");
+    let pid = agent.pid();
+
+    // B, where only SIGHUP can tell: the agent looks at the file (every
+    // 2 s) and sees nothing, so the heartbeats still carry A.
+    rewrite_unseen(&token, TOKEN_B);
+    let before = collector.received().len();
+    thread::sleep(Duration::from_millis(3_000));
+    let unseen = collector.received();
+    assert!(unseen.len() >= before + 2, "heartbeats go on");
+    assert!(all_carry(&unseen, TOKEN), "not seen without SIGHUP");
+
+    agent.hangup();
+    let (_, first_b) = wait_for_token(&collector, TOKEN_B, Duration::from_secs(5), || agent.log());
+    thread::sleep(Duration::from_millis(1_500));
+    let received = collector.received();
+    assert!(all_carry(&received[..first_b], TOKEN), "{received:#?}");
+    assert!(all_carry(&received[first_b..], TOKEN_B), "{received:#?}");
+    assert!(received.len() >= first_b + 2, "B goes on");
+    assert!(received.iter().all(|r| r.streamed), "on streams");
+    assert_eq!(agent.pid(), pid, "no restart");
+    let log = agent.log();
+    assert!(log.contains("node token read again"), "{log}");
+    assert!(log.contains(r#"reason="SIGHUP""#), "{log}");
+    assert!(
+        log.contains("ending the heartbeat stream opened with the old one"),
+        "{log}"
+    );
+
+    // C, renamed over it, without a signal: the agent sees the file change.
+    replace_file(&token, &format!("{TOKEN_C}\n"));
+    let (_, first_c) = wait_for_token(&collector, TOKEN_C, Duration::from_secs(6), || agent.log());
+    let log = agent.log();
+    assert!(log.contains(r#"reason="file changed""#), "{log}");
+
+    // An empty file: C is kept, with one warning saying why.
+    replace_file(&token, "\n");
+    thread::sleep(Duration::from_millis(4_500));
+    let received = collector.received();
+    assert!(all_carry(&received[first_c..], TOKEN_C), "{received:#?}");
+    assert!(received.len() >= first_c + 4, "C goes on");
+    let log = agent.log();
+    assert_eq!(
+        log.matches("the node token file cannot be used").count(),
+        1,
+        "one warning: {log}"
+    );
+    assert!(log.contains("is empty"), "{log}");
+
+    // One agent, one counter set, throughout.
+    assert_eq!(agent.pid(), pid, "no restart");
+    assert_eq!(log.matches("tally-agent starting").count(), 1, "{log}");
+    assert_increasing(&received);
+    assert!(
+        received
+            .iter()
+            .all(|r| r.request.epoch == received[0].request.epoch),
+        "one epoch"
+    );
+    for secret in [TOKEN, TOKEN_B, TOKEN_C] {
+        assert!(!log.contains(secret), "the token is never logged: {log}");
+    }
+}
+
+#[test]
+fn sighup_leaves_a_token_from_the_environment_and_the_agent_running() {
+    let collector = Collector::start(0, Log::default(), None);
+    let mut agent = ProcfsAgent::start_with_env(
+        &[
+            "--collector",
+            &format!("http://127.0.0.1:{}", collector.port),
+            "--insecure-plaintext",
+            "--interval",
+            "1s",
+        ],
+        &[("TALLY_TOKEN", TOKEN)],
+    );
+    collector.wait_for(1, Duration::from_secs(10), || agent.log());
+    let pid = agent.pid();
+    agent.hangup();
+    let before = collector.received().len();
+    let received = collector.wait_for(before + 2, Duration::from_secs(10), || agent.log());
+    assert!(all_carry(&received, TOKEN));
+    assert_eq!(agent.pid(), pid, "SIGHUP ends no agent");
+    let log = agent.log();
+    assert!(
+        log.contains("the node token came from TALLY_TOKEN, which is read at start only"),
+        "{log}"
+    );
 }
 
 #[test]

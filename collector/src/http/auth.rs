@@ -4,7 +4,7 @@
 //! valid at once (so that one can be rotated without a gap), and the set
 //! can be replaced while the collector runs ([`Tokens::replace`], on
 //! SIGHUP). Tokens are compared in constant time; wrong ones are logged
-//! and, past a limit, their address is held off ([`super::failed_auth`]).
+//! and, past a limit, their address is held off (`http/failed_auth.rs`).
 //!
 //! Handlers ask for access by taking an extractor: [`Reader`] or [`Admin`].
 
@@ -156,7 +156,7 @@ impl Tokens {
     }
 
     /// These tokens, with an address held off after `max_failures` wrong
-    /// ones within a minute (instead of [`super::failed_auth::MAX_FAILURES`]).
+    /// ones within a minute (instead of [`MAX_FAILED_AUTHENTICATIONS`]).
     pub fn with_failure_limit(set: TokenSet, max_failures: u32) -> Self {
         Self {
             set: Arc::new(RwLock::new(set)),

@@ -74,10 +74,15 @@ impl Collector {
                 "--listen",
             ])
             .arg(listen.to_string())
-            .args(
-                http.iter()
-                    .flat_map(|http| ["--http-listen".to_owned(), http.to_string()]),
-            )
+            // Plain HTTP beyond loopback (the test namespace's veth) must be
+            // asked for.
+            .args(http.iter().flat_map(|http| {
+                [
+                    "--http-listen".to_owned(),
+                    http.to_string(),
+                    "--http-insecure-plaintext".to_owned(),
+                ]
+            }))
             .env("DATABASE_URL", database_url)
             .env("NO_COLOR", "1");
         let process = Process::builder("the collector", command, log)

@@ -32,7 +32,8 @@ pub enum NodeCommand {
     /// Give a node a new token (printed once). The token before stays
     /// valid for --grace, or until the node first uses the new one,
     /// whichever comes first. Write the new token into the agent's token
-    /// file: the agent reads it again when the file changes (or on SIGHUP).
+    /// file: the agent reads it again when the file changes (or on SIGHUP;
+    /// under the systemd unit, restart the agent).
     RotateToken {
         /// The node: its id or its name.
         node: String,
