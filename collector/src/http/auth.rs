@@ -202,20 +202,21 @@ impl Tokens {
         }
         let address = peer(parts);
         let now = Instant::now();
-        if let Err(retry_after) = self.failures.check(address, now) {
-            return Err(Error::TooManyFailedAuthentications { retry_after });
-        }
+        // No token: nothing guessed, nothing held off.
         let token = match bearer(parts) {
-            Ok(Some(token)) => token,
+            Ok(Some(token)) => Ok(token),
             Ok(None) if access == Access::Admin => {
                 return Err(Error::Unauthenticated("the admin token is required"));
             }
             Ok(None) => return Err(Error::Unauthenticated("a bearer token is required")),
-            Err(error) => {
-                self.failures.record(address, &error.to_string(), now);
-                return Err(error);
-            }
+            Err(error) => Err(error),
         };
+        if let Err(retry_after) = self.failures.check(address, now) {
+            return Err(Error::TooManyFailedAuthentications { retry_after });
+        }
+        let token = token.inspect_err(|error| {
+            self.failures.record(address, &error.to_string(), now);
+        })?;
         let valid = matches_any(token, &set.admin)
             || (access == Access::Read && matches_any(token, &set.read));
         if valid {
@@ -352,6 +353,8 @@ mod tests {
 
     #[test]
     fn wrong_tokens_hold_the_address_off_but_missing_ones_do_not() {
+        // (And a request without a token is still told that one is
+        // missing while its address is held off.)
         let t = tokens(Some("adm"), Some("rd"));
         for _ in 0..50 {
             assert!(matches!(
@@ -368,6 +371,10 @@ mod tests {
         assert!(matches!(
             t.check_admin(&parts(Some("Bearer adm"))),
             Err(Error::TooManyFailedAuthentications { .. })
+        ));
+        assert!(matches!(
+            t.check_admin(&parts(None)),
+            Err(Error::Unauthenticated("the admin token is required"))
         ));
     }
 

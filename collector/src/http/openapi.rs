@@ -205,6 +205,28 @@ pub fn document() -> OpenApi {
     openapi
         .paths
         .add_path_operation("/metrics", vec![HttpMethod::Get], metrics);
+    // Every operation that takes a token may be answered 429: an address
+    // that sent too many wrong ones is held off for a while.
+    for item in openapi.paths.paths.values_mut() {
+        let operations = [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.patch,
+        ];
+        for operation in operations.into_iter().flatten() {
+            if operation.security.as_ref().is_some_and(|s| !s.is_empty()) {
+                operation.responses.responses.insert(
+                    "429".to_owned(),
+                    RefOr::T(error(
+                        "Too many wrong tokens from this address within a minute; try again \
+                         after Retry-After (seconds)",
+                    )),
+                );
+            }
+        }
+    }
     openapi
 }
 

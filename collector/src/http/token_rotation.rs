@@ -27,8 +27,35 @@ pub struct Rotation {
     /// How long the token before stays valid, in seconds (0 to 2592000;
     /// 600 if not given), unless the new token is used sooner: then it ends
     /// at once. 0 ends it now (a token that leaked).
-    #[schema(minimum = 0, maximum = 2_592_000, example = 600)]
+    #[schema(value_type = Option<u64>, minimum = 0, maximum = 2_592_000, example = 600)]
+    #[serde(default, deserialize_with = "whole_seconds")]
     pub grace_seconds: Option<u64>,
+}
+
+/// A whole number of seconds, also when JSON writes it with a fraction of
+/// zero (`600.0`: an integer to JSON Schema).
+fn whole_seconds<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<u64>, D::Error> {
+    let Some(number) = Option::<serde_json::Number>::deserialize(deserializer)? else {
+        return Ok(None);
+    };
+    if let Some(seconds) = number.as_u64() {
+        return Ok(Some(seconds));
+    }
+    match number.as_f64() {
+        #[allow(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            reason = "a whole, non-negative number below 2^53, checked first"
+        )]
+        Some(value) if value.fract() == 0.0 && (0.0..9.0e15).contains(&value) => {
+            Ok(Some(value as u64))
+        }
+        _ => Err(serde::de::Error::custom(format!(
+            "graceSeconds: {number} is not a whole number of seconds from 0"
+        ))),
+    }
 }
 
 /// A node's new token.

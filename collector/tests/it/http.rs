@@ -5,7 +5,7 @@
 
 use crate::common;
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, time::Duration};
 
 use common::{
     fleet::{self, Fleet},
@@ -117,6 +117,13 @@ async fn not_ready_until_every_migration_is_applied() {
         return;
     };
     let server = fleet.serve_here().await;
+    // Serving (the node tokens read: the HTTP side starts after that)
+    // before the schema goes.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while get(server.http_address, "/healthz").await.0 != 200 {
+        assert!(std::time::Instant::now() < deadline, "never ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     // Revert all but the first migration under the running collector.
     let versions: Vec<i64> = tally_collector::db::MIGRATOR
         .iter()
