@@ -55,6 +55,25 @@ async fn refused_soon(
     }
 }
 
+/// Waits (the token book hears of a rotation through the database's
+/// events, a moment after it committed) until `token` is taken, or panics.
+async fn applied_soon(
+    client: &mut HeartbeatClient<Channel>,
+    token: &str,
+    sequence: u64,
+    what: &str,
+) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match send(client, token, sequence).await {
+            Err(status) if status.code() == Code::Unauthenticated && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            reply => return applied(reply, what),
+        }
+    }
+}
+
 fn applied(reply: Result<HeartbeatReply, Status>, what: &str) {
     let reply = reply.unwrap_or_else(|status| panic!("{what}: {status:?}"));
     assert!(
@@ -84,19 +103,7 @@ async fn the_token_before_a_rotation_lasts_until_the_new_one_is_used() {
         send(&mut client, &node.token, 2).await,
         "the old token in its grace",
     );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        match send(&mut client, &rotated.token, 3).await {
-            Ok(reply) => {
-                applied(Ok(reply), "the new token");
-                break;
-            }
-            Err(status) if Instant::now() < deadline && status.code() == Code::Unauthenticated => {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Err(status) => panic!("the new token: {status:?}"),
-        }
-    }
+    applied_soon(&mut client, &rotated.token, 3, "the new token").await;
     // Its first use ended the old one's grace.
     refused_soon(
         &mut client,
@@ -200,11 +207,7 @@ async fn a_revoked_node_is_refused_and_keeps_its_records() {
         back.previous_valid_until, None,
         "no grace for a revoked token"
     );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while send(&mut client, &back.token, 2).await.is_err() {
-        assert!(Instant::now() < deadline, "the token after a revocation");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    applied_soon(&mut client, &back.token, 2, "the token after a revocation").await;
     refused_soon(
         &mut client,
         &rotated.token,
@@ -287,7 +290,7 @@ async fn the_command_line_and_the_admin_api_rotate_and_revoke() {
         "{body}"
     );
     let mut client = fleet::client(server.address).await;
-    applied(send(&mut client, token, 1).await, "the token from the API");
+    applied_soon(&mut client, token, 1, "the token from the API").await;
     let again = admin.post(&path, Some("{}")).await;
     let body: serde_json::Value = serde_json::from_str(&again.body).expect("JSON");
     assert!(
